@@ -1,0 +1,39 @@
+"""Alembic environment: the URL comes from the service's configuration (one place)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from service import create_app, db
+from service.models import Base
+
+config = context.config
+url = config.attributes.get("database_url") or create_app().config["DATABASE_URL"]
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=url, target_metadata=Base.metadata, literal_binds=True, render_as_batch=True
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = db.make_engine(url)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=True,  # SQLite can only ALTER through table copies
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

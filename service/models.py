@@ -1,0 +1,197 @@
+"""The data model. The run row is the truth about a job; the broker only carries wake-ups.
+
+Per-epoch rows and layer-statistics rows have natural primary keys (run, phase, epoch[,
+layer]), so a row can be written at most once whatever the worker does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+
+RUN_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+ACTIVE_STATUSES = ("queued", "running", "cancelling")
+ARTIFACT_KINDS = ("initial", "checkpoint", "final", "best")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    n_samples: Mapped[int] = mapped_column(Integer)
+    input_shape: Mapped[list] = mapped_column(JSON)  # per-sample shape, e.g. [2]
+    task: Mapped[str] = mapped_column(String(20))  # classification | regression
+    classes: Mapped[Optional[list]] = mapped_column(JSON)
+    target_dim: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[dict] = mapped_column(JSON)  # how it was made: json, generator, csv, npz
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    # npz bytes with "inputs" and "targets"; deferred so listing never loads it.
+    data: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
+
+    __table_args__ = (Index("ix_datasets_created_at_id", "created_at", "id"),)
+
+    def __repr__(self) -> str:
+        return f"<Dataset {self.id} {self.name!r} n={self.n_samples}>"
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.id", ondelete="RESTRICT"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    network: Mapped[dict] = mapped_column(JSON)  # normalised, every default filled in
+    training: Mapped[dict] = mapped_column(JSON)
+    init_from_run_id: Mapped[Optional[str]] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    epochs_total: Mapped[int] = mapped_column(Integer)
+    epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[Optional[dict]] = mapped_column(JSON)
+    error_code: Mapped[Optional[str]] = mapped_column(String(40))
+    error_message: Mapped[Optional[str]] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The lease: a worker owns a running run while lease_expires_at is in the future; every
+    # write it makes is fenced by lease_token, so a stale worker's writes change nothing.
+    lease_token: Mapped[Optional[str]] = mapped_column(String(36))
+    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
+    # When the task message was last published (the reconciler republishes stale ones).
+    published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_runs_created_at_id", "created_at", "id"),)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} {self.status} {self.epochs_completed}/{self.epochs_total}>"
+
+
+class Epoch(Base):
+    __tablename__ = "epochs"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[str] = mapped_column(String(20), primary_key=True)  # train | pretrain
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    train_loss: Mapped[Optional[float]] = mapped_column(Float)
+    val_loss: Mapped[Optional[float]] = mapped_column(Float)
+    train_accuracy: Mapped[Optional[float]] = mapped_column(Float)
+    val_accuracy: Mapped[Optional[float]] = mapped_column(Float)
+    learning_rate: Mapped[Optional[float]] = mapped_column(Float)
+    duration_s: Mapped[float] = mapped_column(Float)
+
+    def __repr__(self) -> str:
+        return f"<Epoch {self.run_id} {self.phase} {self.epoch} loss={self.train_loss}>"
+
+
+STAT_FIELDS = (
+    "grad_mean_abs", "grad_norm", "grad_max_abs", "grad_std",
+    "weight_mean_abs", "weight_norm", "weight_max_abs", "weight_std",
+    "act_mean", "act_saturated_fraction", "act_dead_fraction",
+)
+
+
+class LayerStat(Base):
+    __tablename__ = "layer_stats"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[str] = mapped_column(String(20), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    grad_mean_abs: Mapped[Optional[float]] = mapped_column(Float)
+    grad_norm: Mapped[Optional[float]] = mapped_column(Float)
+    grad_max_abs: Mapped[Optional[float]] = mapped_column(Float)
+    grad_std: Mapped[Optional[float]] = mapped_column(Float)
+    weight_mean_abs: Mapped[Optional[float]] = mapped_column(Float)
+    weight_norm: Mapped[Optional[float]] = mapped_column(Float)
+    weight_max_abs: Mapped[Optional[float]] = mapped_column(Float)
+    weight_std: Mapped[Optional[float]] = mapped_column(Float)
+    act_mean: Mapped[Optional[float]] = mapped_column(Float)
+    act_saturated_fraction: Mapped[Optional[float]] = mapped_column(Float)
+    act_dead_fraction: Mapped[Optional[float]] = mapped_column(Float)
+
+    def __repr__(self) -> str:
+        return f"<LayerStat {self.run_id} {self.phase} {self.epoch} layer={self.layer}>"
+
+
+class Artifact(Base):
+    """Stored weights: `initial` (inline or from another run), the latest `checkpoint`
+    (opaque training state, for resuming), `final` and `best` (nn.Model npz bytes)."""
+
+    __tablename__ = "artifacts"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    data: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
+
+    def __repr__(self) -> str:
+        return f"<Artifact {self.run_id} {self.kind} epoch={self.epoch}>"
