@@ -46,4 +46,8 @@ DEFAULTS: dict[str, object] = {
     "PAGE_MAX": 1000,
     # Loaded models kept in memory by the predict endpoint.
     "MODEL_CACHE_SIZE": 64,
+    # Most input rows one POST /v1/runs/{id}/predict may send.
+    "PREDICT_MAX_ROWS": 10_000,
+    # Largest stored data set (its npz bytes; also bounds what an uploaded .npz may expand to).
+    "DATASET_MAX_BYTES": 256 * 1024 * 1024,
 }

@@ -1,4 +1,4 @@
-"""One blueprint per resource, all under /v1."""
+"""One blueprint per resource: data sets, runs (and their results), health."""
 
 from __future__ import annotations
 
@@ -6,4 +6,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    pass
+    from service.api import datasets, health, results, runs
+
+    for module in (datasets, runs, results, health):
+        app.register_blueprint(module.bp)

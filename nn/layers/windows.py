@@ -1,0 +1,66 @@
+"""Sliding windows over images, shared by conv2d and the pools: im2col as a strided view of the
+input (numpy's sliding_window_view, no copy), and its adjoint, which adds each window's
+gradient back onto the pixels it covers (a loop over the kh x kw kernel offsets, never over
+pixels). Also the spec parser both pools share.
+"""
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..errors import SpecError
+from .base import Layer, Shape, image_shape, pair
+
+
+def out_size(n: int, k: int, stride: int, pad: int = 0) -> int:
+    """Windows of size k, step stride, along n (+ 2 pad) values."""
+    return (n + 2 * pad - k) // stride + 1
+
+
+def windows(x: np.ndarray, size: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    """x: (N, C, H, W) -> a read-only view (N, C, Ho, Wo, kh, kw); window (i, j) starts at
+    pixel (i sh, j sw)."""
+    sh, sw = stride
+    return sliding_window_view(x, tuple(size), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def add_windows(dwin: np.ndarray, shape: tuple[int, ...], stride: tuple[int, int]
+                ) -> np.ndarray:
+    """The adjoint of windows(): dwin (N, C, Ho, Wo, kh, kw) -> dx of `shape` (N, C, H, W),
+    each window's gradient added onto the pixels it covers (overlaps add up)."""
+    _, _, ho, wo, kh, kw = dwin.shape
+    sh, sw = stride
+    dx = np.zeros(shape, dtype=dwin.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] += dwin[..., i, j]
+    return dx
+
+
+class Pool(Layer):
+    """The shared parser of maxpool2d and avgpool2d: windows of pool_size, step stride (null:
+    pool_size), no padding; (C, H, W) -> (C, Ho, Wo), (H, W) -> (Ho, Wo)."""
+    DEFAULTS = {"pool_size": 2, "stride": None}
+
+    @classmethod
+    def parse(cls, spec: dict, in_shape: Shape, path: str) -> "Pool":
+        _, h, w = image_shape(in_shape, cls.kind, path)
+        size = pair(spec, "pool_size", path, cls.DEFAULTS["pool_size"])
+        stride = size if spec.get("stride") is None else pair(spec, "stride", path)
+        if size[0] > h or size[1] > w:
+            raise SpecError(f"{path}.pool_size", f"the window {tuple(size)} is larger than the "
+                                                 f"input image {(h, w)}")
+        out = (out_size(h, size[0], stride[0]), out_size(w, size[1], stride[1]))
+        normal = {"type": cls.kind, "pool_size": size, "stride": stride}
+        return cls(normal, in_shape, (*in_shape[:-2], *out))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.spec["pool_size"])
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        return tuple(self.spec["stride"])
+
+    def images(self, x: np.ndarray) -> np.ndarray:
+        """(N, *in_shape) -> (N, C, H, W)."""
+        return x.reshape(len(x), *image_shape(self.in_shape, self.kind, ""))
+

@@ -1,0 +1,91 @@
+"""Losses. A batch's loss is the MEAN over its N samples of the per-sample loss, so with
+batch_size 1 one SGD step is exactly the textbook's step on J_p.
+
+- squared_error: J_p = 1/2 sum_i (g_i - b_i)^2 (the textbook's J, no division by the number
+  of outputs). Works on the outputs a = g. t: (N, K) float targets.
+- cross_entropy: J_p = -log softmax(z)_y, from the output layer's pre-activation z with a
+  log-sum-exp, so it never takes log(0). t: (N,) int class indices.
+- binary_cross_entropy: J_p = -t log s(z) - (1 - t) log(1 - s(z)) = softplus(z) - t z, from z.
+  t: (N, 1) float in {0, 1}.
+
+The two cross-entropies are fused with their output activation: their gradient is dL/dz
+(softmax(z) - onehot, sigmoid(z) - t), which is exact and stable; squared_error's is dL/da.
+Each function returns (loss, grad), CS231n style. The training loop's hot path calls the
+`grad` of each Loss instead, which takes the output layer's (z, a) and skips the loss value
+(a = softmax(z) or sigmoid(z) is already computed by the layer, so the fused gradient is
+a - onehot or a - t without another exp).
+"""
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from .activations import sigmoid, softmax
+
+
+def squared_error(a: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+    """a, t: (N, K) -> mean_n 1/2 sum_k (a - t)^2, and dL/da = (a - t) / N."""
+    diff = a - t
+    loss = 0.5 * float(np.vdot(diff, diff)) / len(a)
+    diff /= len(a)
+    return loss, diff
+
+
+def cross_entropy(z: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+    """z: (N, C) logits, t: (N,) class indices -> mean -log softmax(z)_t, and dL/dz."""
+    n = len(z)
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(shifted).sum(axis=1))
+    rows = np.arange(n)
+    loss = float(np.sum(log_sum - shifted[rows, t])) / n
+    dz = softmax(z)                                # d(-log softmax_t)/dz = softmax - onehot(t)
+    dz[rows, t] -= 1.0
+    dz /= n
+    return loss, dz
+
+
+def binary_cross_entropy(z: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+    """z: (N, 1) logit, t: (N, 1) in {0, 1} -> mean softplus(z) - t z, and dL/dz."""
+    n = len(z)
+    per_sample = np.maximum(z, 0.0) - z * t + np.log1p(np.exp(-np.abs(z)))
+    dz = sigmoid(z)                                # d(softplus(z) - t z)/dz = sigmoid(z) - t
+    dz -= t
+    dz /= n
+    return float(per_sample.sum()) / n, dz
+
+
+def _squared_error_grad(z, a, t):
+    d = a - t
+    d *= 1.0 / len(a)
+    return d
+
+
+def _cross_entropy_grad(z, a, t):
+    d = a.copy()                                   # a = softmax(z)
+    d[np.arange(len(a)), t] -= 1.0
+    d *= 1.0 / len(a)
+    return d
+
+
+def _binary_cross_entropy_grad(z, a, t):
+    d = a - t                                      # a = sigmoid(z)
+    d *= 1.0 / len(a)
+    return d
+
+
+class Loss(NamedTuple):
+    fn: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
+    fused: bool            # True: fn takes z, grads are dL/dz; False: fn takes a, grads dL/da
+    grad: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]   # (z, a, t) -> grad
+
+
+LOSSES: dict[str, Loss] = {
+    "squared_error": Loss(squared_error, False, _squared_error_grad),
+    "cross_entropy": Loss(cross_entropy, True, _cross_entropy_grad),
+    "binary_cross_entropy": Loss(binary_cross_entropy, True, _binary_cross_entropy_grad),
+}
+
+
+def evaluate(name: str, z: np.ndarray, a: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+    """The loss `name` of an output layer with pre-activation z and output a."""
+    loss = LOSSES[name]
+    return loss.fn(z if loss.fused else a, t)

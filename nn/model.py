@@ -1,0 +1,80 @@
+"""A trained model: the normalised network, its weights and the meta needed to predict."""
+import io
+import json
+
+import numpy as np
+
+from .data import check_inputs, standardize
+from .errors import SpecError
+from .network import forward
+from .spec import parse_network
+from .targets import decode
+from .weights import Weights, check_weights
+
+FORMAT = 1
+
+
+class Model:
+    """network: plan.network; weights; meta: JSON with format, task, classes, loss, algorithm,
+    input_shape, target_dim, standardize ({"mean", "std"} or None) and dtype."""
+
+    def __init__(self, network: dict, weights: Weights, meta: dict) -> None:
+        self.network = network
+        self.meta = meta
+        _, layers = parse_network(network, int(meta["input_shape"][0]))
+        self.layers = layers
+        self.weights = check_weights(weights, layers, "weights", np.dtype(meta["dtype"]))
+
+    def predict(self, inputs) -> dict:
+        """Eval mode. -> {"outputs"} and, for classifiers, {"labels", "probabilities"}."""
+        x = check_inputs(inputs)
+        d = self.meta["input_shape"][0]
+        if x.shape[1] != d:
+            raise SpecError("inputs", f"each row must have {d} values, got {x.shape[1]}")
+        x = standardize(x, self.meta["standardize"]).astype(self.meta["dtype"])
+        out, _ = forward(self.layers, self.weights, x, train=False)
+        result = {"outputs": out.tolist()}
+        classes = self.meta["classes"]
+        if classes is not None:
+            labels, probs = decode(out, self.layers[-1].activation)
+            result["labels"] = [classes[i] for i in labels.tolist()]
+            result["probabilities"] = probs.tolist()
+        return result
+
+    def to_npz(self) -> bytes:
+        """Self-contained bytes: arrays "layers.<i>.<key>" and "meta" (uint8 UTF-8 JSON)."""
+        arrays = {f"layers.{i}.{k}": v for i, p in enumerate(self.weights) for k, v in p.items()}
+        meta = {**self.meta, "network": self.network}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz(cls, b: bytes) -> "Model":
+        """The inverse of to_npz; ValueError on anything malformed."""
+        try:
+            with np.load(io.BytesIO(b), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(arrays.pop("meta").tobytes().decode())
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise ValueError("unknown model format")
+            net = meta.pop("network")
+            weights: list[dict] = [{} for _ in net["layers"]]
+            for name, a in arrays.items():
+                _, i, key = name.split(".")
+                weights[int(i)][key] = a
+            return cls(net, weights, meta)
+        except ValueError:
+            raise
+        except Exception as e:                     # zipfile, KeyError, TypeError, ...
+            raise ValueError(f"not a model file: {e!r}") from None
+
+
+def model_meta(plan, standardizer: dict | None = None) -> dict:
+    """The meta of a model trained by plan (standardizer: {"mean", "std"} lists or None)."""
+    tr = plan.training
+    return {"format": FORMAT, "task": plan.data.task, "classes": plan.data.classes,
+            "loss": tr["loss"], "algorithm": tr["algorithm"],
+            "input_shape": list(plan.data.input_shape), "target_dim": plan.data.target_dim,
+            "standardize": standardizer, "dtype": tr["dtype"]}

@@ -1,0 +1,72 @@
+"""The data of a run as the training loop wants it: checked against the plan, targets
+encoded for the loss, split into training and validation (stratified, seeded by
+(seed, 0, 1)), standardised with the training split's statistics, and the statistics' probe
+batch chosen (seeded by (seed, 0, 2)). The fingerprint (plan + data) guards resumes.
+"""
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import DataInfo, check_inputs, encode_labels, fit_standardizer, standardize, \
+    stratified_split
+from .errors import SpecError
+from .spec import Plan, check_split
+from .stats import PROBE_SIZE
+from .targets import encode
+
+
+@dataclass
+class Prepared:
+    x: np.ndarray                 # (N_train, D) standardised, in the plan's dtype
+    t: np.ndarray                 # targets as the loss wants them
+    y: np.ndarray | None          # (N_train,) class indices, None for regression
+    x_val: np.ndarray
+    t_val: np.ndarray
+    y_val: np.ndarray | None
+    probe: np.ndarray             # indices into the training split
+    standardizer: dict | None
+    fingerprint: str
+
+
+def prepare(plan: Plan, inputs, targets) -> Prepared:
+    """Check the data against the plan, encode targets, split, standardise, pick the probe."""
+    tr, info, out = plan.training, plan.data, plan.layers[-1]
+    dtype = np.dtype(tr["dtype"])
+    x = check_inputs(inputs, min_rows=1)
+    if x.shape[1:] != tuple(info.input_shape):
+        raise SpecError("inputs", f"rows have {x.shape[1]} values; the plan expects "
+                                  f"{info.input_shape[0]}")
+    if info.task == "classification":
+        y = encode_labels(targets, info.classes)
+        if len(y) != len(x):
+            raise SpecError("targets", f"has {len(y)} labels for {len(x)} input rows")
+        counts = np.bincount(y, minlength=len(info.classes)).tolist()
+        check_split(tr, DataInfo(info.input_shape, len(x), info.task, info.classes, 1, counts))
+        t = encode(y, len(info.classes), out.n_out, out.activation, tr["loss"], dtype)
+    else:
+        y = None
+        try:
+            t = np.asarray(targets, dtype=np.float64).reshape(len(x), -1)
+        except (ValueError, TypeError):
+            t = np.zeros((0, 0))
+        if t.shape != (len(x), info.target_dim) or not np.isfinite(t).all():
+            raise SpecError("targets", f"must be {len(x)} rows of {info.target_dim} finite "
+                                       "numbers")
+        check_split(tr, DataInfo(info.input_shape, len(x), info.task, None, t.shape[1]))
+        t = t.astype(dtype)
+    seed = tr["seed"]
+    train_idx, val_idx = stratified_split(y, len(x), tr["validation_fraction"],
+                                          np.random.default_rng([seed, 0, 1]))
+    std = fit_standardizer(x[train_idx]) if tr["standardize"] else None
+    xs = standardize(x, std).astype(dtype)
+    n = len(train_idx)
+    probe = np.arange(n) if n <= PROBE_SIZE else np.sort(
+        np.random.default_rng([seed, 0, 2]).choice(n, PROBE_SIZE, replace=False))
+    h = hashlib.sha256(json.dumps([plan.network, tr], sort_keys=True).encode())
+    h.update(xs.tobytes())
+    h.update(np.ascontiguousarray(t).tobytes())
+    pick = (lambda a, i: None if a is None else a[i])
+    return Prepared(xs[train_idx], t[train_idx], pick(y, train_idx), xs[val_idx], t[val_idx],
+                    pick(y, val_idx), probe, std, h.hexdigest())

@@ -1,0 +1,170 @@
+"""/v1/datasets: upload (JSON arrays, a generator, or a CSV/NPZ file), list, describe, delete."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, request
+from sqlalchemy.exc import IntegrityError
+
+import nn
+from service import dataio
+from service.api.common import fetch, json_response
+from service.db import get_session
+from service.errors import ApiError, validation_error
+from service.models import Dataset, Run
+from service.pagination import page
+from service.params import json_object
+from service.schemas import validate
+from service.serialize import dataset_json
+
+bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
+
+ZIP_MAGIC = b"PK\x03\x04"
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+@bp.post("")
+def create() -> Response:
+    if request.mimetype == "multipart/form-data":
+        name, task, inputs, targets, source = _from_upload()
+    else:
+        name, task, inputs, targets, source = _from_json()
+    dataset = _store(name, task, inputs, targets, source)
+    return json_response(dataset_json(dataset), 201, f"/v1/datasets/{dataset.id}")
+
+
+@bp.get("")
+def list_() -> Response:
+    stmt = sa.select(Dataset)
+    digest = request.args.get("sha256")
+    if digest is not None:
+        if not SHA256.fullmatch(digest):
+            raise validation_error("query.sha256", "must be 64 hexadecimal digits")
+        stmt = stmt.where(Dataset.sha256 == digest.lower())
+    keys = (Dataset.created_at, Dataset.id)
+    return json_response(page(get_session(), stmt, keys, dataset_json, descending=True))
+
+
+@bp.get("/<uuid:dataset_id>")
+def get(dataset_id: uuid.UUID) -> Response:
+    return json_response(dataset_json(fetch(get_session(), Dataset, dataset_id, "data set")))
+
+
+@bp.delete("/<uuid:dataset_id>")
+def delete(dataset_id: uuid.UUID) -> Response:
+    """Refused (409 dataset_in_use) while any run, finished or not, references the data set."""
+    session = get_session()
+    dataset = fetch(session, Dataset, dataset_id, "data set")
+    runs = session.scalars(sa.select(Run.id).where(Run.dataset_id == dataset.id).limit(20)).all()
+    if runs:
+        raise _in_use(dataset.id, list(runs))
+    try:
+        session.execute(sa.delete(Dataset).where(Dataset.id == dataset.id))
+        session.commit()
+    except IntegrityError:  # a run was created meanwhile (the foreign key is RESTRICT)
+        session.rollback()
+        raise _in_use(dataset.id, []) from None
+    return Response(status=204)
+
+
+def _in_use(dataset_id: str, runs: list[str]) -> ApiError:
+    return ApiError(
+        409,
+        "dataset_in_use",
+        f"data set {dataset_id} is used by runs; delete those runs first",
+        runs=runs,
+    )
+
+
+# ---- the three ways in --------------------------------------------------------------------
+
+Arrays = tuple[str, str | None, np.ndarray, np.ndarray, dict[str, Any]]
+
+
+def _from_json() -> Arrays:
+    body = json_object()
+    if "generator" in body:
+        validate("DatasetFromGenerator", body)
+        return _generate(body)
+    validate("DatasetFromArrays", body)
+    inputs = dataio.matrix(body["inputs"], "inputs")
+    targets = dataio.targets_array(body["targets"])
+    return body["name"], body.get("task"), inputs, targets, {"kind": "json"}
+
+
+def _generate(body: dict[str, Any]) -> Arrays:
+    """nn.generate; a missing seed is drawn and recorded, so the data set can be remade."""
+    spec = body["generator"]
+    params = {
+        "kind": spec["kind"],
+        "n_samples": spec.get("n_samples", 500),
+        "noise": spec.get("noise", 0),
+        "seed": spec["seed"] if spec.get("seed") is not None else secrets.randbelow(2**31),
+    }
+    try:
+        inputs, targets = nn.generate(**params)
+    except nn.SpecError as e:
+        raise validation_error(e.path, e.message) from None
+    return body["name"], "classification", inputs, targets, {"kind": "generator", "generator": params}
+
+
+def _from_upload() -> Arrays:
+    """multipart/form-data: a "file" part (CSV, or NPZ recognised by its zip signature)."""
+    form = request.form.to_dict()
+    upload = request.files.get("file")
+    fields: dict[str, Any] = {**form, **{k: f.filename or "" for k, f in request.files.items()}}
+    validate("DatasetUpload", fields)
+    if upload is not None:
+        raw, filename = upload.read(), (upload.filename or "")[:200]
+    else:  # a plain text field named "file" (curl -F 'file=<data.csv') is CSV text
+        raw, filename = form["file"].encode(), ""
+    if raw.startswith(ZIP_MAGIC):
+        inputs, targets = dataio.from_npz(raw, int(current_app.config["DATASET_MAX_BYTES"]))
+        source: dict[str, Any] = {"kind": "npz", "filename": filename}
+    else:
+        target_column = form.get("target_column")
+        inputs, targets, features = dataio.from_csv(raw, target_column)
+        source = {
+            "kind": "csv",
+            "filename": filename,
+            "target_column": target_column,
+            "feature_columns": features,
+        }
+    return form["name"], form.get("task"), inputs, targets, source
+
+
+def _store(
+    name: str, task: str | None, inputs: np.ndarray, targets: np.ndarray, source: dict[str, Any]
+) -> Dataset:
+    try:
+        info = nn.describe(inputs, targets, task)
+    except nn.SpecError as e:  # name the request field the bad arrays came from
+        where = {"json": e.path, "generator": "generator.n_samples"}.get(source["kind"], "file")
+        message = e.message if where == e.path else f"{e.path}: {e.message}"
+        raise validation_error(where, message) from None
+    data = dataio.encode(inputs, targets)
+    limit = int(current_app.config["DATASET_MAX_BYTES"])
+    if len(data) > limit:
+        raise ApiError(413, "payload_too_large", f"the data set takes {len(data)} bytes; the limit is {limit}")
+    dataset = Dataset(
+        name=name,
+        n_samples=info.n_samples,
+        input_shape=list(info.input_shape),
+        task=info.task,
+        classes=info.classes,
+        target_dim=info.target_dim,
+        sha256=dataio.sha256(data),
+        source=source,
+        size_bytes=len(data),
+        data=data,
+    )
+    session = get_session()
+    session.add(dataset)
+    session.commit()
+    return dataset

@@ -1,0 +1,138 @@
+"""What a run produced: per-epoch rows, per-layer statistics, weights, predictions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, request
+
+import nn
+from service import artifacts, dataio
+from service.api.common import fetch, json_response
+from service.db import get_session
+from service.errors import ApiError, validation_error
+from service.models import Epoch, LayerStat, Run
+from service.pagination import Key, cursor_prefix, downsample_filter, page, page_limit
+from service.params import arg_choice, arg_int, json_object
+from service.schemas import validate
+from service.serialize import epoch_json, layer_stat_json
+
+bp = Blueprint("results", __name__, url_prefix="/v1/runs/<uuid:run_id>")
+
+PHASES = ("pretrain", "train")
+MAX_POINTS = 100_000
+NPZ_TYPES = ("application/x-npz", "application/octet-stream")
+
+
+@bp.get("/epochs")
+def epochs(run_id: uuid.UUID) -> Response:
+    keys = (Epoch.phase, Epoch.epoch)
+    return _series(run_id, Epoch, keys, epoch_json, [])
+
+
+@bp.get("/layer-stats")
+def layer_stats(run_id: uuid.UUID) -> Response:
+    keys = (LayerStat.phase, LayerStat.epoch, LayerStat.layer)
+    layer = arg_int("layer", None, 0)
+    where = [] if layer is None else [LayerStat.layer == layer]
+    return _series(run_id, LayerStat, keys, layer_stat_json, where)
+
+
+def _series(
+    run_id: uuid.UUID,
+    entity: type[Epoch] | type[LayerStat],
+    keys: Sequence[Key],
+    serialize: Callable[[Any], dict[str, Any]],
+    where: list[sa.ColumnElement[bool]],
+) -> Response:
+    """One page of a run's (phase, epoch, ...) rows: ?phase, ?from_epoch, ?to_epoch,
+    ?max_points (evenly spaced epochs per phase, first and last kept), ?limit, ?cursor."""
+    session = get_session()
+    run = fetch(session, Run, run_id, "run")
+    phase = arg_choice("phase", PHASES)
+    first = arg_int("from_epoch", None, 0)
+    last = arg_int("to_epoch", None, 0)
+    if first is not None and last is not None and last < first:
+        raise validation_error("query.to_epoch", "must be >= from_epoch")
+    max_points = arg_int("max_points", None, 2, MAX_POINTS)
+    limit = page_limit()
+    where = [entity.run_id == run.id, *where]
+    if phase is not None:
+        where.append(entity.phase == phase)
+    if first is not None:
+        where.append(entity.epoch >= first)
+    if last is not None:
+        where.append(entity.epoch <= last)
+    stmt = sa.select(entity).where(*where)
+    if max_points is not None:
+        groups = sa.select(entity.phase, entity.epoch).where(*where).distinct()
+        after = cursor_prefix(keys, 2)
+        stmt = stmt.where(
+            downsample_filter(session, groups, max_points, entity.phase, entity.epoch, after, limit)
+        )
+    return json_response(page(session, stmt, keys, serialize, limit=limit))
+
+
+@bp.get("/weights")
+def weights(run_id: uuid.UUID) -> Response:
+    """JSON {"layers": [...]} (the shape POST /v1/runs accepts as initial_weights), or the
+    stored .npz bytes for ?format=npz or an Accept of application/x-npz / octet-stream."""
+    which = arg_choice("which", artifacts.MODEL_KINDS, "final")
+    media = _weights_media_type()
+    session = get_session()
+    run = fetch(session, Run, run_id, "run")
+    row = artifacts.artifact(session, run.id, which)
+    if row is None:
+        raise ApiError(
+            404, "weights_not_available", f"run {run.id} has no {which} weights (it is {run.status})"
+        )
+    if media != "application/json":
+        resp = Response(row.data, mimetype=media)
+        resp.headers["Content-Disposition"] = f'attachment; filename="run-{run.id}-{which}.npz"'
+        return resp
+    layers = nn.weights_to_json(artifacts.load(row).weights)["layers"]
+    return json_response({"run_id": run.id, "which": which, "epoch": row.epoch, "layers": layers})
+
+
+def _weights_media_type() -> str:
+    fmt = arg_choice("format", ("json", "npz"))
+    if fmt is not None:
+        return "application/json" if fmt == "json" else NPZ_TYPES[0]
+    if "Accept" not in request.headers:
+        return "application/json"
+    best = request.accept_mimetypes.best_match(("application/json", *NPZ_TYPES))
+    if best is None:
+        raise ApiError(
+            406, "not_acceptable", "weights are served as application/json or application/x-npz"
+        )
+    return best
+
+
+@bp.post("/predict")
+def predict(run_id: uuid.UUID) -> Response:
+    """Outputs (and for classifiers labels and probabilities) from stored weights, computed
+    here without the queue."""
+    body = json_object()
+    validate("PredictRequest", body)
+    max_rows = int(current_app.config["PREDICT_MAX_ROWS"])
+    if len(body["inputs"]) > max_rows:
+        raise validation_error("inputs", f"must have at most {max_rows} rows")
+    inputs = dataio.matrix(body["inputs"], "inputs")
+    which = body.get("which", "final")
+    session = get_session()
+    run = fetch(session, Run, run_id, "run")
+    row = artifacts.artifact(session, run.id, which)
+    if row is None:
+        raise ApiError(
+            409, "run_not_ready", f"run {run.id} has no {which} weights yet (it is {run.status})",
+            status_now=run.status,
+        )
+    model = artifacts.load(row)
+    try:
+        result = model.predict(inputs)
+    except nn.SpecError as e:
+        raise validation_error(e.path, e.message) from None
+    return json_response({"run_id": run.id, "which": which, "epoch": row.epoch, **result})

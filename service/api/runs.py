@@ -1,0 +1,185 @@
+"""/v1/runs: create (validate, store, enqueue), list, describe, cancel, delete.
+
+Status changes made here are compare-and-set UPDATEs (`... WHERE id = :id AND status =
+:old`), so they can never overwrite a worker's concurrent claim or finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, Response
+from sqlalchemy.orm import Session, undefer
+
+import nn
+from service import artifacts, dataio
+from service.api.common import fetch, json_response
+from service.db import get_session
+from service.errors import ApiError, validation_error
+from service.models import ACTIVE_STATUSES, RUN_STATUSES, Artifact, Dataset, Run, new_id, utcnow
+from service.pagination import page
+from service.params import arg_choices, arg_uuid, json_object, parse_uuid
+from service.schemas import validate
+from service.serialize import FINISHED_STATUSES, run_json
+
+log = logging.getLogger(__name__)
+bp = Blueprint("runs", __name__, url_prefix="/v1/runs")
+
+
+@bp.post("")
+def create() -> Response:
+    body = json_object()
+    validate("RunCreate", body)
+    if body.get("init_from_run") is not None and body.get("initial_weights") is not None:
+        raise validation_error("initial_weights", "give init_from_run or initial_weights, not both")
+    dataset_id = parse_uuid(body["dataset_id"], "dataset_id")
+    source_id = None
+    if body.get("init_from_run") is not None:
+        source_id = parse_uuid(body["init_from_run"], "init_from_run")
+    session = get_session()
+    plan = _plan(session, dataset_id, body)
+    weights = _initial_weights(session, body, plan, source_id)
+    run = Run(
+        id=new_id(),
+        dataset_id=dataset_id,
+        status="queued",
+        network=plan.network,
+        training=plan.training,
+        init_from_run_id=source_id,
+        epochs_total=plan.epochs_total,
+    )
+    session.add(run)
+    session.flush()  # the run row before its artifact (foreign key)
+    if weights is not None:
+        data = nn.Model(plan.network, weights, nn.model_meta(plan)).to_npz()
+        session.add(Artifact(run_id=run.id, kind="initial", epoch=0, data=data))
+    session.commit()
+    _publish(run.id)
+    return json_response(run_json(run), 202, f"/v1/runs/{run.id}")
+
+
+@bp.get("")
+def list_() -> Response:
+    stmt = sa.select(Run)
+    statuses = arg_choices("status", RUN_STATUSES)
+    if statuses:
+        stmt = stmt.where(Run.status.in_(statuses))
+    dataset_id = arg_uuid("dataset_id")
+    if dataset_id:
+        stmt = stmt.where(Run.dataset_id == dataset_id)
+    return json_response(page(get_session(), stmt, (Run.created_at, Run.id), run_json, descending=True))
+
+
+@bp.get("/<uuid:run_id>")
+def get(run_id: uuid.UUID) -> Response:
+    return json_response(run_json(fetch(get_session(), Run, run_id, "run")))
+
+
+@bp.delete("/<uuid:run_id>")
+def delete(run_id: uuid.UUID) -> Response:
+    """Deletes the run with its epochs, statistics and weights; 409 while it is active."""
+    session = get_session()
+    done = session.execute(
+        sa.delete(Run).where(Run.id == str(run_id), Run.status.not_in(ACTIVE_STATUSES))
+    )
+    if done.rowcount == 0:
+        run = fetch(session, Run, run_id, "run")
+        raise ApiError(
+            409, "run_active", f"run {run.id} is {run.status}; cancel it and wait until it is cancelled",
+            status_now=run.status,
+        )
+    session.commit()
+    return Response(status=204)
+
+
+@bp.post("/<uuid:run_id>/cancel")
+def cancel(run_id: uuid.UUID) -> Response:
+    """queued -> cancelled at once; running -> cancelling (the worker stops and finishes it).
+
+    Idempotent: cancelling or cancelled runs are returned as they are. 409 when finished.
+    """
+    session = get_session()
+    ident = str(run_id)
+    moves = (
+        ("queued", {"status": "cancelled", "cancel_requested": True, "finished_at": utcnow()}),
+        ("running", {"status": "cancelling", "cancel_requested": True}),
+    )
+    for _attempt in range(3):  # the status may move between our reads; try again
+        for old, values in moves:
+            done = session.execute(
+                sa.update(Run).where(Run.id == ident, Run.status == old).values(**values),
+                execution_options={"synchronize_session": False},
+            )
+            if done.rowcount:
+                session.commit()
+                return json_response(run_json(_reload(session, ident)))
+        run = _reload(session, ident)
+        if run is None:
+            raise ApiError(404, "not_found", f"no run with id {ident}")
+        if run.status in ("cancelling", "cancelled"):
+            return json_response(run_json(run))
+        if run.status in FINISHED_STATUSES:
+            raise ApiError(409, "run_finished", f"run {ident} already {run.status}", status_now=run.status)
+    raise ApiError(409, "conflict", f"run {ident} changed state while cancelling; try again")
+
+
+def _reload(session: Session, ident: str) -> Run | None:
+    return session.get(Run, ident, populate_existing=True)
+
+
+# ---- creation ------------------------------------------------------------------------------
+
+def _plan(session: Session, dataset_id: str, body: dict[str, Any]) -> nn.Plan:
+    """Build the plan against the data set: every spec error is a 422 naming its field."""
+    dataset = session.get(Dataset, dataset_id, options=[undefer(Dataset.data)])
+    if dataset is None:
+        raise validation_error("dataset_id", "no data set with this id")
+    inputs, targets = dataio.decode(dataset.data)
+    info = nn.describe(inputs, targets, dataset.task)
+    return _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
+
+
+def _initial_weights(
+    session: Session, body: dict[str, Any], plan: nn.Plan, source_id: str | None
+) -> nn.Weights | None:
+    """Inline initial_weights, or the final weights of init_from_run, checked against the plan."""
+    if body.get("initial_weights") is not None:
+        inline = {"layers": body["initial_weights"]["layers"]}  # run_id, which, epoch: ignored
+        return _spec_errors(nn.weights_from_json, inline, plan, path="initial_weights")
+    if source_id is None:
+        return None
+    row = artifacts.artifact(session, source_id, "final")
+    if row is None:
+        source = session.get(Run, source_id)
+        why = "no run with this id" if source is None else (
+            f"run {source_id} has no final weights (it is {source.status})"
+        )
+        raise validation_error("init_from_run", why)
+    as_json = nn.weights_to_json(artifacts.load(row).weights)
+    return _spec_errors(nn.weights_from_json, as_json, plan, path="init_from_run")
+
+
+def _spec_errors(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call the engine; SpecError -> 422 at its path. Any other ValueError/TypeError is an
+    engine gap on odd input: logged, and still a 422 rather than a 500."""
+    try:
+        return fn(*args, **kwargs)
+    except nn.SpecError as e:
+        raise validation_error(e.path, e.message) from None
+    except (ValueError, TypeError, OverflowError, KeyError) as e:
+        log.warning("the engine failed on a spec it should have refused", exc_info=True)
+        raise validation_error("", f"the spec could not be built: {e}") from None
+
+
+def _publish(run_id: str) -> None:
+    """Wake a worker. The run is committed first, so a lost message only delays it: the
+    reconciler republishes queued runs."""
+    try:
+        from service import queue
+
+        queue.publish_run(run_id)
+    except Exception:  # noqa: BLE001 - the broker being down must not fail the request
+        log.warning("could not publish run %s; the reconciler will republish it", run_id, exc_info=True)

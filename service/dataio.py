@@ -1,0 +1,270 @@
+"""Data sets in and out: JSON arrays, CSV and NPZ uploads -> arrays -> stored npz bytes.
+
+Stored form (`Dataset.data`): an uncompressed .npz with `inputs` (N, D) float64 and
+`targets` as given, normalised to one dtype per kind: int64, float64, bool or unicode
+strings. The zip is written deterministically (fixed timestamps, fixed member order,
+little-endian arrays), so the same arrays always give the same bytes, and `Dataset.sha256`
+is simply the SHA-256 of those stored bytes, whichever route uploaded the data.
+
+Every problem with the data raises a 422 naming the field (`inputs[3]`, `targets`,
+`file`, `target_column`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from service.errors import validation_error
+
+MAX_LABEL_CHARS = 200
+INT64_MAX = 2**63 - 1
+
+
+# ---- JSON arrays ------------------------------------------------------------------------
+
+def matrix(rows: list[list[Any]], path: str) -> np.ndarray:
+    """A JSON array of equally long arrays of numbers -> (N, D) float64 (finite)."""
+    width = len(rows[0])
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise validation_error(f"{path}[{i}]", f"has {len(row)} values but {path}[0] has {width}")
+    try:
+        out = np.array(rows, dtype=np.float64)
+    except (OverflowError, ValueError, TypeError):
+        out = None
+    if out is None or not np.isfinite(out).all():
+        bad = next(i for i, row in enumerate(rows) if not _all_finite(row))
+        raise validation_error(f"{path}[{bad}]", "holds a number outside the range of float64")
+    return out
+
+
+def _all_finite(row: list[Any]) -> bool:
+    try:
+        return all(math.isfinite(float(v)) for v in row)
+    except (OverflowError, ValueError, TypeError):
+        return False
+
+
+def targets_array(values: list[Any], path: str = "targets") -> np.ndarray:
+    """JSON targets -> one dtype: (N, K) float64, or (N,) int64 / float64 / bool / str."""
+    kinds = [_kind(v) for v in values]
+    odd = next((i for i, k in enumerate(kinds) if k != kinds[0]), None)
+    if odd is not None:
+        raise validation_error(f"{path}[{odd}]", f"must be {kinds[0]} like {path}[0]")
+    if kinds[0] == "an array":
+        return matrix(values, path)
+    if kinds[0] == "a string":
+        return _labels(values, path)
+    if kinds[0] == "a boolean":
+        return np.array(values, dtype=np.bool_)
+    if all(isinstance(v, int) for v in values):
+        big = next((i for i, v in enumerate(values) if abs(v) > INT64_MAX), None)
+        if big is not None:
+            raise validation_error(f"{path}[{big}]", "is outside the 64-bit integer range")
+        return np.array(values, dtype=np.int64)
+    return matrix([[v] for v in values], path).reshape(-1)
+
+
+def _labels(values: list[str], path: str) -> np.ndarray:
+    """String labels as a unicode array; NUL is refused (numpy would strip it silently)."""
+    bad = next((i for i, v in enumerate(values) if "\x00" in v), None)
+    if bad is not None:
+        raise validation_error(f"{path}[{bad}]", "must not contain NUL characters")
+    return np.array(values, dtype=np.str_)
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    return "a string"
+
+
+# ---- CSV --------------------------------------------------------------------------------
+
+def from_csv(raw: bytes, target_column: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """CSV with a header row -> (inputs, targets, feature column names).
+
+    The target column is `target_column` (default: the last column); every other column is a
+    numeric feature. Targets that are all integers become int64 labels, all numbers float64
+    values, anything else string labels.
+    """
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise validation_error("file", "a CSV upload must be UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = [(reader.line_num, row) for row in reader if any(f.strip() for f in row)]
+    except csv.Error as e:
+        raise validation_error("file", f"line {reader.line_num}: {e}") from None
+    if not rows:
+        raise validation_error("file", "is empty; expected a header row and data rows")
+    header = [h.strip() for h in rows[0][1]]
+    if len(header) < 2:
+        raise validation_error("file", "needs at least one feature column and a target column")
+    target = _target_index(header, target_column)
+    data = rows[1:]
+    if not data:
+        raise validation_error("file", "has a header row but no data rows")
+    features = [i for i in range(len(header)) if i != target]
+    x = np.empty((len(data), len(features)), dtype=np.float64)
+    labels = []
+    for r, (line, row) in enumerate(data):
+        if len(row) != len(header):
+            raise validation_error(
+                "file", f"line {line} has {len(row)} fields but the header has {len(header)}"
+            )
+        for c, i in enumerate(features):
+            x[r, c] = _csv_number(row[i], line, header[i])
+        labels.append(row[target].strip())
+    return x, _csv_targets(labels, data), [header[i] for i in features]
+
+
+def _target_index(header: list[str], name: str | None) -> int:
+    if name is None:
+        return len(header) - 1
+    hits = [i for i, h in enumerate(header) if h == name]
+    if not hits:
+        raise validation_error(
+            "target_column", f"no column named {name!r}; the columns are {', '.join(header)}"
+        )
+    if len(hits) > 1:
+        raise validation_error("target_column", f"{len(hits)} columns are named {name!r}")
+    return hits[0]
+
+
+def _csv_number(text: str, line: int, column: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise validation_error("file", f"line {line}, column {column!r}: {shown!r} is not a finite number")
+    return value
+
+
+def _csv_targets(labels: list[str], data: list[tuple[int, list[str]]]) -> np.ndarray:
+    for (line, _), label in zip(data, labels):
+        if not label or len(label) > MAX_LABEL_CHARS or "\x00" in label:
+            raise validation_error(
+                "file", f"line {line}: a target must have 1 to {MAX_LABEL_CHARS} characters, no NUL"
+            )
+    try:
+        ints = [int(v) for v in labels]
+        if all(abs(v) <= INT64_MAX for v in ints):
+            return np.array(ints, dtype=np.int64)
+    except ValueError:
+        pass
+    try:
+        values = np.array([float(v) for v in labels], dtype=np.float64)
+        if np.isfinite(values).all():
+            return values
+    except ValueError:
+        pass
+    return np.array(labels, dtype=np.str_)
+
+
+# ---- NPZ --------------------------------------------------------------------------------
+
+def from_npz(raw: bytes, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """An .npz with arrays `inputs` and `targets` (no pickles, nothing over max_bytes)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+        names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise validation_error("file", "is neither CSV text nor a readable .npz archive") from None
+    arrays = []
+    with archive:
+        for name in ("inputs", "targets"):
+            if f"{name}.npy" not in names:
+                raise validation_error("file", f"the .npz has no array named {name!r}")
+            arrays.append(_npy(archive, name, max_bytes))
+    x, y = arrays
+    if x.dtype.kind not in "biuf":
+        raise validation_error("file", f"inputs must be numbers, not dtype {x.dtype}")
+    return x.astype(np.float64), _normalise_targets(y)
+
+
+def _npy(archive: zipfile.ZipFile, name: str, max_bytes: int) -> np.ndarray:
+    """Read one member after checking its header: no object dtype, no decompression bomb."""
+    fmt = np.lib.format
+    try:
+        with archive.open(f"{name}.npy") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            if dtype.hasobject:
+                raise validation_error(
+                    "file", f"{name} is an object array; pickled data is refused"
+                )
+            if math.prod(shape) * dtype.itemsize > max_bytes:
+                raise validation_error("file", f"{name} is larger than {max_bytes} bytes")
+        with archive.open(f"{name}.npy") as f:
+            return fmt.read_array(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
+        raise validation_error("file", f"{name}.npy is not a readable array ({e})") from None
+
+
+def _normalise_targets(y: np.ndarray) -> np.ndarray:
+    kind = y.dtype.kind
+    if kind == "b":
+        return y.astype(np.bool_)
+    if kind in "iu":
+        if kind == "u" and y.size and int(y.max()) > INT64_MAX:
+            raise validation_error("file", "targets exceed the 64-bit integer range")
+        return y.astype(np.int64)
+    if kind == "f":
+        return y.astype(np.float64)
+    if kind in "US":
+        try:
+            y = y.astype(np.str_)
+        except UnicodeDecodeError:
+            raise validation_error("file", "targets are bytes that are not ASCII text") from None
+        if y.dtype.itemsize // 4 > MAX_LABEL_CHARS:
+            raise validation_error("file", f"labels must have at most {MAX_LABEL_CHARS} characters")
+        if any("\x00" in v for v in y.ravel().tolist()):
+            raise validation_error("file", "labels must not contain NUL characters")
+        return y
+    raise validation_error("file", f"targets of dtype {y.dtype} are not supported")
+
+
+# ---- storage ----------------------------------------------------------------------------
+
+def encode(inputs: np.ndarray, targets: np.ndarray) -> bytes:
+    """The stored .npz bytes: deterministic for the same arrays."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in (("inputs", inputs), ("targets", targets)):
+            array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = 0o644 << 16
+            with archive.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, array, version=(1, 0), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Stored bytes -> (inputs, targets)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return npz["inputs"], npz["targets"]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,101 @@
+"""Rows -> JSON objects, exactly as openapi.yaml describes them."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from service.models import STAT_FIELDS, Dataset, Epoch, LayerStat, Run
+
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+EPOCH_FIELDS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate")
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z`, e.g. 2026-11-27T21:00:00.123456Z."""
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats (a diverged loss) become null, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def dataset_json(d: Dataset) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "name": d.name,
+        "created_at": timestamp(d.created_at),
+        "n_samples": d.n_samples,
+        "input_shape": d.input_shape,
+        "task": d.task,
+        "classes": d.classes,
+        "target_dim": d.target_dim,
+        "sha256": d.sha256,
+        "source": d.source,
+        "size_bytes": d.size_bytes,
+        "links": {"self": f"/v1/datasets/{d.id}", "runs": f"/v1/runs?dataset_id={d.id}"},
+    }
+
+
+def progress(run: Run) -> float:
+    if run.epochs_total == 0:
+        return 1.0 if run.status in FINISHED_STATUSES else 0.0
+    return min(1.0, run.epochs_completed / run.epochs_total)
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    base = f"/v1/runs/{run.id}"
+    error = None
+    if run.error_code is not None:
+        error = {"code": run.error_code, "message": run.error_message or ""}
+    return {
+        "id": run.id,
+        "status": run.status,
+        "dataset_id": run.dataset_id,
+        "network": run.network,
+        "training": run.training,
+        "init_from_run": run.init_from_run_id,
+        "created_at": timestamp(run.created_at),
+        "started_at": timestamp(run.started_at),
+        "finished_at": timestamp(run.finished_at),
+        "epochs_completed": run.epochs_completed,
+        "epochs_total": run.epochs_total,
+        "progress": progress(run),
+        "metrics": finite(run.metrics),
+        "error": error,
+        "cancel_requested": bool(run.cancel_requested),
+        "attempts": run.attempts,
+        "heartbeat_at": timestamp(run.heartbeat_at),
+        "links": {
+            "self": base,
+            "dataset": f"/v1/datasets/{run.dataset_id}",
+            "epochs": f"{base}/epochs",
+            "layer_stats": f"{base}/layer-stats",
+            "weights": f"{base}/weights",
+            "predict": f"{base}/predict",
+            "cancel": f"{base}/cancel",
+        },
+    }
+
+
+def epoch_json(e: Epoch) -> dict[str, Any]:
+    row: dict[str, Any] = {"epoch": e.epoch, "phase": e.phase}
+    row.update({f: finite(getattr(e, f)) for f in EPOCH_FIELDS})
+    row["duration_s"] = finite(e.duration_s)
+    return row
+
+
+def layer_stat_json(s: LayerStat) -> dict[str, Any]:
+    row: dict[str, Any] = {"epoch": s.epoch, "phase": s.phase, "layer": s.layer, "name": s.name}
+    row.update({f: finite(getattr(s, f)) for f in STAT_FIELDS})
+    return row

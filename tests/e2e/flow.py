@@ -1,0 +1,135 @@
+"""The end-to-end flow, over real HTTP, shared by the deployment and the embedded tests.
+
+Every answer is checked against openapi.yaml (tests/openapi_check.py).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import requests
+
+import nn
+from tests.openapi_check import check_response
+from tests.procs import Procs
+
+FINISHED = ("succeeded", "failed", "cancelled")
+XOR = {"kind": "xor", "n_samples": 500, "noise": 0, "seed": 1}
+XOR_NET = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"},
+                      {"type": "dense", "units": 1, "activation": "sigmoid"}]}
+# The textbook's per-sample SGD; 200 epochs of 400 samples take a few seconds.
+XOR_TRAINING = {"loss": "squared_error", "optimizer": {"type": "sgd", "learning_rate": 0.5},
+                "batch_size": 1, "epochs": 200, "seed": 1, "validation_fraction": 0.2}
+RUN_SECONDS = 90  # the longest any run here may take, on a loaded two-core machine
+
+
+class Api:
+    """The service's HTTP API at `base` (e.g. http://127.0.0.1:8123)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = requests.Session()
+
+    def call(self, method: str, path: str, expect: int, **kwargs: Any) -> requests.Response:
+        answer = self.http.request(method, self.base + path, timeout=30, **kwargs)
+        assert answer.status_code == expect, (
+            f"{method} {path}: {answer.status_code}, expected {expect}: {answer.text[:1000]}")
+        check_response(method, urlsplit(path).path, answer.status_code,
+                       answer.headers.get("Content-Type", ""), answer.content)
+        return answer
+
+    def get(self, path: str, expect: int = 200, **kwargs: Any) -> Any:
+        return self.call("GET", path, expect, **kwargs).json()
+
+    def post(self, path: str, body: dict[str, Any], expect: int = 200) -> Any:
+        return self.call("POST", path, expect, json=body).json()
+
+
+def create_xor(api: Api) -> str:
+    return api.post("/v1/datasets", {"name": "xor", "generator": XOR}, 201)["id"]
+
+
+def start_run(api: Api, dataset_id: str, **fields: Any) -> dict[str, Any]:
+    training = {**XOR_TRAINING, **fields.pop("training", {})}
+    body = {"dataset_id": dataset_id, "network": XOR_NET, "training": training, **fields}
+    run = api.post("/v1/runs", body, 202)
+    assert run["status"] == "queued"
+    return run
+
+
+def wait_until(api: Api, procs: Procs, run_id: str, statuses: tuple[str, ...] = FINISHED,
+               timeout: float = RUN_SECONDS) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        run = api.get(f"/v1/runs/{run_id}")
+        return run if run["status"] in statuses else None
+
+    return procs.wait_for(f"run {run_id} to be {' or '.join(statuses)}", reached, timeout)
+
+
+def watch_training(api: Api, procs: Procs, run_id: str) -> dict[str, Any]:
+    """Poll the run and its epochs until it finishes; it must be seen part-way, with rows."""
+    midway: list[tuple[int, int]] = []
+
+    def finished() -> dict[str, Any] | None:
+        run = api.get(f"/v1/runs/{run_id}")
+        rows = api.get(f"/v1/runs/{run_id}/epochs", params={"limit": 1000})["items"]
+        if 0 < run["epochs_completed"] < run["epochs_total"]:
+            # Rows are written with the progress counter, in one transaction.
+            assert len(rows) >= run["epochs_completed"], (len(rows), run)
+            midway.append((run["epochs_completed"], len(rows)))
+        return run if run["status"] in FINISHED else None
+
+    run = procs.wait_for(f"run {run_id} to finish", finished, RUN_SECONDS, interval=0.05)
+    assert midway, "no poll saw the run part-way through with its epochs"
+    return run
+
+
+def xor_accuracy(api: Api, run_id: str) -> tuple[float, list[list[float]]]:
+    inputs, labels = nn.generate(XOR["kind"], XOR["n_samples"], XOR["noise"], XOR["seed"])
+    answer = api.post(f"/v1/runs/{run_id}/predict", {"inputs": inputs.tolist()})
+    return float(np.mean(np.array(answer["labels"]) == labels)), answer["outputs"]
+
+
+def full_flow(api: Api, procs: Procs) -> None:
+    """Train XOR watching it, read what it stored, serve and reuse its weights, cancel."""
+    dataset_id = create_xor(api)
+    run = watch_training(api, procs, start_run(api, dataset_id)["id"])
+    assert run["status"] == "succeeded", run
+    assert run["epochs_completed"] == run["epochs_total"] == XOR_TRAINING["epochs"]
+    run_id = run["id"]
+
+    epochs = api.get(f"/v1/runs/{run_id}/epochs", params={"limit": 1000})["items"]
+    assert [e["epoch"] for e in epochs] == list(range(1, 201))
+    stats = api.get(f"/v1/runs/{run_id}/layer-stats",
+                    params={"from_epoch": 200, "to_epoch": 200})["items"]
+    assert [s["layer"] for s in stats] == [0, 1]
+    assert all(s["grad_mean_abs"] is not None and s["weight_norm"] > 0 for s in stats)
+
+    accuracy, outputs = xor_accuracy(api, run_id)
+    assert accuracy >= 0.9, accuracy
+
+    weights = api.get(f"/v1/runs/{run_id}/weights")
+    assert [np.shape(layer["W"]) for layer in weights["layers"]] == [(2, 4), (4, 1)]
+    npz = api.call("GET", f"/v1/runs/{run_id}/weights", 200,
+                   headers={"Accept": "application/x-npz"}).content
+    with np.load(io.BytesIO(npz), allow_pickle=False) as arrays:
+        assert len(arrays.files) > 0
+    assert nn.Model.from_npz(npz).predict(nn.generate("xor", 500, 0, 1)[0])["outputs"] == outputs
+
+    # Its weights served by new runs: from the run, and inline as JSON; 0 epochs each.
+    for source in ({"init_from_run": run_id}, {"initial_weights": {"layers": weights["layers"]}}):
+        copy = start_run(api, dataset_id, training={"epochs": 0}, **source)
+        assert wait_until(api, procs, copy["id"])["status"] == "succeeded"
+        assert xor_accuracy(api, copy["id"])[1] == outputs
+
+    # A long run, cancelled while it trains.
+    long = start_run(api, dataset_id, training={"epochs": 100_000})
+    procs.wait_for("the long run to train", lambda: api.get(
+        f"/v1/runs/{long['id']}")["epochs_completed"] > 0, RUN_SECONDS)
+    assert api.post(f"/v1/runs/{long['id']}/cancel", {})["status"] in ("cancelling", "cancelled")
+    cancelled = wait_until(api, procs, long["id"], timeout=30)
+    assert cancelled["status"] == "cancelled"
+    assert 0 < cancelled["epochs_completed"] < 100_000

@@ -1,0 +1,28 @@
+"""Helpers for the engine's tests: small specs and data sets."""
+import numpy as np
+import pytest
+
+import nn
+
+
+def dense(units: int, activation: str = "sigmoid", **extra) -> dict:
+    return {"type": "dense", "units": units, "activation": activation, **extra}
+
+
+def plan_for(layers: list[dict], training: dict, X, y, task=None) -> nn.Plan:
+    return nn.build({"layers": layers}, training, nn.describe(X, y, task))
+
+
+@pytest.fixture
+def xor_data():
+    return nn.generate("xor", 200, 0, seed=3)
+
+
+@pytest.fixture
+def blobs():
+    """Three Gaussian blobs in 2-D, 300 points, classes 'a', 'b', 'c'."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 3.0], [3.0, -2.0], [-3.0, -2.0]])
+    y = np.repeat(np.arange(3), 100)
+    X = centres[y] + rng.normal(0, 1.0, (300, 2))
+    return X, np.array(["a", "b", "c"])[y]

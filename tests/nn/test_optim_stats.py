@@ -1,0 +1,100 @@
+"""Optimiser updates against hand computations, and the statistics' definitions."""
+import numpy as np
+import pytest
+
+from nn.optim import learning_rate, make_optimizer
+from nn.stats import activation_stats, summary
+
+
+def run(optimizer: dict, grads: list[np.ndarray], weight_decay: float = 0.0, lr: float = 0.1):
+    opt = make_optimizer({"optimizer": optimizer, "weight_decay": weight_decay})
+    params = [{"W": np.array([1.0, -2.0]), "b": np.array([0.5])}]
+    for g in grads:
+        opt.step(params, [{"W": g.copy(), "b": g[:1].copy()}], lr)
+    return params[0], opt
+
+
+G = [np.array([0.5, -1.0]), np.array([0.2, 0.4])]
+
+
+def test_plain_sgd_is_the_textbook_rule():
+    p, _ = run({"type": "sgd", "momentum": 0.0, "nesterov": False}, G)
+    assert np.allclose(p["W"], np.array([1.0, -2.0]) - 0.1 * (G[0] + G[1]))
+
+
+def test_momentum_and_nesterov():
+    p, _ = run({"type": "sgd", "momentum": 0.9, "nesterov": False}, G)
+    v1 = G[0]
+    v2 = 0.9 * v1 + G[1]
+    assert np.allclose(p["W"], np.array([1.0, -2.0]) - 0.1 * v1 - 0.1 * v2)
+    p, _ = run({"type": "sgd", "momentum": 0.9, "nesterov": True}, G)
+    step1 = G[0] + 0.9 * v1
+    step2 = G[1] + 0.9 * v2
+    assert np.allclose(p["W"], np.array([1.0, -2.0]) - 0.1 * step1 - 0.1 * step2)
+
+
+def test_adam():
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    p, opt = run({"type": "adam", "beta1": b1, "beta2": b2, "eps": eps}, G)
+    w = np.array([1.0, -2.0])
+    m = v = np.zeros(2)
+    for t, g in enumerate(G, 1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w = w - 0.1 * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    assert np.allclose(p["W"], w)
+    assert opt.state()["t"] == 2 and "slot.m.0.W" in opt.state()
+
+
+def test_weight_decay_applies_to_W_only():
+    p, _ = run({"type": "sgd", "momentum": 0.0, "nesterov": False}, [np.zeros(2)],
+               weight_decay=0.5)
+    assert np.allclose(p["W"], np.array([1.0, -2.0]) * (1 - 0.1 * 0.5))
+    assert p["b"][0] == 0.5
+
+
+def test_learning_rate_schedules():
+    base = {"optimizer": {"learning_rate": 1.0}}
+    step = {**base, "lr_schedule": {"type": "step", "step_size": 2, "gamma": 0.5}}
+    assert [learning_rate(step, e) for e in range(1, 6)] == [1, 1, 0.5, 0.5, 0.25]
+    exp = {**base, "lr_schedule": {"type": "exponential", "gamma": 0.5}}
+    assert [learning_rate(exp, e) for e in (1, 2, 3)] == [1, 0.5, 0.25]
+    assert learning_rate({**base, "lr_schedule": None}, 7) == 1.0
+
+
+def test_summary_matches_numpy():
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    s = summary("grad", x)
+    assert s == pytest.approx({"grad_mean_abs": np.abs(x).mean(),
+                               "grad_norm": np.linalg.norm(x),
+                               "grad_max_abs": np.abs(x).max(), "grad_std": x.std()})
+
+
+def test_activation_statistics_definitions():
+    sig = activation_stats(np.array([[0.005, 0.5, 0.995, 0.98]]), "sigmoid")
+    assert sig == {"act_mean": pytest.approx(0.62), "act_saturated_fraction": 0.5,
+                   "act_dead_fraction": None}
+    tanh = activation_stats(np.array([[-0.995, 0.0, 0.5, 0.999]]), "tanh")
+    assert tanh["act_saturated_fraction"] == 0.5 and tanh["act_dead_fraction"] is None
+    relu = activation_stats(np.array([[0.0, 0.0, 1e-9, 2.0]]), "relu")
+    assert relu["act_dead_fraction"] == 0.5 and relu["act_saturated_fraction"] is None
+    lin = activation_stats(np.array([[-1.0, 1.0]]), "linear")
+    assert lin == {"act_mean": 0.0, "act_saturated_fraction": None, "act_dead_fraction": None}
+
+
+def test_initialisers():
+    from nn.init import init_dense
+    rng = np.random.default_rng(0)
+    u = init_dense(300, 200, {"type": "uniform", "scale": 0.1}, rng, np.float64)
+    assert np.abs(u["W"]).max() <= 0.1 and np.abs(u["b"]).max() <= 0.1
+    assert u["W"].std() == pytest.approx(0.1 / np.sqrt(3), rel=0.02)      # U(-s, s)
+    g = init_dense(300, 200, {"type": "glorot"}, rng, np.float64)
+    limit = np.sqrt(6 / 500)
+    assert np.abs(g["W"]).max() <= limit and np.abs(g["W"]).max() > 0.99 * limit
+    assert not g["b"].any()
+    h = init_dense(300, 200, {"type": "he", "distribution": "normal"}, rng, np.float32)
+    assert h["W"].dtype == np.float32
+    assert h["W"].std() == pytest.approx(np.sqrt(2 / 300), rel=0.02)
+    hu = init_dense(300, 200, {"type": "he", "distribution": "uniform"}, rng, np.float64)
+    assert np.abs(hu["W"]).max() <= np.sqrt(6 / 300)
+    assert hu["W"].std() == pytest.approx(np.sqrt(2 / 300), rel=0.02)

@@ -1,0 +1,125 @@
+"""Check HTTP responses against openapi.yaml, for any test that talks to the API.
+
+    from tests.openapi_check import assert_matches_spec
+    assert_matches_spec("GET", "/v1/runs/{run_id}", 200, "application/json", body)
+
+`assert_matches_spec` fails when the status is not documented for the operation, when the
+content type is not documented for that status, or when the body does not match the
+documented schema (JSON Schema 2020-12, `$ref`s resolved inside the spec).
+`SpecCheckingClient` is a Flask test client that does this for every response it gets,
+finding the path template from the URL; `check_response` does it for a `requests` response.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from flask.testing import FlaskClient
+
+from service.schemas import spec, validator
+
+BINARY_TYPES = {"application/x-npz", "application/octet-stream", "application/yaml"}
+
+
+def _pointer(*parts: str) -> str:
+    return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _resolve(obj: dict[str, Any], pointer: str) -> tuple[dict[str, Any], str]:
+    """Follow a local $ref (Response objects may be references)."""
+    while "$ref" in obj:
+        pointer = obj["$ref"]
+        node: Any = spec()
+        for part in pointer.lstrip("#/").split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        obj = node
+    return obj, pointer
+
+
+def operation(method: str, template: str) -> dict[str, Any]:
+    paths = spec()["paths"]
+    assert template in paths, f"{template} is not in openapi.yaml"
+    op = paths[template].get(method.lower())
+    assert op is not None, f"{method} {template} is not in openapi.yaml"
+    return op
+
+
+def assert_matches_spec(
+    method: str, path_template: str, status: int, content_type: str | None, body: Any
+) -> None:
+    """The response (status, content type, parsed JSON body or raw bytes) is documented."""
+    op = operation(method, path_template)
+    responses = op["responses"]
+    key = str(status) if str(status) in responses else "default"
+    assert key in responses, (
+        f"{method} {path_template} answered {status}, which openapi.yaml does not document "
+        f"(documented: {', '.join(responses)}); body: {body!r:.500}"
+    )
+    response, pointer = _resolve(
+        responses[key], _pointer("paths", path_template, method.lower(), "responses", key)
+    )
+    content = response.get("content")
+    if not content:
+        assert not body, f"{method} {path_template} {status} must have no body, got {body!r:.200}"
+        return
+    media = (content_type or "").split(";")[0].strip()
+    assert media in content, (
+        f"{method} {path_template} {status} answered {media!r}; documented: {', '.join(content)}"
+    )
+    if media in BINARY_TYPES:
+        return
+    schema = validator(f"{pointer}/content/{media.replace('/', '~1')}/schema")
+    errors = sorted(schema.iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path])
+    assert not errors, (
+        f"{method} {path_template} {status} body does not match openapi.yaml:\n"
+        + "\n".join(f"  at {list(e.absolute_path)}: {e.message:.300}" for e in errors[:10])
+    )
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
+
+
+def template_for(path: str) -> str | None:
+    """The spec's path template matching a concrete path, or None."""
+    for template in spec()["paths"]:
+        if _template_regex(template).match(path):
+            return template
+    return None
+
+
+def _parse(content_type: str, data: bytes) -> Any:
+    media = content_type.split(";")[0].strip()
+    if media in BINARY_TYPES or not data:
+        return data or None
+    return json.loads(data)
+
+
+def check_response(method: str, path: str, status: int, content_type: str, data: bytes) -> None:
+    """Check a response for a concrete path. Unrouted paths and undocumented methods must
+    still answer a Problem."""
+    template = template_for(path)
+    documented = template is not None and method.lower() in spec()["paths"][template]
+    if documented:
+        assert_matches_spec(method, template, status, content_type, _parse(content_type, data))
+        return
+    assert status in (404, 405), f"{method} {path} is not in openapi.yaml but answered {status}"
+    assert content_type.startswith("application/problem+json"), content_type
+    errors = list(validator("#/components/schemas/Problem").iter_errors(json.loads(data)))
+    assert not errors, errors
+
+
+class SpecCheckingClient(FlaskClient):
+    """A Flask test client that checks every response against openapi.yaml."""
+
+    def open(self, *args: Any, **kwargs: Any):  # noqa: ANN201 - werkzeug TestResponse
+        response = super().open(*args, **kwargs)
+        request = response.request
+        if request.method not in ("HEAD", "OPTIONS"):
+            check_response(
+                request.method, request.path, response.status_code,
+                response.content_type or "", response.get_data(),
+            )
+        return response

@@ -1,0 +1,108 @@
+"""Helpers for the API tests: canned specs, and rows written as a worker would write them."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from flask import Flask
+from flask.testing import FlaskClient
+
+import nn
+from service import db
+from service.models import STAT_FIELDS, Artifact, Epoch, LayerStat, Run, utcnow
+
+XOR_NETWORK = {
+    "layers": [
+        {"type": "dense", "units": 4, "activation": "sigmoid"},
+        {"type": "dense", "units": 1, "activation": "sigmoid"},
+    ]
+}
+XOR_TRAINING = {
+    "loss": "squared_error",
+    "optimizer": {"type": "sgd", "learning_rate": 0.5},
+    "batch_size": 1,
+    "epochs": 1000,
+    "seed": 1,
+    "validation_fraction": 0.5,
+}
+
+
+def create_xor_dataset(client: FlaskClient, n_samples: int = 40) -> dict[str, Any]:
+    resp = client.post(
+        "/v1/datasets",
+        json={"name": "xor", "generator": {"kind": "xor", "n_samples": n_samples, "seed": 1}},
+    )
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()
+
+
+def create_run(client: FlaskClient, dataset_id: str, **extra: Any) -> dict[str, Any]:
+    body = {"dataset_id": dataset_id, "network": XOR_NETWORK, "training": XOR_TRAINING, **extra}
+    resp = client.post("/v1/runs", json=body)
+    assert resp.status_code == 202, resp.get_json()
+    return resp.get_json()
+
+
+def trained_model(run: dict[str, Any], epochs: int = 3) -> nn.Model:
+    """A genuinely trained Model for the run's spec on the generated XOR data (40 samples)."""
+    inputs, targets = nn.generate("xor", 40, 0, 1)
+    training = {**run["training"], "epochs": epochs}
+    plan = nn.build(run["network"], training, nn.describe(inputs, targets))
+    return nn.train(plan, inputs, targets).model
+
+
+def finish_run(
+    app: Flask,
+    run_id: str,
+    *,
+    epochs: int = 10,
+    artifacts: dict[str, bytes] | None = None,
+    status: str = "succeeded",
+    layers: tuple[int, ...] = (0, 1),
+) -> None:
+    """Write what a worker would: epochs, layer stats, artifacts, final status."""
+    with db.session_scope(app) as session:
+        run = session.get(Run, run_id)
+        run.status = status
+        run.started_at = run.started_at or utcnow()
+        run.finished_at = utcnow()
+        run.epochs_completed = epochs
+        run.attempts = 1
+        run.metrics = {"train_loss": 0.01, "val_loss": 0.02, "best_epoch": epochs}
+        for e in range(1, epochs + 1):
+            session.add(Epoch(run_id=run_id, phase="train", epoch=e, train_loss=1.0 / e,
+                              val_loss=1.5 / e, train_accuracy=0.5, val_accuracy=None,
+                              learning_rate=0.5, duration_s=0.01))
+            for layer in layers:
+                stats = {f: float(e + layer) for f in STAT_FIELDS}
+                stats["act_dead_fraction"] = None
+                session.add(LayerStat(run_id=run_id, phase="train", epoch=e, layer=layer,
+                                      name=f"dense_{layer}", **stats))
+        for kind, data in (artifacts or {}).items():
+            session.add(Artifact(run_id=run_id, kind=kind, epoch=epochs, data=data))
+
+
+def set_status(app: Flask, run_id: str, status: str) -> None:
+    with db.session_scope(app) as session:
+        session.get(Run, run_id).status = status
+
+
+def multipart(fields: dict[str, str], file: bytes | None = None, filename: str = "data.csv") -> dict:
+    data: dict[str, Any] = dict(fields)
+    if file is not None:
+        data["file"] = (io.BytesIO(file), filename)
+    return data
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def problem_paths(resp) -> list[str]:  # noqa: ANN001
+    body = resp.get_json()
+    assert resp.content_type == "application/problem+json", (resp.status_code, body)
+    return [e["path"] for e in body.get("errors", [])]

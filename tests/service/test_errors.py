@@ -1,0 +1,166 @@
+"""One error renderer: every failure is application/problem+json with a stable code."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from service.errors import json_path
+from tests.service.conftest import make_app
+
+
+def _problem(resp, status: int, code: str) -> dict:  # noqa: ANN001
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.content_type == "application/problem+json"
+    body = resp.get_json()
+    assert body["code"] == code
+    assert body["status"] == status
+    assert body["type"] == f"https://backprop.example/problems/{code}"
+    assert body["title"] and body["detail"]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("parts", "path"),
+    [
+        ([], ""),
+        (["name"], "name"),
+        (["network", "layers", 1, "units"], "network.layers[1].units"),
+        (["inputs", 3], "inputs[3]"),
+        ([0, "a"], "[0].a"),
+        (["odd key", "x.y"], '["odd key"]["x.y"]'),
+    ],
+)
+def test_json_path(parts: list, path: str) -> None:
+    assert json_path(parts) == path
+
+
+def test_unknown_route_is_a_problem(client) -> None:  # noqa: ANN001
+    _problem(client.get("/v1/nothing"), 404, "not_found")
+    _problem(client.get("/"), 404, "not_found")
+
+
+def test_bad_uuid_in_the_path_is_404(client) -> None:  # noqa: ANN001
+    for url in ("/v1/runs/not-a-uuid", "/v1/datasets/123", "/v1/runs/x/epochs",
+                "/v1/runs/%00/weights"):
+        _problem(client.get(url), 404, "not_found")
+    _problem(client.post("/v1/runs/nope/cancel"), 404, "not_found")
+
+
+def test_unknown_ids_are_404(client) -> None:  # noqa: ANN001
+    missing = "00000000-0000-4000-8000-000000000000"
+    for url in (f"/v1/runs/{missing}", f"/v1/datasets/{missing}", f"/v1/runs/{missing}/epochs",
+                f"/v1/runs/{missing}/layer-stats", f"/v1/runs/{missing}/weights"):
+        body = _problem(client.get(url), 404, "not_found")
+        assert missing in body["detail"]
+    _problem(client.delete(f"/v1/runs/{missing}"), 404, "not_found")
+    _problem(client.delete(f"/v1/datasets/{missing}"), 404, "not_found")
+    _problem(client.post(f"/v1/runs/{missing}/cancel"), 404, "not_found")
+    _problem(client.post(f"/v1/runs/{missing}/predict", json={"inputs": [[1, 2]]}), 404, "not_found")
+
+
+def test_wrong_method_is_405_with_allow(client) -> None:  # noqa: ANN001
+    resp = client.put("/v1/runs")
+    _problem(resp, 405, "method_not_allowed")
+    assert set(resp.headers["Allow"].split(", ")) >= {"GET", "POST"}
+    _problem(client.patch("/v1/datasets/00000000-0000-4000-8000-000000000000"), 405,
+             "method_not_allowed")
+
+
+@pytest.mark.parametrize("url", ["/v1/datasets", "/v1/runs"])
+def test_malformed_json_is_400_invalid_json(client, url: str) -> None:  # noqa: ANN001
+    for raw in (b"{", b'{"name": }', b"\xff\xfe\x00", b"[1, 2,]", b"", b'{"a": 1} x'):
+        _problem(client.post(url, data=raw, content_type="application/json"), 400, "invalid_json")
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999"])
+def test_non_finite_numbers_are_refused(client, literal: bytes) -> None:  # noqa: ANN001
+    raw = b'{"name": "x", "inputs": [[' + literal + b', 1]], "targets": [1]}'
+    body = _problem(client.post("/v1/datasets", data=raw, content_type="application/json"),
+                    400, "invalid_json")
+    assert "finite" in body["detail"] or "range" in body["detail"]
+
+
+def test_numbers_json_cannot_represent_as_python_ints_are_refused(client) -> None:  # noqa: ANN001
+    raw = b'{"name": "x", "inputs": [[' + b"9" * 5000 + b"]], \"targets\": [1]}"
+    _problem(client.post("/v1/datasets", data=raw, content_type="application/json"),
+             400, "invalid_json")
+
+
+def test_lone_surrogates_are_refused(client) -> None:  # noqa: ANN001
+    raw = b'{"name": "bad \\ud800 name", "generator": {"kind": "xor"}}'
+    _problem(client.post("/v1/datasets", data=raw, content_type="application/json"),
+             400, "invalid_json")
+    ok = b'{"name": "emoji \\ud83d\\ude00", "generator": {"kind": "xor", "seed": 1}}'
+    assert client.post("/v1/datasets", data=ok, content_type="application/json").status_code == 201
+
+
+def test_deeply_nested_json_is_refused(client) -> None:  # noqa: ANN001
+    raw = b"[" * 100_000 + b"]" * 100_000
+    _problem(client.post("/v1/runs", data=raw, content_type="application/json"), 400, "invalid_json")
+
+
+@pytest.mark.parametrize("body", [b"[]", b"1", b'"x"', b"null", b"true"])
+def test_non_object_bodies_are_422_at_the_root(client, body: bytes) -> None:  # noqa: ANN001
+    for url in ("/v1/datasets", "/v1/runs"):
+        problem = _problem(client.post(url, data=body, content_type="application/json"),
+                           422, "validation_error")
+        assert problem["errors"] == [{"path": "", "message": "the body must be a JSON object"}]
+
+
+def test_wrong_content_type_is_415(client) -> None:  # noqa: ANN001
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "application/xml"):
+        _problem(client.post("/v1/runs", data=b"{}", content_type=ctype), 415, "unsupported_media_type")
+    _problem(client.post("/v1/datasets", data=b"{}", content_type="text/csv"), 415,
+             "unsupported_media_type")
+    _problem(client.post("/v1/runs", data=b"{}"), 415, "unsupported_media_type")
+
+
+def test_json_with_charset_and_vendor_types_is_accepted(client) -> None:  # noqa: ANN001
+    body = b'{"name": "x", "generator": {"kind": "xor", "seed": 1}}'
+    for ctype in ("application/json; charset=utf-8", "application/vnd.backprop+json"):
+        assert client.post("/v1/datasets", data=body, content_type=ctype).status_code == 201
+
+
+def test_body_too_large_is_413(sqlite_url: str) -> None:
+    app = make_app(sqlite_url, MAX_CONTENT_LENGTH=1000)
+    client = app.test_client()
+    big = b'{"name": "x", "inputs": [' + b"[1, 2]," * 500 + b'[1, 2]], "targets": [1]}'
+    _problem(client.post("/v1/datasets", data=big, content_type="application/json"),
+             413, "payload_too_large")
+    upload = {"name": "x", "file": (__import__("io").BytesIO(b"a,b\n" + b"1,2\n" * 500), "d.csv")}
+    _problem(client.post("/v1/datasets", data=upload, content_type="multipart/form-data"),
+             413, "payload_too_large")
+
+
+def test_unexpected_errors_are_logged_500_problems(app: Flask, monkeypatch, caplog) -> None:  # noqa: ANN001
+    import service.api.datasets
+
+    def boom(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(service.api.datasets, "page", boom)
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # TESTING would re-raise it
+    body = _problem(app.test_client().get("/v1/datasets"), 500, "internal_error")
+    assert "secret" not in body["detail"]
+    assert any(r.exc_info and "secret internals" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_validation_errors_list_every_bad_field(client) -> None:  # noqa: ANN001
+    resp = client.post("/v1/runs", json={"network": {"layers": []}, "training": {"epochs": -1},
+                                         "extra": 1})
+    body = _problem(resp, 422, "validation_error")
+    paths = {e["path"]: e["message"] for e in body["errors"]}
+    assert paths == {
+        "dataset_id": "is required",
+        "extra": paths["extra"],
+        "network.layers": "must not be empty",
+        "training.epochs": "must be >= 0",
+    }
+    assert paths["extra"].startswith("is not a known field")
+    assert body["detail"].startswith("dataset_id: is required")
+
+
+def test_error_messages_never_echo_huge_values(client) -> None:  # noqa: ANN001
+    resp = client.post("/v1/runs", json={"dataset_id": "x" * 100_000, "network": "y" * 100_000})
+    assert len(resp.get_data()) < 2000

@@ -1,0 +1,313 @@
+"""Epochs, layer statistics, weights and predictions of a run (rows written as a worker would)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from flask import Flask
+
+import nn
+from service import db
+from service.models import Artifact, Epoch
+from service.pagination import evenly_spaced
+from tests.service.helpers import create_run, create_xor_dataset, finish_run, problem_paths, trained_model
+
+
+@pytest.fixture
+def run(app: Flask, client) -> dict:  # noqa: ANN001
+    """A succeeded run with 10 epochs, stats for layers 0 and 1, and final weights."""
+    dataset = create_xor_dataset(client)
+    run = create_run(client, dataset["id"])
+    finish_run(app, run["id"], epochs=10, artifacts={"final": trained_model(run).to_npz()})
+    return run
+
+
+def _items(client, url: str) -> list[dict]:  # noqa: ANN001
+    resp = client.get(url)
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()["items"]
+
+
+def _all_pages(client, url: str, limit: int) -> tuple[list[dict], int]:  # noqa: ANN001
+    rows, cursor, pages = [], None, 0
+    sep = "&" if "?" in url else "?"
+    while True:
+        page = client.get(f"{url}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")).get_json()
+        rows += page["items"]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return rows, pages
+
+
+# ---- downsampling rule -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("m", "n", "expected"),
+    [
+        (10, 20, list(range(10))),
+        (10, 10, list(range(10))),
+        (10, 2, [0, 9]),
+        (10, 3, [0, 5, 9]),  # 4.5 rounds half up
+        (10, 4, [0, 3, 6, 9]),
+        (100, 5, [0, 25, 50, 74, 99]),
+        (1, 2, [0]),
+        (0, 5, []),
+    ],
+)
+def test_evenly_spaced(m: int, n: int, expected: list[int]) -> None:
+    assert evenly_spaced(list(range(m)), n) == expected
+
+
+def test_evenly_spaced_properties() -> None:
+    for m in range(1, 60):
+        for n in range(2, 70):
+            picked = evenly_spaced(list(range(m)), n)
+            assert len(picked) == min(m, n)
+            assert picked[0] == 0 and picked[-1] == m - 1
+            assert picked == sorted(set(picked))
+
+
+# ---- epochs ----------------------------------------------------------------------------------
+
+def test_epochs(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    assert _items(any_client, f"/v1/runs/{run['id']}/epochs") == []  # queued: nothing yet
+    finish_run(any_app, run["id"], epochs=10)
+    rows = _items(any_client, f"/v1/runs/{run['id']}/epochs")
+    assert [r["epoch"] for r in rows] == list(range(1, 11))
+    assert rows[0] == {"epoch": 1, "phase": "train", "train_loss": 1.0, "val_loss": 1.5,
+                       "train_accuracy": 0.5, "val_accuracy": None, "learning_rate": 0.5,
+                       "duration_s": 0.01}
+    url = f"/v1/runs/{run['id']}/epochs"
+    assert [r["epoch"] for r in _items(any_client, f"{url}?from_epoch=3&to_epoch=5")] == [3, 4, 5]
+    assert [r["epoch"] for r in _items(any_client, f"{url}?max_points=4")] == [1, 4, 7, 10]
+    assert _items(any_client, f"{url}?phase=pretrain") == []
+    rows, pages = _all_pages(any_client, url, 3)
+    assert [r["epoch"] for r in rows] == list(range(1, 11)) and pages == 4
+
+
+def test_epochs_downsampled_pages(app: Flask, client, run: dict) -> None:  # noqa: ANN001
+    url = f"/v1/runs/{run['id']}/epochs?max_points=5&from_epoch=2"
+    expected = [2 + i for i in evenly_spaced(list(range(9)), 5)]
+    assert [r["epoch"] for r in _items(client, url)] == expected == [2, 4, 6, 8, 10]
+    for limit in (1, 2, 3, 5):
+        rows, _ = _all_pages(client, url, limit)
+        assert [r["epoch"] for r in rows] == expected
+
+
+def test_epochs_phases_are_ordered_and_downsampled_separately(app: Flask, client, run: dict) -> None:  # noqa: ANN001
+    with db.session_scope(app) as session:
+        for e in range(1, 6):
+            session.add(Epoch(run_id=run["id"], phase="pretrain", epoch=e, train_loss=0.1,
+                              duration_s=0.1))
+    url = f"/v1/runs/{run['id']}/epochs"
+    rows = _items(client, url)
+    assert [(r["phase"], r["epoch"]) for r in rows[:6]] == [("pretrain", e) for e in range(1, 6)] + [("train", 1)]
+    sampled = _items(client, f"{url}?max_points=2")
+    assert [(r["phase"], r["epoch"]) for r in sampled] == [
+        ("pretrain", 1), ("pretrain", 5), ("train", 1), ("train", 10)]
+    assert [r["epoch"] for r in _items(client, f"{url}?phase=pretrain&max_points=3")] == [1, 3, 5]
+    rows, _ = _all_pages(client, f"{url}?max_points=3", 1)
+    assert len(rows) == 6
+
+
+def test_non_finite_losses_are_null(app: Flask, client, run: dict) -> None:  # noqa: ANN001
+    with db.session_scope(app) as session:
+        session.add(Epoch(run_id=run["id"], phase="train", epoch=11, train_loss=float("inf"),
+                          val_loss=float("nan"), duration_s=0.1))
+    row = _items(client, f"/v1/runs/{run['id']}/epochs?from_epoch=11")[0]
+    assert row["train_loss"] is None and row["val_loss"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "path"),
+    [
+        ("phase=test", "query.phase"),
+        ("from_epoch=-1", "query.from_epoch"),
+        ("from_epoch=x", "query.from_epoch"),
+        ("to_epoch=99999999999999999999", "query.to_epoch"),
+        ("from_epoch=5&to_epoch=4", "query.to_epoch"),
+        ("max_points=1", "query.max_points"),
+        ("max_points=100001", "query.max_points"),
+        ("limit=0", "query.limit"),
+        ("cursor=bad", "query.cursor"),
+        ("cursor=WzEsMl0", "query.cursor"),
+    ],
+)
+def test_series_bad_parameters(client, run: dict, query: str, path: str) -> None:  # noqa: ANN001
+    for resource in ("epochs", "layer-stats"):
+        resp = client.get(f"/v1/runs/{run['id']}/{resource}?{query}")
+        assert resp.status_code == 422 and problem_paths(resp) == [path], resp.get_json()
+
+
+# ---- layer statistics ------------------------------------------------------------------------
+
+def test_layer_stats(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    finish_run(any_app, run["id"], epochs=10)
+    url = f"/v1/runs/{run['id']}/layer-stats"
+    rows = _items(any_client, url)
+    assert [(r["epoch"], r["layer"]) for r in rows[:3]] == [(1, 0), (1, 1), (2, 0)]
+    assert len(rows) == 20
+    first = rows[0]
+    assert first["name"] == "dense_0" and first["phase"] == "train"
+    assert first["grad_norm"] == 1.0 and first["act_dead_fraction"] is None
+    assert [r["epoch"] for r in _items(any_client, f"{url}?layer=1")] == list(range(1, 11))
+    sampled = _items(any_client, f"{url}?max_points=3")
+    assert [(r["epoch"], r["layer"]) for r in sampled] == [(1, 0), (1, 1), (6, 0), (6, 1), (10, 0), (10, 1)]
+    one = _items(any_client, f"{url}?max_points=3&layer=0&from_epoch=2&to_epoch=4")
+    assert [(r["epoch"], r["layer"]) for r in one] == [(2, 0), (3, 0), (4, 0)]
+    rows, pages = _all_pages(any_client, f"{url}?max_points=3", 4)
+    assert [(r["epoch"], r["layer"]) for r in rows] == [(r["epoch"], r["layer"]) for r in sampled]
+    assert pages == 2
+    assert _items(any_client, f"{url}?layer=7") == []
+
+
+def test_layer_stats_bad_layer(client, run: dict) -> None:  # noqa: ANN001
+    resp = client.get(f"/v1/runs/{run['id']}/layer-stats?layer=-1")
+    assert resp.status_code == 422 and problem_paths(resp) == ["query.layer"]
+
+
+# ---- weights -----------------------------------------------------------------------------------
+
+def test_weights_json(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    resp = any_client.get(f"/v1/runs/{run['id']}/weights")
+    assert resp.status_code == 404 and resp.get_json()["code"] == "weights_not_available"
+    model = trained_model(run)
+    finish_run(any_app, run["id"], epochs=3, artifacts={"final": model.to_npz()})
+    body = any_client.get(f"/v1/runs/{run['id']}/weights").get_json()
+    assert body["run_id"] == run["id"] and body["which"] == "final" and body["epoch"] == 3
+    assert body["layers"] == nn.weights_to_json(model.weights)["layers"]
+    assert np.array(body["layers"][0]["W"]).shape == (2, 4)  # (inputs, units)
+    assert np.array(body["layers"][1]["b"]).shape == (1,)
+
+
+def test_weights_npz_by_format_and_accept(app: Flask, client, run: dict) -> None:  # noqa: ANN001
+    with db.session_scope(app) as session:
+        stored = session.get(Artifact, (run["id"], "final")).data
+    url = f"/v1/runs/{run['id']}/weights"
+    by_format = client.get(f"{url}?format=npz")
+    assert by_format.status_code == 200 and by_format.mimetype == "application/x-npz"
+    assert by_format.get_data() == stored
+    assert "attachment" in by_format.headers["Content-Disposition"]
+    with np.load(io.BytesIO(by_format.get_data()), allow_pickle=False) as archive:
+        assert "meta" in archive.files
+    for accept, media in (("application/x-npz", "application/x-npz"),
+                          ("application/octet-stream", "application/octet-stream"),
+                          ("application/json;q=0.5, application/x-npz", "application/x-npz"),
+                          ("*/*", "application/json"),
+                          ("application/*", "application/json")):
+        resp = client.get(url, headers={"Accept": accept})
+        assert resp.status_code == 200 and resp.mimetype == media, accept
+    assert client.get(f"{url}?format=json", headers={"Accept": "application/x-npz"}).is_json
+
+
+def test_weights_not_acceptable(client, run: dict) -> None:  # noqa: ANN001
+    resp = client.get(f"/v1/runs/{run['id']}/weights", headers={"Accept": "text/html"})
+    assert resp.status_code == 406 and resp.get_json()["code"] == "not_acceptable"
+
+
+def test_weights_which(app: Flask, client, run: dict) -> None:  # noqa: ANN001
+    url = f"/v1/runs/{run['id']}/weights"
+    resp = client.get(f"{url}?which=best")
+    assert resp.status_code == 404 and resp.get_json()["code"] == "weights_not_available"
+    with db.session_scope(app) as session:
+        session.add(Artifact(run_id=run["id"], kind="best", epoch=4,
+                             data=trained_model(run, epochs=1).to_npz()))
+    assert client.get(f"{url}?which=best").get_json()["epoch"] == 4
+    bad = client.get(f"{url}?which=checkpoint")
+    assert bad.status_code == 422 and problem_paths(bad) == ["query.which"]
+    assert problem_paths(client.get(f"{url}?format=csv")) == ["query.format"]
+
+
+# ---- predict -----------------------------------------------------------------------------------
+
+def test_predict(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    url = f"/v1/runs/{run['id']}/predict"
+    resp = any_client.post(url, json={"inputs": [[1, 1]]})
+    assert resp.status_code == 409 and resp.get_json()["code"] == "run_not_ready"
+    model = trained_model(run)
+    finish_run(any_app, run["id"], epochs=3, artifacts={"final": model.to_npz()})
+    inputs = [[1, 1], [1, -1], [-2.5, 0.5]]
+    body = any_client.post(url, json={"inputs": inputs}).get_json()
+    expected = model.predict(np.array(inputs, dtype=float))
+    assert body["outputs"] == expected["outputs"]
+    assert body["labels"] == expected["labels"] and set(body["labels"]) <= {0, 1}
+    assert body["probabilities"] == expected["probabilities"]
+    assert body["run_id"] == run["id"] and body["which"] == "final" and body["epoch"] == 3
+
+
+def test_predict_regression_has_no_labels(app: Flask, client) -> None:  # noqa: ANN001
+    body = {"name": "r", "inputs": [[0.0], [1.0], [2.0], [3.0]], "targets": [0.5, 1.5, 2.5, 3.5]}
+    dataset = client.post("/v1/datasets", json=body).get_json()
+    spec = {"layers": [{"type": "dense", "units": 1, "activation": "linear"}]}
+    run = create_run(client, dataset["id"], network=spec, training={"epochs": 2, "seed": 1})
+    plan = nn.build(run["network"], run["training"],
+                    nn.describe(np.array(body["inputs"]), np.array(body["targets"])))
+    model = nn.train(plan, np.array(body["inputs"]), np.array(body["targets"])).model
+    finish_run(app, run["id"], epochs=2, artifacts={"final": model.to_npz()}, layers=(0,))
+    result = client.post(f"/v1/runs/{run['id']}/predict", json={"inputs": [[4.0]]}).get_json()
+    assert len(result["outputs"]) == 1 and "labels" not in result
+
+
+def test_predict_uses_the_model_cache(app: Flask, client, run: dict) -> None:  # noqa: ANN001
+    cache = app.extensions["model_cache"]
+    url = f"/v1/runs/{run['id']}/predict"
+    for _ in range(3):
+        assert client.post(url, json={"inputs": [[0, 1]]}).status_code == 200
+    assert (cache.misses, cache.hits) == (1, 2)
+    with db.session_scope(app) as session:  # a rewritten artifact is a new cache key
+        artifact = session.get(Artifact, (run["id"], "final"))
+        artifact.epoch = 11
+        artifact.data = trained_model(run, epochs=1).to_npz()
+    body = client.post(url, json={"inputs": [[0, 1]]}).get_json()
+    assert body["epoch"] == 11 and cache.misses == 2
+
+
+def test_model_cache_is_bounded(sqlite_url: str) -> None:
+    from service.artifacts import LRUCache
+
+    cache = LRUCache(2)
+    for key in ("a", "b", "a", "c"):
+        cache.get(key, lambda key=key: key.upper())
+    assert list(cache._items) == ["a", "c"]  # noqa: SLF001 - "b" was least recently used
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "message"),
+    [
+        ({}, "inputs", "is required"),
+        ({"inputs": []}, "inputs", "must not be empty"),
+        ({"inputs": [[1, 2], [3]]}, "inputs[1]", "has 1 values"),
+        ({"inputs": [[1, 2, 3]]}, "inputs", "2 values"),
+        ({"inputs": [[1, "2"]]}, "inputs[0][1]", "must be a number"),
+        ({"inputs": [1, 2]}, "inputs[0]", "must be an array"),
+        ({"inputs": [[1, 2]], "which": "checkpoint"}, "which", "must be one of"),
+        ({"inputs": [[1, 2]], "extra": True}, "extra", "not a known field"),
+        ({"inputs": [[1, 2]] * 10_001}, "inputs", "at most 10000 rows"),
+    ],
+)
+def test_predict_bad_inputs(client, run: dict, body: dict, path: str, message: str) -> None:  # noqa: ANN001
+    resp = client.post(f"/v1/runs/{run['id']}/predict", json=body)
+    assert resp.status_code == 422, resp.get_json()
+    errors = {e["path"]: e["message"] for e in resp.get_json()["errors"]}
+    assert message in errors[path], errors
+
+
+def test_predict_with_best_weights(app: Flask, client, run: dict) -> None:  # noqa: ANN001
+    url = f"/v1/runs/{run['id']}/predict"
+    assert client.post(url, json={"inputs": [[0, 1]], "which": "best"}).status_code == 409
+    with db.session_scope(app) as session:
+        session.add(Artifact(run_id=run["id"], kind="best", epoch=2,
+                             data=trained_model(run, epochs=2).to_npz()))
+    body = client.post(url, json={"inputs": [[0, 1]], "which": "best"}).get_json()
+    assert body["which"] == "best" and body["epoch"] == 2

@@ -1,0 +1,51 @@
+"""service.queue: the Celery settings the design fixes, and the readiness probe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from service import create_app
+from service.queue import RECONCILE_TASK, broker_ok, celery_config, celery_init_app
+from tests.conftest import REDIS_URL, free_port
+
+
+def _config(**overrides: Any) -> dict[str, Any]:
+    return {**create_app().config, **overrides}
+
+
+def test_the_settings_the_design_fixes() -> None:
+    conf = celery_config(_config(BROKER_URL=REDIS_URL, RUN_TIME_LIMIT_SECONDS=3600,
+                                 BROKER_KEYPREFIX="p:", QUEUE="q", RECONCILE_SECONDS=15))
+    assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1 and conf["task_ignore_result"]
+    assert 3600 < conf["task_soft_time_limit"] < conf["task_time_limit"]
+    options = conf["broker_transport_options"]
+    assert options["global_keyprefix"] == "p:"
+    assert options["visibility_timeout"] > conf["task_time_limit"]
+    assert conf["task_default_queue"] == "q"
+    (entry,) = conf["beat_schedule"].values()
+    assert entry["task"] == RECONCILE_TASK and entry["schedule"] == 15
+
+
+def test_the_filesystem_broker_keeps_its_folders_under_broker_folder(tmp_path) -> None:
+    options = celery_config(_config(BROKER_URL="filesystem://",
+                                    BROKER_FOLDER=str(tmp_path)))["broker_transport_options"]
+    for key in ("data_folder_in", "data_folder_out", "control_folder"):
+        assert options[key].startswith(str(tmp_path))
+        assert (tmp_path / options[key]).is_dir()
+
+
+def _ready(app: Flask) -> bool:
+    celery_init_app(app)
+    with app.app_context():
+        return broker_ok()
+
+
+def test_broker_ok(tmp_path) -> None:
+    assert _ready(create_app({"BROKER_URL": "filesystem://", "BROKER_FOLDER": str(tmp_path)}))
+    assert _ready(create_app({"BROKER_URL": REDIS_URL}))
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    assert not _ready(create_app({"BROKER_URL": closed}))

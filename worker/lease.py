@@ -1,0 +1,143 @@
+"""The lease on a run: claim it, prove we still hold it, give it up; settle abandoned runs.
+
+A worker owns a run while `lease_expires_at` is in the future, and every write it makes runs
+in a transaction that starts with `fence` (an UPDATE ... WHERE lease_token = ours), so a worker
+that lost its lease (paused, partitioned, presumed dead) changes nothing. Each statement here
+is one compare-and-set, safe when any number of workers and reconcilers race.
+
+Times are the workers' clocks in UTC (one source of time for every comparison; the database's
+clock would need per-backend SQL), so their skew must stay well under LEASE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from service.models import Epoch, LayerStat, Run, UTCDateTime
+
+# ORM-enabled UPDATEs without looking for matching objects in the session (there are none).
+NO_SYNC = {"synchronize_session": False}
+
+
+class LeaseLost(Exception):
+    """Another worker owns the run now; stop without writing anything else."""
+
+
+def at(t: datetime) -> sa.ColumnElement:
+    """A bind parameter of type UTCDateTime (so SQLite compares it as it stores it)."""
+    return sa.literal(t, UTCDateTime())
+
+
+def abandoned(now: datetime) -> sa.ColumnElement[bool]:
+    """A running run whose worker stopped renewing its lease."""
+    return sa.and_(Run.status == "running", Run.lease_expires_at < at(now))
+
+
+def claim(session: Session, run_id: str, *, now: datetime, lease_seconds: float,
+          max_attempts: int, worker: str) -> str | None:
+    """Take a queued or abandoned run: its new lease token, or None (not ours to train)."""
+    token = str(uuid.uuid4())
+    result = session.execute(
+        sa.update(Run)
+        .where(
+            Run.id == run_id,
+            sa.or_(Run.status == "queued", abandoned(now)),
+            Run.attempts < max_attempts,
+        )
+        .values(
+            status="running",
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            attempts=Run.attempts + 1,
+            started_at=sa.func.coalesce(Run.started_at, at(now)),
+            worker=worker[:200],
+        ),
+        execution_options=NO_SYNC,
+    )
+    return token if result.rowcount == 1 else None
+
+
+def fence(session: Session, run_id: str, token: str, *, now: datetime,
+          lease_seconds: float, epochs_completed: int) -> bool:
+    """Renew the lease and record progress, first thing in a transaction.
+
+    Returns the run's cancel flag; raises LeaseLost (the caller rolls back) when the lease
+    is not ours any more. In PostgreSQL the UPDATE also locks the row until commit.
+    """
+    result = session.execute(
+        sa.update(Run)
+        .where(Run.id == run_id, Run.lease_token == token)
+        .values(
+            heartbeat_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            epochs_completed=epochs_completed,
+        ),
+        execution_options=NO_SYNC,
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(run_id)
+    return bool(session.scalar(sa.select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def forget_after(session: Session, run_id: str, epoch: int) -> None:
+    """Delete the epoch and layer-stat rows past `epoch` (what a dead worker flushed after
+    its last checkpoint): the resumed run writes them again, each exactly once.
+    Call it fenced, right after the claim."""
+    for table in (Epoch, LayerStat):
+        session.execute(
+            sa.delete(table).where(table.run_id == run_id, table.epoch > epoch),
+            execution_options=NO_SYNC,
+        )
+    session.execute(
+        sa.update(Run).where(Run.id == run_id).values(epochs_completed=epoch),
+        execution_options=NO_SYNC,
+    )
+
+
+def release(session: Session, run_id: str, token: str, *, now: datetime, **values: object) -> None:
+    """Finish the run: set `values` (status, error, metrics...) and clear the lease. Fenced."""
+    result = session.execute(
+        sa.update(Run)
+        .where(Run.id == run_id, Run.lease_token == token)
+        .values(finished_at=now, lease_token=None, lease_expires_at=None, **values),
+        execution_options=NO_SYNC,
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(run_id)
+
+
+def settle_abandoned(session: Session, *, now: datetime, max_attempts: int,
+                     run_id: str | None = None) -> int:
+    """End abandoned runs that must not be trained again; how many.
+
+    A cancelling run whose worker died ends cancelled (its last checkpoint is kept); a run
+    that has already been claimed `max_attempts` times fails with "worker_lost". `run_id`
+    limits it to one run (a message for it arrived); None means every run (the reconciler).
+    """
+    expired = Run.lease_expires_at < at(now)
+    one = [Run.id == run_id] if run_id is not None else []
+    done = {"finished_at": now, "lease_token": None, "lease_expires_at": None}
+    cancelled = session.execute(
+        sa.update(Run)
+        .where(Run.status == "cancelling", expired, *one)
+        .values(status="cancelled", **done),
+        execution_options=NO_SYNC,
+    )
+    lost = session.execute(
+        sa.update(Run)
+        .where(abandoned(now), Run.attempts >= max_attempts, *one)
+        .values(
+            status="failed",
+            error_code="worker_lost",
+            error_message=f"the run was claimed {max_attempts} times and every worker "
+            "stopped before finishing it",
+            **done,
+        ),
+        execution_options=NO_SYNC,
+    )
+    return cancelled.rowcount + lost.rowcount
