@@ -10,8 +10,14 @@ from .errors import SpecError
 class DataInfo:
     """What `build` needs to know about a data set.
 
+    input_shape: the per-sample shape: (D,) features, (C, H, W) or (H, W) images, (T, D)
+    sequences, (T,) token ids.
     classes: sorted, JSON-serialisable labels (int, str or bool) for classification, else None.
-    class_counts: samples per class (same order), when known; lets `build` check the split.
+    class_counts: labels per class (same order), when known; lets `build` check the split.
+    target_shape: the per-sample shape of the targets: () one label, or (T,) a label per time
+    step (class_counts then count time steps); regression: (target_dim,).
+    token_range: (min, max) of the inputs when every input value is an integer, else None;
+    lets `build` check an embedding's vocab_size.
     """
     input_shape: tuple[int, ...]
     n_samples: int
@@ -19,6 +25,8 @@ class DataInfo:
     classes: list | None
     target_dim: int
     class_counts: list[int] | None = None
+    target_shape: tuple[int, ...] = ()
+    token_range: tuple[int, int] | None = None
 
 
 def _array(values, path: str) -> np.ndarray:
@@ -29,17 +37,29 @@ def _array(values, path: str) -> np.ndarray:
 
 
 def check_inputs(inputs, path: str = "inputs", min_rows: int = 0) -> np.ndarray:
-    """-> (N, D) float64; SpecError for ragged, non-numeric, too few or non-finite inputs."""
+    """-> (N, ...) float64 (at least 2-D: N samples of any shape); SpecError for ragged,
+    non-numeric, empty, too few or non-finite inputs."""
     x = _array(inputs, path)
     if x.dtype.kind not in "biuf":
         raise SpecError(path, "must be numbers")
-    if x.ndim != 2 or x.shape[1] == 0:
-        raise SpecError(path, f"must be a 2-D array (N, D), got shape {x.shape}")
+    if x.ndim < 2 or 0 in x.shape[1:]:
+        raise SpecError(path, f"must be an array (N, D) or (N, ...) of N samples, got shape "
+                              f"{x.shape}")
     if len(x) < min_rows:
         raise SpecError(path, f"needs at least {min_rows} row(s)")
     x = x.astype(np.float64)
     if not np.isfinite(x).all():
         raise SpecError(path, "contains NaN or infinite values")
+    return x
+
+
+def check_shape(x: np.ndarray, input_shape, path: str = "inputs") -> np.ndarray:
+    """x (N, ...) must hold samples of input_shape."""
+    shape = tuple(input_shape)
+    if x.shape[1:] != shape:
+        if len(shape) == 1 and x.ndim == 2:
+            raise SpecError(path, f"rows have {x.shape[1]} values; the plan expects {shape[0]}")
+        raise SpecError(path, f"each sample has shape {x.shape[1:]}; the plan expects {shape}")
     return x
 
 
@@ -56,8 +76,21 @@ def _label_kind(v) -> str | None:
 
 
 def _values(targets, y: np.ndarray) -> list:
-    """The labels as Python values; a list is read as given (numpy would coerce [0, "a"])."""
-    return list(targets) if isinstance(targets, (list, tuple)) else y.tolist()
+    """The labels as a flat list of Python values; a list is read as given (numpy would
+    coerce [0, "a"]); (N, T) labels per time step are flattened row by row."""
+    if not isinstance(targets, (list, tuple)):
+        return y.ravel().tolist()
+    if y.ndim == 2:
+        return [v for row in targets for v in row]
+    return list(targets)
+
+
+def token_range(x: np.ndarray) -> tuple[int, int] | None:
+    """(min, max) when every value of x is an integer (token ids), else None."""
+    lo, hi = float(x.min()), float(x.max())
+    if not np.array_equal(x, np.floor(x)) or max(abs(lo), abs(hi)) > 2**53:
+        return None
+    return int(lo), int(hi)
 
 
 def _classes(values: list) -> tuple[list, list[int]]:
@@ -77,9 +110,10 @@ def _classes(values: list) -> tuple[list, list[int]]:
 
 
 def describe(inputs, targets, task: str | None = None) -> DataInfo:
-    """inputs (N, D); targets (N,) labels or numbers, or (N, K) numbers -> DataInfo.
+    """inputs (N, ...); targets (N,) labels or numbers, (N, K) numbers, or with task
+    "classification" (N, T) labels, one per time step -> DataInfo.
 
-    task None: strings, bools and integers mean classification, floats regression.
+    task None: strings, bools and integers (N,) mean classification, anything else regression.
     """
     x = check_inputs(inputs, min_rows=1)
     y = _array(targets, "targets")
@@ -88,6 +122,7 @@ def describe(inputs, targets, task: str | None = None) -> DataInfo:
     if y.ndim not in (1, 2) or len(y) != len(x):
         raise SpecError("targets", f"must have shape ({len(x)},) or ({len(x)}, K), "
                                    f"got {y.shape}")
+    shape, tokens = tuple(x.shape[1:]), token_range(x)
     if task is None:
         task = "classification" if y.ndim == 1 and y.dtype.kind in "biuUSO" else "regression"
     if task == "regression":
@@ -95,21 +130,24 @@ def describe(inputs, targets, task: str | None = None) -> DataInfo:
             raise SpecError("targets", "regression targets must be numbers")
         if not np.isfinite(y.astype(np.float64)).all():
             raise SpecError("targets", "contains NaN or infinite values")
-        return DataInfo((x.shape[1],), len(x), task, None, 1 if y.ndim == 1 else y.shape[1])
-    if y.ndim != 1:
-        raise SpecError("targets", "class labels must be a 1-D array (N,)")
+        dim = 1 if y.ndim == 1 else y.shape[1]
+        return DataInfo(shape, len(x), task, None, dim, None, (dim,), tokens)
+    if y.ndim == 2 and y.shape[1] == 0:
+        raise SpecError("targets", "labels per time step need at least one time step")
     classes, counts = _classes(_values(targets, y))
     if len(classes) < 2:
         raise SpecError("targets", "classification needs at least 2 classes")
-    return DataInfo((x.shape[1],), len(x), task, classes, 1, counts)
+    return DataInfo(shape, len(x), task, classes, 1, counts, tuple(y.shape[1:]), tokens)
 
 
 def encode_labels(targets, classes: list, path: str = "targets") -> np.ndarray:
-    """Labels -> (N,) int64 indices into classes."""
+    """Labels (N,) or (N, T) -> int64 indices into classes, same shape."""
     index = {c: i for i, c in enumerate(classes)}
     try:
-        values = _values(targets, _array(targets, path))
-        return np.fromiter((index[v] for v in values), np.int64, count=len(values))
+        y = _array(targets, path)
+        values = _values(targets, y)
+        return np.fromiter((index[v] for v in values), np.int64,
+                           count=len(values)).reshape(y.shape)
     except (KeyError, TypeError) as e:
         raise SpecError(path, f"label {e} is not one of the classes {classes}") from None
 
@@ -138,13 +176,14 @@ def stratified_split(y: np.ndarray | None, n: int, fraction: float,
 
 
 def fit_standardizer(x: np.ndarray) -> dict:
-    """Mean and std per input column (std 0 -> 1), as JSON lists for Model.meta."""
+    """Mean and std per input value (a column of (N, D), a pixel of (N, C, H, W); std 0 -> 1),
+    as (nested) JSON lists of the per-sample shape, for Model.meta."""
     std = x.std(axis=0)
     return {"mean": x.mean(axis=0).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
 
 
 def standardize(x: np.ndarray, params: dict | None) -> np.ndarray:
-    """x: (N, D) -> (x - mean) / std, or x itself when params is None."""
+    """x: (N, ...) -> (x - mean) / std, or x itself when params is None."""
     if params is None:
         return x
     return (x - np.asarray(params["mean"])) / np.asarray(params["std"])

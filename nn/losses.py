@@ -4,7 +4,9 @@ batch_size 1 one SGD step is exactly the textbook's step on J_p.
 - squared_error: J_p = 1/2 sum_i (g_i - b_i)^2 (the textbook's J, no division by the number
   of outputs). Works on the outputs a = g. t: (N, K) float targets.
 - cross_entropy: J_p = -log softmax(z)_y, from the output layer's pre-activation z with a
-  log-sum-exp, so it never takes log(0). t: (N,) int class indices.
+  log-sum-exp, so it never takes log(0). t: (N,) int class indices. With a label per time
+  step (z: (N, T, C), t: (N, T)) a sample's J_p is the mean over its T steps, so the batch
+  loss is the mean over every (sample, step).
 - binary_cross_entropy: J_p = -t log s(z) - (1 - t) log(1 - s(z)) = softplus(z) - t z, from z.
   t: (N, 1) float in {0, 1}.
 
@@ -31,16 +33,18 @@ def squared_error(a: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def cross_entropy(z: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
-    """z: (N, C) logits, t: (N,) class indices -> mean -log softmax(z)_t, and dL/dz."""
-    n = len(z)
-    shifted = z - z.max(axis=1, keepdims=True)
+    """z: (N, C) logits, t: (N,) class indices (or z: (N, T, C), t: (N, T)) -> the mean of
+    -log softmax(z)_t over every row, and dL/dz."""
+    z2, t2 = z.reshape(-1, z.shape[-1]), t.reshape(-1)
+    n = len(z2)
+    shifted = z2 - z2.max(axis=1, keepdims=True)
     log_sum = np.log(np.exp(shifted).sum(axis=1))
     rows = np.arange(n)
-    loss = float(np.sum(log_sum - shifted[rows, t])) / n
-    dz = softmax(z)                                # d(-log softmax_t)/dz = softmax - onehot(t)
-    dz[rows, t] -= 1.0
+    loss = float(np.sum(log_sum - shifted[rows, t2])) / n
+    dz = softmax(z2)                               # d(-log softmax_t)/dz = softmax - onehot(t)
+    dz[rows, t2] -= 1.0
     dz /= n
-    return loss, dz
+    return loss, dz.reshape(z.shape)
 
 
 def binary_cross_entropy(z: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
@@ -61,8 +65,9 @@ def _squared_error_grad(z, a, t):
 
 def _cross_entropy_grad(z, a, t):
     d = a.copy()                                   # a = softmax(z)
-    d[np.arange(len(a)), t] -= 1.0
-    d *= 1.0 / len(a)
+    d2 = d.reshape(-1, d.shape[-1])
+    d2[np.arange(len(d2)), t.reshape(-1)] -= 1.0
+    d *= 1.0 / len(d2)
     return d
 
 

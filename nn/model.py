@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from .data import check_inputs, standardize
+from .data import check_inputs, check_shape, standardize
 from .errors import SpecError
 from .network import forward
 from .spec import parse_network
@@ -21,23 +21,28 @@ class Model:
     def __init__(self, network: dict, weights: Weights, meta: dict) -> None:
         self.network = network
         self.meta = meta
-        _, layers = parse_network(network, int(meta["input_shape"][0]))
+        _, layers = parse_network(network, tuple(meta["input_shape"]))
         self.layers = layers
         self.weights = check_weights(weights, layers, "weights", np.dtype(meta["dtype"]))
 
     def predict(self, inputs) -> dict:
-        """Eval mode. -> {"outputs"} and, for classifiers, {"labels", "probabilities"}."""
+        """Eval mode. -> {"outputs"} and, for classifiers, {"labels", "probabilities"}; with
+        outputs per time step, a label (and a probability row) per sample and step."""
         x = check_inputs(inputs)
-        d = self.meta["input_shape"][0]
-        if x.shape[1] != d:
-            raise SpecError("inputs", f"each row must have {d} values, got {x.shape[1]}")
+        shape = tuple(self.meta["input_shape"])
+        if len(shape) == 1 and x.ndim == 2 and x.shape[1] != shape[0]:
+            raise SpecError("inputs", f"each row must have {shape[0]} values, got {x.shape[1]}")
+        check_shape(x, shape)
+        self.layers[0].check_inputs(x)
         x = standardize(x, self.meta["standardize"]).astype(self.meta["dtype"])
         out, _ = forward(self.layers, self.weights, x, train=False)
         result = {"outputs": out.tolist()}
         classes = self.meta["classes"]
         if classes is not None:
             labels, probs = decode(out, self.layers[-1].activation)
-            result["labels"] = [classes[i] for i in labels.tolist()]
+            table = np.empty(len(classes), dtype=object)
+            table[:] = classes
+            result["labels"] = table[labels].tolist()
             result["probabilities"] = probs.tolist()
         return result
 

@@ -1,65 +1,52 @@
 """A network is a list of layers run in order: forward over them, backward in reverse.
 
-Weights = list[dict[str, ndarray]], one dict per layer in spec order ({} for dropout).
+Weights = list[dict[str, ndarray]], one dict per layer in spec order ({} for layers without
+parameters). Layers are nn/layers' Layer objects; nothing here asks which type a layer is.
 """
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from .init import init_dense
-from .layers import dense, dropout
+from .layers import Layer
 
 Weights = list[dict[str, np.ndarray]]
 
 
-@dataclass(frozen=True)
-class LayerSpec:
-    """One normalised layer: kind "dense" (n_in -> n_out, activation, init) or "dropout"."""
-    kind: str
-    n_in: int
-    n_out: int
-    activation: str | None = None
-    init: dict = field(default_factory=dict)
-    drop_prob: float = 0.0
-
-    @property
-    def n_params(self) -> int:
-        return (self.n_in + 1) * self.n_out if self.kind == "dense" else 0
-
-
-def init_params(layers: list[LayerSpec], rng: np.random.Generator, dtype) -> Weights:
+def init_params(layers: list[Layer], rng: np.random.Generator, dtype) -> Weights:
     """Initial weights, drawn layer by layer from rng."""
-    return [init_dense(l.n_in, l.n_out, l.init, rng, dtype) if l.kind == "dense" else {}
-            for l in layers]
+    return [layer.init(rng, dtype) for layer in layers]
 
 
-def forward(layers: list[LayerSpec], params: Weights, x: np.ndarray, *, train: bool,
-            rng: np.random.Generator | None = None) -> tuple[np.ndarray, list]:
-    """x: (N, D) -> out: (N, K) and one cache per layer. Dropout draws its masks from rng."""
+def forward(layers: list[Layer], params: Weights, x: np.ndarray, *, train: bool,
+            rng: np.random.Generator | None = None, outputs: list | None = None
+            ) -> tuple[np.ndarray, list]:
+    """x: (N, *input_shape) -> out: (N, *output_shape) and one cache per layer. Dropout draws
+    its masks from rng. outputs, when given, receives every layer's output."""
     caches = []
     for layer, p in zip(layers, params):
-        if layer.kind == "dense":
-            x, cache = dense.forward(x, p, layer.activation)
-        else:
-            x, cache = dropout.forward(x, layer.drop_prob, train=train, rng=rng)
+        x, cache = layer.forward(x, p, train=train, rng=rng)
         caches.append(cache)
+        if outputs is not None:
+            outputs.append(x)
     return x, caches
 
 
-def backward(layers: list[LayerSpec], dout: np.ndarray, caches: list, *,
-             wrt_z: bool) -> Weights:
-    """dout: dL/d(output), or dL/dz of the output layer when wrt_z (fused losses) -> grads."""
+def backward(layers: list[Layer], dout: np.ndarray, caches: list, *, wrt_z: bool,
+             traces: list[dict] | None = None) -> Weights:
+    """dout: dL/d(output), or dL/dz of the output layer when wrt_z (fused losses) -> grads.
+    traces, when given (one dict per layer), receives what layers report beyond their
+    gradients (the recurrent layers' grad_norm_by_time)."""
     grads: Weights = [{} for _ in layers]
     d = dout
-    for i in range(len(layers) - 1, -1, -1):
-        need_dx = i > 0
-        if layers[i].kind == "dense":
-            if wrt_z and i == len(layers) - 1:
-                d, grads[i] = dense.backward_z(d, caches[i], need_dx)
-            else:
-                d, grads[i] = dense.backward(d, caches[i], need_dx)
-        elif need_dx:
-            d, grads[i] = dropout.backward(d, caches[i])
+    last = len(layers) - 1
+    for i in range(last, -1, -1):
+        layer, need_dx = layers[i], i > 0
+        if not need_dx and not layer.param_shapes():
+            break                                  # nothing left to compute
+        if wrt_z and i == last:
+            d, grads[i] = layer.backward_z(d, caches[i], need_dx)
+        elif traces is not None:
+            d, grads[i], traces[i] = layer.backward_traced(d, caches[i], need_dx)
+        else:
+            d, grads[i] = layer.backward(d, caches[i], need_dx)
     return grads
 
 

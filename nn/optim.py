@@ -3,8 +3,10 @@
 - sgd: w <- w - rho g (the textbook's rule); with momentum mu: v <- mu v + g, w <- w - rho v;
   Nesterov: w <- w - rho (g + mu v) (the PyTorch formulation).
 - adam: Kingma & Ba with bias correction.
-- weight_decay lambda (L2): g <- g + lambda W for every dense W, never for biases, i.e. the
-  loss gets + lambda/2 ||W||^2 (added to the gradient only; reported losses exclude it).
+- weight_decay lambda (L2): g <- g + lambda W for every weight array (dense and conv2d W,
+  recurrent Wx and Wh, embedding E, attention and feed-forward matrices; each layer's
+  decayed() says which), never for biases or layer norm's gamma and beta, i.e. the loss gets
+  + lambda/2 ||W||^2 (added to the gradient only; reported losses exclude it).
 - lr_schedule per epoch e (from 1): step: rho gamma^floor((e-1)/step_size);
   exponential: rho gamma^(e-1).
 """
@@ -27,9 +29,11 @@ def learning_rate(training: dict, epoch: int) -> float:
 class Optimizer:
     """Base: keeps per-parameter state arrays named 'slot.layer.key' for checkpoints."""
 
-    def __init__(self, spec: dict, weight_decay: float) -> None:
+    def __init__(self, spec: dict, weight_decay: float,
+                 decay_keys: list[tuple[str, ...]] | None = None) -> None:
         self.spec = spec
         self.weight_decay = weight_decay
+        self.decay_keys = decay_keys                 # per layer; None: the key "W" only
         self.t = 0                                   # number of steps taken
         self.slots: dict[str, np.ndarray] = {}
 
@@ -43,7 +47,8 @@ class Optimizer:
         self.t += 1
         for i, (p, g) in enumerate(zip(params, grads)):
             for key, gk in g.items():
-                if self.weight_decay and key == "W":
+                if self.weight_decay and (key in self.decay_keys[i] if self.decay_keys
+                                          is not None else key == "W"):
                     gk += self.weight_decay * p[key]
                 self._update(f"{i}.{key}", p[key], gk, lr)
 
@@ -98,7 +103,9 @@ class Adam(Optimizer):
         w -= lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
-def make_optimizer(training: dict) -> Optimizer:
+def make_optimizer(training: dict, decay_keys: list[tuple[str, ...]] | None = None
+                   ) -> Optimizer:
+    """decay_keys: per layer, the arrays weight decay applies to (None: every "W")."""
     spec = training["optimizer"]
     cls = SGD if spec["type"] == "sgd" else Adam
-    return cls(spec, training["weight_decay"])
+    return cls(spec, training["weight_decay"], decay_keys)

@@ -17,7 +17,6 @@ import math
 
 import numpy as np
 
-from .errors import SpecError
 
 KINDS = ("xor", "circle", "gaussian", "spiral")
 MAX_SAMPLES = 100_000
@@ -60,20 +59,10 @@ def _spiral(rng, n_samples, n):
 _GENERATORS = {"xor": _xor, "circle": _circle, "gaussian": _gaussian, "spiral": _spiral}
 
 
-def generate(kind: str, n_samples: int = 500, noise: float = 0, seed: int | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """-> X: (N, 2) float64, y: (N,) int64 in {0, 1}. Bad args -> SpecError("generator.<field>")."""
-    if kind not in _GENERATORS:
-        raise SpecError("generator.kind", f"must be one of {', '.join(KINDS)}, not {kind!r}")
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) \
-            or not 2 <= n_samples <= MAX_SAMPLES:
-        raise SpecError("generator.n_samples", f"must be an integer in [2, {MAX_SAMPLES}]")
-    if not isinstance(noise, (int, float)) or isinstance(noise, bool) \
-            or not 0 <= noise <= 50:
-        raise SpecError("generator.noise", "must be a number in [0, 50] (the Playground slider)")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise SpecError("generator.seed", "must be a non-negative integer or null")
-    rng = np.random.default_rng(seed)
-    X, positive = _GENERATORS[kind](rng, n_samples, noise / 100)
+def playground(kind: str, rng: np.random.Generator, n_samples: int, n: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """-> X: (N, 2) float64, y: (N,) int64 in {0, 1}; n = noise / 100. nn.generate (in
+    nn/generators.py) checks the arguments."""
+    X, positive = _GENERATORS[kind](rng, n_samples, n)
     order = rng.permutation(n_samples)
     return X[order].astype(np.float64), positive[order].astype(np.int64)

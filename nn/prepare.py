@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import DataInfo, check_inputs, encode_labels, fit_standardizer, standardize, \
-    stratified_split
+from .data import DataInfo, check_inputs, check_shape, encode_labels, fit_standardizer, \
+    standardize, stratified_split
 from .errors import SpecError
 from .spec import Plan, check_split
 from .stats import PROBE_SIZE
@@ -19,9 +19,9 @@ from .targets import encode
 
 @dataclass
 class Prepared:
-    x: np.ndarray                 # (N_train, D) standardised, in the plan's dtype
+    x: np.ndarray                 # (N_train, *input_shape) standardised, in the plan's dtype
     t: np.ndarray                 # targets as the loss wants them
-    y: np.ndarray | None          # (N_train,) class indices, None for regression
+    y: np.ndarray | None          # (N_train,) or (N_train, T) class indices; None: regression
     x_val: np.ndarray
     t_val: np.ndarray
     y_val: np.ndarray | None
@@ -34,17 +34,17 @@ def prepare(plan: Plan, inputs, targets) -> Prepared:
     """Check the data against the plan, encode targets, split, standardise, pick the probe."""
     tr, info, out = plan.training, plan.data, plan.layers[-1]
     dtype = np.dtype(tr["dtype"])
-    x = check_inputs(inputs, min_rows=1)
-    if x.shape[1:] != tuple(info.input_shape):
-        raise SpecError("inputs", f"rows have {x.shape[1]} values; the plan expects "
-                                  f"{info.input_shape[0]}")
+    x = check_shape(check_inputs(inputs, min_rows=1), info.input_shape)
+    plan.layers[0].check_inputs(x)
     if info.task == "classification":
         y = encode_labels(targets, info.classes)
-        if len(y) != len(x):
-            raise SpecError("targets", f"has {len(y)} labels for {len(x)} input rows")
-        counts = np.bincount(y, minlength=len(info.classes)).tolist()
-        check_split(tr, DataInfo(info.input_shape, len(x), info.task, info.classes, 1, counts))
-        t = encode(y, len(info.classes), out.n_out, out.activation, tr["loss"], dtype)
+        if y.shape != (len(x), *info.target_shape):
+            raise SpecError("targets", f"has labels of shape {y.shape} for {len(x)} samples; "
+                                       f"the plan expects {(len(x), *info.target_shape)}")
+        counts = np.bincount(y.ravel(), minlength=len(info.classes)).tolist()
+        check_split(tr, DataInfo(info.input_shape, len(x), info.task, info.classes, 1, counts,
+                                 info.target_shape))
+        t = encode(y, len(info.classes), out.out_shape[-1], out.activation, tr["loss"], dtype)
     else:
         y = None
         try:
@@ -57,7 +57,8 @@ def prepare(plan: Plan, inputs, targets) -> Prepared:
         check_split(tr, DataInfo(info.input_shape, len(x), info.task, None, t.shape[1]))
         t = t.astype(dtype)
     seed = tr["seed"]
-    train_idx, val_idx = stratified_split(y, len(x), tr["validation_fraction"],
+    strata = y if y is not None and y.ndim == 1 else None     # labels per step: not stratified
+    train_idx, val_idx = stratified_split(strata, len(x), tr["validation_fraction"],
                                           np.random.default_rng([seed, 0, 1]))
     std = fit_standardizer(x[train_idx]) if tr["standardize"] else None
     xs = standardize(x, std).astype(dtype)

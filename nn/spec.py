@@ -1,27 +1,29 @@
 """The one spec parser: validate a network + training spec against a data set, fill in the
-defaults (all of them live in DEFAULTS below) and return a Plan. Every problem is a SpecError
-naming the JSON path of the bad field.
+defaults (all of them live in DEFAULTS below, the layers' own in their modules) and return a
+Plan. Every problem is a SpecError naming the JSON path of the bad field.
+
+Shapes are inferred layer by layer from DataInfo.input_shape (the per-sample shape); each
+layer type (nn/layers, registry LAYERS) parses its own fields and says what it takes and gives.
 """
 import copy
 import secrets
 from dataclasses import dataclass
 
 from . import fields as f
-from .activations import ACTIVATIONS
 from .data import DataInfo, split_counts
 from .errors import SpecError
+from .generators import GENERATOR_DEFAULTS
+from .init import INIT_DEFAULTS
+from .layers import LAYERS, Layer
 from .losses import LOSSES
-from .network import LayerSpec
 
 MAX_LAYERS = 100
-MAX_UNITS = 100_000
 MAX_PARAMS = 20_000_000
 MAX_EPOCHS = 100_000
 
 DEFAULTS: dict = {
-    "dense": {"activation": "sigmoid", "init": {"type": "uniform"}},
-    "dropout": {"drop_prob": 0.5},
-    "init": {"uniform": {"scale": 0.1}, "glorot": {}, "he": {"distribution": "normal"}},
+    **{kind: cls.DEFAULTS for kind, cls in LAYERS.items()},   # "dense", "conv2d", ...
+    "init": INIT_DEFAULTS,
     "training": {
         "algorithm": "backprop", "loss": "squared_error", "optimizer": {"type": "sgd"},
         "weight_decay": 0.0, "lr_schedule": None, "batch_size": 1, "epochs": 100,
@@ -32,6 +34,10 @@ DEFAULTS: dict = {
                   "adam": {"learning_rate": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}},
     "lr_schedule": {"step": {"step_size": 10, "gamma": 0.5}, "exponential": {"gamma": 0.95}},
     "early_stopping": {"patience": 10, "min_delta": 0.0},
+    # training.pretrain is optional (absent or null: no pretraining); its fields' defaults.
+    # optimizer null: the training optimizer (type and settings), fresh for every layer.
+    "pretrain": {"epochs": 10, "optimizer": None},
+    "generator": GENERATOR_DEFAULTS,
 }
 
 
@@ -41,63 +47,43 @@ class Plan:
     network: dict
     training: dict
     data: DataInfo
-    layers: tuple[LayerSpec, ...]
+    layers: tuple[Layer, ...]
     epochs_total: int
     n_params: int
+    pretrain_epochs_total: int = 0
 
 
-def _init(spec, path: str) -> dict:
-    if spec is None:
-        spec = DEFAULTS["dense"]["init"]
-    kind = f.choice(f.obj(spec, path, {"type", "scale", "distribution"}), "type", path,
-                    tuple(DEFAULTS["init"]))
-    d = DEFAULTS["init"][kind]
-    f.obj(spec, path, {"type", *d})
-    out: dict = {"type": kind}
-    if kind == "uniform":
-        out["scale"] = f.number(spec, "scale", path, d["scale"], lo=0, lo_open=True)
-    elif kind == "he":
-        out["distribution"] = f.choice(spec, "distribution", path, ("normal", "uniform"),
-                                       d["distribution"])
-    return out
-
-
-def parse_network(network, n_in: int, path: str = "network") -> tuple[dict, list[LayerSpec]]:
-    """-> (normalised network dict, layers). n_in: the number of input features."""
+def parse_network(network, in_shape: tuple[int, ...], path: str = "network"
+                  ) -> tuple[dict, list[Layer]]:
+    """-> (normalised network dict, layers). in_shape: the per-sample input shape."""
     f.obj(network, path, {"layers"})
     specs = f.get(network, "layers", path, f.MISSING)
     lpath = f"{path}.layers"
     if not isinstance(specs, list) or not 1 <= len(specs) <= MAX_LAYERS:
         raise SpecError(lpath, f"must be a list of 1 to {MAX_LAYERS} layers")
-    normal, layers = [], []
+    layers: list[Layer] = []
+    shape = tuple(in_shape)
     for i, spec in enumerate(specs):
         p = f"{lpath}[{i}]"
-        kind = f.choice(f.obj(spec, p, {"type", "units", "activation", "init", "drop_prob"}),
-                        "type", p, ("dense", "dropout"))
-        if kind == "dense":
-            f.obj(spec, p, {"type", "units", "activation", "init"})
-            units = f.integer(spec, "units", p, lo=1, hi=MAX_UNITS)
-            act = f.choice(spec, "activation", p, tuple(ACTIVATIONS),
-                           DEFAULTS["dense"]["activation"])
-            if act == "softmax" and i != len(specs) - 1:
-                raise SpecError(f"{p}.activation", "softmax is only allowed on the output layer")
-            init = _init(spec.get("init"), f"{p}.init")
-            normal.append({"type": kind, "units": units, "activation": act, "init": init})
-            layers.append(LayerSpec("dense", n_in, units, act, init))
-            n_in = units
-        else:
-            f.obj(spec, p, {"type", "drop_prob"})
-            prob = f.number(spec, "drop_prob", p, DEFAULTS["dropout"]["drop_prob"],
-                            lo=0, hi=1, hi_open=True)
-            normal.append({"type": kind, "drop_prob": prob})
-            layers.append(LayerSpec("dropout", n_in, n_in, drop_prob=prob))
+        if not isinstance(spec, dict):
+            raise SpecError(p, "must be an object")
+        cls = LAYERS[f.choice(spec, "type", p, tuple(LAYERS))]
+        f.obj(spec, p, cls.fields())
+        if cls.first_only and i > 0:
+            raise SpecError(f"{p}.type", f"{cls.kind} must be the first layer: it reads "
+                                         "integer token ids from the inputs")
+        layer = cls.parse(spec, shape, p)
+        if layer.activation == "softmax" and i != len(specs) - 1:
+            raise SpecError(f"{p}.activation", "softmax is only allowed on the output layer")
+        layers.append(layer)
+        shape = layer.out_shape
     if layers[-1].kind != "dense":
         raise SpecError(f"{lpath}[{len(layers) - 1}].type",
                         "the last layer must be dense (it is the output layer)")
     n_params = sum(l.n_params for l in layers)
     if n_params > MAX_PARAMS:
         raise SpecError(lpath, f"the network has {n_params} parameters; the limit is {MAX_PARAMS}")
-    return {"layers": normal}, layers
+    return {"layers": copy.deepcopy([l.spec for l in layers])}, layers
 
 
 def _typed(spec, path: str, kinds: dict) -> dict:
@@ -108,10 +94,25 @@ def _typed(spec, path: str, kinds: dict) -> dict:
     return {"type": kind, **kinds[kind], **{k: v for k, v in spec.items() if k != "type"}}
 
 
+def _optimizer(spec, op: str) -> dict:
+    opt = _typed(spec, op, DEFAULTS["optimizer"])
+    f.number(opt, "learning_rate", op, lo=0, lo_open=True)
+    if opt["type"] == "sgd":
+        f.number(opt, "momentum", op, lo=0, hi=1, hi_open=True)
+        if f.boolean(opt, "nesterov", op) and opt["momentum"] == 0:
+            raise SpecError(f"{op}.nesterov", "Nesterov momentum needs momentum > 0")
+    else:
+        f.number(opt, "beta1", op, lo=0, hi=1, hi_open=True)
+        f.number(opt, "beta2", op, lo=0, hi=1, hi_open=True)
+        f.number(opt, "eps", op, lo=0, lo_open=True)
+    return {k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
+            for k, v in opt.items()}
+
+
 def parse_training(training, path: str = "training") -> dict:
     """-> the normalised training dict (every field present; a null seed becomes a random one)."""
     d = DEFAULTS["training"]
-    t = f.obj(training if training is not None else {}, path, set(d))
+    t = f.obj(training if training is not None else {}, path, {*d, "pretrain"})
     out = {
         "algorithm": f.choice(t, "algorithm", path, ("backprop", "perceptron"), d["algorithm"]),
         "loss": f.choice(t, "loss", path, tuple(LOSSES), d["loss"]),
@@ -128,19 +129,7 @@ def parse_training(training, path: str = "training") -> dict:
     }
     if out["seed"] is None:
         out["seed"] = secrets.randbelow(2**31)
-    op = f"{path}.optimizer"
-    opt = _typed(t.get("optimizer", d["optimizer"]), op, DEFAULTS["optimizer"])
-    f.number(opt, "learning_rate", op, lo=0, lo_open=True)
-    if opt["type"] == "sgd":
-        f.number(opt, "momentum", op, lo=0, hi=1, hi_open=True)
-        if f.boolean(opt, "nesterov", op) and opt["momentum"] == 0:
-            raise SpecError(f"{op}.nesterov", "Nesterov momentum needs momentum > 0")
-    else:
-        f.number(opt, "beta1", op, lo=0, hi=1, hi_open=True)
-        f.number(opt, "beta2", op, lo=0, hi=1, hi_open=True)
-        f.number(opt, "eps", op, lo=0, lo_open=True)
-    out["optimizer"] = {k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
-                        for k, v in opt.items()}
+    out["optimizer"] = _optimizer(t.get("optimizer", d["optimizer"]), f"{path}.optimizer")
     sp = f"{path}.lr_schedule"
     sched = t.get("lr_schedule", d["lr_schedule"])
     if sched is not None:
@@ -156,21 +145,50 @@ def parse_training(training, path: str = "training") -> dict:
         es["patience"] = f.integer(es, "patience", ep, lo=1, hi=MAX_EPOCHS)
         es["min_delta"] = f.number(es, "min_delta", ep, lo=0)
     out["early_stopping"] = es
+    pretrain = t.get("pretrain")
+    if pretrain is not None:                       # absent when null: older plans unchanged
+        out["pretrain"] = _pretrain(pretrain, f"{path}.pretrain", out["optimizer"])
     return out
 
 
-def _check_output(layers: list[LayerSpec], training: dict, data: DataInfo) -> None:
+def _pretrain(spec, path: str, optimizer: dict) -> dict:
+    """{"epochs", "optimizer"}: a null optimizer is the training optimizer (the same object)."""
+    d = DEFAULTS["pretrain"]
+    f.obj(spec, path, set(d))
+    opt = spec.get("optimizer")
+    return {"epochs": f.integer(spec, "epochs", path, d["epochs"], lo=1, hi=MAX_EPOCHS),
+            "optimizer": dict(optimizer) if opt is None else
+            _optimizer(opt, f"{path}.optimizer")}
+
+
+def _check_output(layers: list[Layer], training: dict, data: DataInfo) -> None:
     """The output layer, the loss and the data must agree."""
     j = len(layers) - 1
     out = layers[j]
     p = f"network.layers[{j}]"
     loss = training["loss"]
+    n_out = out.out_shape[-1]
+    per_step = data.task == "classification" and len(data.target_shape) == 1
+    if per_step:
+        steps = data.target_shape[0]
+        if out.out_shape[:-1] != (steps,):
+            raise SpecError(p, f"the targets are a label per time step ({steps},) but the "
+                               f"output per sample is {out.out_shape}; keep the time axis "
+                               "(return_sequences) up to the output layer")
+        if loss != "cross_entropy":
+            raise SpecError("training.loss", "labels per time step need cross_entropy (a "
+                                             "softmax over the classes at every step)")
+    elif len(out.out_shape) != 1:
+        what = "one label" if data.task == "classification" else f"({data.target_dim},)"
+        raise SpecError(p, f"the output per sample is {out.out_shape} but the targets are "
+                           f"{what} per sample; pool the sequence (sequence_pool) or flatten "
+                           "before the output layer")
     if data.task == "regression":
         if loss != "squared_error":
             raise SpecError("training.loss", f"{loss} needs class labels; the data set is "
                                              "regression (use squared_error)")
-        if out.n_out != data.target_dim:
-            raise SpecError(f"{p}.units", f"the output layer has {out.n_out} units but the "
+        if n_out != data.target_dim:
+            raise SpecError(f"{p}.units", f"the output layer has {n_out} units but the "
                                           f"targets have {data.target_dim} columns")
         return
     k = len(data.classes)
@@ -180,20 +198,20 @@ def _check_output(layers: list[LayerSpec], training: dict, data: DataInfo) -> No
                                              f"the data has {k}")
         if out.activation != "sigmoid":
             raise SpecError(f"{p}.activation", "binary_cross_entropy needs a sigmoid output")
-        if out.n_out != 1:
-            raise SpecError(f"{p}.units", f"the output layer has {out.n_out} units but "
+        if n_out != 1:
+            raise SpecError(f"{p}.units", f"the output layer has {n_out} units but "
                                           "binary_cross_entropy needs 1")
         return
     if loss == "cross_entropy" and out.activation != "softmax":
         raise SpecError(f"{p}.activation", "cross_entropy needs a softmax output layer")
     single_ok = k == 2 and out.activation != "softmax"
-    if out.n_out != k and not (single_ok and out.n_out == 1):
+    if n_out != k and not (single_ok and n_out == 1):
         also = " (or 1 unit for 2 classes)" if single_ok else ""
-        raise SpecError(f"{p}.units", f"the output layer has {out.n_out} units but the data "
+        raise SpecError(f"{p}.units", f"the output layer has {n_out} units but the data "
                                       f"has {k} classes{also}")
 
 
-def _check_algorithm(layers: list[LayerSpec], training: dict, data: DataInfo) -> None:
+def _check_algorithm(layers: list[Layer], training: dict, data: DataInfo) -> None:
     if training["algorithm"] == "backprop":
         for i, l in enumerate(layers):
             if l.activation == "step":
@@ -204,6 +222,9 @@ def _check_algorithm(layers: list[LayerSpec], training: dict, data: DataInfo) ->
     if len(layers) != 1 or layers[0].activation != "step":
         raise SpecError("network.layers", "the perceptron is exactly one dense layer with "
                                           "activation step")
+    if len(data.input_shape) != 1:
+        raise SpecError("network.layers", f"the perceptron takes (D,) inputs, not "
+                                          f"{data.input_shape}")
     if data.task != "classification":
         raise SpecError("training.algorithm", "the perceptron needs a classification data set")
     rules = [("loss", training["loss"] == "squared_error", "must be squared_error"),
@@ -213,10 +234,54 @@ def _check_algorithm(layers: list[LayerSpec], training: dict, data: DataInfo) ->
               "must be 1: the perceptron rule updates after every sample"),
              ("weight_decay", training["weight_decay"] == 0, "must be 0"),
              ("early_stopping", training["early_stopping"] is None, "must be null"),
-             ("lr_schedule", training["lr_schedule"] is None, "must be null")]
+             ("lr_schedule", training["lr_schedule"] is None, "must be null"),
+             ("pretrain", "pretrain" not in training, "must be null")]
     for field, ok, msg in rules:
         if not ok:
             raise SpecError(f"training.{field}", f"{msg} with the perceptron")
+
+
+def _check_inputs(layers: list[Layer], training: dict, data: DataInfo) -> None:
+    """An embedding reads token ids: integers in [0, vocab_size), never standardised."""
+    first = layers[0]
+    if first.kind != "embedding":
+        return
+    p = "network.layers[0]"
+    if data.token_range is None or data.token_range[0] < 0:
+        raise SpecError(p, "embedding needs integer token ids >= 0 as inputs, but the inputs "
+                           "are not all non-negative integers")
+    vocab = first.spec["vocab_size"]
+    if data.token_range[1] >= vocab:
+        raise SpecError(f"{p}.vocab_size", f"the inputs hold token ids up to "
+                                           f"{data.token_range[1]}; vocab_size must be > "
+                                           f"{data.token_range[1]}, not {vocab}")
+    if training["standardize"]:
+        raise SpecError("training.standardize", "token ids cannot be standardized (the first "
+                                                "layer is an embedding)")
+
+
+def pretrained_layers(layers: list[Layer] | tuple[Layer, ...]) -> list[int]:
+    """The layers greedy layer-wise pretraining trains, in order: every dense layer but the
+    output layer."""
+    return [i for i, l in enumerate(layers[:-1]) if l.kind == "dense"]
+
+
+def _check_pretrain(layers: list[Layer], training: dict, data: DataInfo) -> int:
+    """-> the number of pretraining epochs (0 without pretraining)."""
+    if "pretrain" not in training:
+        return 0
+    p = "training.pretrain"
+    for i, l in enumerate(layers):
+        if l.kind not in ("dense", "dropout"):
+            raise SpecError(p, f"greedy layer-wise pretraining is for stacks of dense (and "
+                               f"dropout) layers; network.layers[{i}] is {l.kind}")
+    if len(data.input_shape) != 1:
+        raise SpecError(p, f"pretraining takes (D,) inputs, not {data.input_shape}")
+    hidden = pretrained_layers(layers)
+    if not hidden:
+        raise SpecError(p, "needs at least one hidden dense layer (every dense layer but the "
+                           "output layer is pretrained)")
+    return len(hidden) * training["pretrain"]["epochs"]
 
 
 def check_split(training: dict, data: DataInfo) -> None:
@@ -224,7 +289,8 @@ def check_split(training: dict, data: DataInfo) -> None:
     if frac == 0:
         return
     p = "training.validation_fraction"
-    counts = data.class_counts if data.task == "classification" else [data.n_samples]
+    stratified = data.task == "classification" and not data.target_shape
+    counts = data.class_counts if stratified else [data.n_samples]
     if counts is None:
         return                                     # checked again by train() with the data
     n_val = split_counts(data.n_samples, frac, counts)
@@ -238,12 +304,12 @@ def check_split(training: dict, data: DataInfo) -> None:
 
 def build(network: dict, training: dict, data: DataInfo) -> Plan:
     """Validate network + training against the data and fill in defaults -> Plan."""
-    if len(data.input_shape) != 1:
-        raise SpecError("inputs", f"dense networks take (N, D) inputs, not {data.input_shape}")
-    net, layers = parse_network(copy.deepcopy(network), data.input_shape[0])
+    net, layers = parse_network(copy.deepcopy(network), data.input_shape)
     train = parse_training(copy.deepcopy(training))
     _check_algorithm(layers, train, data)
     _check_output(layers, train, data)
+    _check_inputs(layers, train, data)
+    pretrain_epochs = _check_pretrain(layers, train, data)
     check_split(train, data)
     return Plan(net, train, data, tuple(layers), train["epochs"],
-                sum(l.n_params for l in layers))
+                sum(l.n_params for l in layers), pretrain_epochs)

@@ -46,27 +46,61 @@ def summary(prefix: str, x: np.ndarray) -> dict[str, float]:
 def activation_stats(a: np.ndarray, activation: str) -> dict[str, float | None]:
     saturated = dead = None
     if activation == "sigmoid":
-        saturated = np.count_nonzero(np.abs(a - 0.5) > 0.49) / a.size   # a < .01 or a > .99
+        saturated = int(np.count_nonzero(np.abs(a - 0.5) > 0.49)) / a.size   # < .01 or > .99
     elif activation == "tanh":
-        saturated = np.count_nonzero(np.abs(a) > 0.99) / a.size
+        saturated = int(np.count_nonzero(np.abs(a) > 0.99)) / a.size
     elif activation == "relu":
-        dead = (a.size - np.count_nonzero(a)) / a.size
+        dead = (a.size - int(np.count_nonzero(a))) / a.size
     return {"act_mean": float(np.add.reduce(a, axis=None)) / a.size,
             "act_saturated_fraction": saturated, "act_dead_fraction": dead}
 
 
-def layer_stats(layers, params, grads, caches) -> list[dict]:
-    """One row per dense layer; grads may be None (perceptron). caches from the probe forward."""
+STAT_KEYS = ("mean_abs", "norm", "max_abs", "std")
+
+
+def _summary_or_none(prefix: str, arrays: list[np.ndarray] | None) -> dict:
+    if arrays is None:
+        return dict.fromkeys(f"{prefix}_{k}" for k in STAT_KEYS)
+    flat = np.concatenate([a.astype(np.float64, copy=False).ravel() for a in arrays])
+    return summary(prefix, flat)
+
+
+def layer_stats(layers, params, grads, outputs, caches, traces=None) -> list[dict]:
+    """One row per layer with parameters. grads None: the perceptron. outputs and caches:
+    each layer's output and cache from the probe forward; traces: from the probe backward.
+
+    Beyond dense layers (docs/engine-api.md repeats this; openapi.yaml will too):
+    - name is "<type>_<index>" ("dense_0", "conv2d_1", "lstm_2", ...).
+    - The row's weight_* and grad_* summarise the layer's weight arrays (biases, and layer
+      norm's beta, excluded), all of them concatenated: dense and conv2d W; rnn and lstm
+      Wx and Wh; embedding E; self_attention Wq, Wk, Wv, Wo; transformer_encoder those four
+      and W1, W2; layer_norm gamma; a learned positional_encoding P.
+    - act_* describe the layer's outputs (rnn and lstm: every state h_1..h_T, whatever
+      return_sequences says); saturated / dead follow the layer's activation (conv2d, rnn:
+      their own; lstm: the tanh rule on h); None for the others.
+    - params: one entry per array of the layer (biases included), in the layer's order:
+      {"param": "W" | "b" | "Wx" | ..., grad_mean_abs, grad_norm, grad_max_abs, grad_std,
+      weight_mean_abs, weight_norm, weight_max_abs, weight_std} over that array alone; the
+      natural key of such a row is (run, phase, epoch, layer, param).
+    - rnn and lstm rows add grad_norm_by_time: [||dL/dh_t|| for t = 1..T], the L2 norm over
+      the probe batch and units of the gradient reaching state h_t (from the output and from
+      h_{t+1}), L the mean probe loss: the vanishing gradient through time.
+    """
     rows = []
     for i, layer in enumerate(layers):
-        if layer.kind != "dense":
+        shapes = layer.param_shapes()
+        if not shapes:
             continue
-        row: dict = {"layer": i, "name": f"dense_{i}"}
-        if grads is not None:
-            row.update(summary("grad", grads[i]["W"].astype(np.float64, copy=False)))
-        else:
-            row.update(dict.fromkeys(("grad_mean_abs", "grad_norm", "grad_max_abs", "grad_std")))
-        row.update(summary("weight", params[i]["W"].astype(np.float64, copy=False)))
-        row.update(activation_stats(caches[i].a, layer.activation))
+        g = None if grads is None else grads[i]
+        keys = layer.weight_keys
+        row: dict = {"layer": i, "name": f"{layer.kind}_{i}",
+                     **_summary_or_none("grad", None if g is None else [g[k] for k in keys]),
+                     **_summary_or_none("weight", [params[i][k] for k in keys])}
+        act = layer.act_values(outputs[i], caches[i])
+        row.update(activation_stats(act, layer.stat_activation))
+        row["params"] = [{"param": k, **_summary_or_none("grad", None if g is None else [g[k]]),
+                          **_summary_or_none("weight", [params[i][k]])} for k in shapes]
+        if traces is not None:
+            row.update(traces[i])
         rows.append(row)
     return rows

@@ -6,7 +6,8 @@ Targets (y: (N,) class indices; lo = -1 for a tanh output, else 0; hi = 1):
 - squared_error (and the perceptron), one output unit and 2 classes: (N, 1), hi for
   classes[1], lo for classes[0]; k output units and k classes: one-hot rows of hi / lo.
 
-Outputs a: (N, K) -> labels and probabilities (columns in classes order):
+Outputs a: (N, K) -> labels and probabilities (columns in classes order; outputs per time
+step (N, T, K) the same at every step):
 - one output unit, 2 classes: p1 = clip((a - lo) / (hi - lo), 0, 1), so a sigmoid output is
   p1 itself; probabilities [1 - p1, p1]; label classes[1] iff p1 >= 0.5 (sigmoid output >= 0.5,
   tanh output >= 0, step output 1).
@@ -22,7 +23,8 @@ def low_high(activation: str) -> tuple[float, float]:
 
 def encode(y: np.ndarray, n_classes: int, units: int, activation: str, loss: str,
            dtype) -> np.ndarray:
-    """y: (N,) int class indices -> the targets `loss` trains against."""
+    """y: (N,) int class indices (or (N, T) with cross_entropy) -> the targets `loss` trains
+    against."""
     if loss == "cross_entropy":
         return y.astype(np.int64)
     lo, hi = low_high("sigmoid" if loss == "binary_cross_entropy" else activation)
@@ -34,15 +36,16 @@ def encode(y: np.ndarray, n_classes: int, units: int, activation: str, loss: str
 
 
 def decode(a: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
-    """a: (N, K) outputs -> (labels: (N,) class indices, probabilities: (N, max(K, 2)))."""
+    """a: (N, K) outputs -> (labels: (N,) class indices, probabilities: (N, max(K, 2))).
+    Outputs per time step (N, T, K) -> labels (N, T), probabilities (N, T, max(K, 2))."""
     lo, hi = low_high(activation)
-    if a.shape[1] == 1:
-        p1 = np.clip((a[:, 0] - lo) / (hi - lo), 0.0, 1.0)
-        return (p1 >= 0.5).astype(np.int64), np.stack([1.0 - p1, p1], axis=1)
-    labels = a.argmax(axis=1)
+    if a.shape[-1] == 1:
+        p1 = np.clip((a[..., 0] - lo) / (hi - lo), 0.0, 1.0)
+        return (p1 >= 0.5).astype(np.int64), np.stack([1.0 - p1, p1], axis=-1)
+    labels = a.argmax(axis=-1)
     if activation == "softmax":
         return labels, a
     p = np.clip((a - lo) / (hi - lo), 0.0, 1.0)
-    s = p.sum(axis=1, keepdims=True)
-    p = np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / a.shape[1])
+    s = p.sum(axis=-1, keepdims=True)
+    p = np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / a.shape[-1])
     return labels, p

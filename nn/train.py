@@ -1,51 +1,37 @@
 """The training loop: epochs of (minibatch) backprop or the perceptron rule, with metrics,
-per-layer statistics, early stopping, checkpoints, divergence and cooperative stopping.
+per-layer statistics, early stopping, checkpoints, divergence and cooperative stopping; when
+the plan says so, greedy layer-wise autoencoder pretraining first (nn/pretrain.py).
 
 Randomness: the initial weights come from a generator seeded by (seed, 0), the validation
 split from (seed, 0, 1), the probe batch from (seed, 0, 2), and epoch e's shuffle and dropout
 masks from (seed, e), so a resumed run is bit-identical to one that never stopped.
+(Pretraining: nn/pretrain.py.)
 
 train_loss and train_accuracy of an epoch are measured on the fly, Keras style: each sample's
 output as the network computed it in train mode during the epoch (before its own update),
 averaged over the epoch. val_loss and val_accuracy are measured after the epoch in eval mode.
 """
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Callable
 
 import numpy as np
 
-from . import checkpoint, network
-from .activations import ACTIVATIONS
+from . import checkpoint, network, pretrain
 from .checkpoint import TrainState
-from .losses import LOSSES, evaluate
+from .epoch import EpochReport, backprop_epoch, finite, measure, metrics, weights_finite
+from .losses import LOSSES
 from .model import Model, model_meta
 from .optim import learning_rate, make_optimizer
 from .perceptron import count_errors, perceptron_epoch
-from .prepare import prepare
+from .prepare import Prepared, prepare
 from .spec import Plan
 from .stats import layer_stats
-from .targets import decode
 from .weights import Weights, check_weights
 
 POLL_INTERVAL_S = 0.25
 
-
-@dataclass
-class EpochReport:
-    epoch: int
-    phase: str
-    train_loss: float
-    val_loss: float | None
-    train_accuracy: float | None
-    val_accuracy: float | None
-    duration_s: float
-    learning_rate: float
-    layer_stats: list[dict]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["EpochReport", "TrainResult", "train"]
 
 
 @dataclass
@@ -80,57 +66,21 @@ class _Poll:
         return self.answer is not None
 
 
-def _metrics(plan: Plan, z: np.ndarray, t: np.ndarray, y: np.ndarray | None
-             ) -> tuple[float, float | None]:
-    """Mean loss and accuracy of output pre-activations z: (N, K) against targets t."""
-    act = plan.layers[-1].activation
-    a = ACTIVATIONS[act].forward(z)
-    loss, _ = evaluate(plan.training["loss"], z, a, t)
-    acc = None if y is None else float(np.mean(decode(a, act)[0] == y))
-    return loss, acc
-
-
 def _evaluate(plan: Plan, params: Weights, x: np.ndarray, t: np.ndarray, y) -> tuple:
-    if len(x) == 0:
-        return None, None
-    _, caches = network.forward(list(plan.layers), params, x, train=False)
-    return _metrics(plan, network.output_z(caches), t, y)
+    return measure(list(plan.layers), plan.training["loss"], params, x, t, y)
 
 
 def _probe_stats(plan: Plan, params: Weights, x: np.ndarray, t: np.ndarray) -> list[dict]:
     layers = list(plan.layers)
-    out, caches = network.forward(layers, params, x, train=False)
-    grads = None
+    outputs: list = []
+    out, caches = network.forward(layers, params, x, train=False, outputs=outputs)
+    grads = traces = None
     if plan.training["algorithm"] == "backprop":
         loss = LOSSES[plan.training["loss"]]
         _, d = loss.fn(network.output_z(caches) if loss.fused else out, t)
-        grads = network.backward(layers, d, caches, wrt_z=loss.fused)
-    return layer_stats(layers, params, grads, caches)
-
-
-def _backprop_epoch(plan: Plan, params: Weights, opt, xs, ts, rng, lr: float,
-                    zbuf: np.ndarray, poll: _Poll) -> bool:
-    layers = list(plan.layers)
-    loss = LOSSES[plan.training["loss"]]
-    n = len(xs)
-    batch = min(plan.training["batch_size"] or n, n)
-    for k, s in enumerate(range(0, n, batch)):
-        out, caches = network.forward(layers, params, xs[s:s + batch], train=True, rng=rng)
-        z = caches[-1].z
-        zbuf[s:s + batch] = z
-        d = loss.grad(z, out, ts[s:s + batch])
-        opt.step(params, network.backward(layers, d, caches, wrt_z=loss.fused), lr)
-        if k & 15 == 15 and poll():
-            return False
-    return True
-
-
-def _finite(*values) -> bool:
-    return all(v is None or math.isfinite(v) for v in values)
-
-
-def _weights_finite(w: Weights) -> bool:
-    return all(np.isfinite(v).all() for p in w for v in p.values())
+        traces = [{} for _ in layers]
+        grads = network.backward(layers, d, caches, wrt_z=loss.fused, traces=traces)
+    return layer_stats(layers, params, grads, outputs, caches, traces)
 
 
 def _track_best(state: TrainState, value: float, es: dict | None) -> None:
@@ -145,6 +95,64 @@ def _track_best(state: TrainState, value: float, es: dict | None) -> None:
     state.wait += 1
     if es and state.wait >= es["patience"]:
         state.stop_reason = "early_stopping"
+
+
+def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
+            on_epoch: Callable[[EpochReport], None] | None, checkpoint_every: int,
+            on_checkpoint: Callable[[int, bytes], None] | None
+            ) -> tuple[str | None, dict | None]:
+    """The training epochs left in state -> (interrupted reason, error)."""
+    tr = plan.training
+    layers = list(plan.layers)
+    opt = make_optimizer(tr, [l.decayed() for l in layers])
+    if state.opt_state:
+        opt.load_state(state.opt_state)
+    es = tr["early_stopping"]
+    perceptron = tr["algorithm"] == "perceptron"
+    monitor = "val_loss" if len(data.x_val) else "train_loss"
+    zbuf = np.empty((len(data.x), *layers[-1].out_shape), dtype=data.x.dtype)
+    probe_x, probe_t = data.x[data.probe], data.t[data.probe]
+    act = layers[-1].activation
+    while state.stop_reason is None and state.epoch < plan.epochs_total:
+        t0 = perf_counter()
+        e = state.epoch + 1
+        rng = np.random.default_rng([tr["seed"], e])
+        lr = learning_rate(tr, e)
+        snapshot = network.copy_weights(state.params)
+        order = rng.permutation(len(data.x)) if tr["shuffle"] else slice(None)
+        xs, ts = data.x[order], data.t[order]
+        if perceptron:
+            done = perceptron_epoch(state.params, xs, ts, lr, zbuf, poll)
+        else:
+            done = backprop_epoch(layers, tr["loss"], tr["batch_size"], state.params, opt, xs,
+                                  ts, rng, lr, zbuf, poll)
+        if not done:
+            state.params = snapshot
+            return poll.answer, None
+        ys = None if data.y is None else data.y[order]
+        train_loss, train_acc = metrics(tr["loss"], act, zbuf, ts, ys)
+        val_loss, val_acc = _evaluate(plan, state.params, data.x_val, data.t_val, data.y_val)
+        if not (finite(train_loss, val_loss) and weights_finite(state.params)):
+            state.params = snapshot
+            return "diverged", {"code": "diverged", "message": f"training diverged at epoch "
+                                f"{e}: the loss became non-finite (train {train_loss}, "
+                                f"validation {val_loss}); try a smaller learning rate"}
+        stats = _probe_stats(plan, state.params, probe_x, probe_t) if tr["stats"] else []
+        state.epoch = e
+        state.last = {"train_loss": train_loss, "val_loss": val_loss,
+                      "train_accuracy": train_acc, "val_accuracy": val_acc}
+        _track_best(state, val_loss if monitor == "val_loss" else train_loss, es)
+        if perceptron and count_errors(zbuf, ts) == 0:
+            state.stop_reason = "converged"
+        if on_epoch is not None:
+            on_epoch(EpochReport(e, "train", train_loss, val_loss, train_acc, val_acc,
+                                 perf_counter() - t0, lr, stats))
+        if checkpoint_every and on_checkpoint is not None and e % checkpoint_every == 0:
+            state.opt_state = opt.state()
+            on_checkpoint(e, checkpoint.dump(state, data.fingerprint))
+        if state.stop_reason is None and e < plan.epochs_total and poll(force=True):
+            return poll.answer, None
+    return None, None
 
 
 def train(plan: Plan, inputs, targets, *,
@@ -167,58 +175,18 @@ def train(plan: Plan, inputs, targets, *,
     else:
         state = TrainState(0, network.init_params(
             layers, np.random.default_rng([tr["seed"], 0]), dtype))
-    opt = make_optimizer(tr)
-    if state.opt_state:
-        opt.load_state(state.opt_state)
-    es = tr["early_stopping"]
     perceptron = tr["algorithm"] == "perceptron"
     monitor = "val_loss" if len(data.x_val) else "train_loss"
-    zbuf = np.empty((len(data.x), layers[-1].n_out), dtype=dtype)
-    probe_x, probe_t = data.x[data.probe], data.t[data.probe]
     poll = _Poll(should_stop)
     interrupted: str | None = None
     error = None
     with np.errstate(all="ignore"):
-        while state.stop_reason is None and state.epoch < plan.epochs_total:
-            t0 = perf_counter()
-            e = state.epoch + 1
-            rng = np.random.default_rng([tr["seed"], e])
-            lr = learning_rate(tr, e)
-            snapshot = network.copy_weights(state.params)
-            order = rng.permutation(len(data.x)) if tr["shuffle"] else slice(None)
-            xs, ts = data.x[order], data.t[order]
-            if perceptron:
-                done = perceptron_epoch(state.params, xs, ts, lr, zbuf, poll)
-            else:
-                done = _backprop_epoch(plan, state.params, opt, xs, ts, rng, lr, zbuf, poll)
-            if not done:
-                state.params, interrupted = snapshot, poll.answer
-                break
-            ys = None if data.y is None else data.y[order]
-            train_loss, train_acc = _metrics(plan, zbuf, ts, ys)
-            val_loss, val_acc = _evaluate(plan, state.params, data.x_val, data.t_val, data.y_val)
-            if not (_finite(train_loss, val_loss) and _weights_finite(state.params)):
-                state.params, interrupted = snapshot, "diverged"
-                error = {"code": "diverged", "message": f"training diverged at epoch {e}: the "
-                         f"loss became non-finite (train {train_loss}, validation {val_loss}); "
-                         "try a smaller learning rate"}
-                break
-            stats = _probe_stats(plan, state.params, probe_x, probe_t) if tr["stats"] else []
-            state.epoch = e
-            state.last = {"train_loss": train_loss, "val_loss": val_loss,
-                          "train_accuracy": train_acc, "val_accuracy": val_acc}
-            _track_best(state, val_loss if monitor == "val_loss" else train_loss, es)
-            if perceptron and count_errors(zbuf, ts) == 0:
-                state.stop_reason = "converged"
-            if on_epoch is not None:
-                on_epoch(EpochReport(e, "train", train_loss, val_loss, train_acc, val_acc,
-                                     perf_counter() - t0, lr, stats))
-            if checkpoint_every and on_checkpoint is not None and e % checkpoint_every == 0:
-                state.opt_state = opt.state()
-                on_checkpoint(e, checkpoint.dump(state, data.fingerprint))
-            if state.stop_reason is None and e < plan.epochs_total and poll(force=True):
-                interrupted = poll.answer
-                break
+        if state.epoch == 0 and state.pretrain_epoch < plan.pretrain_epochs_total:
+            interrupted, error = pretrain.run(plan, data, state, poll, on_epoch,
+                                              checkpoint_every, on_checkpoint)
+        if interrupted is None:
+            interrupted, error = _epochs(plan, data, state, poll, on_epoch, checkpoint_every,
+                                         on_checkpoint)
     stop_reason = interrupted or state.stop_reason
     if stop_reason is None and perceptron and plan.epochs_total > 0:
         stop_reason = "not_converged"
@@ -229,10 +197,10 @@ def train(plan: Plan, inputs, targets, *,
                       "train_accuracy": train_acc, "val_accuracy": val_acc}
     meta = model_meta(plan, data.standardizer)
     best = state.best_params
-    metrics = {**state.last, "best_epoch": state.best_epoch, "best_loss": state.best_value,
-               "monitor": monitor, "epochs_completed": state.epoch}
+    final = {**state.last, "best_epoch": state.best_epoch, "best_loss": state.best_value,
+             "monitor": monitor, "epochs_completed": state.epoch}
     return TrainResult(
         weights=state.params, best_weights=best, best_epoch=state.best_epoch,
-        epochs_completed=state.epoch, stop_reason=stop_reason, error=error, metrics=metrics,
+        epochs_completed=state.epoch, stop_reason=stop_reason, error=error, metrics=final,
         model=Model(plan.network, state.params, meta),
         best_model=None if best is None else Model(plan.network, best, meta))

@@ -1,32 +1,29 @@
 """Weights as JSON ({"layers": [{"W": [[...]], "b": [...]}, {}, ...]}) and shape checks.
 
 A dense layer's W has shape (inputs, units) and b (units,), so that out = f(x @ W + b);
-a dropout layer has no arrays ({}).
+every other layer names its own arrays (its module's docstring; docs/engine-api.md lists
+them), and layers without parameters have none ({}). Arrays of more than two axes (a
+conv2d W) are nested lists.
 """
 import numpy as np
 
 from .errors import SpecError
-from .network import LayerSpec, Weights
+from .layers import Layer
+from .network import Weights
 
 
 def weights_to_json(weights: Weights) -> dict:
     return {"layers": [{k: v.tolist() for k, v in p.items()} for p in weights]}
 
 
-def expected_shapes(layer: LayerSpec) -> dict[str, tuple[int, ...]]:
-    if layer.kind == "dense":
-        return {"W": (layer.n_in, layer.n_out), "b": (layer.n_out,)}
-    return {}
-
-
-def check_weights(weights, layers: list[LayerSpec] | tuple, path: str, dtype) -> Weights:
+def check_weights(weights, layers: list[Layer] | tuple, path: str, dtype) -> Weights:
     """Arrays (or nested lists) per layer -> Weights in dtype; SpecError for a bad key or shape."""
     if not isinstance(weights, (list, tuple)) or len(weights) != len(layers):
         raise SpecError(path, f"must be a list of {len(layers)} layer objects")
     out: Weights = []
     for i, (p, layer) in enumerate(zip(weights, layers)):
         lp = f"{path}[{i}]"
-        shapes = expected_shapes(layer)
+        shapes = layer.param_shapes()
         if not isinstance(p, dict) or set(p) != set(shapes):
             keys = ", ".join(shapes) or "no arrays ({})"
             raise SpecError(lp, f"a {layer.kind} layer has {keys}")

@@ -29,47 +29,84 @@ INT64_MAX = 2**63 - 1
 
 # ---- JSON arrays ------------------------------------------------------------------------
 
-def matrix(rows: list[list[Any]], path: str) -> np.ndarray:
-    """A JSON array of equally long arrays of numbers -> (N, D) float64 (finite)."""
-    width = len(rows[0])
-    for i, row in enumerate(rows):
-        if len(row) != width:
-            raise validation_error(f"{path}[{i}]", f"has {len(row)} values but {path}[0] has {width}")
+def tensor(samples: list[Any], path: str) -> np.ndarray:
+    """JSON samples, each a number array of one shape ((D,), (T, D), (C, H, W)...) ->
+    (N, ...) float64, rectangular and finite; else a 422 at the first bad sample."""
     try:
-        out = np.array(rows, dtype=np.float64)
+        out = np.array(samples, dtype=np.float64)
     except (OverflowError, ValueError, TypeError):
         out = None
-    if out is None or not np.isfinite(out).all():
-        bad = next(i for i, row in enumerate(rows) if not _all_finite(row))
-        raise validation_error(f"{path}[{bad}]", "holds a number outside the range of float64")
-    return out
+    if out is not None and out.ndim >= 2 and np.isfinite(out).all():
+        return out
+    shape = _shape_of(samples[0])
+    for i, sample in enumerate(samples):
+        where = _mismatch(sample, shape, f"{path}[{i}]", f"{path}[0]")
+        if where is not None:
+            raise validation_error(*where)
+        try:
+            ok = bool(np.isfinite(np.array(sample, dtype=np.float64)).all())
+        except (OverflowError, ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise validation_error(f"{path}[{i}]", "holds a number outside the range of float64")
+    raise validation_error(path, "must be an array of samples")  # unreachable after the schema
 
 
-def _all_finite(row: list[Any]) -> bool:
-    try:
-        return all(math.isfinite(float(v)) for v in row)
-    except (OverflowError, ValueError, TypeError):
-        return False
+def _shape_of(value: Any) -> tuple[int, ...]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return tuple(shape)
+
+
+def _mismatch(value: Any, shape: tuple[int, ...], path: str, first: str) -> tuple[str, str] | None:
+    """(path, message) of the first place `value` departs from `shape`, or None."""
+    if not shape:
+        return None if not isinstance(value, list) else (path, f"must be a number like {first}")
+    if not isinstance(value, list):
+        return path, f"must be an array like {first}"
+    if len(value) != shape[0]:
+        return path, f"has {len(value)} values but {first} has {shape[0]}"
+    for j, item in enumerate(value):
+        found = _mismatch(item, shape[1:], f"{path}[{j}]", f"{first}[{j}]")
+        if found is not None:
+            return found
+    return None
 
 
 def targets_array(values: list[Any], path: str = "targets") -> np.ndarray:
-    """JSON targets -> one dtype: (N, K) float64, or (N,) int64 / float64 / bool / str."""
+    """JSON targets -> one dtype: (N,) int64 / float64 / bool / str labels or values, or
+    (N, K) rows: int64 when every entry is an integer (labels per time step), else float64."""
     kinds = [_kind(v) for v in values]
     odd = next((i for i, k in enumerate(kinds) if k != kinds[0]), None)
     if odd is not None:
         raise validation_error(f"{path}[{odd}]", f"must be {kinds[0]} like {path}[0]")
     if kinds[0] == "an array":
-        return matrix(values, path)
+        if all(type(v) is int for row in values for v in row):  # labels per time step
+            return _int64(values, path)
+        return tensor(values, path)
     if kinds[0] == "a string":
         return _labels(values, path)
     if kinds[0] == "a boolean":
         return np.array(values, dtype=np.bool_)
     if all(isinstance(v, int) for v in values):
-        big = next((i for i, v in enumerate(values) if abs(v) > INT64_MAX), None)
-        if big is not None:
-            raise validation_error(f"{path}[{big}]", "is outside the 64-bit integer range")
+        return _int64(values, path)
+    return tensor([[v] for v in values], path).reshape(-1)
+
+
+def _int64(values: list[Any], path: str) -> np.ndarray:
+    """Integer labels (N,) or (N, T) -> int64."""
+    def too_big(v: Any) -> bool:
+        return any(map(too_big, v)) if isinstance(v, list) else abs(v) > INT64_MAX
+
+    big = next((i for i, v in enumerate(values) if too_big(v)), None)
+    if big is not None:
+        raise validation_error(f"{path}[{big}]", "is outside the 64-bit integer range")
+    try:
         return np.array(values, dtype=np.int64)
-    return matrix([[v] for v in values], path).reshape(-1)
+    except ValueError:  # ragged rows: tensor() names the first one
+        return tensor(values, path)
 
 
 def _labels(values: list[str], path: str) -> np.ndarray:
@@ -151,7 +188,8 @@ def _csv_number(text: str, line: int, column: str) -> float:
         value = math.nan
     if not math.isfinite(value):
         shown = text if len(text) <= 40 else text[:40] + "..."
-        raise validation_error("file", f"line {line}, column {column!r}: {shown!r} is not a finite number")
+        message = f"line {line}, column {column!r}: {shown!r} is not a finite number"
+        raise validation_error("file", message)
     return value
 
 

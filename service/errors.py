@@ -53,7 +53,9 @@ def json_path(parts: Iterable[str | int]) -> str:
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif _IDENTIFIER.match(part):
+            continue
+        part = str(part)
+        if _IDENTIFIER.match(part):
             out += f".{part}" if out else part
         else:
             out += f"[{json.dumps(part)}]"

@@ -17,6 +17,7 @@ from typing import Any
 from flask import Flask, request
 
 from service.errors import ApiError, validation_error, validation_errors
+from service.schemas import query_parameters
 
 _INT = re.compile(r"[+-]?[0-9]{1,18}")
 # A \uD800-\uDBFF escape not followed by a low one, or a \uDC00-\uDFFF not preceded by a
@@ -138,8 +139,6 @@ def init_app(app: Flask) -> None:
 def reject_unknown_query_parameters() -> None:
     """A 422 for query parameters the operation does not declare in openapi.yaml: a typo
     such as ?max_point=50 must not be silently ignored."""
-    from service.schemas import query_parameters
-
     if request.url_rule is None or not request.args:
         return
     template = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", request.url_rule.rule)
@@ -149,7 +148,6 @@ def reject_unknown_query_parameters() -> None:
     unknown = [name for name in request.args if name not in known]
     if unknown:
         allowed = ", ".join(sorted(known)) or "none"
-        raise validation_errors(
-            [{"path": f"query.{name}", "message": f"is not a parameter of this operation (known: {allowed})"}
-             for name in unknown[:20]]
-        )
+        message = f"is not a parameter of this operation (known: {allowed})"
+        errors = [{"path": f"query.{name}", "message": message} for name in unknown[:20]]
+        raise validation_errors(errors)

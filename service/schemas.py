@@ -98,7 +98,9 @@ def _predicate(schema_json: str) -> Callable[[Any], bool] | None:
     return check
 
 
-def _fast_items(validator: Any, items: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+def _fast_items(
+    validator: Any, items: Any, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
     check = _predicate(json.dumps(items, sort_keys=True)) if isinstance(items, dict) else None
     if check is None or not isinstance(instance, list):
         yield from _ITEMS(validator, items, instance, schema)

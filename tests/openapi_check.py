@@ -7,7 +7,8 @@
 content type is not documented for that status, or when the body does not match the
 documented schema (JSON Schema 2020-12, `$ref`s resolved inside the spec).
 `SpecCheckingClient` is a Flask test client that does this for every response it gets,
-finding the path template from the URL; `check_response` does it for a `requests` response.
+finding the path template from the URL; `check_requests_response` does it for a
+`requests.Response` from a running server.
 """
 
 from __future__ import annotations
@@ -109,6 +110,16 @@ def check_response(method: str, path: str, status: int, content_type: str, data:
     assert content_type.startswith("application/problem+json"), content_type
     errors = list(validator("#/components/schemas/Problem").iter_errors(json.loads(data)))
     assert not errors, errors
+
+
+def check_requests_response(response: Any) -> None:
+    """check_response for a `requests.Response` (tests against a running server)."""
+    from urllib.parse import urlsplit
+
+    check_response(
+        response.request.method, urlsplit(response.url).path, response.status_code,
+        response.headers.get("Content-Type", ""), response.content,
+    )
 
 
 class SpecCheckingClient(FlaskClient):

@@ -68,6 +68,10 @@ class Layer:
     def init(self, rng: np.random.Generator, dtype) -> Params:
         return {}
 
+    def check_inputs(self, x: np.ndarray, path: str = "inputs") -> None:
+        """SpecError when data x (N, *in_shape) cannot be this first layer's input (an
+        embedding's token ids must be integers in range)."""
+
     def forward(self, x: np.ndarray, params: Params, *, train: bool,
                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
@@ -115,11 +119,12 @@ def pair(spec: dict, key: str, path: str, default=f.MISSING, lo: int = 1,
          hi: int = MAX_UNITS) -> list[int]:
     """An int n (meaning [n, n]) or a list [a, b] of ints in [lo, hi] -> [a, b]."""
     v = f.get(spec, key, path, default)
-    items = v if isinstance(v, list) and len(v) == 2 else [v, v]
-    try:
-        return [f.integer({key: item}, key, path, lo=lo, hi=hi) for item in items]
-    except SpecError as e:
-        raise SpecError(e.path, e.message + " (an integer or a list of 2 integers)") from None
+    items = v if isinstance(v, list) else [v, v]
+    if len(items) != 2 or not all(isinstance(i, int) and not isinstance(i, bool)
+                                  and lo <= i <= hi for i in items):
+        raise SpecError(f"{path}.{key}", f"must be an integer in [{lo}, {hi}] or a list of two "
+                                         f"such integers, got {v!r}")
+    return list(items)
 
 
 def units(spec: dict, path: str, key: str = "units") -> int:

@@ -1,7 +1,7 @@
 """Sliding windows over images, shared by conv2d and the pools: im2col as a strided view of the
 input (numpy's sliding_window_view, no copy), and its adjoint, which adds each window's
 gradient back onto the pixels it covers (a loop over the kh x kw kernel offsets, never over
-pixels). Also the spec parser both pools share.
+pixels: each offset is one strided slice of the image). Also the spec parser both pools share.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -24,14 +24,16 @@ def windows(x: np.ndarray, size: tuple[int, int], stride: tuple[int, int]) -> np
 
 def add_windows(dwin: np.ndarray, shape: tuple[int, ...], stride: tuple[int, int]
                 ) -> np.ndarray:
-    """The adjoint of windows(): dwin (N, C, Ho, Wo, kh, kw) -> dx of `shape` (N, C, H, W),
-    each window's gradient added onto the pixels it covers (overlaps add up)."""
-    _, _, ho, wo, kh, kw = dwin.shape
+    """The adjoint of windows(), offset-major: dwin (kh, kw, A, B, Ho, Wo), the gradient of
+    the value at offset (u, v) of window (i, j) -> dx of `shape` (A, B, H, W), each window's
+    gradient added onto the pixels it covers (overlaps add up). (A, B) is (N, C) for the
+    pools, (C, N) for conv2d: whatever keeps dwin[u, v] contiguous."""
+    kh, kw, _, _, ho, wo = dwin.shape
     sh, sw = stride
     dx = np.zeros(shape, dtype=dwin.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dx[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] += dwin[..., i, j]
+    for u in range(kh):
+        for v in range(kw):
+            dx[:, :, u:u + sh * ho:sh, v:v + sw * wo:sw] += dwin[u, v]
     return dx
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
@@ -31,11 +31,8 @@ SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 @bp.post("")
 def create() -> Response:
-    if request.mimetype == "multipart/form-data":
-        name, task, inputs, targets, source = _from_upload()
-    else:
-        name, task, inputs, targets, source = _from_json()
-    dataset = _store(name, task, inputs, targets, source)
+    incoming = _from_upload() if request.mimetype == "multipart/form-data" else _from_json()
+    dataset = _store(incoming)
     return json_response(dataset_json(dataset), 201, f"/v1/datasets/{dataset.id}")
 
 
@@ -84,41 +81,54 @@ def _in_use(dataset_id: str, runs: list[str]) -> ApiError:
 
 # ---- the three ways in --------------------------------------------------------------------
 
-Arrays = tuple[str, str | None, np.ndarray, np.ndarray, dict[str, Any]]
+class Incoming(NamedTuple):
+    """A data set as the request gave it, before it is described and stored."""
+
+    name: str
+    task: str | None
+    inputs: np.ndarray  # (N, D) float64
+    targets: np.ndarray  # (N,) or (N, K)
+    source: dict[str, Any]
 
 
-def _from_json() -> Arrays:
+def _from_json() -> Incoming:
     body = json_object()
     if "generator" in body:
         validate("DatasetFromGenerator", body)
         return _generate(body)
     validate("DatasetFromArrays", body)
-    inputs = dataio.matrix(body["inputs"], "inputs")
+    inputs = dataio.tensor(body["inputs"], "inputs")
     targets = dataio.targets_array(body["targets"])
-    return body["name"], body.get("task"), inputs, targets, {"kind": "json"}
+    return Incoming(body["name"], body.get("task"), inputs, targets, {"kind": "json"})
 
 
-def _generate(body: dict[str, Any]) -> Arrays:
-    """nn.generate; a missing seed is drawn and recorded, so the data set can be remade."""
+def _generate(body: dict[str, Any]) -> Incoming:
+    """nn.generate, with every parameter recorded in `source` (a missing seed is drawn), so
+    the data set can be made again."""
     spec = body["generator"]
+    kind = spec["kind"]
     params = {
-        "kind": spec["kind"],
+        "kind": kind,
         "n_samples": spec.get("n_samples", 500),
         "noise": spec.get("noise", 0),
         "seed": spec["seed"] if spec.get("seed") is not None else secrets.randbelow(2**31),
+        **nn.DEFAULTS["generator"].get(kind, {}),
+        **{k: v for k, v in spec.items() if k not in ("kind", "n_samples", "noise", "seed")},
     }
     try:
         inputs, targets = nn.generate(**params)
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None
-    return body["name"], "classification", inputs, targets, {"kind": "generator", "generator": params}
+    source = {"kind": "generator", "generator": params}
+    return Incoming(body["name"], "classification", inputs, targets, source)
 
 
-def _from_upload() -> Arrays:
+def _from_upload() -> Incoming:
     """multipart/form-data: a "file" part (CSV, or NPZ recognised by its zip signature)."""
     form = request.form.to_dict()
     upload = request.files.get("file")
     fields: dict[str, Any] = {**form, **{k: f.filename or "" for k, f in request.files.items()}}
+    fields = {k or "": v for k, v in fields.items()}  # a part without a name has key None
     validate("DatasetUpload", fields)
     if upload is not None:
         raw, filename = upload.read(), (upload.filename or "")[:200]
@@ -136,24 +146,24 @@ def _from_upload() -> Arrays:
             "target_column": target_column,
             "feature_columns": features,
         }
-    return form["name"], form.get("task"), inputs, targets, source
+    return Incoming(form["name"], form.get("task"), inputs, targets, source)
 
 
-def _store(
-    name: str, task: str | None, inputs: np.ndarray, targets: np.ndarray, source: dict[str, Any]
-) -> Dataset:
+def _store(incoming: Incoming) -> Dataset:
+    source = incoming.source
     try:
-        info = nn.describe(inputs, targets, task)
+        info = nn.describe(incoming.inputs, incoming.targets, incoming.task)
     except nn.SpecError as e:  # name the request field the bad arrays came from
         where = {"json": e.path, "generator": "generator.n_samples"}.get(source["kind"], "file")
         message = e.message if where == e.path else f"{e.path}: {e.message}"
         raise validation_error(where, message) from None
-    data = dataio.encode(inputs, targets)
+    data = dataio.encode(incoming.inputs, incoming.targets)
     limit = int(current_app.config["DATASET_MAX_BYTES"])
     if len(data) > limit:
-        raise ApiError(413, "payload_too_large", f"the data set takes {len(data)} bytes; the limit is {limit}")
+        detail = f"the data set takes {len(data)} bytes; the limit is {limit}"
+        raise ApiError(413, "payload_too_large", detail)
     dataset = Dataset(
-        name=name,
+        name=incoming.name,
         n_samples=info.n_samples,
         input_shape=list(info.input_shape),
         task=info.task,

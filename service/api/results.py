@@ -86,9 +86,8 @@ def weights(run_id: uuid.UUID) -> Response:
     run = fetch(session, Run, run_id, "run")
     row = artifacts.artifact(session, run.id, which)
     if row is None:
-        raise ApiError(
-            404, "weights_not_available", f"run {run.id} has no {which} weights (it is {run.status})"
-        )
+        detail = f"run {run.id} has no {which} weights (it is {run.status})"
+        raise ApiError(404, "weights_not_available", detail)
     if media != "application/json":
         resp = Response(row.data, mimetype=media)
         resp.headers["Content-Disposition"] = f'attachment; filename="run-{run.id}-{which}.npz"'
@@ -120,7 +119,7 @@ def predict(run_id: uuid.UUID) -> Response:
     max_rows = int(current_app.config["PREDICT_MAX_ROWS"])
     if len(body["inputs"]) > max_rows:
         raise validation_error("inputs", f"must have at most {max_rows} rows")
-    inputs = dataio.matrix(body["inputs"], "inputs")
+    inputs = dataio.tensor(body["inputs"], "inputs")
     which = body.get("which", "final")
     session = get_session()
     run = fetch(session, Run, run_id, "run")

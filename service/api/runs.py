@@ -12,13 +12,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
 import nn
 from service import artifacts, dataio
 from service.api.common import fetch, json_response
 from service.db import get_session
-from service.errors import ApiError, validation_error
+from service.errors import ApiError, not_found, validation_error
 from service.models import ACTIVE_STATUSES, RUN_STATUSES, Artifact, Dataset, Run, new_id, utcnow
 from service.pagination import page
 from service.params import arg_choices, arg_uuid, json_object, parse_uuid
@@ -51,12 +52,16 @@ def create() -> Response:
         init_from_run_id=source_id,
         epochs_total=plan.epochs_total,
     )
-    session.add(run)
-    session.flush()  # the run row before its artifact (foreign key)
-    if weights is not None:
-        data = nn.Model(plan.network, weights, nn.model_meta(plan)).to_npz()
-        session.add(Artifact(run_id=run.id, kind="initial", epoch=0, data=data))
-    session.commit()
+    try:
+        session.add(run)
+        session.flush()  # the run row before its artifact (foreign key)
+        if weights is not None:
+            data = nn.Model(plan.network, weights, nn.model_meta(plan)).to_npz()
+            session.add(Artifact(run_id=run.id, kind="initial", epoch=0, data=data))
+        session.commit()
+    except IntegrityError:  # the data set was deleted since _plan read it
+        session.rollback()
+        raise validation_error("dataset_id", "no data set with this id") from None
     _publish(run.id)
     return json_response(run_json(run), 202, f"/v1/runs/{run.id}")
 
@@ -70,7 +75,8 @@ def list_() -> Response:
     dataset_id = arg_uuid("dataset_id")
     if dataset_id:
         stmt = stmt.where(Run.dataset_id == dataset_id)
-    return json_response(page(get_session(), stmt, (Run.created_at, Run.id), run_json, descending=True))
+    keys = (Run.created_at, Run.id)
+    return json_response(page(get_session(), stmt, keys, run_json, descending=True))
 
 
 @bp.get("/<uuid:run_id>")
@@ -87,10 +93,8 @@ def delete(run_id: uuid.UUID) -> Response:
     )
     if done.rowcount == 0:
         run = fetch(session, Run, run_id, "run")
-        raise ApiError(
-            409, "run_active", f"run {run.id} is {run.status}; cancel it and wait until it is cancelled",
-            status_now=run.status,
-        )
+        detail = f"run {run.id} is {run.status}; cancel it and wait until it is cancelled"
+        raise ApiError(409, "run_active", detail, status_now=run.status)
     session.commit()
     return Response(status=204)
 
@@ -118,11 +122,12 @@ def cancel(run_id: uuid.UUID) -> Response:
                 return json_response(run_json(_reload(session, ident)))
         run = _reload(session, ident)
         if run is None:
-            raise ApiError(404, "not_found", f"no run with id {ident}")
+            raise not_found("run", ident)
         if run.status in ("cancelling", "cancelled"):
             return json_response(run_json(run))
         if run.status in FINISHED_STATUSES:
-            raise ApiError(409, "run_finished", f"run {ident} already {run.status}", status_now=run.status)
+            detail = f"run {ident} already {run.status}"
+            raise ApiError(409, "run_finished", detail, status_now=run.status)
     raise ApiError(409, "conflict", f"run {ident} changed state while cancelling; try again")
 
 
@@ -182,4 +187,6 @@ def _publish(run_id: str) -> None:
 
         queue.publish_run(run_id)
     except Exception:  # noqa: BLE001 - the broker being down must not fail the request
-        log.warning("could not publish run %s; the reconciler will republish it", run_id, exc_info=True)
+        log.warning(
+            "could not publish run %s; the reconciler will republish it", run_id, exc_info=True
+        )

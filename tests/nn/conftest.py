@@ -1,8 +1,16 @@
 """Helpers for the engine's tests: small specs and data sets."""
-import numpy as np
-import pytest
+import os
 
-import nn
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    # One BLAS thread, as bench/engine.py measures: the engine's matrices are small, and on a
+    # 2-CPU machine a threaded BLAS makes a CNN epoch several times slower. (Only effective
+    # when numpy is not imported yet, e.g. `pytest tests/nn`.)
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import nn  # noqa: E402
 
 
 def dense(units: int, activation: str = "sigmoid", **extra) -> dict:

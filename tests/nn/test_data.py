@@ -76,7 +76,8 @@ def test_generator_errors(kwargs, path):
 
 def test_describe_classification_and_regression():
     info = nn.describe([[0, 1], [1, 0], [2, 2]], ["b", "a", "b"])
-    assert info == nn.DataInfo((2,), 3, "classification", ["a", "b"], 1, [1, 2])
+    assert info == nn.DataInfo((2,), 3, "classification", ["a", "b"], 1, [1, 2],
+                               target_shape=(), token_range=(0, 2))
     assert nn.describe(np.zeros((3, 1)), [True, False, True]).classes == [False, True]
     assert nn.describe(np.zeros((3, 1)), np.array([2, 0, 7])).classes == [0, 2, 7]
     assert nn.describe(np.zeros((3, 1)), [1.0, 0.0, 1.0], "classification").classes == [0, 1]

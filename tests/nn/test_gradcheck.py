@@ -7,7 +7,7 @@ from nn.activations import ACTIVATIONS
 from nn.gradcheck import numerical_gradient, numerical_gradient_array, rel_error
 from nn.layers import dense, dropout
 from nn.losses import LOSSES
-from nn.network import LayerSpec
+from nn.spec import parse_network
 
 TOL = 1e-6
 SMOOTH = ["sigmoid", "tanh", "relu", "linear", "softmax"]
@@ -114,12 +114,15 @@ def test_fused_losses_are_stable_for_huge_logits():
 def test_whole_network_with_dropout(loss, out_act, units):
     """dense(tanh) -> dropout -> dense(relu) -> dropout -> dense(sigmoid) -> output, masks fixed."""
     rng = np.random.default_rng(8)
-    layers = [LayerSpec("dense", 3, 5, "tanh", {"type": "glorot"}),
-              LayerSpec("dropout", 5, 5, drop_prob=0.3),
-              LayerSpec("dense", 5, 4, "relu", {"type": "glorot"}),
-              LayerSpec("dropout", 4, 4, drop_prob=0.5),
-              LayerSpec("dense", 4, 4, "sigmoid", {"type": "uniform", "scale": 2.0}),
-              LayerSpec("dense", 4, units, out_act, {"type": "glorot"})]
+    glorot = {"type": "glorot"}
+    _, layers = parse_network({"layers": [
+        {"type": "dense", "units": 5, "activation": "tanh", "init": glorot},
+        {"type": "dropout", "drop_prob": 0.3},
+        {"type": "dense", "units": 4, "activation": "relu", "init": glorot},
+        {"type": "dropout", "drop_prob": 0.5},
+        {"type": "dense", "units": 4, "activation": "sigmoid",
+         "init": {"type": "uniform", "scale": 2.0}},
+        {"type": "dense", "units": units, "activation": out_act, "init": glorot}]}, (3,))
     params = network.init_params(layers, rng, np.float64)
     x = rng.normal(size=(7, 3))
     if loss == "cross_entropy":

@@ -68,27 +68,76 @@ def test_every_operation_documents_its_errors_as_problems() -> None:
                 assert "500" in op["responses"], (method, path)
 
 
+def _schema(name: str) -> dict:
+    return spec()["components"]["schemas"][name]
+
+
 def _defaults(name: str) -> dict:
-    props = spec()["components"]["schemas"][name]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
+    return {k: v["default"] for k, v in _schema(name)["properties"].items() if "default" in v}
+
+
+def _variants(name: str) -> dict[str, dict]:
+    """A discriminated union's variants by their `type` const."""
+    out = {}
+    for ref in _schema(name)["oneOf"]:
+        variant = _schema(ref["$ref"].rsplit("/", 1)[-1])
+        out[variant["properties"]["type"]["const"]] = variant
+    return out
+
+
+def test_spec_layers_are_the_engines() -> None:
+    """One Layer variant per engine layer type, with the same fields, required fields and
+    defaults (nn.layers.LAYERS is the engine's registry; nn.DEFAULTS its defaults)."""
+    from nn.layers import LAYERS
+
+    variants = _variants("Layer")
+    assert set(variants) == set(LAYERS)
+    assert set(_schema("Layer")["discriminator"]["mapping"]) == set(LAYERS)
+    for kind, cls in LAYERS.items():
+        variant = variants[kind]
+        assert set(variant["properties"]) == cls.fields(), kind
+        assert set(variant.get("required", [])) == {"type", *cls.REQUIRED}, kind
+        documented = {k: v["default"] for k, v in variant["properties"].items() if "default" in v}
+        expected = {k: v for k, v in nn.DEFAULTS[kind].items() if k != "init"}
+        assert documented == expected, kind
 
 
 def test_spec_defaults_are_the_engines() -> None:
-    """Every default openapi.yaml documents is the one nn/spec.py applies."""
+    """Every other default openapi.yaml documents is the one nn applies."""
     training = dict(nn.DEFAULTS["training"])
     documented = _defaults("TrainingSpec")
     assert documented.pop("optimizer", None) is None
     assert training.pop("optimizer") == {"type": "sgd"}
     assert documented == training
+    assert set(_schema("TrainingSpec")["properties"]) == {*nn.DEFAULTS["training"], "pretrain"}
     for kind, schema in (("sgd", "SgdOptimizer"), ("adam", "AdamOptimizer")):
         assert _defaults(schema) == nn.DEFAULTS["optimizer"][kind]
     for kind, schema in (("step", "StepSchedule"), ("exponential", "ExponentialSchedule")):
         assert _defaults(schema) == nn.DEFAULTS["lr_schedule"][kind]
     assert _defaults("EarlyStopping") == nn.DEFAULTS["early_stopping"]
+    assert _defaults("Pretrain") == nn.DEFAULTS["pretrain"]
+    assert set(_variants("Init")) == set(nn.DEFAULTS["init"])
     assert _defaults("UniformInit") == nn.DEFAULTS["init"]["uniform"]
     assert _defaults("HeInit") == nn.DEFAULTS["init"]["he"]
-    assert _defaults("DenseLayer") == {"activation": nn.DEFAULTS["dense"]["activation"]}
-    assert _defaults("DropoutLayer") == nn.DEFAULTS["dropout"]
+
+
+def test_spec_generators_are_the_engines() -> None:
+    import inspect
+
+    generator = _schema("Generator")["properties"]
+    signature = inspect.signature(nn.generate).parameters
+    assert generator["n_samples"]["default"] == signature["n_samples"].default
+    assert generator["noise"]["default"] == signature["noise"].default
+    extra = {k for kind in nn.DEFAULTS["generator"].values() for k in kind}
+    assert set(generator) == {"kind", "n_samples", "noise", "seed", *extra}
+    for kind in generator["kind"]["enum"]:
+        nn.generate(kind, 4, 0, 1)  # every documented kind exists
+    for kind, params in nn.DEFAULTS["generator"].items():
+        assert kind in generator["kind"]["enum"]
+        for key, value in params.items():
+            assert str(value) in generator[key]["description"] + str(generator[key]["default"])
+    with pytest.raises(nn.SpecError):
+        nn.generate("moons", 4, 0, 1)
 
 
 def test_spec_enumerations_are_the_services() -> None:
@@ -96,23 +145,34 @@ def test_spec_enumerations_are_the_services() -> None:
     assert schemas["RunStatus"]["enum"] == list(RUN_STATUSES)
     stat_fields = set(schemas["LayerStat"]["properties"]) - {"epoch", "phase", "layer", "name"}
     assert stat_fields == set(STAT_FIELDS)
-    generator_kinds = schemas["Generator"]["properties"]["kind"]["enum"]
-    for kind in generator_kinds:
-        nn.generate(kind, 4, 0, 1)  # every documented kind exists
-    with pytest.raises(nn.SpecError):
-        nn.generate("moons", 4, 0, 1)
 
 
-def test_normalised_specs_validate_against_the_request_schemas() -> None:
+NORMALISED_CASES = [
+    ((2,), [{"type": "dense", "units": 3, "activation": "relu", "init": {"type": "he"}},
+            {"type": "dropout"}, {"type": "dense", "units": 2, "activation": "softmax"}]),
+    ((8, 8), [{"type": "conv2d", "filters": 2, "kernel_size": 3, "padding": 1},
+              {"type": "maxpool2d"}, {"type": "avgpool2d", "pool_size": [2, 1], "stride": 1},
+              {"type": "flatten"}, {"type": "dense", "units": 2, "activation": "softmax"}]),
+    ((5, 1), [{"type": "rnn", "units": 3, "return_sequences": True}, {"type": "lstm", "units": 3},
+              {"type": "layer_norm"}, {"type": "dense", "units": 2, "activation": "softmax"}]),
+    ((6,), [{"type": "embedding", "vocab_size": 10, "dim": 4},
+            {"type": "positional_encoding", "mode": "learned"},
+            {"type": "self_attention", "heads": 2, "causal": True},
+            {"type": "transformer_encoder", "heads": 2},
+            {"type": "sequence_pool", "mode": "last"},
+            {"type": "dense", "units": 2, "activation": "softmax"}]),
+]
+
+
+@pytest.mark.parametrize(("input_shape", "layers"), NORMALISED_CASES)
+def test_normalised_specs_validate_against_the_request_schemas(input_shape, layers) -> None:  # noqa: ANN001
     """What the engine stores (every default filled in) is itself a valid request."""
-    info = nn.DataInfo((2,), 8, "classification", [0, 1], 1, [4, 4])
-    network = {"layers": [{"type": "dense", "units": 3, "activation": "relu",
-                           "init": {"type": "he"}},
-                          {"type": "dropout"},
-                          {"type": "dense", "units": 2, "activation": "softmax"}]}
+    info = nn.DataInfo(input_shape, 8, "classification", [0, 1], 1, [4, 4], (), (0, 9))
     training = {"loss": "cross_entropy", "optimizer": {"type": "adam"},
                 "lr_schedule": {"type": "step"}, "early_stopping": {}}
-    plan = nn.build(network, training, info)
+    if len(input_shape) == 1 and layers[0]["type"] == "dense":
+        training["pretrain"] = {"epochs": 2}
+    plan = nn.build({"layers": layers}, training, info)
     assert errors_for("NetworkSpec", plan.network) == []
     assert errors_for("TrainingSpec", plan.training) == []
 

@@ -413,3 +413,19 @@ def test_failed_run_error_and_non_finite_metrics(app: Flask, client) -> None:  #
     body = client.get(f"/v1/runs/{run['id']}").get_json()
     assert body["error"] == {"code": "diverged", "message": "loss became inf"}
     assert body["metrics"] == {"train_loss": None, "val_loss": None}
+
+
+def test_dataset_deleted_while_the_run_is_created(app: Flask, client, monkeypatch) -> None:  # noqa: ANN001
+    import service.api.runs as runs_api
+
+    dataset = create_xor_dataset(client)
+    build = runs_api._plan  # noqa: SLF001
+
+    def plan_then_delete(session, dataset_id, body):  # noqa: ANN001, ANN202
+        plan = build(session, dataset_id, body)
+        with db.engine(app).begin() as conn:  # another request deletes the data set
+            conn.execute(sa.text("DELETE FROM datasets WHERE id = :id"), {"id": dataset_id})
+        return plan
+
+    monkeypatch.setattr(runs_api, "_plan", plan_then_delete)
+    _422(client, _body(dataset["id"]), "dataset_id", "no data set")

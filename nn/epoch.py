@@ -1,0 +1,80 @@
+"""What an epoch of backprop is, shared by training (nn/train.py) and autoencoder pretraining
+(nn/pretrain.py): minibatch steps over the shuffled data, the loss and accuracy measured on the
+fly and after the epoch, and the report the `on_epoch` callback receives.
+"""
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import network
+from .activations import ACTIVATIONS
+from .layers import Layer
+from .losses import LOSSES, evaluate
+from .network import Weights
+from .targets import decode
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    phase: str                    # "train", or "pretrain" for autoencoder pretraining epochs
+    train_loss: float
+    val_loss: float | None
+    train_accuracy: float | None
+    val_accuracy: float | None
+    duration_s: float
+    learning_rate: float
+    layer_stats: list[dict]
+    layer: int | None = None      # pretraining: the index of the layer being pretrained
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def backprop_epoch(layers: list[Layer], loss_name: str, batch_size: int | None,
+                   params: Weights, opt, xs: np.ndarray, ts: np.ndarray,
+                   rng: np.random.Generator, lr: float, zbuf: np.ndarray,
+                   poll: Callable[[], bool]) -> bool:
+    """One pass of minibatch backprop over (xs, ts) in their order; each batch's output
+    pre-activations go to zbuf (before its update). -> False when poll() asked to stop."""
+    loss = LOSSES[loss_name]
+    n = len(xs)
+    batch = min(batch_size or n, n)
+    for k, s in enumerate(range(0, n, batch)):
+        out, caches = network.forward(layers, params, xs[s:s + batch], train=True, rng=rng)
+        z = network.output_z(caches)
+        zbuf[s:s + batch] = z
+        d = loss.grad(z, out, ts[s:s + batch])
+        opt.step(params, network.backward(layers, d, caches, wrt_z=loss.fused), lr)
+        if k & 15 == 15 and poll():
+            return False
+    return True
+
+
+def metrics(loss_name: str, activation: str, z: np.ndarray, t: np.ndarray,
+            y: np.ndarray | None) -> tuple[float, float | None]:
+    """Mean loss and accuracy (of every label, per time step too) of output
+    pre-activations z against targets t."""
+    a = ACTIVATIONS[activation].forward(z)
+    loss, _ = evaluate(loss_name, z, a, t)
+    acc = None if y is None else float(np.mean(decode(a, activation)[0] == y))
+    return loss, acc
+
+
+def measure(layers: list[Layer], loss_name: str, params: Weights, x: np.ndarray,
+            t: np.ndarray, y: np.ndarray | None) -> tuple[float | None, float | None]:
+    """Loss and accuracy in eval mode; (None, None) without samples."""
+    if len(x) == 0:
+        return None, None
+    _, caches = network.forward(layers, params, x, train=False)
+    return metrics(loss_name, layers[-1].activation, network.output_z(caches), t, y)
+
+
+def finite(*values) -> bool:
+    return all(v is None or math.isfinite(v) for v in values)
+
+
+def weights_finite(w: Weights) -> bool:
+    return all(np.isfinite(v).all() for p in w for v in p.values())
