@@ -9,7 +9,7 @@ from .base import Layer, Shape
 
 
 def forward(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
-    return x.reshape(len(x), -1), x.shape
+    return x.reshape(len(x), math.prod(x.shape[1:])), x.shape
 
 
 def backward(dout: np.ndarray, cache: tuple[int, ...]) -> tuple[np.ndarray, dict]:

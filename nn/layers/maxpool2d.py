@@ -10,7 +10,7 @@ def forward(x: np.ndarray, size: tuple[int, int], stride: tuple[int, int]
             ) -> tuple[np.ndarray, tuple]:
     """x: (N, C, H, W) -> out: (N, C, Ho, Wo); the cache keeps which input each max took."""
     win = windows(x, size, stride)
-    flat = win.reshape(*win.shape[:4], -1)                   # (N, C, Ho, Wo, kh kw), a copy
+    flat = win.reshape(*win.shape[:4], size[0] * size[1])    # (N, C, Ho, Wo, kh kw), a copy
     idx = flat.argmax(axis=-1)
     out = np.take_along_axis(flat, idx[..., None], axis=-1)[..., 0]
     return out, (x.shape, idx, tuple(size), tuple(stride))

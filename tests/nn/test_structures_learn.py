@@ -3,6 +3,7 @@
 import itertools
 
 import numpy as np
+import pytest
 
 import nn
 from tests.nn.conftest import dense
@@ -21,6 +22,7 @@ def fit(layers, X, y, task=None, callbacks=None, **training):
     return nn.train(plan, X, y, **(callbacks or {}))
 
 
+@pytest.mark.slow     # ~2 s with one BLAS thread; > 10 s with a threaded BLAS on a busy machine
 def test_cnn_reads_shifted_noisy_glyphs():
     """10 digit glyphs at 16 offsets in 8 x 8 images, pixel noise 0.15: a small CNN reaches
     >= 95% on held-out images; a dense net of more parameters stays clearly below it."""
@@ -29,9 +31,11 @@ def test_cnn_reads_shifted_noisy_glyphs():
     cnn = fit([{"type": "conv2d", "filters": 16, "kernel_size": 3},
                {"type": "conv2d", "filters": 32, "kernel_size": 3},
                {"type": "maxpool2d", "pool_size": 2}, {"type": "flatten"},
-               dense(10, "softmax", init={"type": "glorot"})], Xt, yt, epochs=12)
+               dense(10, "softmax", init={"type": "glorot"})], Xt, yt, epochs=12,
+              batch_size=64)
     mlp = fit([{"type": "flatten"}, dense(128, "relu", init={"type": "he"}),
-               dense(10, "softmax", init={"type": "glorot"})], Xt, yt, epochs=12)
+               dense(10, "softmax", init={"type": "glorot"})], Xt, yt, epochs=12,
+              batch_size=64)
     cnn_acc, mlp_acc = accuracy(cnn.model, Xe, ye), accuracy(mlp.model, Xe, ye)
     assert cnn_acc >= 0.95, cnn_acc
     assert mlp_acc <= cnn_acc - 0.02, (mlp_acc, cnn_acc)

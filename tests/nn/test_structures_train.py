@@ -264,3 +264,11 @@ def test_should_stop_during_pretraining_keeps_the_completed_epochs(gaussian):
     full = nn.train(nn.build(STACK, {**PRETRAIN, "epochs": 0}, plan.data), X, y).weights
     assert np.array_equal(r.weights[0]["W"], full[0]["W"])      # layer 0: its 3 epochs done
     assert not np.array_equal(r.weights[2]["W"], full[2]["W"])  # layer 2: 1 epoch of 3
+
+
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_predict_no_rows(name):
+    plan, X, y = plan_of(name, epochs=0)
+    model = nn.train(plan, X, y).model
+    assert model.predict(np.zeros((0, *plan.data.input_shape))) == {
+        "outputs": [], "labels": [], "probabilities": []}
