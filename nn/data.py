@@ -36,9 +36,11 @@ def _array(values, path: str) -> np.ndarray:
         raise SpecError(path, f"not a rectangular array ({e})") from None
 
 
-def check_inputs(inputs, path: str = "inputs", min_rows: int = 0) -> np.ndarray:
-    """-> (N, ...) float64 (at least 2-D: N samples of any shape); SpecError for ragged,
-    non-numeric, empty, too few or non-finite inputs."""
+def check_inputs(inputs, path: str = "inputs", min_rows: int = 0, dtype=np.float64
+                 ) -> np.ndarray:
+    """-> (N, ...) float64, or dtype (at least 2-D: N samples of any shape; not a copy when
+    it is already so); SpecError for ragged, non-numeric, empty, too few or non-finite
+    inputs."""
     x = _array(inputs, path)
     if x.dtype.kind not in "biuf":
         raise SpecError(path, "must be numbers")
@@ -47,7 +49,7 @@ def check_inputs(inputs, path: str = "inputs", min_rows: int = 0) -> np.ndarray:
                               f"{x.shape}")
     if len(x) < min_rows:
         raise SpecError(path, f"needs at least {min_rows} row(s)")
-    x = x.astype(np.float64)
+    x = x.astype(dtype, copy=False)
     if not np.isfinite(x).all():
         raise SpecError(path, "contains NaN or infinite values")
     return x

@@ -13,7 +13,7 @@ from .activations import ACTIVATIONS
 from .layers import Layer
 from .losses import LOSSES, evaluate
 from .network import Weights
-from .targets import decode
+from .targets import labels
 
 
 @dataclass
@@ -36,9 +36,12 @@ class EpochReport:
 def backprop_epoch(layers: list[Layer], loss_name: str, batch_size: int | None,
                    params: Weights, opt, xs: np.ndarray, ts: np.ndarray,
                    rng: np.random.Generator, lr: float, zbuf: np.ndarray,
-                   poll: Callable[[], bool]) -> bool:
+                   poll: Callable[[], bool], engine=None) -> bool:
     """One pass of minibatch backprop over (xs, ts) in their order; each batch's output
-    pre-activations go to zbuf (before its update). -> False when poll() asked to stop."""
+    pre-activations go to zbuf (before its update). -> False when poll() asked to stop.
+    engine: nn/fastpath.py's engine() for these layers, which does the same faster."""
+    if engine is not None:
+        return engine.epoch(params, opt, xs, ts, batch_size, lr, zbuf, poll)
     loss = LOSSES[loss_name]
     n = len(xs)
     batch = min(batch_size or n, n)
@@ -58,8 +61,8 @@ def metrics(loss_name: str, activation: str, z: np.ndarray, t: np.ndarray,
     """Mean loss and accuracy (of every label, per time step too) of output
     pre-activations z against targets t."""
     a = ACTIVATIONS[activation].forward(z)
-    loss, _ = evaluate(loss_name, z, a, t)
-    acc = None if y is None else float(np.mean(decode(a, activation)[0] == y))
+    loss = evaluate(loss_name, z, a, t)
+    acc = None if y is None else np.count_nonzero(labels(a, activation) == y) / y.size
     return loss, acc
 
 

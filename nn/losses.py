@@ -24,37 +24,46 @@ import numpy as np
 from .activations import sigmoid, softmax
 
 
+def _squared_error_value(a: np.ndarray, t: np.ndarray) -> float:
+    diff = a - t
+    return 0.5 * float(np.vdot(diff, diff)) / len(a)
+
+
 def squared_error(a: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
     """a, t: (N, K) -> mean_n 1/2 sum_k (a - t)^2, and dL/da = (a - t) / N."""
     diff = a - t
-    loss = 0.5 * float(np.vdot(diff, diff)) / len(a)
     diff /= len(a)
-    return loss, diff
+    return _squared_error_value(a, t), diff
+
+
+def _cross_entropy_value(z: np.ndarray, t: np.ndarray) -> float:
+    z2, t2 = z.reshape(-1, z.shape[-1]), t.reshape(-1)
+    shifted = z2 - z2.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(shifted).sum(axis=1))
+    return float(np.sum(log_sum - shifted[np.arange(len(z2)), t2])) / len(z2)
 
 
 def cross_entropy(z: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
     """z: (N, C) logits, t: (N,) class indices (or z: (N, T, C), t: (N, T)) -> the mean of
-    -log softmax(z)_t over every row, and dL/dz."""
+    -log softmax(z)_t over every row (with a log-sum-exp), and dL/dz."""
     z2, t2 = z.reshape(-1, z.shape[-1]), t.reshape(-1)
-    n = len(z2)
-    shifted = z2 - z2.max(axis=1, keepdims=True)
-    log_sum = np.log(np.exp(shifted).sum(axis=1))
-    rows = np.arange(n)
-    loss = float(np.sum(log_sum - shifted[rows, t2])) / n
     dz = softmax(z2)                               # d(-log softmax_t)/dz = softmax - onehot(t)
-    dz[rows, t2] -= 1.0
-    dz /= n
-    return loss, dz.reshape(z.shape)
+    dz[np.arange(len(z2)), t2] -= 1.0
+    dz /= len(z2)
+    return _cross_entropy_value(z, t), dz.reshape(z.shape)
+
+
+def _binary_cross_entropy_value(z: np.ndarray, t: np.ndarray) -> float:
+    per_sample = np.maximum(z, 0.0) - z * t + np.log1p(np.exp(-np.abs(z)))
+    return float(per_sample.sum()) / len(z)
 
 
 def binary_cross_entropy(z: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
     """z: (N, 1) logit, t: (N, 1) in {0, 1} -> mean softplus(z) - t z, and dL/dz."""
-    n = len(z)
-    per_sample = np.maximum(z, 0.0) - z * t + np.log1p(np.exp(-np.abs(z)))
     dz = sigmoid(z)                                # d(softplus(z) - t z)/dz = sigmoid(z) - t
     dz -= t
-    dz /= n
-    return float(per_sample.sum()) / n, dz
+    dz /= len(z)
+    return _binary_cross_entropy_value(z, t), dz
 
 
 def _squared_error_grad(z, a, t):
@@ -81,16 +90,19 @@ class Loss(NamedTuple):
     fn: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
     fused: bool            # True: fn takes z, grads are dL/dz; False: fn takes a, grads dL/da
     grad: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]   # (z, a, t) -> grad
+    value: Callable[[np.ndarray, np.ndarray], float]    # fn's loss without its gradient
 
 
 LOSSES: dict[str, Loss] = {
-    "squared_error": Loss(squared_error, False, _squared_error_grad),
-    "cross_entropy": Loss(cross_entropy, True, _cross_entropy_grad),
-    "binary_cross_entropy": Loss(binary_cross_entropy, True, _binary_cross_entropy_grad),
+    "squared_error": Loss(squared_error, False, _squared_error_grad, _squared_error_value),
+    "cross_entropy": Loss(cross_entropy, True, _cross_entropy_grad, _cross_entropy_value),
+    "binary_cross_entropy": Loss(binary_cross_entropy, True, _binary_cross_entropy_grad,
+                                 _binary_cross_entropy_value),
 }
 
 
-def evaluate(name: str, z: np.ndarray, a: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
-    """The loss `name` of an output layer with pre-activation z and output a."""
+def evaluate(name: str, z: np.ndarray, a: np.ndarray, t: np.ndarray) -> float:
+    """The loss `name` of an output layer with pre-activation z and output a (the metrics:
+    no gradient)."""
     loss = LOSSES[name]
-    return loss.fn(z if loss.fused else a, t)
+    return loss.value(z if loss.fused else a, t)

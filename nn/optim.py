@@ -26,8 +26,30 @@ def learning_rate(training: dict, epoch: int) -> float:
     return lr * sched["gamma"] ** (epoch - 1)
 
 
+class Flat:
+    """Where each array of a Weights lives in one flat vector laid end to end (nn/fastpath.py
+    keeps the parameters, their gradients and the optimizer's slots so, and steps them all
+    with a handful of calls)."""
+
+    def __init__(self, like: Weights) -> None:
+        self.entries: list[tuple[int, str, tuple[int, ...], slice]] = []
+        n = 0
+        for i, p in enumerate(like):
+            for key, a in p.items():
+                self.entries.append((i, key, a.shape, slice(n, n + a.size)))
+                n += a.size
+        self.size, self.layers = n, len(like)
+
+    def views(self, flat: np.ndarray) -> Weights:
+        out: Weights = [{} for _ in range(self.layers)]
+        for i, key, shape, where in self.entries:
+            out[i][key] = flat[where].reshape(shape)
+        return out
+
+
 class Optimizer:
     """Base: keeps per-parameter state arrays named 'slot.layer.key' for checkpoints."""
+    slot_kinds: tuple[str, ...] = ()                 # the state each array has ("v", "m")
 
     def __init__(self, spec: dict, weight_decay: float,
                  decay_keys: list[tuple[str, ...]] | None = None) -> None:
@@ -36,6 +58,7 @@ class Optimizer:
         self.decay_keys = decay_keys                 # per layer; None: the key "W" only
         self.t = 0                                   # number of steps taken
         self.slots: dict[str, np.ndarray] = {}
+        self.flat_slots: dict[str, np.ndarray] = {}  # step_flat's; self.slots hold views
 
     def _slot(self, name: str, like: np.ndarray) -> np.ndarray:
         s = self.slots.get(name)
@@ -43,16 +66,44 @@ class Optimizer:
             s = self.slots[name] = np.zeros_like(like)
         return s
 
+    def _decays(self, i: int, key: str) -> bool:
+        return key in self.decay_keys[i] if self.decay_keys is not None else key == "W"
+
     def step(self, params: Weights, grads: Weights, lr: float) -> None:
         self.t += 1
         for i, (p, g) in enumerate(zip(params, grads)):
             for key, gk in g.items():
-                if self.weight_decay and (key in self.decay_keys[i] if self.decay_keys
-                                          is not None else key == "W"):
-                    gk += self.weight_decay * p[key]
-                self._update(f"{i}.{key}", p[key], gk, lr)
+                w = p[key]
+                if self.weight_decay and self._decays(i, key):
+                    gk += self.weight_decay * w
+                self._update(w, gk, lr, [self._slot(f"{s}.{i}.{key}", w)
+                                         for s in self.slot_kinds])
 
-    def _update(self, name: str, w: np.ndarray, g: np.ndarray, lr: float) -> None:
+    def step_flat(self, w: np.ndarray, g: np.ndarray, lr: float, flat: Flat) -> None:
+        """step() for parameters w and gradients g laid out as flat says: the same
+        arithmetic, element by element, in a few calls for all the arrays at once."""
+        self.t += 1
+        if self.weight_decay:
+            for i, key, _, where in flat.entries:
+                if self._decays(i, key):
+                    g[where] += self.weight_decay * w[where]
+        self._update(w, g, lr, [self._flat_slot(s, flat, w) for s in self.slot_kinds])
+
+    def _flat_slot(self, kind: str, flat: Flat, like: np.ndarray) -> np.ndarray:
+        """The flat state `kind`; the per-array slots become views of it (keeping any values
+        they had, e.g. from a checkpoint), so state() and step() still see them."""
+        s = self.flat_slots.get(kind)
+        if s is None:
+            s = self.flat_slots[kind] = np.zeros_like(like)
+            for i, key, shape, where in flat.entries:
+                name = f"{kind}.{i}.{key}"
+                if name in self.slots:
+                    s[where] = self.slots[name].ravel()
+                self.slots[name] = s[where].reshape(shape)
+        return s
+
+    def _update(self, w: np.ndarray, g: np.ndarray, lr: float, slots: list[np.ndarray]
+                ) -> None:
         raise NotImplementedError
 
     def state(self) -> dict[str, np.ndarray]:
@@ -63,9 +114,15 @@ class Optimizer:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self.t = int(state["t"])
         self.slots = {k[5:]: v.copy() for k, v in state.items() if k.startswith("slot.")}
+        self.flat_slots = {}
 
 
 class SGD(Optimizer):
+    def __init__(self, spec: dict, weight_decay: float,
+                 decay_keys: list[tuple[str, ...]] | None = None) -> None:
+        super().__init__(spec, weight_decay, decay_keys)
+        self.slot_kinds = ("v",) if spec["momentum"] else ()
+
     def step(self, params: Weights, grads: Weights, lr: float) -> None:
         if self.spec["momentum"] or self.weight_decay:
             return super().step(params, grads, lr)
@@ -75,14 +132,15 @@ class SGD(Optimizer):
                 gk *= lr
                 p[key] -= gk
 
-    def _update(self, name, w, g, lr):
+    def _update(self, w, g, lr, slots):
         mu = self.spec["momentum"]
         if mu:
-            v = self._slot("v." + name, w)
+            v, = slots
             v *= mu
             v += g                                   # v <- mu v + g
             if not self.spec["nesterov"]:
-                w -= lr * v                          # (never scale v itself in place)
+                np.multiply(v, lr, out=g)            # w <- w - rho v, g as scratch (never
+                w -= g                               # scale v itself in place)
                 return
             g += mu * v                              # Nesterov look-ahead: g + mu v
         g *= lr
@@ -90,10 +148,11 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    def _update(self, name, w, g, lr):
+    slot_kinds = ("m", "v")
+
+    def _update(self, w, g, lr, slots):
         b1, b2, eps = self.spec["beta1"], self.spec["beta2"], self.spec["eps"]
-        m = self._slot("m." + name, w)
-        v = self._slot("v." + name, w)
+        m, v = slots
         m *= b1
         m += (1.0 - b1) * g
         v *= b2

@@ -30,7 +30,7 @@ from time import perf_counter
 
 import numpy as np
 
-from . import checkpoint, network
+from . import checkpoint, fastpath, network
 from .checkpoint import TrainState
 from .epoch import EpochReport, backprop_epoch, finite, measure, metrics, weights_finite
 from .layers import Layer
@@ -84,6 +84,7 @@ def run(plan: Plan, data: Prepared, state: TrainState, poll, on_epoch, checkpoin
         else:
             opt.load_state(state.opt_state)
         zbuf = np.empty_like(h)
+        fast = fastpath.engine(ae, LOSS, tr["batch_size"], opt, h.dtype)
         for p in range(state.pretrain_epoch + 1, (j + 1) * per_layer + 1):
             t0 = perf_counter()
             params = [state.params[index], state.decoder]
@@ -91,7 +92,7 @@ def run(plan: Plan, data: Prepared, state: TrainState, poll, on_epoch, checkpoin
             rng = np.random.default_rng([tr["seed"], 0, 4, p])
             xs = h[rng.permutation(len(h))] if tr["shuffle"] else h
             if not backprop_epoch(ae, LOSS, tr["batch_size"], params, opt, xs, xs, rng, lr,
-                                  zbuf, poll):
+                                  zbuf, poll, fast):
                 state.params[index], state.decoder = snapshot
                 return poll.answer, None
             train_loss, _ = metrics(LOSS, "linear", zbuf, xs, None)

@@ -25,6 +25,8 @@ Rows are ordered as the layers; `layer` is the index in network.layers and `name
 "dense_<index>". Numbers are Python floats (computed in float64).
 """
 import math
+from itertools import accumulate
+from typing import NamedTuple
 
 import numpy as np
 
@@ -56,13 +58,60 @@ def activation_stats(a: np.ndarray, activation: str) -> dict[str, float | None]:
 
 
 STAT_KEYS = ("mean_abs", "norm", "max_abs", "std")
+GRAD_KEYS = tuple(f"grad_{k}" for k in STAT_KEYS)
+WEIGHT_KEYS = tuple(f"weight_{k}" for k in STAT_KEYS)
 
 
-def _summary_or_none(prefix: str, arrays: list[np.ndarray] | None) -> dict:
-    if arrays is None:
-        return dict.fromkeys(f"{prefix}_{k}" for k in STAT_KEYS)
-    flat = np.concatenate([a.astype(np.float64, copy=False).ravel() for a in arrays])
-    return summary(prefix, flat)
+class Moments(NamedTuple):
+    """What the four statistics of an array are made of, so that those of several arrays
+    together (a layer's row) follow without another pass over them."""
+    n: int
+    sum_abs: float
+    max_abs: float
+    mean: float
+    ssd: float                                       # sum of squared deviations from mean
+
+    def stats(self) -> tuple[float, float, float, float]:
+        """mean |x|, L2 norm, max |x|, std (STAT_KEYS' order); sum x^2 = ssd + n mean^2."""
+        return (self.sum_abs / self.n, math.sqrt(self.ssd + self.n * self.mean * self.mean),
+                self.max_abs, math.sqrt(self.ssd / self.n))
+
+
+def moments(arrays: list[np.ndarray]) -> list[Moments]:
+    """The moments of each array (in float64), computed over all of them at once: a dozen
+    ufunc calls however many arrays (segment reductions over their concatenation), where
+    summary() costs as many per array; that matters for small nets, whose epoch is short.
+    The std is two-pass, as numpy's."""
+    sizes = [a.size for a in arrays]
+    flat = np.concatenate([a.ravel() for a in arrays], dtype=np.float64)
+    starts = [0, *accumulate(sizes[:-1])]
+    absx = np.abs(flat)
+    sum_abs = np.add.reduceat(absx, starts).tolist()
+    max_abs = np.maximum.reduceat(absx, starts).tolist()
+    mean = np.add.reduceat(flat, starts)
+    mean /= sizes
+    flat -= np.repeat(mean, sizes)                   # deviations, in place
+    ssd = np.add.reduceat(np.square(flat, out=flat), starts).tolist()
+    return [Moments(*m) for m in zip(sizes, sum_abs, max_abs, mean.tolist(), ssd)]
+
+
+def combine(parts: list[Moments]) -> Moments:
+    """The moments of several arrays taken together (Chan et al.'s pairwise variance)."""
+    if len(parts) == 1:
+        return parts[0]
+    n = sum(m.n for m in parts)
+    mean = sum(m.n * m.mean for m in parts) / n
+    return Moments(n, sum(m.sum_abs for m in parts), max(m.max_abs for m in parts), mean,
+                   sum(m.ssd + m.n * (m.mean - mean) ** 2 for m in parts))
+
+
+ROW_KEYS = (*GRAD_KEYS, *WEIGHT_KEYS)
+NO_GRAD = (None,) * len(STAT_KEYS)              # the perceptron's grad_*
+
+
+def _values(g: list[Moments] | None, w: list[Moments]) -> tuple:
+    """grad_* (None without gradients) and weight_* of the arrays together (ROW_KEYS)."""
+    return (NO_GRAD if g is None else combine(g).stats()) + combine(w).stats()
 
 
 def layer_stats(layers, params, grads, outputs, caches, traces=None) -> list[dict]:
@@ -86,20 +135,25 @@ def layer_stats(layers, params, grads, outputs, caches, traces=None) -> list[dic
       the probe batch and units of the gradient reaching state h_t (from the output and from
       h_{t+1}), L the mean probe loss: the vanishing gradient through time.
     """
+    keyed = [(i, layer, tuple(layer.param_shapes())) for i, layer in enumerate(layers)]
+    keyed = [(i, layer, keys) for i, layer, keys in keyed if keys]
+    arrays = [params[i][k] for i, _, keys in keyed for k in keys]
+    if grads is not None:
+        arrays += [grads[i][k] for i, _, keys in keyed for k in keys]
+    found = iter(moments(arrays))                   # the weights', then the gradients'
+    weights = [{k: next(found) for k in keys} for _, _, keys in keyed]
+    gradients = [None if grads is None else {k: next(found) for k in keys}
+                 for _, _, keys in keyed]
     rows = []
-    for i, layer in enumerate(layers):
-        shapes = layer.param_shapes()
-        if not shapes:
-            continue
-        g = None if grads is None else grads[i]
-        keys = layer.weight_keys
-        row: dict = {"layer": i, "name": f"{layer.kind}_{i}",
-                     **_summary_or_none("grad", None if g is None else [g[k] for k in keys]),
-                     **_summary_or_none("weight", [params[i][k] for k in keys])}
+    for (i, layer, keys), w, g in zip(keyed, weights, gradients):
+        own = {k: _values(None if g is None else [g[k]], [w[k]]) for k in keys}
+        wk = layer.weight_keys                      # the row: its weight arrays together
+        row: dict = {"layer": i, "name": f"{layer.kind}_{i}", **dict(zip(ROW_KEYS, own[
+            wk[0]] if len(wk) == 1 else _values(None if g is None else [g[k] for k in wk],
+                                                 [w[k] for k in wk])))}
         act = layer.act_values(outputs[i], caches[i])
         row.update(activation_stats(act, layer.stat_activation))
-        row["params"] = [{"param": k, **_summary_or_none("grad", None if g is None else [g[k]]),
-                          **_summary_or_none("weight", [params[i][k]])} for k in shapes]
+        row["params"] = [{"param": k, **dict(zip(ROW_KEYS, own[k]))} for k in keys]
         if traces is not None:
             row.update(traces[i])
         rows.append(row)

@@ -35,6 +35,15 @@ def encode(y: np.ndarray, n_classes: int, units: int, activation: str, loss: str
     return t
 
 
+def labels(a: np.ndarray, activation: str) -> np.ndarray:
+    """decode()'s labels alone (the metrics' accuracy): (N, K) -> (N,) class indices (a
+    bool for one output unit: classes[1] or not); (N, T, K) -> (N, T)."""
+    if a.shape[-1] == 1:
+        lo, hi = low_high(activation)                 # p1 >= 0.5, clipping aside
+        return (a[..., 0] - lo) / (hi - lo) >= 0.5
+    return a.argmax(axis=-1)
+
+
 def decode(a: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
     """a: (N, K) outputs -> (labels: (N,) class indices, probabilities: (N, max(K, 2))).
     Outputs per time step (N, T, K) -> labels (N, T), probabilities (N, T, max(K, 2))."""

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import checkpoint, network, pretrain
+from . import checkpoint, fastpath, network, pretrain
 from .checkpoint import TrainState
 from .epoch import EpochReport, backprop_epoch, finite, measure, metrics, weights_finite
 from .losses import LOSSES
@@ -70,14 +70,18 @@ def _evaluate(plan: Plan, params: Weights, x: np.ndarray, t: np.ndarray, y) -> t
     return measure(list(plan.layers), plan.training["loss"], params, x, t, y)
 
 
-def _probe_stats(plan: Plan, params: Weights, x: np.ndarray, t: np.ndarray) -> list[dict]:
+def _probe_stats(plan: Plan, params: Weights, x: np.ndarray, t: np.ndarray,
+                 fast: fastpath.DenseStack | None = None) -> list[dict]:
     layers = list(plan.layers)
+    if fast is not None:                           # the same pass in the engine's buffers
+        outputs, grads = fast.probe(params, x, t)
+        return layer_stats(layers, params, grads, outputs, [None] * len(layers))
     outputs: list = []
     out, caches = network.forward(layers, params, x, train=False, outputs=outputs)
     grads = traces = None
     if plan.training["algorithm"] == "backprop":
         loss = LOSSES[plan.training["loss"]]
-        _, d = loss.fn(network.output_z(caches) if loss.fused else out, t)
+        d = loss.grad(network.output_z(caches), out, t)       # as training computes it
         traces = [{} for _ in layers]
         grads = network.backward(layers, d, caches, wrt_z=loss.fused, traces=traces)
     return layer_stats(layers, params, grads, outputs, caches, traces)
@@ -113,6 +117,8 @@ def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
     zbuf = np.empty((len(data.x), *layers[-1].out_shape), dtype=data.x.dtype)
     probe_x, probe_t = data.x[data.probe], data.t[data.probe]
     act = layers[-1].activation
+    fast = None if perceptron else fastpath.engine(layers, tr["loss"], tr["batch_size"], opt,
+                                                   data.x.dtype)
     while state.stop_reason is None and state.epoch < plan.epochs_total:
         t0 = perf_counter()
         e = state.epoch + 1
@@ -125,7 +131,7 @@ def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
             done = perceptron_epoch(state.params, xs, ts, lr, zbuf, poll)
         else:
             done = backprop_epoch(layers, tr["loss"], tr["batch_size"], state.params, opt, xs,
-                                  ts, rng, lr, zbuf, poll)
+                                  ts, rng, lr, zbuf, poll, fast)
         if not done:
             state.params = snapshot
             return poll.answer, None
@@ -137,7 +143,7 @@ def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
             return "diverged", {"code": "diverged", "message": f"training diverged at epoch "
                                 f"{e}: the loss became non-finite (train {train_loss}, "
                                 f"validation {val_loss}); try a smaller learning rate"}
-        stats = _probe_stats(plan, state.params, probe_x, probe_t) if tr["stats"] else []
+        stats = _probe_stats(plan, state.params, probe_x, probe_t, fast) if tr["stats"] else []
         state.epoch = e
         state.last = {"train_loss": train_loss, "val_loss": val_loss,
                       "train_accuracy": train_acc, "val_accuracy": val_acc}

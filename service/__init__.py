@@ -18,12 +18,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.from_mapping(test_config)
     app.json.sort_keys = False  # keep the field order the serialisers and the spec use
 
-    from service import artifacts, db, errors, params
+    from service import artifacts, auth, db, errors, logs, metrics, params
     from service.api import register_blueprints
 
+    logs.init_app(app)  # first: every later hook's lines carry the request id
     db.init_app(app)
     errors.init_app(app)
+    auth.init_app(app)  # before params: a request without a key is a 401 before anything else
     params.init_app(app)
     artifacts.init_app(app)
     register_blueprints(app)
+    metrics.init_app(app)
     return app

@@ -4,8 +4,13 @@
         The embedded default: migrate the configured database (SQLite under ./var unless
         BACKPROP_DATABASE_URL says otherwise), then run the API (gunicorn) and a Celery
         worker with the reconciler's beat, as child processes, until Ctrl-C or SIGTERM.
+        Prints the API key of the tenant "local", made on the first start and kept in
+        LOCAL_KEY_FILE (./var/api-key, mode 0600) so that every start can print it.
     backprop migrate        bring the database to the newest revision (= alembic upgrade head)
     backprop worker         a Celery worker for a deployment (= celery -A worker.app worker)
+    backprop create-key --tenant NAME [--name LABEL]
+        A new API key for the tenant NAME (made if it does not exist), printed once on
+        stdout (KEY=$(backprop create-key --tenant me)); only its SHA-256 is stored.
 
 The child commands are built here (`api_command`, `worker_command`); docker-compose.yml runs
 the same ones, and tests/e2e checks that it does.
@@ -24,22 +29,29 @@ from collections.abc import Sequence
 from types import FrameType
 
 import sqlalchemy as sa
+from flask import Flask
 
-from service import create_app, db
+from service import auth, create_app, db
+from service.models import ApiKey
 
-# After Ctrl-C: how long a worker may finish its task (warm shutdown) before it is stopped
-# cold. A run stopped cold is resumed from its checkpoint once its lease expires.
-GRACE_SECONDS = 10.0
+# After Ctrl-C: how long the API and the worker may shut down gracefully before they are
+# stopped cold. The worker hands its run back to the queue from a checkpoint it writes within
+# CHECKPOINT_SECONDS (worker/shutdown.py); a run stopped cold is resumed from its last
+# checkpoint once its lease expires.
+GRACE_SECONDS = 30.0
 # How long `up` waits for the API to answer /readyz.
 START_SECONDS = 60.0
+# The tenant `up` makes on the first start; its key is kept in LOCAL_KEY_FILE.
+LOCAL_TENANT = "local"
 
 
 def api_command(host: str, port: int) -> list[str]:
     # gthread workers: a slow request (a large upload) does not block the others.
     # No control socket: it defaults to one path per user, which two servers would share.
-    return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", "2",
-            "--threads", "4", "--worker-class", "gthread", "--no-control-socket",
-            "service.wsgi:app"]
+    # The config module: log format, graceful timeout, metrics folder (service/gunicorn_conf.py).
+    return [sys.executable, "-m", "gunicorn", "--config", "python:service.gunicorn_conf",
+            "--bind", f"{host}:{port}", "--workers", "2", "--threads", "4",
+            "--worker-class", "gthread", "--no-control-socket", "service.wsgi:app"]
 
 
 def worker_command(concurrency: int = 1, beat: bool = False) -> list[str]:
@@ -61,10 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("migrate", help="bring the database to the newest revision")
     worker = commands.add_parser("worker", help="run a Celery worker (deployment)")
     worker.add_argument("--concurrency", type=int, default=1)
+    key = commands.add_parser("create-key", help="a new API key for a tenant, printed once")
+    key.add_argument("--tenant", required=True, help="the tenant's name (made if missing)")
+    key.add_argument("--name", help="a label for the key, e.g. who or what uses it")
     args = parser.parse_args(argv)
     if args.command == "migrate":
         migrate()
         return 0
+    if args.command == "create-key":
+        return create_key(args.tenant, args.name)
     if args.command == "worker":
         command = worker_command(args.concurrency)
         os.execv(command[0], command)
@@ -81,9 +98,81 @@ def migrate() -> str:
     return url
 
 
+def create_key(tenant: str, name: str | None = None) -> int:
+    """Print a new key for `tenant` on stdout (and what it is on stderr)."""
+    if not auth.TENANT_NAME.fullmatch(tenant):
+        print("backprop: a tenant name has 1 to 100 letters, digits, '.', '_' or '-', and "
+              "starts with a letter or digit", file=sys.stderr)
+        return 2
+    if name is not None and not 1 <= len(name) <= 200:
+        print("backprop: --name must have 1 to 200 characters", file=sys.stderr)
+        return 2
+    app = create_app()
+    try:
+        row, key = _issue(app, tenant, name)
+    except sa.exc.DBAPIError as e:
+        print(f"backprop: cannot create the key ({type(e.orig).__name__}: {e.orig}); is the "
+              "database migrated (backprop migrate)?", file=sys.stderr)
+        return 1
+    finally:
+        db.engine(app).dispose()
+    print(f"backprop: API key {row.prefix}... (id {row.id}) for tenant {tenant!r}; it is shown "
+          "only now", file=sys.stderr)
+    print(key, flush=True)
+    return 0
+
+
+def _issue(app: Flask, tenant: str, name: str | None) -> tuple[ApiKey, str]:
+    for attempt in range(2):  # the tenant may be made concurrently: then it exists
+        try:
+            with db.session_scope(app) as session:
+                owner = auth.tenant_named(session, tenant, create=True)
+                return auth.issue_key(session, owner, name)
+        except sa.exc.IntegrityError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def local_key(app: Flask) -> str:
+    """The embedded default's key: the one in LOCAL_KEY_FILE while it works, else a new key
+    for the tenant "local" (made if missing), written there with mode 0600."""
+    path = app.config["LOCAL_KEY_FILE"]
+    try:
+        with open(path, encoding="ascii") as f:
+            kept = f.read().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        kept = ""
+    with db.session_scope(app) as session:
+        if kept and auth.find_key(session, kept) is not None:
+            os.chmod(path, 0o600)
+            return kept
+        tenant = auth.tenant_named(session, LOCAL_TENANT, create=True)
+        _, key = auth.issue_key(session, tenant, "backprop up")
+    _write_private(path, key + "\n")
+    return key
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write `text` to `path`, readable by this user only, replacing it atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    if os.path.exists(tmp):  # left by a crash, maybe with other permissions
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def up(host: str, port: int, workers: int) -> int:
     url = migrate()
     print(f"backprop: database {sa.engine.make_url(url).render_as_string()}", flush=True)
+    app = create_app()
+    try:
+        key = local_key(app)
+    finally:
+        db.engine(app).dispose()
     # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
     children = {
         name: subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
@@ -102,8 +191,11 @@ def up(host: str, port: int, workers: int) -> int:
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     ready = _wait_ready(f"{base}/readyz", children, stopping)
     if ready:
-        print(f"\nbackprop: serving on {base}  (Ctrl-C stops it)\n  try:  curl -s {base}/v1/"
-              "datasets -H 'Content-Type: application/json' -d '{\"name\": \"xor\", "
+        print(f"\nbackprop: serving on {base}  (Ctrl-C stops it)\n"
+              f"  API key of the tenant {LOCAL_TENANT!r} (also in {app.config['LOCAL_KEY_FILE']}):"
+              f"\n    {key}\n"
+              f"  try:  curl -s {base}/v1/datasets -H 'Authorization: Bearer {key}' "
+              "-H 'Content-Type: application/json' -d '{\"name\": \"xor\", "
               "\"generator\": {\"kind\": \"xor\"}}'\n  then train it: README.md, \"Walkthrough\""
               "\n", flush=True)
     while ready and not stopping and all(p.poll() is None for p in children.values()):

@@ -9,6 +9,7 @@ newcomer needs no server.
 
 from __future__ import annotations
 
+import json
 import os
 
 VAR_DIR = os.path.abspath(os.environ.get("BACKPROP_VAR_DIR", "var"))
@@ -48,6 +49,60 @@ DEFAULTS: dict[str, object] = {
     "MODEL_CACHE_SIZE": 64,
     # Most input rows one POST /v1/runs/{id}/predict may send.
     "PREDICT_MAX_ROWS": 10_000,
-    # Largest stored data set (its npz bytes; also bounds what an uploaded .npz may expand to).
+    # Largest stored data set (its npz bytes; also bounds what an uploaded .npz may expand to,
+    # counted as the float64 inputs and targets it becomes).
     "DATASET_MAX_BYTES": 256 * 1024 * 1024,
+    # Most samples (rows) one data set may have; a CSV is read row by row and refused at the
+    # first row past it, an .npz by its arrays' headers before anything is allocated.
+    "DATASET_MAX_ROWS": 1_000_000,
+    # Most values per sample (the product of a sample's shape: features, pixels, ...).
+    "DATASET_MAX_FEATURES": 100_000,
+    # ---- what one run may ask for (422 naming the field; nn has its own, larger, bounds) ----
+    # Most layers in network.layers.
+    "RUN_MAX_LAYERS": 100,
+    # Widest layer: dense/rnn/lstm units, conv2d filters, embedding dim, encoder ff_units.
+    "RUN_MAX_UNITS": 10_000,
+    # Most trainable parameters (plan.n_params).
+    "RUN_MAX_PARAMS": 5_000_000,
+    # Most epochs (training.epochs, and training.pretrain.epochs per pretrained layer).
+    "RUN_MAX_EPOCHS": 100_000,
+    # Largest estimated compute of a run: (training + pretraining epochs) x samples in the
+    # data set x parameters, about the multiply-adds of its forward passes.
+    "RUN_MAX_COMPUTE": 10**12,
+    # Runs one tenant may have queued, running or cancelling at once; past it POST /v1/runs
+    # answers 429 too_many_runs with Retry-After.
+    "TENANT_MAX_ACTIVE_RUNS": 20,
+    # ---- tenancy ------------------------------------------------------------------------
+    # The administrator's key (Authorization: Bearer <it>) for /v1/admin/*: tenants and their
+    # API keys. None disables the admin endpoints (keys can still be made with
+    # `backprop create-key`). At least 32 characters, e.g. `openssl rand -hex 32`.
+    "ADMIN_KEY": None,
+    # Where `backprop up` keeps the local tenant's API key in plain text (mode 0600), so each
+    # start can print it. Only the embedded default writes it.
+    "LOCAL_KEY_FILE": os.path.join(VAR_DIR, "api-key"),
+    # How long an Idempotency-Key's first answer is replayed (seconds); older keys are purged.
+    "IDEMPOTENCY_TTL_SECONDS": 24 * 3600,
+    # ---- operations ---------------------------------------------------------------------
+    # Log lines of every process (API, gunicorn, worker, beat): "json" (one object a line,
+    # with ts, level, logger, message and run_id / dataset_id / request_id where known; set
+    # in deployment by .env.example) or "text" (for a terminal: `backprop up`).
+    "LOG_FORMAT": "text",
+    # The lowest level the API and gunicorn log (DEBUG, INFO, WARNING, ...); Celery's
+    # processes take theirs from --loglevel.
+    "LOG_LEVEL": "INFO",
+    # GET /metrics: the queue-wait and epoch-duration distributions cover this many seconds
+    # back (the runs first started, and the runs with a heartbeat, since then).
+    "METRICS_WINDOW_SECONDS": 3600,
 }
+
+
+def setting(name: str) -> object:
+    """One setting for a process that has no Flask app (gunicorn's config file): its
+    BACKPROP_ variable parsed as create_app() parses it, or its default."""
+    raw = os.environ.get(f"BACKPROP_{name}")
+    if raw is None:
+        return DEFAULTS[name]
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw

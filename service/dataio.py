@@ -7,7 +7,10 @@ little-endian arrays), so the same arrays always give the same bytes, and `Datas
 is simply the SHA-256 of those stored bytes, whichever route uploaded the data.
 
 Every problem with the data raises a 422 naming the field (`inputs[3]`, `targets`,
-`file`, `target_column`).
+`file`, `target_column`), and so does a data set over the configured limits (`Limits`:
+DATASET_MAX_ROWS, DATASET_MAX_FEATURES, DATASET_MAX_BYTES), found before the arrays are
+built: JSON by the samples' count and the first sample's shape, CSV row by row, NPZ from the
+.npy headers.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import hashlib
 import io
 import math
 import zipfile
-from typing import Any
+from array import array
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +30,31 @@ from service.errors import validation_error
 
 MAX_LABEL_CHARS = 200
 INT64_MAX = 2**63 - 1
+
+
+class Limits(NamedTuple):
+    """How large a data set may be (service/config.py has the defaults)."""
+
+    max_rows: int  # samples
+    max_features: int  # values per sample: the product of a sample's shape
+    max_bytes: int  # stored npz bytes (inputs as float64)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Limits:
+        return cls(int(config["DATASET_MAX_ROWS"]), int(config["DATASET_MAX_FEATURES"]),
+                   int(config["DATASET_MAX_BYTES"]))
+
+
+def check_samples(samples: list[Any], path: str, limits: Limits) -> None:
+    """JSON samples within the row and feature limits (checked before they become arrays;
+    the first sample's shape stands for all, which tensor() then checks)."""
+    if len(samples) > limits.max_rows:
+        raise validation_error(path, f"has {len(samples)} samples; the limit is {limits.max_rows}")
+    values = math.prod(_shape_of(samples[0])) if samples else 0
+    if values > limits.max_features:
+        raise validation_error(
+            f"{path}[0]", f"has {values} values per sample; the limit is {limits.max_features}"
+        )
 
 
 # ---- JSON arrays ------------------------------------------------------------------------
@@ -129,43 +159,67 @@ def _kind(v: Any) -> str:
 
 # ---- CSV --------------------------------------------------------------------------------
 
-def from_csv(raw: bytes, target_column: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def from_csv(
+    raw: bytes, target_column: str | None, limits: Limits
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """CSV with a header row -> (inputs, targets, feature column names).
 
     The target column is `target_column` (default: the last column); every other column is a
     numeric feature. Targets that are all integers become int64 labels, all numbers float64
-    values, anything else string labels.
+    values, anything else string labels. Rows are read one at a time into a flat float64
+    buffer: the first row past `limits` stops the upload.
     """
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise validation_error("file", "a CSV upload must be UTF-8 text") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        rows = [(reader.line_num, row) for row in reader if any(f.strip() for f in row)]
-    except csv.Error as e:
-        raise validation_error("file", f"line {reader.line_num}: {e}") from None
-    if not rows:
+    rows = _csv_rows(raw)
+    first = next(rows, None)
+    if first is None:
         raise validation_error("file", "is empty; expected a header row and data rows")
-    header = [h.strip() for h in rows[0][1]]
+    header = [h.strip() for h in first[1]]
     if len(header) < 2:
         raise validation_error("file", "needs at least one feature column and a target column")
     target = _target_index(header, target_column)
-    data = rows[1:]
-    if not data:
-        raise validation_error("file", "has a header row but no data rows")
     features = [i for i in range(len(header)) if i != target]
-    x = np.empty((len(data), len(features)), dtype=np.float64)
-    labels = []
-    for r, (line, row) in enumerate(data):
+    if len(features) > limits.max_features:
+        raise validation_error(
+            "file", f"has {len(features)} feature columns; the limit is {limits.max_features}"
+        )
+    values: array[float] = array("d")
+    labels: list[str] = []
+    lines: list[int] = []
+    for line, row in rows:
+        if len(labels) == limits.max_rows:
+            raise validation_error(
+                "file", f"has more than {limits.max_rows} data rows (line {line}); that is "
+                        "the limit"
+            )
         if len(row) != len(header):
             raise validation_error(
                 "file", f"line {line} has {len(row)} fields but the header has {len(header)}"
             )
-        for c, i in enumerate(features):
-            x[r, c] = _csv_number(row[i], line, header[i])
+        values.extend(_csv_number(row[i], line, header[i]) for i in features)
         labels.append(row[target].strip())
-    return x, _csv_targets(labels, data), [header[i] for i in features]
+        lines.append(line)
+        if len(values) * values.itemsize > limits.max_bytes:
+            raise validation_error(
+                "file", f"line {line}: the inputs take more than {limits.max_bytes} bytes"
+            )
+    if not labels:
+        raise validation_error("file", "has a header row but no data rows")
+    x = np.frombuffer(values, dtype=np.float64).reshape(len(labels), len(features))
+    return x, _csv_targets(labels, lines), [header[i] for i in features]
+
+
+def _csv_rows(raw: bytes) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank row, decoded as it is read."""
+    text = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8-sig", newline="")
+    reader = csv.reader(text)
+    try:
+        for row in reader:
+            if any(f.strip() for f in row):
+                yield reader.line_num, row
+    except UnicodeDecodeError:
+        raise validation_error("file", "a CSV upload must be UTF-8 text") from None
+    except csv.Error as e:
+        raise validation_error("file", f"line {reader.line_num}: {e}") from None
 
 
 def _target_index(header: list[str], name: str | None) -> int:
@@ -193,8 +247,8 @@ def _csv_number(text: str, line: int, column: str) -> float:
     return value
 
 
-def _csv_targets(labels: list[str], data: list[tuple[int, list[str]]]) -> np.ndarray:
-    for (line, _), label in zip(data, labels):
+def _csv_targets(labels: list[str], lines: list[int]) -> np.ndarray:
+    for line, label in zip(lines, labels):
         if not label or len(label) > MAX_LABEL_CHARS or "\x00" in label:
             raise validation_error(
                 "file", f"line {line}: a target must have 1 to {MAX_LABEL_CHARS} characters, no NUL"
@@ -216,30 +270,39 @@ def _csv_targets(labels: list[str], data: list[tuple[int, list[str]]]) -> np.nda
 
 # ---- NPZ --------------------------------------------------------------------------------
 
-def from_npz(raw: bytes, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """An .npz with arrays `inputs` and `targets` (no pickles, nothing over max_bytes)."""
+class NpyHeader(NamedTuple):
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def from_npz(raw: bytes, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
+    """An .npz with arrays `inputs` and `targets`: no pickles, and nothing allocated before
+    both .npy headers are checked against `limits` and against their members' sizes."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
         names = set(archive.namelist())
     except (zipfile.BadZipFile, OSError, ValueError):
         raise validation_error("file", "is neither CSV text nor a readable .npz archive") from None
-    arrays = []
     with archive:
+        headers = {}
         for name in ("inputs", "targets"):
             if f"{name}.npy" not in names:
                 raise validation_error("file", f"the .npz has no array named {name!r}")
-            arrays.append(_npy(archive, name, max_bytes))
-    x, y = arrays
+            headers[name] = _npy_header(archive, name)
+        _check_npz(headers, limits)
+        x, y = (_npy_read(archive, name) for name in ("inputs", "targets"))
     if x.dtype.kind not in "biuf":
         raise validation_error("file", f"inputs must be numbers, not dtype {x.dtype}")
     return x.astype(np.float64), _normalise_targets(y)
 
 
-def _npy(archive: zipfile.ZipFile, name: str, max_bytes: int) -> np.ndarray:
-    """Read one member after checking its header: no object dtype, no decompression bomb."""
+def _npy_header(archive: zipfile.ZipFile, name: str) -> NpyHeader:
+    """A member's .npy header, checked: no object dtype, and a shape whose data is exactly
+    what the member holds (a header may claim any shape; the zip says how much is there)."""
     fmt = np.lib.format
+    member = archive.getinfo(f"{name}.npy")
     try:
-        with archive.open(f"{name}.npy") as f:
+        with archive.open(member) as f:
             version = fmt.read_magic(f)
             if version == (1, 0):
                 shape, _, dtype = fmt.read_array_header_1_0(f)
@@ -247,14 +310,59 @@ def _npy(archive: zipfile.ZipFile, name: str, max_bytes: int) -> np.ndarray:
                 shape, _, dtype = fmt.read_array_header_2_0(f)
             else:
                 raise ValueError(f"unsupported .npy version {version}")
-            if dtype.hasobject:
-                raise validation_error(
-                    "file", f"{name} is an object array; pickled data is refused"
-                )
-            if math.prod(shape) * dtype.itemsize > max_bytes:
-                raise validation_error("file", f"{name} is larger than {max_bytes} bytes")
+            header_bytes = f.tell()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
+        raise validation_error("file", f"{name}.npy is not a readable array ({e})") from None
+    if dtype.hasobject:
+        raise validation_error("file", f"{name} is an object array; pickled data is refused")
+    if any(n < 0 for n in shape):
+        raise validation_error("file", f"{name}.npy claims the impossible shape {shape}")
+    claimed = math.prod(shape) * dtype.itemsize
+    held = member.file_size - header_bytes
+    if claimed != held:
+        raise validation_error(
+            "file", f"{name}.npy claims shape {tuple(shape)} of {dtype} ({claimed} bytes) "
+                    f"but holds {held} bytes",
+        )
+    return NpyHeader(tuple(shape), dtype)
+
+
+def _check_npz(headers: dict[str, NpyHeader], limits: Limits) -> None:
+    """Rows, values per sample and stored size (inputs as float64) within the limits."""
+    stored = 0
+    for name, (shape, dtype) in headers.items():
+        rows, per_sample = (shape[0], math.prod(shape[1:])) if shape else (1, 1)
+        if rows > limits.max_rows:
+            raise validation_error(
+                "file", f"{name} has {rows} rows; the limit is {limits.max_rows}"
+            )
+        if per_sample > limits.max_features:
+            raise validation_error(
+                "file", f"{name} has {per_sample} values per sample; the limit is "
+                        f"{limits.max_features}",
+            )
+        stored += math.prod(shape) * _stored_itemsize(name, dtype)
+    if stored > limits.max_bytes:
+        raise validation_error(
+            "file", f"the arrays are larger than {limits.max_bytes} bytes once stored "
+                    f"(about {stored} bytes)",
+        )
+
+
+def _stored_itemsize(name: str, dtype: np.dtype) -> int:
+    """Bytes per value once stored: inputs and numbers as 8-byte float64 / int64, booleans
+    as 1, byte strings as 4-byte unicode characters."""
+    if name == "inputs" or dtype.kind in "iuf":
+        return 8
+    if dtype.kind == "S":
+        return 4 * dtype.itemsize
+    return dtype.itemsize
+
+
+def _npy_read(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    try:
         with archive.open(f"{name}.npy") as f:
-            return fmt.read_array(f, allow_pickle=False)
+            return np.lib.format.read_array(f, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
         raise validation_error("file", f"{name}.npy is not a readable array ({e})") from None
 

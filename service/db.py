@@ -56,6 +56,16 @@ def _close_session(_exc: BaseException | None) -> None:
         session.close()
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """Did this database error come from the connection (the server restarted, the
+    connection was cut, no connection could be made): worth trying again later, unlike an
+    error in the statement itself?"""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
 @contextmanager
 def session_scope(app: Flask | None = None) -> Iterator[Session]:
     """One short transaction: commit on success, roll back on error."""

@@ -2,6 +2,10 @@
 
 Per-epoch rows and layer-statistics rows have natural primary keys (run, phase, epoch[,
 layer]), so a row can be written at most once whatever the worker does.
+
+Tenancy: every data set and run belongs to a tenant (`tenant_id`); epochs, statistics and
+artifacts belong to a run and are reached only through it. API keys belong to a tenant and
+are stored as the SHA-256 of the key, never the key itself.
 """
 
 from __future__ import annotations
@@ -68,10 +72,65 @@ class Base(DeclarativeBase):
     )
 
 
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Tenant {self.id} {self.name!r}>"
+
+
+class ApiKey(Base):
+    """A tenant's API key: only its SHA-256 is stored (the key is 256 random bits, so a fast
+    hash is enough), and `prefix`, its first characters, to tell keys apart in a list."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(20))
+    name: Mapped[Optional[str]] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        state = "revoked" if self.revoked_at else "active"
+        return f"<ApiKey {self.id} {self.prefix}... tenant={self.tenant_id} {state}>"
+
+
+class IdempotencyKey(Base):
+    """The first answer to a POST sent with an Idempotency-Key, replayed to its retries.
+
+    Inserted in the same transaction as what the request created, so of two concurrent
+    requests with one key only one commits (the primary key), and the other replays it."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    headers: Mapped[dict] = mapped_column(JSON)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    def __repr__(self) -> str:
+        return f"<IdempotencyKey {self.tenant_id} {self.key!r} {self.status}>"
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     n_samples: Mapped[int] = mapped_column(Integer)
@@ -85,7 +144,10 @@ class Dataset(Base):
     # npz bytes with "inputs" and "targets"; deferred so listing never loads it.
     data: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
 
-    __table_args__ = (Index("ix_datasets_created_at_id", "created_at", "id"),)
+    # A tenant's list, newest first (and every lookup by tenant).
+    __table_args__ = (
+        Index("ix_datasets_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+    )
 
     def __repr__(self) -> str:
         return f"<Dataset {self.id} {self.name!r} n={self.n_samples}>"
@@ -95,6 +157,7 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
     dataset_id: Mapped[str] = mapped_column(
         ForeignKey("datasets.id", ondelete="RESTRICT"), index=True
     )
@@ -121,7 +184,12 @@ class Run(Base):
     # When the task message was last published (the reconciler republishes stale ones).
     published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_runs_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        # A tenant's list, newest first (and every lookup by tenant).
+        Index("ix_runs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+        # A tenant's active runs (the TENANT_MAX_ACTIVE_RUNS check).
+        Index("ix_runs_tenant_id_status", "tenant_id", "status"),
+    )
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.status} {self.epochs_completed}/{self.epochs_total}>"

@@ -6,7 +6,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from service.models import STAT_FIELDS, Dataset, Epoch, LayerStat, Run
+from service.models import STAT_FIELDS, ApiKey, Dataset, Epoch, LayerStat, Run, Tenant
 
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 EPOCH_FIELDS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate")
@@ -98,4 +98,29 @@ def epoch_json(e: Epoch) -> dict[str, Any]:
 def layer_stat_json(s: LayerStat) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": s.epoch, "phase": s.phase, "layer": s.layer, "name": s.name}
     row.update({f: finite(getattr(s, f)) for f in STAT_FIELDS})
+    return row
+
+
+def tenant_json(t: Tenant) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "name": t.name,
+        "created_at": timestamp(t.created_at),
+        "links": {"self": f"/v1/admin/tenants/{t.id}", "keys": f"/v1/admin/tenants/{t.id}/keys"},
+    }
+
+
+def api_key_json(k: ApiKey, key: str | None = None) -> dict[str, Any]:
+    """A key's record; `key` (the key itself) only in the answer that created it."""
+    row: dict[str, Any] = {
+        "id": k.id,
+        "tenant_id": k.tenant_id,
+        "name": k.name,
+        "prefix": k.prefix,
+        "created_at": timestamp(k.created_at),
+        "revoked_at": timestamp(k.revoked_at),
+    }
+    if key is not None:
+        row["key"] = key
+    row["links"] = {"self": f"/v1/admin/keys/{k.id}", "tenant": f"/v1/admin/tenants/{k.tenant_id}"}
     return row

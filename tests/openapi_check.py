@@ -18,10 +18,11 @@ import re
 from typing import Any
 
 from flask.testing import FlaskClient
+from werkzeug.datastructures import Headers
 
 from service.schemas import spec, validator
 
-BINARY_TYPES = {"application/x-npz", "application/octet-stream", "application/yaml"}
+BINARY_TYPES = {"application/x-npz", "application/octet-stream", "application/yaml", "text/plain"}
 
 
 def _pointer(*parts: str) -> str:
@@ -123,9 +124,22 @@ def check_requests_response(response: Any) -> None:
 
 
 class SpecCheckingClient(FlaskClient):
-    """A Flask test client that checks every response against openapi.yaml."""
+    """A Flask test client that checks every response against openapi.yaml.
+
+    With `api_key` (tests/service/conftest.py's apps give their tenant's key by default) it
+    sends `Authorization: Bearer <api_key>` unless the request has its own Authorization or
+    X-API-Key header; `app.test_client(api_key=None)` sends none."""
+
+    def __init__(self, *args: Any, api_key: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.api_key = api_key
 
     def open(self, *args: Any, **kwargs: Any):  # noqa: ANN201 - werkzeug TestResponse
+        if self.api_key is not None and (not args or isinstance(args[0], str)):
+            headers = Headers(kwargs.pop("headers", None) or {})
+            if "Authorization" not in headers and "X-API-Key" not in headers:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            kwargs["headers"] = headers
         response = super().open(*args, **kwargs)
         request = response.request
         if request.method not in ("HEAD", "OPTIONS"):

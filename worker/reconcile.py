@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from flask import current_app
 
-from service.db import session_scope
+from service.db import connection_lost, session_scope
 from service.models import Run, utcnow
 from service.queue import send_run
 from worker import lease
@@ -33,7 +33,19 @@ BATCH = 500
 
 
 def reconcile() -> dict[str, int]:
-    """One pass, in the app context; how many runs were settled and republished."""
+    """One pass, in the app context; how many runs were settled and republished. While the
+    database is unreachable a pass does nothing but say so: the next one catches up."""
+    try:
+        return _pass()
+    except sa.exc.DBAPIError as exc:
+        if not connection_lost(exc):
+            raise
+        log.warning("reconcile: the database is unreachable (%s); trying again next pass",
+                    type(exc).__name__)
+        return {"settled": 0, "republished": 0}
+
+
+def _pass() -> dict[str, int]:
     cfg = current_app.config
     now = utcnow()
     with session_scope() as session:

@@ -3,7 +3,10 @@
 Every write after the claim is fenced by the lease (worker/lease.py), so a worker that lost
 the run writes nothing more. A run whose worker died is claimed again and resumes from its
 last checkpoint; the rows its predecessor flushed after that checkpoint are deleted at the
-claim and written again by the resumed run, so every epoch appears exactly once.
+claim and written again by the resumed run, so every epoch appears exactly once. A worker
+that is shutting down hands its run back to the queue from a fresh checkpoint
+(worker/shutdown.py), and a write that fails on its database connection is tried again
+(worker/progress.py).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +24,20 @@ from flask import current_app
 from sqlalchemy.orm import undefer
 
 import nn
-from service import dataio
-from service.db import session_scope
+from service import dataio, logs
+from service.db import connection_lost, session_scope
 from service.models import Artifact, Dataset, Run, utcnow
+from service.queue import publish_run
 from worker import lease
-from worker.progress import CALIBRATED, Lease, Progress, deadline, finite, put_artifact
+from worker.progress import (
+    CALIBRATED,
+    SHUTDOWN,
+    Lease,
+    Progress,
+    deadline,
+    finite,
+    put_artifact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +63,13 @@ class Claimed:
 def train_run(run_id: str) -> str:
     """Claim and train `run_id`, in the app context. Returns the run's final status, or why
     it was not trained: "dropped" (not claimable), "settled" (ended by lease.settle_abandoned),
-    "lease_lost" (taken over by another worker meanwhile)."""
+    "lease_lost" (taken over by another worker meanwhile, or given up after the database was
+    unreachable for a whole lease), "handed_back" (this worker is shutting down)."""
+    with logs.bound(run_id=run_id):
+        return _claim_and_train(run_id)
+
+
+def _claim_and_train(run_id: str) -> str:
     cfg = current_app.config
     now = utcnow()
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -73,24 +92,45 @@ def train_run(run_id: str) -> str:
                      cfg["CHECKPOINT_SECONDS"],
                      deadline(run.started_at, cfg["RUN_TIME_LIMIT_SECONDS"]),
                      cancel=run.cancel_requested)
-        log.info("run %s: claimed by %s (attempt %d, from epoch %d)",
-                 run_id, worker, run.attempts, resume_epoch)
+        attempts = run.attempts
+    logs.bind(dataset_id=claimed.dataset_id)
+    log.info("run %s: claimed by %s (attempt %d, from epoch %d)",
+             run_id, worker, attempts, resume_epoch)
     progress = Progress(held, epoch=resume_epoch)
     try:
-        result = _train(claimed, progress)
+        try:
+            result = _train(claimed, progress)
+        except InvalidData as exc:
+            return _finish(progress, None, status="failed", error_code="invalid_data",
+                           error_message=str(exc))
+        if result.stop_reason == SHUTDOWN:
+            return _hand_back(progress, result)
         return _finish(progress, result, **_outcome(result))
     except lease.LeaseLost:
-        log.warning("run %s: lease lost to another worker; stopped, wrote nothing more", run_id)
+        log.warning("run %s: lease lost; stopped, wrote nothing more", run_id)
         return "lease_lost"
-    except InvalidData as exc:
-        return _finish(progress, None, status="failed", error_code="invalid_data",
-                       error_message=str(exc))
+    except sa.exc.DBAPIError as exc:
+        if not connection_lost(exc):
+            return _failed(progress, exc)
+        # Outside a flush (loading the data): the run stays ours until the lease expires;
+        # then the reconciler republishes it and the next claim resumes it.
+        log.warning("run %s: the database went away (%s); leaving the run to be resumed "
+                    "once its lease expires", run_id, type(exc).__name__)
+        return "lease_lost"
     except Exception as exc:
-        timeout = isinstance(exc, SoftTimeLimitExceeded)
+        return _failed(progress, exc)
+
+
+def _failed(progress: Progress, exc: Exception) -> str:
+    """An unexpected error: the run fails visibly with it, and Celery logs the traceback."""
+    timeout = isinstance(exc, SoftTimeLimitExceeded)
+    try:
         _finish(progress, None, status="failed",
                 error_code="timeout" if timeout else "internal_error",
                 error_message=f"{type(exc).__name__}: {exc}")
-        raise  # and Celery logs the traceback
+    except lease.LeaseLost:
+        log.warning("run %s: lease lost while recording the failure", progress.lease.run_id)
+    raise exc
 
 
 def _train(claimed: Claimed, progress: Progress) -> nn.TrainResult:
@@ -161,27 +201,77 @@ def _finish(progress: Progress, result: nn.TrainResult | None, *, status: str,
 
     A cancel requested meanwhile wins (cancelling -> cancelled); the weights are kept either
     way. The checkpoint is dropped once the run succeeded, kept when it may be continued.
+    A connection error is tried again every FLUSH_SECONDS while the lease may still be ours.
     """
     run_id = progress.lease.run_id
-    with session_scope() as session:
-        progress.write(session)
-        if progress.lease.cancel:
-            status, error_code, error_message = "cancelled", None, None
-        values: dict[str, object] = {"status": status, "error_code": error_code,
-                                     "error_message": error_message}
-        if result is not None:
-            put_artifact(session, run_id, "final", result.epochs_completed,
-                         result.model.to_npz())
-            if result.best_model is not None:
-                put_artifact(session, run_id, "best", result.best_epoch or 0,
-                             result.best_model.to_npz())
-            values.update(metrics=finite(result.metrics),
-                          epochs_completed=result.epochs_completed)
-        if status == "succeeded":
-            session.execute(sa.delete(Artifact).where(
-                Artifact.run_id == run_id, Artifact.kind == "checkpoint"),
-                execution_options=lease.NO_SYNC)
-        lease.release(session, run_id, progress.lease.token, now=utcnow(), **values)
+    retried = False
+    while True:
+        try:
+            with session_scope() as session:
+                progress.write(session)
+                if progress.lease.cancel:
+                    status, error_code, error_message = "cancelled", None, None
+                _final_writes(session, run_id, progress.lease.token, result, status=status,
+                              error_code=error_code, error_message=error_message)
+            break
+        except sa.exc.DBAPIError as exc:
+            if not connection_lost(exc):
+                raise
+            progress.failed(exc)  # raises LeaseLost once the lease has surely expired
+            retried = True
+            time.sleep(progress.lease.flush_seconds)
+        except lease.LeaseLost:
+            if retried and _recorded(run_id, status):
+                break  # the COMMIT that failed on its connection had gone through
+            raise
     log.info("run %s: %s%s", run_id, status, f" ({error_code}: {error_message})"
              if error_code else "")
     return status
+
+
+def _recorded(run_id: str, status: str) -> bool:
+    """After a final COMMIT whose answer was lost: is the run finished as we wrote it? (Our
+    worker name is on it and no later claim was made: a worker that took the run over
+    would have put its own name.)"""
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        return (run is not None and run.status == status and run.lease_token is None
+                and run.worker == worker[:200])
+
+
+def _final_writes(session: sa.orm.Session, run_id: str, token: str,
+                  result: nn.TrainResult | None, **values: object) -> None:
+    if result is not None:
+        put_artifact(session, run_id, "final", result.epochs_completed, result.model.to_npz())
+        if result.best_model is not None:
+            put_artifact(session, run_id, "best", result.best_epoch or 0,
+                         result.best_model.to_npz())
+        values.update(metrics=finite(result.metrics), epochs_completed=result.epochs_completed)
+    if values["status"] == "succeeded":
+        session.execute(sa.delete(Artifact).where(
+            Artifact.run_id == run_id, Artifact.kind == "checkpoint"),
+            execution_options=lease.NO_SYNC)
+    lease.release(session, run_id, token, now=utcnow(), **values)
+
+
+def _hand_back(progress: Progress, result: nn.TrainResult) -> str:
+    """Shutting down: write the rows and the checkpoint of the epoch training stopped at,
+    put the run back in the queue and wake another worker for it. A cancel requested
+    meanwhile ends the run cancelled instead."""
+    run_id = progress.lease.run_id
+    with session_scope() as session:
+        checkpoint = progress.write(session)
+        if not progress.lease.cancel:
+            lease.hand_back(session, run_id, progress.lease.token)
+    progress.written(checkpoint)
+    if progress.lease.cancel:
+        return _finish(progress, result, status="cancelled")
+    log.info("run %s: handed back to the queue at epoch %d, to resume from epoch %d",
+             run_id, progress.epoch, progress.stored_epoch)
+    try:
+        publish_run(run_id)
+    except Exception:  # noqa: BLE001 - the broker may be down; the reconciler republishes
+        log.warning("run %s: could not publish it again; the reconciler will", run_id,
+                    exc_info=True)
+    return "handed_back"

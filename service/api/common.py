@@ -1,21 +1,46 @@
-"""Small helpers the blueprints share."""
+"""Small helpers the blueprints share, and the one place that scopes queries to a tenant.
+
+Every query of data sets and runs a tenant endpoint makes carries `owned(Model)` (lists,
+updates, deletes) or goes through `fetch` (one row by id). Epochs, statistics and artifacts
+are reached only through a run fetched so. Another tenant's id is therefore a plain 404,
+exactly like an id that does not exist: whether it exists is not revealed.
+"""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from flask import Response, jsonify
 from sqlalchemy.orm import Session
 
+from service.auth import tenant_id
 from service.errors import not_found
+from service.models import Dataset, Run
 
-T = TypeVar("T")
+T = TypeVar("T", Dataset, Run)
+
+
+def owned(model: type[Dataset] | type[Run]) -> sa.ColumnElement[bool]:
+    """The WHERE clause limiting `model`'s rows to the calling tenant's."""
+    return model.tenant_id == tenant_id()
+
+
+def select_owned(model: type[T], *options: Any) -> sa.Select[tuple[T]]:
+    """SELECT the calling tenant's rows of `model`."""
+    return sa.select(model).where(owned(model)).options(*options)
+
+
+def find(session: Session, model: type[T], ident: uuid.UUID | str, *options: Any) -> T | None:
+    """The calling tenant's row with this id, or None (also for another tenant's row)."""
+    stmt = select_owned(model, *options).where(model.id == str(ident))
+    return session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
 
 
 def fetch(session: Session, model: type[T], ident: uuid.UUID | str, what: str) -> T:
-    """The row with this primary key, or a 404 problem naming `what`."""
-    row = session.get(model, str(ident))
+    """The calling tenant's row with this id, or a 404 problem naming `what`."""
+    row = find(session, model, ident)
     if row is None:
         raise not_found(what, str(ident))
     return row

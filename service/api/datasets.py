@@ -13,11 +13,12 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import IntegrityError
 
 import nn
-from service import dataio
-from service.api.common import fetch, json_response
+from service import dataio, idempotency
+from service.api.common import fetch, json_response, owned, select_owned
+from service.auth import tenant_id
 from service.db import get_session
 from service.errors import ApiError, validation_error
-from service.models import Dataset, Run
+from service.models import Dataset, Run, new_id, utcnow
 from service.pagination import page
 from service.params import json_object
 from service.schemas import validate
@@ -30,15 +31,24 @@ SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @bp.post("")
+@idempotency.idempotent
 def create() -> Response:
-    incoming = _from_upload() if request.mimetype == "multipart/form-data" else _from_json()
-    dataset = _store(incoming)
-    return json_response(dataset_json(dataset), 201, f"/v1/datasets/{dataset.id}")
+    limits = dataio.Limits.from_config(current_app.config)
+    if request.mimetype == "multipart/form-data":
+        incoming = _from_upload(limits)
+    else:
+        incoming = _from_json(limits)
+    dataset = _dataset(incoming)
+    session = get_session()
+    session.add(dataset)
+    response = json_response(dataset_json(dataset), 201, f"/v1/datasets/{dataset.id}")
+    replay = idempotency.commit(session, response)
+    return replay if replay is not None else response
 
 
 @bp.get("")
 def list_() -> Response:
-    stmt = sa.select(Dataset)
+    stmt = select_owned(Dataset)
     digest = request.args.get("sha256")
     if digest is not None:
         if not SHA256.fullmatch(digest):
@@ -62,7 +72,7 @@ def delete(dataset_id: uuid.UUID) -> Response:
     if runs:
         raise _in_use(dataset.id, list(runs))
     try:
-        session.execute(sa.delete(Dataset).where(Dataset.id == dataset.id))
+        session.execute(sa.delete(Dataset).where(owned(Dataset), Dataset.id == dataset.id))
         session.commit()
     except IntegrityError:  # a run was created meanwhile (the foreign key is RESTRICT)
         session.rollback()
@@ -91,25 +101,29 @@ class Incoming(NamedTuple):
     source: dict[str, Any]
 
 
-def _from_json() -> Incoming:
+def _from_json(limits: dataio.Limits) -> Incoming:
     body = json_object()
     if "generator" in body:
         validate("DatasetFromGenerator", body)
-        return _generate(body)
+        return _generate(body, limits)
     validate("DatasetFromArrays", body)
+    dataio.check_samples(body["inputs"], "inputs", limits)
     inputs = dataio.tensor(body["inputs"], "inputs")
     targets = dataio.targets_array(body["targets"])
     return Incoming(body["name"], body.get("task"), inputs, targets, {"kind": "json"})
 
 
-def _generate(body: dict[str, Any]) -> Incoming:
+def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
     """nn.generate, with every parameter recorded in `source` (a missing seed is drawn), so
     the data set can be made again."""
     spec = body["generator"]
     kind = spec["kind"]
+    n_samples = spec.get("n_samples", 500)
+    if isinstance(n_samples, int) and n_samples > limits.max_rows:
+        raise validation_error("generator.n_samples", f"must be <= {limits.max_rows} (the limit)")
     params = {
         "kind": kind,
-        "n_samples": spec.get("n_samples", 500),
+        "n_samples": n_samples,
         "noise": spec.get("noise", 0),
         "seed": spec["seed"] if spec.get("seed") is not None else secrets.randbelow(2**31),
         **nn.DEFAULTS["generator"].get(kind, {}),
@@ -123,7 +137,7 @@ def _generate(body: dict[str, Any]) -> Incoming:
     return Incoming(body["name"], "classification", inputs, targets, source)
 
 
-def _from_upload() -> Incoming:
+def _from_upload(limits: dataio.Limits) -> Incoming:
     """multipart/form-data: a "file" part (CSV, or NPZ recognised by its zip signature)."""
     form = request.form.to_dict()
     upload = request.files.get("file")
@@ -135,11 +149,11 @@ def _from_upload() -> Incoming:
     else:  # a plain text field named "file" (curl -F 'file=<data.csv') is CSV text
         raw, filename = form["file"].encode(), ""
     if raw.startswith(ZIP_MAGIC):
-        inputs, targets = dataio.from_npz(raw, int(current_app.config["DATASET_MAX_BYTES"]))
+        inputs, targets = dataio.from_npz(raw, limits)
         source: dict[str, Any] = {"kind": "npz", "filename": filename}
     else:
         target_column = form.get("target_column")
-        inputs, targets, features = dataio.from_csv(raw, target_column)
+        inputs, targets, features = dataio.from_csv(raw, target_column, limits)
         source = {
             "kind": "csv",
             "filename": filename,
@@ -149,20 +163,26 @@ def _from_upload() -> Incoming:
     return Incoming(form["name"], form.get("task"), inputs, targets, source)
 
 
-def _store(incoming: Incoming) -> Dataset:
+def _dataset(incoming: Incoming) -> Dataset:
+    """The row to store (not yet added), once the arrays are described and encoded."""
     source = incoming.source
+    field = {"json": "inputs", "generator": "generator.n_samples"}.get(source["kind"], "file")
     try:
         info = nn.describe(incoming.inputs, incoming.targets, incoming.task)
     except nn.SpecError as e:  # name the request field the bad arrays came from
-        where = {"json": e.path, "generator": "generator.n_samples"}.get(source["kind"], "file")
+        where = e.path if source["kind"] == "json" else field
         message = e.message if where == e.path else f"{e.path}: {e.message}"
         raise validation_error(where, message) from None
     data = dataio.encode(incoming.inputs, incoming.targets)
     limit = int(current_app.config["DATASET_MAX_BYTES"])
     if len(data) > limit:
         detail = f"the data set takes {len(data)} bytes; the limit is {limit}"
-        raise ApiError(413, "payload_too_large", detail)
-    dataset = Dataset(
+        errors = [{"path": field, "message": detail}]
+        raise ApiError(413, "payload_too_large", detail, errors=errors)
+    return Dataset(
+        id=new_id(),
+        tenant_id=tenant_id(),
+        created_at=utcnow(),
         name=incoming.name,
         n_samples=info.n_samples,
         input_shape=list(info.input_shape),
@@ -174,7 +194,3 @@ def _store(incoming: Incoming) -> Dataset:
         size_bytes=len(data),
         data=data,
     )
-    session = get_session()
-    session.add(dataset)
-    session.commit()
-    return dataset

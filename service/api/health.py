@@ -1,4 +1,4 @@
-"""Liveness, readiness, and the contract itself."""
+"""Liveness, readiness, and the contract itself: the endpoints that need no key."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from flask import Blueprint, Response, json
 
 from service import db
 from service.api.common import json_response
+from service.auth import public
 from service.errors import problem
 from service.schemas import spec, spec_text
 
@@ -17,12 +18,14 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@public
 def healthz() -> Response:
     """The process answers: nothing else is checked."""
     return json_response({"status": "ok"})
 
 
 @bp.get("/readyz")
+@public
 def readyz() -> Response:
     """The database answers SELECT 1 and the broker accepts connections."""
     checks = {"database": _check(_database_ok), "broker": _check(_broker_ok)}
@@ -52,10 +55,12 @@ def _broker_ok() -> bool:
 
 
 @bp.get("/v1/openapi.yaml")
+@public
 def openapi_yaml() -> Response:
     return Response(spec_text(), mimetype="application/yaml")
 
 
 @bp.get("/v1/openapi.json")
+@public
 def openapi_json() -> Response:
     return Response(json.dumps(spec()), mimetype="application/json")

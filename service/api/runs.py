@@ -11,13 +11,14 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
 import nn
-from service import artifacts, dataio
-from service.api.common import fetch, json_response
+from service import artifacts, dataio, idempotency, limits
+from service.api.common import fetch, find, json_response, owned, select_owned
+from service.auth import tenant_id
 from service.db import get_session
 from service.errors import ApiError, not_found, validation_error
 from service.models import ACTIVE_STATUSES, RUN_STATUSES, Artifact, Dataset, Run, new_id, utcnow
@@ -31,6 +32,7 @@ bp = Blueprint("runs", __name__, url_prefix="/v1/runs")
 
 
 @bp.post("")
+@idempotency.idempotent
 def create() -> Response:
     body = json_object()
     validate("RunCreate", body)
@@ -45,6 +47,8 @@ def create() -> Response:
     weights = _initial_weights(session, body, plan, source_id)
     run = Run(
         id=new_id(),
+        tenant_id=tenant_id(),
+        created_at=utcnow(),
         dataset_id=dataset_id,
         status="queued",
         network=plan.network,
@@ -55,20 +59,27 @@ def create() -> Response:
     try:
         session.add(run)
         session.flush()  # the run row before its artifact (foreign key)
+        limits.check_active_runs(session, run.tenant_id, current_app.config)
         if weights is not None:
             data = nn.Model(plan.network, weights, nn.model_meta(plan)).to_npz()
             session.add(Artifact(run_id=run.id, kind="initial", epoch=0, data=data))
-        session.commit()
+        response = json_response(run_json(run), 202, f"/v1/runs/{run.id}")
+        replay = idempotency.commit(session, response)
     except IntegrityError:  # the data set was deleted since _plan read it
         session.rollback()
         raise validation_error("dataset_id", "no data set with this id") from None
+    except ApiError:
+        session.rollback()
+        raise
+    if replay is not None:
+        return replay
     _publish(run.id)
-    return json_response(run_json(run), 202, f"/v1/runs/{run.id}")
+    return response
 
 
 @bp.get("")
 def list_() -> Response:
-    stmt = sa.select(Run)
+    stmt = select_owned(Run)
     statuses = arg_choices("status", RUN_STATUSES)
     if statuses:
         stmt = stmt.where(Run.status.in_(statuses))
@@ -89,7 +100,7 @@ def delete(run_id: uuid.UUID) -> Response:
     """Deletes the run with its epochs, statistics and weights; 409 while it is active."""
     session = get_session()
     done = session.execute(
-        sa.delete(Run).where(Run.id == str(run_id), Run.status.not_in(ACTIVE_STATUSES))
+        sa.delete(Run).where(owned(Run), Run.id == str(run_id), Run.status.not_in(ACTIVE_STATUSES))
     )
     if done.rowcount == 0:
         run = fetch(session, Run, run_id, "run")
@@ -114,7 +125,8 @@ def cancel(run_id: uuid.UUID) -> Response:
     for _attempt in range(3):  # the status may move between our reads; try again
         for old, values in moves:
             done = session.execute(
-                sa.update(Run).where(Run.id == ident, Run.status == old).values(**values),
+                sa.update(Run).where(owned(Run), Run.id == ident, Run.status == old)
+                .values(**values),
                 execution_options={"synchronize_session": False},
             )
             if done.rowcount:
@@ -132,19 +144,21 @@ def cancel(run_id: uuid.UUID) -> Response:
 
 
 def _reload(session: Session, ident: str) -> Run | None:
-    return session.get(Run, ident, populate_existing=True)
+    return find(session, Run, ident)
 
 
 # ---- creation ------------------------------------------------------------------------------
 
 def _plan(session: Session, dataset_id: str, body: dict[str, Any]) -> nn.Plan:
     """Build the plan against the data set: every spec error is a 422 naming its field."""
-    dataset = session.get(Dataset, dataset_id, options=[undefer(Dataset.data)])
+    dataset = find(session, Dataset, dataset_id, undefer(Dataset.data))
     if dataset is None:
         raise validation_error("dataset_id", "no data set with this id")
     inputs, targets = dataio.decode(dataset.data)
     info = nn.describe(inputs, targets, dataset.task)
-    return _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
+    plan = _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
+    limits.check_plan(plan, dataset.n_samples, current_app.config)
+    return plan
 
 
 def _initial_weights(
@@ -156,9 +170,9 @@ def _initial_weights(
         return _spec_errors(nn.weights_from_json, inline, plan, path="initial_weights")
     if source_id is None:
         return None
-    row = artifacts.artifact(session, source_id, "final")
+    source = find(session, Run, source_id)
+    row = artifacts.artifact(session, source_id, "final") if source is not None else None
     if row is None:
-        source = session.get(Run, source_id)
         why = "no run with this id" if source is None else (
             f"run {source_id} has no final weights (it is {source.status})"
         )

@@ -6,6 +6,7 @@ Every answer is checked against openapi.yaml (tests/openapi_check.py).
 from __future__ import annotations
 
 import io
+import subprocess
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,7 +15,7 @@ import requests
 
 import nn
 from tests.openapi_check import check_response
-from tests.procs import Procs
+from tests.procs import BIN, Procs
 
 FINISHED = ("succeeded", "failed", "cancelled")
 XOR = {"kind": "xor", "n_samples": 500, "noise": 0, "seed": 1}
@@ -27,11 +28,15 @@ RUN_SECONDS = 90  # the longest any run here may take, on a loaded two-core mach
 
 
 class Api:
-    """The service's HTTP API at `base` (e.g. http://127.0.0.1:8123)."""
+    """The service's HTTP API at `base` (e.g. http://127.0.0.1:8123), called with `key`
+    (`Authorization: Bearer <key>`) when one is given."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, key: str | None = None) -> None:
         self.base = base
+        self.key = key
         self.http = requests.Session()
+        if key is not None:
+            self.http.headers["Authorization"] = f"Bearer {key}"
 
     def call(self, method: str, path: str, expect: int, **kwargs: Any) -> requests.Response:
         answer = self.http.request(method, self.base + path, timeout=30, **kwargs)
@@ -46,6 +51,18 @@ class Api:
 
     def post(self, path: str, body: dict[str, Any], expect: int = 200) -> Any:
         return self.call("POST", path, expect, json=body).json()
+
+
+def create_key(procs: Procs, tenant: str) -> str:
+    """`backprop create-key --tenant <tenant>` in the processes' environment: the key it
+    prints on stdout."""
+    answer = subprocess.run([str(BIN / "backprop"), "create-key", "--tenant", tenant],
+                            cwd=procs.cwd, env=procs.env, capture_output=True, text=True,
+                            timeout=60)
+    assert answer.returncode == 0, answer.stderr
+    key = answer.stdout.strip()
+    assert key.startswith("bp_") and key not in answer.stderr, answer
+    return key
 
 
 def create_xor(api: Api) -> str:

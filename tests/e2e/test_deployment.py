@@ -17,20 +17,23 @@ from tests.procs import Procs
 
 
 def deploy(procs: Procs, pg_url: str, prefix: str, **settings: object) -> flow.Api:
-    """migrate, then api, worker and beat, with `settings` as BACKPROP_* variables."""
+    """migrate, then api, worker and beat, with `settings` as BACKPROP_* variables
+    (BROKER_URL among them: the machine's Redis unless given)."""
     procs.env.update(
-        BACKPROP_DATABASE_URL=pg_url, BACKPROP_BROKER_URL=REDIS_URL,
+        BACKPROP_DATABASE_URL=pg_url,
+        BACKPROP_BROKER_URL=str(settings.pop("BROKER_URL", REDIS_URL)),
         BACKPROP_BROKER_KEYPREFIX=prefix, BACKPROP_QUEUE=f"backprop-{uuid.uuid4().hex[:8]}",
         **{f"BACKPROP_{k}": str(v) for k, v in settings.items()},
     )
     procs.run("migrate", command("migrate"))
+    key = flow.create_key(procs, "e2e")  # the API is called as a tenant made by the CLI
     port = free_port()
     procs.start("api", command("api", **{"0.0.0.0:8000": f"127.0.0.1:{port}"}))
     procs.start("worker", command("worker"))
     procs.start("beat", command("beat"))
     base = f"http://127.0.0.1:{port}"
     procs.wait_http(f"{base}/readyz")
-    return flow.Api(base)
+    return flow.Api(base, key)
 
 
 # The database and the prefix are asked for before `procs`, so the processes stop before

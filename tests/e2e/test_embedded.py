@@ -4,6 +4,7 @@ filesystem broker under it, no server to install; then Ctrl-C stops everything."
 from __future__ import annotations
 
 import signal
+import stat
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -40,7 +41,20 @@ def test_backprop_up(procs: Procs, tmp_path: Path) -> None:
     procs.wait_http(f"{base}/readyz", timeout=60)
     assert (tmp_path / "var" / "backprop.db").exists()
 
-    flow.full_flow(flow.Api(base), procs)
+    # The local tenant's key: kept private in var/api-key, and printed.
+    key_file = tmp_path / "var" / "api-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    procs.wait_for("the key to be printed", lambda: key in procs.report("up", lines=10_000), 30)
+    flow.Api(base).call("GET", "/v1/datasets", 401)
+
+    api = flow.Api(base, key)
+    flow.full_flow(api, procs)
+
+    # A second tenant, made with the command line while the service runs, sees none of it.
+    other = flow.Api(base, flow.create_key(procs, "someone-else"))
+    assert other.get("/v1/runs")["items"] == []
+    other.call("GET", f"/v1/datasets/{api.get('/v1/datasets')['items'][0]['id']}", 404)
 
     children = _children(up.pid)
     assert len(children) == 2, children  # gunicorn and the celery worker

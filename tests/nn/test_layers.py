@@ -211,6 +211,23 @@ def test_pools_match_naive_loops(size, stride):
                        pool_reference(x, size, stride, np.mean))
 
 
+@pytest.mark.parametrize("size,stride", [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 3), (1, 1))])
+def test_max_pool_gradient_goes_to_the_first_maximum(size, stride):
+    """With ties (ReLU zeros, repeated values) each window passes its gradient to its first
+    maximal input in row-major order, as argmax picks it; overlapping windows add up."""
+    rng = np.random.default_rng(2)
+    x = np.maximum(rng.integers(-2, 3, size=(2, 3, 7, 6)), 0).astype(float)
+    out, cache = maxpool2d.forward(x, size, stride)
+    dout = rng.normal(size=out.shape)
+    expected = np.zeros_like(x)
+    for s, c, i, j in np.ndindex(*out.shape):
+        r, q = i * stride[0], j * stride[1]
+        window = x[s, c, r:r + size[0], q:q + size[1]]
+        u, v = np.unravel_index(np.argmax(window), size)
+        expected[s, c, r + u, q + v] += dout[s, c, i, j]
+    assert np.allclose(maxpool2d.backward(dout, cache)[0], expected, rtol=1e-14, atol=0)
+
+
 @pytest.mark.parametrize("heads,causal", [(1, False), (2, False), (2, True), (4, True)])
 def test_attention_matches_naive_loops(heads, causal):
     rng = np.random.default_rng(2)

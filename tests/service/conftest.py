@@ -1,12 +1,14 @@
 """API fixtures: a migrated database per test, an app on it, and a client that checks every
 response against openapi.yaml (tests/openapi_check.py).
 
-`client` runs on SQLite; `any_client` runs the test twice, on SQLite and on PostgreSQL.
+`client` runs on SQLite; `any_client` runs the test twice, on SQLite and on PostgreSQL. Every
+app has a tenant "test", and its clients send that tenant's API key.
 Publishing goes to kombu's in-memory transport, so nothing leaves the process.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +17,27 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from service import create_app, db
+from service import auth, create_app, db
 from tests.openapi_check import SpecCheckingClient
 
 
 def make_app(url: str, *, migrate: bool = True, **config: Any) -> Flask:
+    """The app on `url`, with a tenant "test" whose key its test clients send by default
+    (`app.test_client(api_key=None)`: no key; `add_tenant` makes more tenants)."""
     if migrate:
         db.upgrade(url)
     app = create_app({"TESTING": True, "DATABASE_URL": url, "BROKER_URL": "memory://", **config})
-    app.test_client_class = SpecCheckingClient
+    _, key = add_tenant(app, "test")
+    app.test_client_class = functools.partial(SpecCheckingClient, api_key=key)
     return app
+
+
+def add_tenant(app: Flask, name: str) -> tuple[str, str]:
+    """A new tenant and an API key for it: (tenant id, key)."""
+    with db.session_scope(app) as session:
+        tenant = auth.tenant_named(session, name, create=True)
+        _, key = auth.issue_key(session, tenant)
+        return tenant.id, key
 
 
 @pytest.fixture(scope="session")

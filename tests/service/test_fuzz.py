@@ -1,7 +1,8 @@
 """Schemathesis fuzzes every operation of openapi.yaml against the app (in process, SQLite).
 
 Checks: no 5xx, every status, content type, header and body as documented, and requests
-that violate the schema are refused with a 4xx. Not checked: that every schema-valid request
+that violate the schema are refused with a 4xx. Requests carry the tenant's API key (the
+admin key under /v1/admin); schemathesis also checks that they are refused without it. Not checked: that every schema-valid request
 succeeds (positive_data_acceptance): a schema-valid spec can still disagree with its data
 set (3 output units for 2 classes), which is a documented 422.
 
@@ -34,13 +35,17 @@ from tests.service.helpers import create_run, create_xor_dataset, finish_run, tr
 EXAMPLES = int(os.environ.get("BACKPROP_FUZZ_EXAMPLES", "25"))
 
 
+ADMIN_KEY = "fuzz-admin-key-" + "x" * 32
+
+
 def _fuzz_app() -> Flask:
     """Built at import: schemathesis reads the spec from the app when the module loads."""
     url = f"sqlite:///{tempfile.mkdtemp(prefix='backprop-fuzz-')}/fuzz.db"
-    app = make_app(url, MAX_CONTENT_LENGTH=256 * 1024)
+    app = make_app(url, MAX_CONTENT_LENGTH=256 * 1024, ADMIN_KEY=ADMIN_KEY)
     app.config["PROPAGATE_EXCEPTIONS"] = False  # a bug must show as the 500 it would be
-    app.test_client_class = FlaskClient  # schemathesis does the checking here
     client = app.test_client()
+    app.config["FUZZ_KEY"] = client.api_key
+    app.test_client_class = FlaskClient  # schemathesis does the checking here
     dataset = create_xor_dataset(client)
     run = create_run(client, dataset["id"])
     finish_run(app, run["id"], epochs=5, artifacts={"final": trained_model(run).to_npz()})
@@ -72,6 +77,8 @@ def test_every_operation_keeps_the_contract(case, caplog) -> None:  # noqa: ANN0
                 case.path_parameters[name] = value
         if isinstance(case.body, dict) and "dataset_id" in case.body:
             case.body["dataset_id"] = ids["dataset_id"]
-    case.call_and_validate(excluded_checks=[positive_data_acceptance])
+    key = ADMIN_KEY if case.path.startswith("/v1/admin/") else APP.config["FUZZ_KEY"]
+    case.call_and_validate(headers={"Authorization": f"Bearer {key}"},
+                           excluded_checks=[positive_data_acceptance])
     gaps = [r for r in caplog.records if "engine failed" in r.getMessage()]
     assert not gaps, f"the engine raised something other than SpecError: {gaps[0].exc_info}"

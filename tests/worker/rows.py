@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 import nn
-from service import dataio, db
+from service import auth, dataio, db
 from service.models import Artifact, Dataset, Run
 
 XOR_NET = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"},
@@ -20,14 +20,22 @@ XOR_TRAINING = {"loss": "squared_error", "optimizer": {"type": "sgd", "learning_
                 "batch_size": 1, "epochs": 20, "seed": 1}
 
 
-def add_dataset(kind: str = "xor", n_samples: int = 100, *, regression: bool = False) -> str:
+def tenant(name: str = "test") -> str:
+    """The id of the tenant `name` (made on first use)."""
+    with db.session_scope() as session:
+        return auth.tenant_named(session, name, create=True).id
+
+
+def add_dataset(kind: str = "xor", n_samples: int = 100, *, regression: bool = False,
+                tenant_id: str | None = None) -> str:
     inputs, targets = nn.generate(kind, n_samples, 0, seed=1)
     if regression:
         targets = targets.astype(float) * 10.0
     info = nn.describe(inputs, targets)
     data = dataio.encode(inputs, targets)
-    row = Dataset(name=kind, n_samples=len(inputs), input_shape=list(info.input_shape),
-                  task=info.task, classes=info.classes, target_dim=info.target_dim,
+    row = Dataset(tenant_id=tenant_id or tenant(), name=kind, n_samples=len(inputs),
+                  input_shape=list(info.input_shape), task=info.task, classes=info.classes,
+                  target_dim=info.target_dim,
                   sha256=dataio.sha256(data), source={"generator": kind},
                   size_bytes=len(data), data=data)
     with db.session_scope() as session:
@@ -42,7 +50,8 @@ def add_run(dataset_id: str, network: dict | None = None, training: dict | None 
         dataset = session.get(Dataset, dataset_id)
         info = nn.describe(*dataio.decode(dataset.data), task=dataset.task)
         plan = nn.build(network or XOR_NET, {**XOR_TRAINING, **(training or {})}, info)
-        run = Run(dataset_id=dataset_id, network=plan.network, training=plan.training,
+        run = Run(tenant_id=dataset.tenant_id, dataset_id=dataset_id,
+                  network=plan.network, training=plan.training,
                   epochs_total=plan.epochs_total, **columns)
         session.add(run)
         session.flush()

@@ -1,0 +1,382 @@
+"""The service's own cost, measured against the real stack: gunicorn (the API), a Celery worker
+and beat, Redis and PostgreSQL, started here as docker-compose.yml starts them.
+
+    .venv/bin/python bench/service.py [--quick] [--out bench/RESULTS.md]
+
+Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust) and Redis at 127.0.0.1:6379
+(BENCH_PG_ADMIN / BENCH_REDIS override them). Everything is isolated and removed afterwards:
+a fresh database (CREATE DATABASE, dropped at the end), a unique Redis key prefix and queue,
+free loopback ports; the processes are stopped in a `finally`. It rewrites the "service"
+section of bench/RESULTS.md.
+
+Measured:
+- a run of about 10 s (xor-online's spec with the epochs set from a calibration run) through
+  the API, created -> finished, against nn.train alone in this process on the same spec and
+  data; the epoch and layer-statistics rows are counted through the API's pages and the
+  served weights compared with the engine's;
+- submit-to-running latency with an idle worker over tiny runs (started_at - created_at, and
+  by the wall clock until a GET shows the run started);
+- POST /v1/runs/{id}/predict on the small XOR net: latency with one client, then requests/s
+  and latency with several concurrent clients (wrk when installed, else Python threads).
+"""
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import redis
+import requests
+import sqlalchemy as sa
+
+from common import RESULTS, ROOT, command, machine, median, percentile, table, verdict, \
+    write_section
+
+sys.path.insert(0, str(ROOT))                    # before bench/: the service package, not us
+import nn  # noqa: E402
+from service import cli  # noqa: E402  (the commands docker-compose.yml runs)
+from service.cli import api_command, worker_command  # noqa: E402
+
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+BIN = pathlib.Path(sys.executable).parent
+XOR = {"kind": "xor", "n_samples": 200, "noise": 0, "seed": 0}
+NETWORK = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"},
+                      {"type": "dense", "units": 1, "activation": "sigmoid"}]}
+TRAINING = {"loss": "squared_error", "batch_size": 1, "seed": 0, "validation_fraction": 0,
+            "optimizer": {"type": "sgd", "learning_rate": 0.5}}
+PREDICT = {"inputs": [[0.5, -0.5]]}
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def when(stamp: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+class Stack:
+    """The API, a worker and beat on a fresh database, a unique Redis prefix and queue."""
+
+    def __init__(self, logs: pathlib.Path) -> None:
+        self.logs, self.procs = logs, {}
+        self.db = f"bench_{uuid.uuid4().hex[:12]}"
+        self.prefix = f"{self.db}:"
+        self.admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{self.db}"'))
+        url = sa.engine.make_url(PG_ADMIN).set(database=self.db)
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("BACKPROP_")},
+                    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "PYTHONUNBUFFERED": "1",
+                    "BACKPROP_DATABASE_URL": url.render_as_string(hide_password=False),
+                    "BACKPROP_BROKER_URL": REDIS, "BACKPROP_BROKER_KEYPREFIX": self.prefix,
+                    "BACKPROP_QUEUE": self.db}
+        self.base = ""
+        self.headers: dict[str, str] = {}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        with open(self.logs / f"{name}.log", "ab") as log:
+            p = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+        self.procs[name] = p
+        return p
+
+    def up(self) -> None:
+        if self.start("migrate", [str(BIN / "alembic"), "upgrade", "head"]).wait(120) != 0:
+            raise RuntimeError("alembic upgrade head failed\n" + self.tail("migrate"))
+        if hasattr(cli, "create_key"):            # API keys: a tenant for the benchmark
+            key = subprocess.run([sys.executable, "-m", "service.cli", "create-key",
+                                  "--tenant", "bench"], cwd=ROOT, env=self.env, timeout=60,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            self.headers = {"Authorization": f"Bearer {key}"}
+        port = free_port()
+        self.start("api", api_command("127.0.0.1", port))
+        self.start("worker", worker_command(1))
+        self.start("beat", [sys.executable, "-m", "celery", "-A", "worker.app", "beat",
+                            "--loglevel", "INFO"])
+        self.base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                if requests.get(self.base + "/readyz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the API did not become ready\n" + self.tail())
+
+    def check(self) -> None:
+        dead = [n for n, p in self.procs.items() if n != "migrate" and p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} exited\n" + self.tail(*dead))
+
+    def tail(self, *names: str, lines: int = 30) -> str:
+        return "\n".join(f"--- {n} ---\n" + "\n".join(
+            (self.logs / f"{n}.log").read_text(errors="replace").splitlines()[-lines:])
+            for n in names or self.procs)
+
+    def down(self) -> None:
+        for p in self.procs.values():             # only the groups started here
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # whatever the leader left behind
+            except ProcessLookupError:
+                pass
+            p.wait()
+        with self.admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)'))
+        self.admin.dispose()
+        r = redis.Redis.from_url(REDIS)
+        for key in r.scan_iter(match=f"{self.prefix}*"):
+            r.delete(key)
+        r.close()
+
+
+class Api:
+    def __init__(self, base: str, headers: dict[str, str]) -> None:
+        self.base, self.http = base, requests.Session()
+        self.http.headers.update(headers)
+
+    def call(self, method: str, path: str, expect: int, **kw):
+        r = self.http.request(method, self.base + path, timeout=30, **kw)
+        if r.status_code != expect:
+            raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:500]}")
+        return r.json()
+
+    def run(self, dataset: str, epochs: int) -> dict:
+        return self.call("POST", "/v1/runs", 202, json={
+            "dataset_id": dataset, "network": NETWORK,
+            "training": {**TRAINING, "epochs": epochs}})
+
+    def wait(self, run_id: str, statuses=FINISHED, interval: float = 0.25,
+             timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.call("GET", f"/v1/runs/{run_id}", 200)
+            if run["status"] in statuses:
+                return run
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"run {run_id} still {run['status']} after {timeout} s")
+            time.sleep(interval)
+
+    def count(self, path: str) -> int:
+        """Rows of a paged list (limit 1000, following next_cursor)."""
+        n, cursor = 0, None
+        while True:
+            page = self.call("GET", path, 200,
+                             params={"limit": 1000, **({"cursor": cursor} if cursor else {})})
+            n += len(page["items"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                return n
+
+
+def load(url: str, headers: dict, clients: int, seconds: float, max_requests: int = 100_000
+         ) -> tuple[list[float], float]:
+    """POST PREDICT from `clients` threads with keep-alive sessions until `seconds` pass ->
+    (latencies in s, requests/s). Every answer must be 200."""
+    deadline = time.perf_counter() + seconds
+
+    def client(_):
+        http, lat = requests.Session(), []
+        http.headers.update(headers)
+        while time.perf_counter() < deadline and len(lat) < max_requests:
+            t0 = time.perf_counter()
+            r = http.post(url, json=PREDICT, timeout=10)
+            lat.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise RuntimeError(f"predict: {r.status_code} {r.text[:300]}")
+        return lat
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        lats = [x for lat in pool.map(client, range(clients)) for x in lat]
+    return lats, len(lats) / (time.perf_counter() - t0)
+
+
+def wrk(url: str, headers: dict, clients: int, seconds: float, tmp: pathlib.Path
+        ) -> tuple[float, float, float]:
+    """(p50 s, p99 s, requests/s) from wrk with 2 threads."""
+    script = tmp / "predict.lua"
+    script.write_text("\n".join([f"wrk.method = 'POST'", f"wrk.body = '{json.dumps(PREDICT)}'",
+                                  "wrk.headers['Content-Type'] = 'application/json'",
+                                  *(f"wrk.headers['{k}'] = '{v}'" for k, v in headers.items())]))
+    out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds:.0f}s", "--latency",
+                          "-s", str(script), url], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError("wrk saw errors:\n" + out)
+    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+    def latency(q):
+        v, u = re.search(rf"^\s*{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(v) * unit[u]
+
+    return latency(50), latency(99), float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a 3 s run, fewer samples")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    q = args.quick
+    run_seconds, rounds, tiny_runs, load_seconds = (3, 1, 10, 3) if q else (10, 2, 30, 10)
+    head = machine()
+    X, y = nn.generate(XOR["kind"], XOR["n_samples"], XOR["noise"], XOR["seed"])
+    info = nn.describe(X, y)
+
+    def engine(epochs):
+        t0 = time.perf_counter()
+        r = nn.train(nn.build(NETWORK, {**TRAINING, "epochs": epochs}, info), X, y)
+        return time.perf_counter() - t0, r
+
+    calib, seconds = 25, 0.0
+    while seconds < 0.5:                          # the epochs of a run_seconds run
+        calib *= 2
+        seconds = engine(calib)[0]
+    epochs = round(run_seconds / seconds * calib)
+    print(f"service: a {epochs}-epoch run (about {run_seconds} s)", flush=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-service-"))
+    stack = Stack(tmp)
+    try:
+        stack.up()
+        api = Api(stack.base, stack.headers)
+        dataset = api.call("POST", "/v1/datasets", 201,
+                           json={"name": "bench-xor", "generator": XOR})["id"]
+        api.wait(api.run(dataset, 2)["id"])                  # warm-up: imports, caches
+
+        # (a) a ~10 s run through the API against the engine alone, interleaved
+        alone, server, worker_s, wall, rows_ok, same = [], [], [], [], True, True
+        for _ in range(rounds):
+            seconds, result = engine(epochs)
+            alone.append(seconds)
+            t0 = time.perf_counter()
+            run = api.wait(api.run(dataset, epochs)["id"])
+            wall.append(time.perf_counter() - t0)
+            stack.check()
+            if run["status"] != "succeeded":
+                raise RuntimeError(f"run failed: {run}")
+            server.append((when(run["finished_at"]) - when(run["created_at"])).total_seconds())
+            worker_s.append((when(run["finished_at"]) - when(run["started_at"])).total_seconds())
+            n_epochs = api.count(f"/v1/runs/{run['id']}/epochs")
+            n_stats = api.count(f"/v1/runs/{run['id']}/layer-stats")
+            rows_ok &= (n_epochs, n_stats) == (epochs, len(NETWORK["layers"]) * epochs)
+            served = api.call("GET", f"/v1/runs/{run['id']}/weights", 200)["layers"]
+            same &= served == nn.weights_to_json(result.weights)["layers"]
+        run_id = run["id"]
+        print(f"  engine alone {median(alone):.2f} s, API created->finished "
+              f"{median(server):.2f} s", flush=True)
+
+        # (b) submit-to-running with an idle worker (20-epoch runs: a GET can see "running")
+        started, seen, posted = [], [], []
+        for _ in range(tiny_runs):
+            time.sleep(0.3)                                   # the worker is idle again
+            t0 = time.perf_counter()
+            run = api.run(dataset, 20)
+            posted.append(time.perf_counter() - t0)
+            api.wait(run["id"], ("running", *FINISHED), interval=0.002, timeout=30)
+            seen.append(time.perf_counter() - t0)
+            run = api.wait(run["id"], interval=0.05)
+            started.append((when(run["started_at"]) - when(run["created_at"])).total_seconds())
+        print(f"  submit-to-running p50 {median(started) * 1e3:.1f} ms", flush=True)
+
+        # (c) predictions on the small net
+        url = f"{stack.base}/v1/runs/{run_id}/predict"
+        load(url, stack.headers, 8, 2.0)       # warm-up: every gunicorn worker and thread
+                                               # (its first request loads the spec, the model)
+        single, single_rate = load(url, stack.headers, 1, load_seconds / 2)
+        concurrent_rows = []
+        for clients in (4, 8):
+            if shutil.which("wrk"):
+                p50, p99, rate = wrk(url, stack.headers, clients, load_seconds, tmp)
+                how = "wrk, 2 threads"
+            else:
+                lats, rate = load(url, stack.headers, clients, load_seconds)
+                p50, p99, how = percentile(lats, 50), percentile(lats, 99), "Python threads"
+            concurrent_rows.append([f"{clients} clients ({how})", f"{p50 * 1e3:.2f}",
+                                    f"{p99 * 1e3:.2f}", f"{rate:,.0f}"])
+            print(f"  predict, {clients} clients: {rate:,.0f} requests/s", flush=True)
+        stack.check()
+    except BaseException:
+        print(stack.tail(), file=sys.stderr)
+        raise
+    finally:
+        stack.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    overhead = median(server) / median(alone) - 1
+    best_rate = max(float(r[3].replace(",", "")) for r in concurrent_rows)
+    p50_start = median(started)
+    p50_predict = percentile(single, 50)
+    lines = ["## Service", "",
+             f"Command: `{command()}` (from the repository root). The stack: "
+             f"`alembic upgrade head`, `{' '.join(['gunicorn', *api_command('H', 0)[3:]])}`, "
+             f"`{' '.join(['celery', *worker_command(1)[3:]])}` and celery beat, as "
+             "docker-compose.yml runs them, on a fresh PostgreSQL database, Redis with its own "
+             "key prefix and queue, all on this machine (the load generator too).", "", *head,
+             "", "### Targets", "",
+             *table(["measure", "target", "measured", "result"], [
+                 [f"a {epochs}-epoch xor-online run through the API (created -> finished) vs "
+                  f"nn.train alone", "<= +10%", f"{overhead:+.1%} ({median(server):.2f} s vs "
+                  f"{median(alone):.2f} s)", verdict(overhead <= 0.10)],
+                 ["all epoch and layer-statistics rows stored", "all",
+                  f"{'yes' if rows_ok else 'NO'}: {epochs} epochs, {2 * epochs} layer rows "
+                  f"per run", verdict(rows_ok)],
+                 ["submit-to-running, p50", "< 100 ms", f"{p50_start * 1e3:.1f} ms",
+                  verdict(p50_start < 0.1)],
+                 ["POST /predict, one client, p50", "< 5 ms", f"{p50_predict * 1e3:.2f} ms",
+                  verdict(p50_predict < 0.005)],
+                 ["POST /predict, concurrent clients", ">= 500 requests/s",
+                  f"{best_rate:,.0f} requests/s", verdict(best_rate >= 500)]]),
+             "", "### Details", "",
+             *table(["measure", "median", "min..max", "runs"], [
+                 ["nn.train alone, s", f"{median(alone):.2f}",
+                  f"{min(alone):.2f}..{max(alone):.2f}", len(alone)],
+                 ["API: created -> finished, s", f"{median(server):.2f}",
+                  f"{min(server):.2f}..{max(server):.2f}", len(server)],
+                 ["API: started -> finished (the worker), s", f"{median(worker_s):.2f}",
+                  f"{min(worker_s):.2f}..{max(worker_s):.2f}", len(worker_s)],
+                 ["API: POST -> GET shows finished (wall clock, 0.25 s polls), s",
+                  f"{median(wall):.2f}", f"{min(wall):.2f}..{max(wall):.2f}", len(wall)]]),
+             "", f"- The served weights {'equal' if same else 'DIFFER FROM'} nn.train's bit for "
+             "bit: the same work.",
+             "", *table(["submit-to-running (idle worker)", "p50 ms", "p99 ms", "max ms", "runs"],
+                        [[name, f"{percentile(v, 50) * 1e3:.1f}", f"{percentile(v, 99) * 1e3:.1f}",
+                          f"{max(v) * 1e3:.1f}", len(v)] for name, v in (
+                            ("started_at - created_at (server clock)", started),
+                            ("POST sent -> a GET shows it started (wall clock, 2 ms polls)",
+                             seen), ("POST /v1/runs answered (202)", posted))]),
+             "", *table(["POST /v1/runs/{id}/predict, 1 row, 2-4-1 net", "p50 ms", "p99 ms",
+                         "requests/s"],
+                        [[f"1 client (Python requests, keep-alive, {len(single)} requests)",
+                          f"{p50_predict * 1e3:.2f}", f"{percentile(single, 99) * 1e3:.2f}",
+                          f"{single_rate:,.0f}"], *concurrent_rows]), ""]
+    write_section("service", lines, pathlib.Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""gunicorn's settings for the API: `gunicorn --config python:service.gunicorn_conf ...`
+(service/cli.py, docker-compose.yml and the Dockerfile pass it; the rest of the command
+line is theirs).
+
+Read by gunicorn's master process before it starts any worker, without the Flask app.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from service import logs
+from service.config import setting
+
+# One log format for every process (service/logs.py): gunicorn's own loggers write through
+# the root logger's handler, as the app's do.
+logconfig_dict = logs.dict_config(str(setting("LOG_FORMAT")), str(setting("LOG_LEVEL")))
+
+# SIGTERM: stop accepting connections and give the requests in flight this long to finish
+# (seconds). docker-compose.yml's stop_grace_period for the api is longer.
+graceful_timeout = 20
+
+_made_dir: list[str] = []
+
+
+def on_starting(_server: Any) -> None:
+    """prometheus-client's multiprocess mode for the workers' own metrics (service/metrics.py):
+    a fresh folder at each start (stale files would be added in), unless one is given."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        folder = tempfile.mkdtemp(prefix="backprop-metrics-")
+        _made_dir.append(folder)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(_server: Any) -> None:
+    for folder in _made_dir:
+        shutil.rmtree(folder, ignore_errors=True)

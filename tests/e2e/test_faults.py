@@ -1,0 +1,411 @@
+"""Faults against the real processes (docker-compose.yml's commands), PostgreSQL and Redis.
+
+A worker shut down, paused past its lease, sent a run twice; Redis restarted (our own
+redis-server, append-only as in deployment); the database's connections cut and the database
+gone for longer than a lease; cancel, timeout, divergence and a data set that no longer loads
+through the whole stack; twenty runs at once. (A SIGKILLed worker: test_deployment.py.)
+
+The checks read the database directly where the API cannot answer (the database is down) or
+does not tell (lease tokens, checkpoints, which process wrote what).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+import nn
+from service import create_app
+from service.models import utcnow
+from service.queue import send_run
+from tests.conftest import PG_ADMIN_URL, free_port
+from tests.e2e import flow, load
+from tests.e2e.compose import command
+from tests.e2e.test_deployment import deploy
+from tests.procs import Procs
+
+# Short leases and quick reconciling, so that a takeover takes seconds.
+FAST = {"LEASE_SECONDS": 2, "RECONCILE_SECONDS": 1, "CHECKPOINT_SECONDS": 1,
+        "REQUEUE_AFTER_SECONDS": 2}
+# Per-sample SGD on 400 samples: a few seconds (a checkpoint about every second), long
+# enough to be still training after a stop at its next checkpoint.
+EPOCHS = 300
+TRAINING = {"epochs": EPOCHS}
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[sa.Engine]:
+    """The deployment's database, for the checks."""
+    engine = sa.create_engine(pg_url, pool_pre_ping=True)
+    yield engine
+    engine.dispose()
+
+
+def row(engine: sa.Engine, run_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT * FROM runs WHERE id = :id"), {"id": run_id}).one()
+
+
+def epochs(engine: sa.Engine, run_id: str) -> list[tuple[int, float]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT epoch, train_loss FROM epochs WHERE run_id = :id AND phase = 'train' "
+            "ORDER BY epoch"), {"id": run_id})]
+
+
+def artifacts(engine: sa.Engine, run_id: str) -> dict[str, tuple[int, Any, bytes]]:
+    with engine.connect() as conn:
+        return {r.kind: (r.epoch, r.created_at, bytes(r.data)) for r in conn.execute(sa.text(
+            "SELECT kind, epoch, created_at, data FROM artifacts WHERE run_id = :id"),
+            {"id": run_id})}
+
+
+def wait_row(procs: Procs, engine: sa.Engine, run_id: str, what: str, test: Any,
+             timeout: float = flow.RUN_SECONDS) -> Any:
+    def probe() -> Any:
+        r = row(engine, run_id)
+        return r if test(r) else None
+
+    return procs.wait_for(what, probe, timeout)
+
+
+def wait_log(procs: Procs, name: str, text: str, timeout: float = 30) -> None:
+    procs.wait_for(f"{text!r} in {name}'s log",
+                   lambda: text in procs.report(name, lines=1_000_000), timeout, interval=0.2)
+
+
+def json_lines(procs: Procs, name: str) -> list[dict[str, Any]]:
+    """The log's JSON lines (Celery also prints a banner, which is not a log line), each
+    with at least ts, level, logger and message."""
+    lines = [json.loads(line) for line in procs.report(name, lines=1_000_000).splitlines()
+             if line.startswith("{")]
+    assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    return lines
+
+
+def pool_parent(worker_column: str) -> int:
+    """The Celery main process of the pool process named in runs.worker ("host:pid")."""
+    pid = int(worker_column.rsplit(":", 1)[1])
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def which_worker(procs: Procs, worker_column: str) -> str:
+    parent = pool_parent(worker_column)
+    (name,) = [n for n, p in procs.procs.items() if p.pid == parent]
+    return name
+
+
+def start_worker(procs: Procs, name: str, *, wait: bool = True) -> None:
+    procs.start(name, command("worker"))
+    if wait:
+        wait_log(procs, name, "ready.")
+
+
+@pytest.fixture
+def up(pg_url: str, redis_prefix: str, procs: Procs) -> Iterator[Any]:
+    """`up(**settings)`: the deployment (api, worker, beat), and its API called with a key."""
+    def start(**settings: Any) -> flow.Api:
+        return deploy(procs, pg_url, redis_prefix, **settings)
+
+    yield start
+    procs.check()  # no process died along the way
+
+
+def test_a_worker_told_to_stop_hands_its_run_back(
+    up: Any, procs: Procs, engine: sa.Engine,
+) -> None:
+    """SIGTERM to the Celery main process (what `docker stop` sends): the run stops at its
+    next checkpoint, is written and queued again, and the worker exits at once; another
+    worker resumes it without waiting for a lease. (That the resumed run ends exactly as an
+    unbroken one: tests/worker/test_faults.py.)"""
+    api = up(LOG_FORMAT="json", **FAST)
+    run_id = flow.start_run(api, flow.create_xor(api), training=TRAINING)["id"]
+    wait_row(procs, engine, run_id, "some epochs", lambda r: r.epochs_completed >= 30)
+    answer = api.call("GET", f"/v1/runs/{run_id}", 200, headers={"X-Request-ID": "req-42"})
+    assert answer.headers["X-Request-ID"] == "req-42"
+    worker = procs.procs["worker"]
+    worker.send_signal(signal.SIGTERM)  # the main process only, as Docker does
+    assert worker.wait(timeout=30) == 0, procs.report("worker")
+
+    run = row(engine, run_id)
+    assert (run.status, run.lease_token, run.attempts) == ("queued", None, 0), run
+    stored = artifacts(engine, run_id)["checkpoint"][0]
+    assert stored == run.epochs_completed > 0  # stopped where its checkpoint is
+    assert [e for e, _ in epochs(engine, run_id)] == list(range(1, stored + 1))
+    # Every process logs JSON lines, with the ids it knows.
+    worker_lines = json_lines(procs, "worker")
+    assert any(line["message"].startswith(f"run {run_id}: handed back to the queue")
+               and line["run_id"] == run_id and line["dataset_id"] for line in worker_lines)
+    assert any(line.get("request_id") == "req-42" and line.get("run_id") == run_id
+               and line["logger"] == "service.requests" for line in json_lines(procs, "api"))
+    assert any(line["logger"].startswith("gunicorn") for line in json_lines(procs, "api"))
+    assert any(line["logger"].startswith("celery") for line in json_lines(procs, "beat"))
+
+    started = time.monotonic()
+    start_worker(procs, "worker2")
+    wait_row(procs, engine, run_id, "the second worker to take it",
+             lambda r: r.status != "queued", timeout=10)
+    assert time.monotonic() - started < 10  # no lease to wait for
+    done = flow.wait_until(api, procs, run_id)
+    assert (done["status"], done["attempts"]) == ("succeeded", 1), done
+    assert [e for e, _ in epochs(engine, run_id)] == list(range(1, EPOCHS + 1))
+
+
+def test_a_duplicate_message_and_a_paused_worker_train_nothing_twice(
+    up: Any, procs: Procs, engine: sa.Engine,
+) -> None:
+    """The run's message sent again while a worker trains it: the other worker drops it.
+    Then the training worker is paused (SIGSTOP) past its lease: the other one takes the run
+    over and finishes it from the checkpoint. Woken (SIGCONT), the paused one finds its
+    fence gone and writes nothing: rows and weights stay the second worker's."""
+    api = up(**FAST)
+    start_worker(procs, "worker2", wait=False)
+    run_id = flow.start_run(api, flow.create_xor(api), training=TRAINING)["id"]
+    first = wait_row(procs, engine, run_id, "the run to train", lambda r: r.epochs_completed > 0)
+    paused = which_worker(procs, first.worker)
+    other = "worker2" if paused == "worker" else "worker"
+    wait_log(procs, other, "ready.")
+
+    # The same task delivered twice: the idle worker gets it and drops it.
+    app = create_app({name: procs.env[f"BACKPROP_{name}"]
+                      for name in ("DATABASE_URL", "BROKER_URL", "BROKER_KEYPREFIX", "QUEUE")})
+    with app.app_context():
+        send_run(run_id)
+    wait_log(procs, other, "not claimable (dropped)")
+
+    wait_row(procs, engine, run_id, "a checkpoint", lambda r: r.epochs_completed >= 40
+             and "checkpoint" in artifacts(engine, run_id))
+    assert row(engine, run_id).status == "running"
+    group = procs.procs[paused].pid
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        done = wait_row(procs, engine, run_id, "the other worker to finish it",
+                        lambda r: r.status == "succeeded")
+        assert done.attempts == 2 and which_worker(procs, done.worker) == other
+        before = (done, epochs(engine, run_id), artifacts(engine, run_id))
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    wait_log(procs, paused, "lease lost")
+    time.sleep(1)  # anything it would still write, it would have written by now
+    assert (row(engine, run_id), epochs(engine, run_id), artifacts(engine, run_id)) == before
+    assert [e for e, _ in before[1]] == list(range(1, EPOCHS + 1))
+    assert before[2]["final"][0] == EPOCHS  # the weights the second worker stored
+
+
+def _redis(procs: Procs, port: int, folder: Path) -> None:
+    """Our own redis-server, append-only as in docker-compose.yml."""
+    procs.start("redis", [shutil.which("redis-server") or "redis-server", "--port", str(port),
+                          "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                          "--dir", str(folder)])
+    procs.wait_for("redis to answer", lambda: subprocess.run(
+        ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True,
+        timeout=5).stdout.strip() == "PONG", 10, interval=0.1)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_runs_survive_redis_restarts(
+    up: Any, procs: Procs, engine: sa.Engine, tmp_path: Path,
+) -> None:
+    """Redis restarted while runs are queued and running, once cleanly (its append-only
+    file keeps the messages) and once losing everything: the workers and beat reconnect,
+    the reconciler republishes what was lost, and every run finishes, trained once."""
+    port, folder = free_port(), tmp_path / "redis"
+    folder.mkdir()
+    _redis(procs, port, folder)
+    api = up(BROKER_URL=f"redis://127.0.0.1:{port}/0", **FAST)
+    start_worker(procs, "worker2")
+    dataset_id = flow.create_xor(api)
+    ids = [flow.start_run(api, dataset_id, training={"epochs": 60})["id"] for _ in range(8)]
+
+    def statuses() -> list[str]:
+        return [row(engine, i).status for i in ids]
+
+    procs.wait_for("two runs training", lambda: statuses().count("running") == 2, 60)
+    procs.stop("redis")  # SIGTERM: Redis writes its append-only file and exits
+    time.sleep(1)
+    _redis(procs, port, folder)
+    queued = [i for i, s in zip(ids, statuses()) if s == "queued"]
+    assert queued, statuses()
+    procs.wait_for("a run queued before the restart to start",
+                   lambda: any(row(engine, i).status != "queued" for i in queued), 60)
+
+    procs.stop("redis", signal.SIGKILL)  # and its data is gone
+    shutil.rmtree(folder)
+    folder.mkdir()
+    time.sleep(1)
+    _redis(procs, port, folder)
+    procs.wait_for("every run to finish", lambda: all(
+        s in flow.FINISHED for s in statuses()), 120, interval=0.5)
+
+    for run_id in ids:
+        run = row(engine, run_id)
+        assert (run.status, run.attempts) == ("succeeded", 1), run
+        assert [e for e, _ in epochs(engine, run_id)] == list(range(1, 61))
+
+
+class Outage:
+    """Cuts the deployment's database off, as a restart or a failover does: every
+    connection killed, and new ones refused while it lasts."""
+
+    def __init__(self, pg_url: str) -> None:
+        self.name = sa.engine.make_url(pg_url).database
+        self.admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+    def kill(self) -> int:
+        with self.admin.connect() as conn:
+            return len(conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
+                "AND pid <> pg_backend_pid()"), {"db": self.name}).all())
+
+    def allow(self, allowed: bool) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS '
+                                 f'{"true" if allowed else "false"}'))
+
+    def down_for(self, seconds: float) -> None:
+        self.allow(False)
+        try:
+            self.kill()
+            time.sleep(seconds)
+        finally:
+            self.allow(True)
+
+    def close(self) -> None:
+        self.allow(True)
+        self.admin.dispose()
+
+
+def test_runs_survive_cut_database_connections(
+    up: Any, procs: Procs, engine: sa.Engine, pg_url: str,
+) -> None:
+    """Every connection killed again and again, then the database gone for less than a
+    lease: the worker keeps its rows and writes them once it can (one attempt). Then gone
+    for longer than a lease: the worker gives the run up, and once the database is back the
+    reconciler requeues it and it resumes from its checkpoint. Nothing committed is lost
+    and no epoch is written twice. (A long run, cancelled at the end: how fast the machine
+    trains must not decide which phase the run is in.)"""
+    api = up(LEASE_SECONDS=3, FLUSH_SECONDS=0.2, RECONCILE_SECONDS=1, CHECKPOINT_SECONDS=1,
+             REQUEUE_AFTER_SECONDS=2)
+    run_id = flow.start_run(api, flow.create_xor(api), training={"epochs": 100_000})["id"]
+    wait_row(procs, engine, run_id, "a checkpoint", lambda r: r.epochs_completed >= 20
+             and "checkpoint" in artifacts(engine, run_id))
+    outage = Outage(pg_url)
+    try:
+        killed = 0
+        for _ in range(30):  # 3 s of connections killed under the worker's flushes
+            killed += outage.kill()
+            time.sleep(0.1)
+        assert killed > 0
+        outage.down_for(1.5)  # shorter than the lease
+        back = utcnow()
+        engine.dispose()
+        run = wait_row(procs, engine, run_id, "the worker to write again",
+                       lambda r: r.heartbeat_at > back, timeout=10)
+        assert (run.status, run.attempts) == ("running", 1)  # it kept the run
+        committed = epochs(engine, run_id)
+        assert [e for e, _ in committed] == list(range(1, run.epochs_completed + 1))
+        wait_log(procs, "worker", "database write failed")
+        outage.down_for(3 + 2.5)  # longer than the lease
+        engine.dispose()
+    finally:
+        outage.close()
+    wait_log(procs, "worker", "giving the run up")
+    run = wait_row(procs, engine, run_id, "the run to be resumed",
+                   lambda r: r.attempts == 2 and r.epochs_completed > len(committed) + 20)
+    assert run.status == "running"
+
+    api.post(f"/v1/runs/{run_id}/cancel", {})
+    run = wait_row(procs, engine, run_id, "the run to end", lambda r: r.status in flow.FINISHED)
+    assert (run.status, run.attempts) == ("cancelled", 2), run
+    rows = epochs(engine, run_id)
+    assert [e for e, _ in rows] == list(range(1, run.epochs_completed + 1))
+    assert rows[:len(committed)] == committed  # what was committed is still there, unchanged
+
+
+def test_cancel_timeout_divergence_and_bad_data_end_in_their_states(
+    up: Any, procs: Procs, engine: sa.Engine,
+) -> None:
+    """Through the whole stack, with two workers: a cancelled run stops within about a
+    second and keeps its weights and checkpoint; a run over RUN_TIME_LIMIT_SECONDS fails
+    with "timeout"; a diverging one with "diverged"; one whose data set no longer loads
+    with "invalid_data"."""
+    api = up(RUN_TIME_LIMIT_SECONDS=5, CHECKPOINT_SECONDS=1)
+    start_worker(procs, "worker2", wait=False)
+    xor, broken = flow.create_xor(api), flow.create_xor(api)
+    inputs, labels = nn.generate("xor", 100, 0, 1)
+    regression = api.post("/v1/datasets", {"name": "big targets", "inputs": inputs.tolist(),
+                                           "targets": (labels * 10.0).tolist()}, 201)["id"]
+    wait_log(procs, "worker2", "ready.")
+
+    long = {"epochs": 100_000}
+    cancel_id = flow.start_run(api, xor, training=long)["id"]
+    timeout_id = flow.start_run(api, xor, training=long)["id"]
+    for run_id in (cancel_id, timeout_id):
+        wait_row(procs, engine, run_id, "both long runs training",
+                 lambda r: r.epochs_completed > 0)
+    # Queued behind them: a diverging run, and one whose data set is broken meanwhile.
+    relu = {"layers": [{"type": "dense", "units": 4, "activation": "relu"},
+                       {"type": "dense", "units": 1, "activation": "linear"}]}
+    diverge_id = api.post("/v1/runs", {"dataset_id": regression, "network": relu, "training": {
+        "loss": "squared_error", "optimizer": {"type": "sgd", "learning_rate": 5.0},
+        "epochs": 50}}, 202)["id"]
+    broken_id = flow.start_run(api, broken)["id"]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE datasets SET data = :junk WHERE id = :id"),
+                     {"junk": b"not an npz", "id": broken})
+
+    wait_row(procs, engine, cancel_id, "a checkpoint of the run to cancel",
+             lambda r: "checkpoint" in artifacts(engine, cancel_id))
+    asked = time.monotonic()
+    api.post(f"/v1/runs/{cancel_id}/cancel", {})
+    cancelled = flow.wait_until(api, procs, cancel_id, timeout=30)
+    took = time.monotonic() - asked
+    assert cancelled["status"] == "cancelled" and took < 3, (cancelled, took)
+    assert {"final", "checkpoint"} <= set(artifacts(engine, cancel_id))
+    assert len(api.get(f"/v1/runs/{cancel_id}/weights")["layers"]) == 2
+
+    outcomes = {run_id: flow.wait_until(api, procs, run_id)
+                for run_id in (timeout_id, diverge_id, broken_id)}
+    codes = {run_id: (r["status"], (r["error"] or {}).get("code"))
+             for run_id, r in outcomes.items()}
+    assert codes == {timeout_id: ("failed", "timeout"), diverge_id: ("failed", "diverged"),
+                     broken_id: ("failed", "invalid_data")}, codes
+    assert outcomes[timeout_id]["epochs_completed"] > 0
+
+
+def test_twenty_runs_at_once_on_two_workers(up: Any, procs: Procs, engine: sa.Engine) -> None:
+    """None lost, none trained twice (bench/load.py does 200 and measures)."""
+    api = up(TENANT_MAX_ACTIVE_RUNS=1000)
+    start_worker(procs, "worker2")
+    outcome = load.run_load(api, procs, engine, 20, timeout=120)
+    load.check(outcome)
+    assert {which_worker(procs, w) for (w,) in _workers(engine)} == {"worker", "worker2"}
+
+    # /metrics, whichever gunicorn worker answers: the rows' numbers, and the requests
+    # counted by every API process (prometheus-client's multiprocess mode).
+    for _ in range(3):
+        text = api.call("GET", "/metrics", 200).text
+        got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+        assert got[("backprop_runs", (("status", "succeeded"),))] == 20
+        assert got[("backprop_queue_wait_seconds_gcount", ())] == 20
+        assert got[("backprop_epoch_duration_seconds_gcount", ())] == 20 * 30
+        assert got[("backprop_http_requests_total", (
+            ("endpoint", "runs.create"), ("method", "POST"), ("status", "202")))] == 20
+
+
+def _workers(engine: sa.Engine) -> list[tuple[str]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text("SELECT DISTINCT worker FROM runs "
+                                                       "WHERE worker IS NOT NULL"))]

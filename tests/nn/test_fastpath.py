@@ -1,0 +1,256 @@
+"""The fast paths for dense stacks (nn/fastpath.py, nn/tinynet.py) against the general
+layer-by-layer path: the NumPy-buffer engine bit for bit, the pure-Python engine to rounding;
+resume, stopping, pretraining and the statistics through them."""
+import importlib
+import io
+
+import numpy as np
+import pytest
+
+import nn
+from nn import fastpath
+from nn.optim import make_optimizer
+from tests.nn.conftest import dense, plan_for
+from tests.nn.test_train import same
+
+train_module = importlib.import_module("nn.train")
+
+SGD = {"type": "sgd", "learning_rate": 0.3}
+MOMENTUM = {"type": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True}
+ADAM = {"type": "adam", "learning_rate": 0.01}
+
+
+def regression_data():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 5))
+    return X, X[:, :2] @ np.array([[1.0, -2.0], [0.5, 1.0]]) + 0.1 * X[:, 2:4]
+
+
+def run(mode: str, monkeypatch, layers, training, X, y, **kwargs):
+    """nn.train with fastpath.MODE = mode -> (result, per-epoch reports)."""
+    monkeypatch.setattr(fastpath, "MODE", mode)
+    reports = []
+    result = nn.train(plan_for(layers, training, X, y), X, y, on_epoch=reports.append,
+                      **kwargs)
+    return result, reports
+
+
+def metrics(reports) -> list[tuple]:
+    return [(r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy) for r in reports]
+
+
+# (layers, training, data): every loss and activation, each optimizer, batch sizes that do
+# and do not divide the data, full batch, float32, validation, weight decay, lr schedules
+BUFFER_CASES = {
+    "squared error, per sample": ([dense(6, "tanh"), dense(1)], {"optimizer": SGD}, "xor"),
+    "cross-entropy, momentum": ([dense(8, "relu", init={"type": "he"}), dense(4, "tanh"),
+                                 dense(2, "softmax")],
+                                {"loss": "cross_entropy", "optimizer": MOMENTUM,
+                                 "batch_size": 7, "weight_decay": 1e-3,
+                                 "validation_fraction": 0.2}, "xor"),
+    "binary cross-entropy, adam, float32": ([dense(8, "relu"), dense(1)],
+                                            {"loss": "binary_cross_entropy", "optimizer": ADAM,
+                                             "batch_size": 16, "dtype": "float32"}, "xor"),
+    "softmax with squared error, full batch": ([dense(5, "sigmoid"), dense(2, "softmax")],
+                                               {"batch_size": None, "optimizer": SGD}, "xor"),
+    "regression, linear output, schedule": ([dense(6, "tanh"), dense(2, "linear")],
+                                            {"batch_size": 4, "optimizer":
+                                             {"type": "sgd", "learning_rate": 0.02,
+                                              "momentum": 0.5},
+                                             "lr_schedule": {"type": "exponential",
+                                                             "gamma": 0.9}}, "regression"),
+}
+
+
+def data(kind, xor_data):
+    return xor_data if kind == "xor" else regression_data()
+
+
+@pytest.mark.parametrize("case", list(BUFFER_CASES))
+def test_buffer_engine_is_bit_identical_to_the_general_path(case, xor_data, monkeypatch):
+    layers, training, kind = BUFFER_CASES[case]
+    X, y = data(kind, xor_data)
+    training = {"epochs": 4, "seed": 5, **training}
+    saved = {}
+    general, general_reports = run("off", monkeypatch, layers, training, X, y,
+                                   checkpoint_every=4, on_checkpoint=saved.__setitem__)
+    fast, fast_reports = run("buffers", monkeypatch, layers, training, X, y,
+                             checkpoint_every=4, on_checkpoint=saved.__setitem__)
+    assert same(fast.weights, general.weights)
+    assert metrics(fast_reports) == metrics(general_reports)
+    assert fast.metrics == general.metrics
+    for a, b in zip(fast.weights, general.weights):
+        assert all(a[k].dtype == b[k].dtype for k in a)
+
+
+def test_buffer_engine_keeps_the_optimizer_state_of_the_general_path(xor_data, monkeypatch):
+    """The optimizer's slots (momentum, Adam's moments) and step count, as checkpointed."""
+    X, y = xor_data
+    for optimizer in (MOMENTUM, ADAM):
+        training = {"epochs": 3, "seed": 2, "batch_size": 8, "optimizer": optimizer}
+        states = []
+        for mode in ("off", "buffers"):
+            saved = {}
+            run(mode, monkeypatch, [dense(5, "relu"), dense(1)], training, X, y,
+                checkpoint_every=3, on_checkpoint=saved.__setitem__)
+            with np.load(io.BytesIO(saved[3])) as z:
+                states.append({k: z[k] for k in z.files if k.startswith("opt.")})
+        assert states[0].keys() == states[1].keys() and len(states[0]) > 1
+        assert all(np.array_equal(states[0][k], states[1][k]) for k in states[0])
+
+
+TINY_CASES = {
+    "2-4-1 sigmoid, squared error": ([dense(4), dense(1)], {}),
+    "tanh, relu, binary cross-entropy": ([dense(4, "tanh"), dense(3, "relu"), dense(1)],
+                                         {"loss": "binary_cross_entropy"}),
+    "softmax cross-entropy": ([dense(5, "relu"), dense(2, "softmax")],
+                              {"loss": "cross_entropy"}),
+    "softmax, squared error, validation": ([dense(3, "tanh"), dense(2, "softmax")],
+                                           {"validation_fraction": 0.25}),
+}
+
+
+@pytest.mark.parametrize("case", list(TINY_CASES))
+def test_pure_python_engine_matches_the_general_path_to_rounding(case, xor_data, monkeypatch):
+    """Its tanh is libm's, NumPy's differs by up to 3 ulps (its dot products agree exactly),
+    so the engines agree to ~1e-13 after an epoch or two; later a ReLU input within rounding
+    of 0, or a chaotic phase of training, can amplify the last bits (as between any two
+    implementations: bench/README.md), so the comparison is over two epochs."""
+    layers, training = TINY_CASES[case]
+    X, y = xor_data
+    training = {"epochs": 2, "seed": 1, "optimizer": SGD, **training}
+    plan = plan_for(layers, training, X, y)
+    engine = fastpath.engine(list(plan.layers), plan.training["loss"], 1,
+                             make_optimizer(plan.training), np.float64)
+    assert engine is not None and engine.tiny is not None          # it is the one tested
+    general, general_reports = run("off", monkeypatch, layers, training, X, y)
+    tiny, tiny_reports = run("auto", monkeypatch, layers, training, X, y)
+    for a, b in zip(tiny.weights, general.weights):
+        for k in a:
+            assert np.abs(a[k] - b[k]).max() <= 1e-12 * np.abs(b[k]).max(), k
+    for mine, theirs in zip(metrics(tiny_reports), metrics(general_reports)):
+        assert mine[0] == pytest.approx(theirs[0], rel=1e-12)              # train loss
+        assert mine[1] == theirs[1]                                        # train accuracy
+        assert mine[2] == (None if theirs[2] is None else                 # val loss
+                           pytest.approx(theirs[2], rel=1e-12))
+
+
+def test_textbook_step_in_pure_python(monkeypatch):
+    """One sample, one step, by hand: the pure-Python engine's arithmetic is the slides'."""
+    X, y = np.array([[0.2, -0.4]]), np.array([1])
+    X, y = np.vstack([X, [[1.0, 1.0]]]), np.array([1, 0])
+    training = {"epochs": 1, "seed": 0, "shuffle": False, "optimizer": {
+        "type": "sgd", "learning_rate": 0.5}}
+    layers = [dense(2), dense(1)]
+    w0 = nn.train(plan_for(layers, {**training, "epochs": 0}, X, y), X, y).weights
+    (W1, b1), (W2, b2) = [(p["W"].copy(), p["b"].copy()) for p in w0]
+    sig = lambda h: 1 / (1 + np.exp(-h))
+    for x, t in zip(X, y):
+        g1 = sig(x @ W1 + b1)
+        g2 = sig(g1 @ W2 + b2)
+        e2 = (g2 - t) * g2 * (1 - g2)
+        e1 = (e2 @ W2.T) * g1 * (1 - g1)
+        W2 -= 0.5 * np.outer(g1, e2)
+        b2 -= 0.5 * e2
+        W1 -= 0.5 * np.outer(x, e1)
+        b1 -= 0.5 * e1
+    r, _ = run("auto", monkeypatch, layers, training, X, y)
+    assert np.allclose(r.weights[0]["W"], W1, rtol=1e-12) and np.allclose(r.weights[1]["W"], W2)
+    assert np.allclose(r.weights[0]["b"], b1) and np.allclose(r.weights[1]["b"], b2)
+
+
+def test_which_engine():
+    X, y = nn.generate("xor", 50, 0, seed=0)
+
+    def chosen(layers, **training):
+        plan = plan_for(layers, {"epochs": 1, **training}, X, y)
+        engine = fastpath.engine(list(plan.layers), plan.training["loss"],
+                                 plan.training["batch_size"], make_optimizer(plan.training),
+                                 plan.training["dtype"])
+        return None if engine is None else ("python" if engine.tiny else "buffers")
+
+    assert chosen([dense(4), dense(1)]) == "python"
+    assert chosen([dense(4), dense(1)], batch_size=8) == "buffers"
+    assert chosen([dense(4), dense(1)], dtype="float32") == "buffers"
+    assert chosen([dense(4), dense(1)], optimizer=MOMENTUM) == "buffers"
+    assert chosen([dense(4), dense(1)], weight_decay=0.01) == "buffers"
+    assert chosen([dense(64), dense(1)]) == "buffers"                  # not tiny
+    assert chosen([dense(4), {"type": "dropout"}, dense(1)]) is None
+    assert chosen([dense(4), dense(1)], algorithm="backprop", optimizer=ADAM) == "buffers"
+
+
+@pytest.mark.parametrize("optimizer,batch", [(SGD, 1), (MOMENTUM, 1), (ADAM, 5)])
+def test_resume_through_the_fast_paths_is_bit_identical(optimizer, batch, xor_data):
+    X, y = xor_data
+    plan = plan_for([dense(4, "tanh"), dense(1)],
+                    {"epochs": 6, "seed": 4, "batch_size": batch, "optimizer": optimizer,
+                     "validation_fraction": 0.2, "early_stopping": {"patience": 20}}, X, y)
+    straight_reports, saved = [], {}
+    straight = nn.train(plan, X, y, on_epoch=straight_reports.append, checkpoint_every=2,
+                        on_checkpoint=saved.__setitem__)
+    reports = []
+    resumed = nn.train(plan, X, y, resume=saved[2], on_epoch=reports.append)
+    assert same(resumed.weights, straight.weights)
+    assert same(resumed.best_weights, straight.best_weights)
+    assert metrics(reports) == metrics(straight_reports[2:])
+    assert [r.layer_stats for r in reports] == [r.layer_stats for r in straight_reports[2:]]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_stopping_within_an_epoch_rolls_it_back(batch, monkeypatch):
+    monkeypatch.setattr(train_module, "POLL_INTERVAL_S", 0.0)
+    X, y = nn.generate("xor", 2000, 0, seed=0)
+    training = {"epochs": 3, "seed": 0, "batch_size": batch}
+    for mode in ("auto", "buffers"):
+        calls = []
+        r, reports = run(mode, monkeypatch, [dense(4), dense(1)], training, X, y,
+                         should_stop=lambda: calls.append(1) or
+                         ("deadline" if len(calls) > 3 else None))
+        assert r.stop_reason == "deadline" and r.epochs_completed == 0 and reports == []
+        assert len(calls) == 4                             # polled within the first epoch
+        init = nn.train(plan_for([dense(4), dense(1)], {**training, "epochs": 0}, X, y), X, y)
+        assert same(r.weights, init.weights)
+
+
+def test_pretraining_through_the_buffer_engine_is_bit_identical(monkeypatch):
+    X, y = regression_data()
+    layers = [dense(6, "tanh"), dense(3, "relu"), dense(2, "linear")]
+    training = {"epochs": 2, "seed": 3, "batch_size": 10, "optimizer": MOMENTUM,
+                "pretrain": {"epochs": 2, "optimizer": ADAM}}
+    general, general_reports = run("off", monkeypatch, layers, training, X, y)
+    fast, fast_reports = run("buffers", monkeypatch, layers, training, X, y)
+    assert same(fast.weights, general.weights)
+    assert [r.phase for r in fast_reports] == ["pretrain"] * 4 + ["train"] * 2
+    assert metrics(fast_reports) == metrics(general_reports)
+
+
+def test_statistics_from_the_engine_match_the_general_probe(xor_data, monkeypatch):
+    """The probe pass through the engine's buffers reports what the layer-by-layer pass does
+    (to rounding: the loss gradient is scaled by 1/n instead of divided by n)."""
+    X, y = xor_data
+    layers = [dense(6, "relu"), dense(4, "tanh"), dense(1)]
+    training = {"epochs": 2, "seed": 0, "batch_size": 16, "validation_fraction": 0.2}
+    _, general = run("off", monkeypatch, layers, training, X, y)
+    _, fast = run("buffers", monkeypatch, layers, training, X, y)
+    for a, b in zip(fast, general):
+        assert [row["name"] for row in a.layer_stats] == [row["name"] for row in b.layer_stats]
+        for ra, rb in zip(a.layer_stats, b.layer_stats):
+            assert ra.keys() == rb.keys()
+            for key, value in ra.items():
+                if isinstance(value, float):
+                    assert value == pytest.approx(rb[key], rel=1e-9, abs=1e-15), key
+            assert [p["param"] for p in ra["params"]] == ["W", "b"]
+
+
+def test_weights_stay_plain_arrays_for_the_caller(xor_data):
+    """The engine keeps parameters as views of one flat vector; the caller's weights still
+    behave as independent arrays (a Model copy, JSON, a second run from them)."""
+    X, y = xor_data
+    plan = plan_for([dense(5, "relu"), dense(1)],
+                    {"epochs": 2, "seed": 0, "batch_size": 8, "optimizer": MOMENTUM}, X, y)
+    r = nn.train(plan, X, y)
+    before = [{k: v.copy() for k, v in p.items()} for p in r.weights]
+    again = nn.train(plan, X, y, initial_weights=r.weights)
+    assert same(r.weights, before)                       # not trained in place
+    assert not same(again.weights, before)
+    assert same(nn.Model.from_npz(r.model.to_npz()).weights, before)

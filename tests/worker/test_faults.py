@@ -1,0 +1,238 @@
+"""train_run under faults, in-process: the database failing under a flush, and a warm
+shutdown handing the run back. (The same against real processes: tests/e2e/test_faults.py.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import Session
+
+from service import db
+from service.models import Artifact, Epoch, LayerStat, utcnow
+from tests.worker.rows import get_run, in_context, set_run
+from worker import progress as progress_module
+from worker import shutdown
+from worker import training as training_module
+from worker.training import train_run
+
+TRAINING = {"epochs": 60, "validation_fraction": 0.2}
+
+
+@pytest.fixture
+def db_url(pg_url: str) -> str:
+    """PostgreSQL only: the deployment's database, where connections get cut (SQLite runs
+    the same code; these tests are slow enough once)."""
+    return pg_url
+
+
+def _epochs(run_id: str) -> list[int]:
+    with db.session_scope() as session:
+        return list(session.scalars(sa.select(Epoch.epoch).where(Epoch.run_id == run_id)
+                                    .order_by(Epoch.epoch)))
+
+
+def _losses(run_id: str) -> list[float]:
+    with db.session_scope() as session:
+        return list(session.scalars(sa.select(Epoch.train_loss)
+                                    .where(Epoch.run_id == run_id).order_by(Epoch.epoch)))
+
+
+def _stats(run_id: str) -> int:
+    with db.session_scope() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(LayerStat)
+                              .where(LayerStat.run_id == run_id))
+
+
+def _checkpoint_epoch(run_id: str) -> int | None:
+    with db.session_scope() as session:
+        row = session.get(Artifact, (run_id, "checkpoint"))
+        return None if row is None else row.epoch
+
+
+def _connection_error() -> sa.exc.OperationalError:
+    return sa.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+
+@pytest.fixture
+def broken_commits(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[str]]:
+    """`broken_commits(n, applied=...)`: the next n COMMITs of flushes fail with a connection
+    error; with applied=True they fail *after* the database committed (the answer was lost).
+    Returns the log of what happened."""
+
+    def arm(n: int, *, applied: bool = False, after: int = 3) -> list[str]:
+        seen: list[str] = []
+        commit = Session.commit
+        calls = {"commits": 0}
+
+        def failing_commit(self: Session) -> None:
+            calls["commits"] += 1
+            if calls["commits"] <= after or len(seen) >= n:
+                return commit(self)
+            if applied:
+                commit(self)
+                seen.append("applied")
+            else:
+                self.rollback()
+                seen.append("lost")
+            raise _connection_error()
+
+        monkeypatch.setattr(Session, "commit", failing_commit)
+        return seen
+
+    return arm
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["rolled-back", "committed"])
+def test_a_flush_that_fails_on_its_connection_is_written_by_the_next(
+    make_run: Callable[..., str], broken_commits: Callable[..., list[str]], applied: bool,
+) -> None:
+    """Rolled back: the rows are kept and written later. Committed but unanswered (the
+    ambiguous COMMIT): written again without a duplicate (and a final COMMIT that went
+    through is recognised as such). Either way, one attempt, and every epoch once, with the
+    same numbers as an unbroken run."""
+    reference = make_run(training=TRAINING)
+    assert train_run(reference) == "succeeded"
+    run_id = make_run(training=TRAINING)
+    failures = broken_commits(4, applied=applied)
+    assert train_run(run_id) == "succeeded"
+    assert len(failures) == 4
+    run = get_run(run_id)
+    assert (run.attempts, run.epochs_completed) == (1, 60)
+    assert _epochs(run_id) == list(range(1, 61))
+    assert _stats(run_id) == 2 * 60
+    assert _losses(run_id) == _losses(reference)
+
+
+def test_a_final_commit_that_went_through_unanswered_is_recognised(
+    make_run: Callable[..., str], broken_commits: Callable[..., list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_id = make_run(training={"epochs": 5})
+    release = training_module.lease.release
+    armed: list[list[str]] = []
+
+    def release_then_arm(*args: Any, **kwargs: Any) -> None:
+        release(*args, **kwargs)
+        if not armed:
+            armed.append(broken_commits(1, applied=True, after=0))  # fails this COMMIT
+
+    monkeypatch.setattr(training_module.lease, "release", release_then_arm)
+    assert train_run(run_id) == "succeeded"
+    assert armed == [["applied"]]
+    run = get_run(run_id)
+    assert (run.status, run.attempts, run.lease_token) == ("succeeded", 1, None)
+
+
+def test_a_database_gone_for_a_whole_lease_gives_the_run_up_to_be_resumed(
+    app: Flask, make_run: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app.config.update(LEASE_SECONDS=0.5)
+    epochs = 3000  # full batch: well under a millisecond each
+    run_id = make_run(training={"epochs": epochs, "batch_size": None})
+    down = threading.Event()
+
+    def unreachable_once_down(scope: Callable[[], Any]) -> Callable[[], Any]:
+        def session_scope() -> Any:
+            if down.is_set():
+                raise _connection_error()
+            return scope()
+        return session_scope
+
+    on_epoch = progress_module.Progress.on_epoch
+
+    def goes_down_after_a_checkpoint(self: progress_module.Progress, report: Any) -> None:
+        on_epoch(self, report)
+        if self.stored_epoch >= 5:
+            down.set()
+
+    for module in (progress_module, training_module):
+        monkeypatch.setattr(module, "session_scope", unreachable_once_down(module.session_scope))
+    monkeypatch.setattr(progress_module.Progress, "on_epoch", goes_down_after_a_checkpoint)
+    assert train_run(run_id) == "lease_lost"  # gave up, and wrote nothing more
+    monkeypatch.undo()
+
+    run = get_run(run_id)
+    assert run.status == "running" and run.attempts == 1
+    checkpoint = _checkpoint_epoch(run_id)
+    assert checkpoint is not None and checkpoint >= 5
+    assert _epochs(run_id) == list(range(1, run.epochs_completed + 1))
+    set_run(run_id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    app.config.update(LEASE_SECONDS=30)
+    assert train_run(run_id) == "succeeded"  # what the reconciler's message leads to
+    assert get_run(run_id).attempts == 2
+    assert _epochs(run_id) == list(range(1, epochs + 1))
+
+
+@pytest.fixture
+def shutting_down() -> Iterator[threading.Event]:
+    yield shutdown.requested
+    shutdown.requested.clear()
+
+
+def _shut_down_midway(run_id: str, event: threading.Event) -> str:
+    """Train in a thread; set the shutdown flag once some epochs are written."""
+    outcome: list[str] = []
+    worker = threading.Thread(target=in_context(lambda: outcome.append(train_run(run_id))))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while get_run(run_id).epochs_completed < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    event.set()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    event.clear()
+    return outcome[0]
+
+
+def test_a_worker_shutting_down_hands_its_run_back_from_a_fresh_checkpoint(
+    app: Flask, make_run: Callable[..., str], shutting_down: threading.Event,
+) -> None:
+    app.config.update(CHECKPOINT_SECONDS=0.3)
+    training = {"epochs": 100, "validation_fraction": 0.2}
+    reference = make_run(training=training)
+    assert train_run(reference) == "succeeded"
+    run_id = make_run(training=training)
+
+    assert _shut_down_midway(run_id, shutting_down) == "handed_back"
+    run = get_run(run_id)
+    assert (run.status, run.lease_token, run.lease_expires_at) == ("queued", None, None)
+    assert run.attempts == 0  # a hand-back is not a death
+    assert run.published_at is not None  # and another worker was woken for it
+    assert run.started_at is not None  # the time limit keeps counting from the first start
+    # Stopped where its checkpoint is: nothing to redo, nothing written twice.
+    assert 20 <= _checkpoint_epoch(run_id) == run.epochs_completed < 100
+    assert _epochs(run_id) == list(range(1, run.epochs_completed + 1))
+
+    assert train_run(run_id) == "succeeded"
+    run = get_run(run_id)
+    assert run.attempts == 1
+    assert _epochs(run_id) == list(range(1, 101))
+    assert _losses(run_id) == _losses(reference)
+    assert run.metrics == get_run(reference).metrics
+
+
+def test_a_cancel_wins_over_a_hand_back(
+    make_run: Callable[..., str], shutting_down: threading.Event,
+) -> None:
+    run_id = make_run(training={"epochs": 5000})
+    original = progress_module.Progress.should_stop
+
+    def cancelled_meanwhile(self: progress_module.Progress) -> str | None:
+        answer = original(self)
+        if answer == progress_module.SHUTDOWN:
+            set_run(run_id, status="cancelling", cancel_requested=True)
+        return answer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(progress_module.Progress, "should_stop", cancelled_meanwhile)
+        assert _shut_down_midway(run_id, shutting_down) == "cancelled"
+    run = get_run(run_id)
+    assert (run.status, run.lease_token) == ("cancelled", None)
+    assert _epochs(run_id) == list(range(1, run.epochs_completed + 1))
