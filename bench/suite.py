@@ -574,7 +574,7 @@ def targets(results: dict[str, Measured]) -> list[list]:
         rows.append(["big-mlp", ">= 75% of the float32 GEMM peak",
                      f"{achieved:.1f} of {peak:.1f} GFLOP/s = {achieved / peak:.0%} (fastest "
                      f"run: {m.w.gflop / min(m.times[NN_ON]) / peak:.0%}; "
-                     f"{1 / speedup(m, GEMM):.0%} of {GEMM} in the same rounds)",
+                     f"{speedup(m, GEMM):.0%} of {GEMM}'s rate in the same rounds)",
                      verdict(achieved >= 0.75 * peak)])
         r, best = speedup(m, TORCH), speedup(m, TORCH, min)
         rows.append(["big-mlp", "no slower than PyTorch", "–" if r is None else

@@ -13,6 +13,7 @@ from .activations import ACTIVATIONS
 from .layers import Layer
 from .losses import LOSSES, evaluate
 from .network import Weights
+from .optim import Flat
 from .targets import labels
 
 
@@ -45,12 +46,15 @@ def backprop_epoch(layers: list[Layer], loss_name: str, batch_size: int | None,
     loss = LOSSES[loss_name]
     n = len(xs)
     batch = min(batch_size or n, n)
+    flat = Flat(params)                        # one optimizer step for all the arrays
+    flat.adopt(params)
     for k, s in enumerate(range(0, n, batch)):
         out, caches = network.forward(layers, params, xs[s:s + batch], train=True, rng=rng)
         z = network.output_z(caches)
         zbuf[s:s + batch] = z
         d = loss.grad(z, out, ts[s:s + batch])
-        opt.step(params, network.backward(layers, d, caches, wrt_z=loss.fused), lr)
+        flat.gather(network.backward(layers, d, caches, wrt_z=loss.fused))
+        opt.step_flat(flat, lr)
         if k & 15 == 15 and poll():
             return False
     return True
@@ -60,7 +64,10 @@ def metrics(loss_name: str, activation: str, z: np.ndarray, t: np.ndarray,
             y: np.ndarray | None) -> tuple[float, float | None]:
     """Mean loss and accuracy (of every label, per time step too) of output
     pre-activations z against targets t."""
-    a = ACTIVATIONS[activation].forward(z)
+    if activation == "softmax" and LOSSES[loss_name].fused:
+        a = z                    # cross-entropy takes z, and softmax keeps its order: labels
+    else:                        # are argmax z, without a pass over the outputs
+        a = ACTIVATIONS[activation].forward(z)
     loss = evaluate(loss_name, z, a, t)
     acc = None if y is None else np.count_nonzero(labels(a, activation) == y) / y.size
     return loss, acc

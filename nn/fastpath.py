@@ -8,21 +8,24 @@ general path.
 
 Why: for small nets an epoch is thousands of tiny steps, and a step of the general path
 spends most of its time in Python and NumPy call overhead: a cache tuple per layer, fresh
-arrays for every activation, derivative and gradient, reshapes. Here each batch size gets its
-buffers once, activations and their derivatives are computed in place with `out=`, the
-output layer writes its pre-activations straight into the epoch's zbuf (which the on-the-fly
-metrics read), and the fused cross-entropy gradient overwrites the softmax output. The
-operations and their order are exactly the general path's, so the weights are bit-identical
-(tests/nn/test_fastpath.py); the optimizer is the run's own object, so its state and
-checkpoints are unchanged.
+arrays for every activation, derivative and gradient, reshapes, four calls per array in the
+optimizer. Here each batch size gets its buffers once, activations and their derivatives are
+computed in place with `out=`, the output layer writes its pre-activations straight into the
+epoch's zbuf (which the on-the-fly metrics read), cross-entropy's targets are one-hot rows
+made once per epoch, and the parameters, gradients and optimizer slots live in flat vectors
+(nn/optim.py's Flat), so one optimizer step is a few calls for the whole net. The operations
+on each number and their order are exactly the general path's, so the weights are
+bit-identical (tests/nn/test_fastpath.py); the optimizer is the run's own object, so its
+state and checkpoints are unchanged. The statistics' probe pass runs in the same buffers.
 
 For per-sample SGD (batch_size 1) on tiny float64 nets even that is mostly overhead (a dozen
 NumPy calls per layer on arrays of a few numbers), and plain Python floats are faster:
 nn/tinynet.py, chosen when `tiny_is_faster()` (a cost model measured on per-sample epochs of
 2-H-1, D-H-1 and deep 4-unit nets: Python costs about 2 us per layer + 1.1 us per unit + 0.1 us
 per weight and sample, the buffers about 15.5 us per layer; 2-4-1 runs 3x faster in Python,
-2-32-1 1.4x slower). Its sums run in another order than BLAS's, so it agrees with the general
-path to rounding (~1e-14 relative after a few epochs), not bit for bit.
+2-32-1 1.4x slower). It agrees with the general path to rounding, not bit for bit (its dot
+products sum in order, BLAS's do not; libm's tanh is not NumPy's): ~1e-13 relative after an
+epoch or two.
 
 MODE "off" forces the general path and "buffers" rules out the pure-Python engine (tests).
 """
@@ -113,7 +116,6 @@ class _Buffers:
         self.tmp = [np.empty((n, k), dtype) for k in sizes[1:]]
         self.mask = [np.empty((n, k), bool) for k in sizes[1:]]
         self.col = np.empty((n, 1), dtype)
-        self.rows = np.arange(n)
         self.z = np.empty((n, sizes[-1]), dtype)                     # the output z (probe)
 
 
@@ -127,25 +129,7 @@ class DenseStack:
         self.loss = loss
         self.tiny = tiny
         self.buffers: dict[int, _Buffers] = {}
-        self.flat: Flat | None = None              # the layout of w and g:
-        self.w = self.g = None                     # every parameter, every gradient
-        self.views = self.grads = None             # their per-layer views
-
-    def _flatten(self, params: Weights, adopt: bool = True) -> None:
-        """Lay the parameters end to end in self.w, and make params' arrays views of it
-        (copying their values in) unless they already are; the optimizer then updates every
-        array in a few calls (Optimizer.step_flat). Gradients live in self.g likewise."""
-        if self.flat is None:
-            self.flat = Flat(params)
-            dtype = params[0]["W"].dtype
-            self.w, self.g = np.empty(self.flat.size, dtype), np.empty(self.flat.size, dtype)
-            self.views, self.grads = self.flat.views(self.w), self.flat.views(self.g)
-        if adopt:
-            for p, v in zip(params, self.views):
-                for key, view in v.items():
-                    if p[key] is not view:
-                        view[...] = p[key]
-                        p[key] = view
+        self.flat: Flat | None = None              # parameters and gradients, laid flat
 
     def epoch(self, params: Weights, opt, xs: np.ndarray, ts: np.ndarray, batch_size: int | None,
               lr: float, zbuf: np.ndarray, poll: Callable[[], bool]) -> bool:
@@ -153,12 +137,15 @@ class DenseStack:
         into zbuf (before its update). -> False when poll() asked to stop."""
         if self.tiny is not None:
             return self.tiny.epoch(params, opt, xs, ts, batch_size, lr, zbuf, poll)
-        self._flatten(params)
+        if self.flat is None:
+            self.flat = Flat(params)
+        self.flat.adopt(params)
+        ts = self._targets(ts, xs.dtype)
         n = len(xs)
         batch = min(batch_size or n, n)
         for k, s in enumerate(range(0, n, batch)):
             self.gradients(params, xs[s:s + batch], ts[s:s + batch], zbuf[s:s + batch])
-            opt.step_flat(self.w, self.g, lr, self.flat)
+            opt.step_flat(self.flat, lr)
             if k & 15 == 15 and poll():
                 return False
         return True
@@ -169,8 +156,14 @@ class DenseStack:
         layer's output and the gradients of the mean loss. The arrays are the engine's
         buffers, valid until its next step."""
         buf = self._buffers(len(x), x.dtype)
-        outputs, grads = self.gradients(params, x, t, buf.z)
-        return outputs, grads
+        return self.gradients(params, x, self._targets(t, x.dtype), buf.z)
+
+    def _targets(self, t: np.ndarray, dtype) -> np.ndarray:
+        """Cross-entropy's class indices as one-hot rows, once per epoch: the gradient
+        softmax - onehot is then one subtraction per batch (a - 0 is a: bit for bit)."""
+        if self.loss != "cross_entropy":
+            return t
+        return np.eye(self.sizes[-1], dtype=dtype)[t]
 
     def _buffers(self, n: int, dtype) -> _Buffers:
         buf = self.buffers.get(n)
@@ -184,7 +177,7 @@ class DenseStack:
         the output layer's z. -> (each layer's output, the gradients)."""
         buf = self._buffers(len(x), x.dtype)
         if self.flat is None:
-            self._flatten(params, adopt=False)
+            self.flat = Flat(params)
         last = len(params) - 1
         acts, h = self.acts, buf.h
         a = x
@@ -195,7 +188,7 @@ class DenseStack:
             a = activate(acts[i], z, h[i], buf.col)
         outputs = h[:last] + [a]
         d = self._loss_grad(a, t, buf)                   # backward
-        grads = self.grads
+        grads = self.flat.grads
         for i in range(last, -1, -1):
             if i < last or self.loss == "squared_error":
                 d = grad_z(acts[i], d, z_out if i == last else h[i], h[i], buf.tmp[i],
@@ -208,13 +201,8 @@ class DenseStack:
         return outputs, grads
 
     def _loss_grad(self, a: np.ndarray, t: np.ndarray, buf: _Buffers) -> np.ndarray:
-        """nn/losses.py's grads (squared error: dL/da; the fused cross-entropies: dL/dz)."""
-        scale = 1.0 / len(a)
-        if self.loss == "cross_entropy":
-            d = buf.d                                    # softmax - onehot
-            np.copyto(d, a)
-            d[buf.rows, t] -= 1.0
-        else:
-            d = np.subtract(a, t, out=buf.d)             # a - t, sigmoid - t
-        d *= scale
+        """nn/losses.py's grads (squared error: dL/da; the fused cross-entropies: dL/dz):
+        a - t, softmax - onehot (t: _targets()), sigmoid - t; over the batch's n."""
+        d = np.subtract(a, t, out=buf.d)
+        d *= 1.0 / len(a)
         return d

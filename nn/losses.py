@@ -37,10 +37,16 @@ def squared_error(a: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def _cross_entropy_value(z: np.ndarray, t: np.ndarray) -> float:
-    z2, t2 = z.reshape(-1, z.shape[-1]), t.reshape(-1)
-    shifted = z2 - z2.max(axis=1, keepdims=True)
-    log_sum = np.log(np.exp(shifted).sum(axis=1))
-    return float(np.sum(log_sum - shifted[np.arange(len(z2)), t2])) / len(z2)
+    """The mean of log sum_c exp(z_c - max z) - (z_t - max z) over the rows, computed on a
+    (C, rows) copy: reductions over a short last axis run their inner loop once per row,
+    which over a whole epoch's outputs cost ten times more than the arithmetic."""
+    zt = z.reshape(-1, z.shape[-1]).T.copy()                          # (C, rows), C order
+    n = zt.shape[1]
+    zt -= np.maximum.reduce(zt, axis=0)                                 # shifted
+    picked = zt[t.reshape(-1), np.arange(n)]
+    np.exp(zt, out=zt)
+    log_sum = np.log(np.add.reduce(zt, axis=0))
+    return float(np.add.reduce(log_sum - picked)) / n
 
 
 def cross_entropy(z: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:

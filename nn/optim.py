@@ -27,9 +27,11 @@ def learning_rate(training: dict, epoch: int) -> float:
 
 
 class Flat:
-    """Where each array of a Weights lives in one flat vector laid end to end (nn/fastpath.py
-    keeps the parameters, their gradients and the optimizer's slots so, and steps them all
-    with a handful of calls)."""
+    """Parameters laid end to end in one vector w, and their gradients likewise in g: the
+    optimizer then updates every array with a handful of calls (step_flat) instead of a
+    handful per array, a large part of a small net's step. `adopt` makes a Weights' arrays
+    views of w (the caller's dicts keep working); `gather` copies layers' gradients into g.
+    The optimizer's slots are laid out alike (Optimizer.step_flat)."""
 
     def __init__(self, like: Weights) -> None:
         self.entries: list[tuple[int, str, tuple[int, ...], slice]] = []
@@ -39,12 +41,26 @@ class Flat:
                 self.entries.append((i, key, a.shape, slice(n, n + a.size)))
                 n += a.size
         self.size, self.layers = n, len(like)
+        dtype = next(a.dtype for p in like for a in p.values())
+        self.w, self.g = np.empty(n, dtype), np.empty(n, dtype)
+        self.params, self.grads = self.views(self.w), self.views(self.g)
 
     def views(self, flat: np.ndarray) -> Weights:
         out: Weights = [{} for _ in range(self.layers)]
         for i, key, shape, where in self.entries:
             out[i][key] = flat[where].reshape(shape)
         return out
+
+    def adopt(self, params: Weights) -> None:
+        """Make params' arrays views of w, copying their values in, unless they are."""
+        for p, views in zip(params, self.params):
+            for key, view in views.items():
+                if p[key] is not view:
+                    view[...] = p[key]
+                    p[key] = view
+
+    def gather(self, grads: Weights) -> None:
+        np.concatenate([grads[i][key].ravel() for i, key, _, _ in self.entries], out=self.g)
 
 
 class Optimizer:
@@ -59,6 +75,7 @@ class Optimizer:
         self.t = 0                                   # number of steps taken
         self.slots: dict[str, np.ndarray] = {}
         self.flat_slots: dict[str, np.ndarray] = {}  # step_flat's; self.slots hold views
+        self.flat_layout: Flat | None = None         # the Flat they are laid out for
 
     def _slot(self, name: str, like: np.ndarray) -> np.ndarray:
         s = self.slots.get(name)
@@ -79,22 +96,24 @@ class Optimizer:
                 self._update(w, gk, lr, [self._slot(f"{s}.{i}.{key}", w)
                                          for s in self.slot_kinds])
 
-    def step_flat(self, w: np.ndarray, g: np.ndarray, lr: float, flat: Flat) -> None:
-        """step() for parameters w and gradients g laid out as flat says: the same
-        arithmetic, element by element, in a few calls for all the arrays at once."""
+    def step_flat(self, flat: Flat, lr: float) -> None:
+        """step() for the parameters flat.w with gradients flat.g: the same arithmetic,
+        element by element, in a few calls for all the arrays at once."""
         self.t += 1
+        w, g = flat.w, flat.g
         if self.weight_decay:
             for i, key, _, where in flat.entries:
                 if self._decays(i, key):
                     g[where] += self.weight_decay * w[where]
-        self._update(w, g, lr, [self._flat_slot(s, flat, w) for s in self.slot_kinds])
+        self._update(w, g, lr, [self._flat_slot(s, flat) for s in self.slot_kinds])
 
-    def _flat_slot(self, kind: str, flat: Flat, like: np.ndarray) -> np.ndarray:
+    def _flat_slot(self, kind: str, flat: Flat) -> np.ndarray:
         """The flat state `kind`; the per-array slots become views of it (keeping any values
         they had, e.g. from a checkpoint), so state() and step() still see them."""
         s = self.flat_slots.get(kind)
-        if s is None:
-            s = self.flat_slots[kind] = np.zeros_like(like)
+        if s is None or self.flat_layout is not flat:     # first flat step, or a new layout
+            self.flat_layout = flat
+            s = self.flat_slots[kind] = np.zeros_like(flat.w)
             for i, key, shape, where in flat.entries:
                 name = f"{kind}.{i}.{key}"
                 if name in self.slots:
@@ -114,7 +133,7 @@ class Optimizer:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self.t = int(state["t"])
         self.slots = {k[5:]: v.copy() for k, v in state.items() if k.startswith("slot.")}
-        self.flat_slots = {}
+        self.flat_slots, self.flat_layout = {}, None
 
 
 class SGD(Optimizer):

@@ -8,9 +8,12 @@ optimizer's step count back at the end.
 
 Every element-wise operation is the general path's, in the same order (float64 arithmetic
 is the same in Python and NumPy): sigmoid = (1 + tanh(z/2)) / 2, the squared error's
-(a - t) a (1 - a), w <- w - (x d) lr. Only the sums of the dot products run in another
-order than BLAS's (which may also use fused multiply-adds), and math's tanh and exp may
-differ from NumPy's in the last bit, so results agree to rounding, not bit for bit.
+(a - t) a (1 - a), w <- w - (x d) lr. Two things round differently: the dot products sum in
+order, where OpenBLAS's kernels use fused multiply-adds and their own order for most shapes,
+and math.tanh is libm's, which differs from NumPy's SIMD tanh by up to 3 ulps on about a
+quarter of the inputs. So results agree to rounding, not bit for bit (~1e-13 relative after
+an epoch or two, tests/nn/test_fastpath.py); where training is unstable, last-bit
+differences grow, as between any two BLAS builds.
 Plain SGD only (no momentum, no weight decay): the textbook's rule; other optimizers use the
 NumPy-buffer engine, as does the statistics' probe pass (128 samples at once).
 """

@@ -30,8 +30,9 @@ def backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, dict]:
     for k in range(1, len(took)):                            # ... but the first only
         np.greater(took[k], seen, out=took[k])               # took and not seen before
         seen |= took[k]
-    dwin = took * dout                                       # (-0.0 where not taken: adds
-    return add_windows(dwin.reshape(*size, *dout.shape), x_shape, stride), {}   # as 0.0)
+    dwin = np.multiply(took, dout)
+    dwin += 0.0                                              # -0.0 (dout < 0, not taken) -> 0
+    return add_windows(dwin.reshape(*size, *dout.shape), x_shape, stride), {}
 
 
 class MaxPool2D(Pool):

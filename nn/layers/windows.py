@@ -32,8 +32,15 @@ def add_windows(dwin: np.ndarray, shape: tuple[int, ...], stride: tuple[int, int
     the value at offset (u, v) of window (i, j) -> dx of `shape` (A, B, H, W), each window's
     gradient added onto the pixels it covers (overlaps add up). (A, B) is (N, C) for the
     pools, (C, N) for conv2d: whatever keeps dwin[u, v] contiguous."""
-    kh, kw, _, _, ho, wo = dwin.shape
+    kh, kw, a, b, ho, wo = dwin.shape
     sh, sw = stride
+    if (sh, sw) == (kh, kw):                  # the windows tile the image (pools): no adds,
+        tiles = dwin.transpose(2, 3, 4, 0, 5, 1).reshape(a, b, ho * kh, wo * kw)   # one copy
+        if tiles.shape == tuple(shape):
+            return tiles
+        dx = np.zeros(shape, dtype=dwin.dtype)            # the rows and columns no window
+        dx[:, :, :ho * kh, :wo * kw] = tiles              # covers get no gradient
+        return dx
     dx = np.zeros(shape, dtype=dwin.dtype)
     for u in range(kh):
         for v in range(kw):

@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -38,10 +38,9 @@ from tests.procs import Procs
 # Short leases and quick reconciling, so that a takeover takes seconds.
 FAST = {"LEASE_SECONDS": 2, "RECONCILE_SECONDS": 1, "CHECKPOINT_SECONDS": 1,
         "REQUEUE_AFTER_SECONDS": 2}
-# Per-sample SGD on 400 samples: a few seconds (a checkpoint about every second), long
-# enough to be still training after a stop at its next checkpoint.
-EPOCHS = 300
-TRAINING = {"epochs": EPOCHS}
+# A run that trains until it is cancelled (per-sample SGD on 400 samples, a checkpoint
+# about every second), so that no phase of a test depends on how fast the machine trains.
+LONG = {"epochs": 100_000}
 
 
 @pytest.fixture
@@ -130,7 +129,7 @@ def test_a_worker_told_to_stop_hands_its_run_back(
     worker resumes it without waiting for a lease. (That the resumed run ends exactly as an
     unbroken one: tests/worker/test_faults.py.)"""
     api = up(LOG_FORMAT="json", **FAST)
-    run_id = flow.start_run(api, flow.create_xor(api), training=TRAINING)["id"]
+    run_id = flow.start_run(api, flow.create_xor(api), training=LONG)["id"]
     wait_row(procs, engine, run_id, "some epochs", lambda r: r.epochs_completed >= 30)
     answer = api.call("GET", f"/v1/runs/{run_id}", 200, headers={"X-Request-ID": "req-42"})
     assert answer.headers["X-Request-ID"] == "req-42"
@@ -154,53 +153,58 @@ def test_a_worker_told_to_stop_hands_its_run_back(
 
     started = time.monotonic()
     start_worker(procs, "worker2")
-    wait_row(procs, engine, run_id, "the second worker to take it",
-             lambda r: r.status != "queued", timeout=10)
-    assert time.monotonic() - started < 10  # no lease to wait for
-    done = flow.wait_until(api, procs, run_id)
-    assert (done["status"], done["attempts"]) == ("succeeded", 1), done
-    assert [e for e, _ in epochs(engine, run_id)] == list(range(1, EPOCHS + 1))
+    wait_row(procs, engine, run_id, "the second worker to resume it",
+             lambda r: r.epochs_completed > stored + 10, timeout=15)
+    assert time.monotonic() - started < 15  # no lease to wait for
+    assert any(line["message"] == f"run {run_id}: claimed by {row(engine, run_id).worker} "
+               f"(attempt 1, from epoch {stored})" for line in json_lines(procs, "worker2"))
+    api.post(f"/v1/runs/{run_id}/cancel", {})
+    done = flow.wait_until(api, procs, run_id, timeout=30)
+    assert (done["status"], done["attempts"]) == ("cancelled", 1), done
+    assert [e for e, _ in epochs(engine, run_id)] == list(range(1, done["epochs_completed"] + 1))
 
 
 def test_a_duplicate_message_and_a_paused_worker_train_nothing_twice(
     up: Any, procs: Procs, engine: sa.Engine,
 ) -> None:
-    """The run's message sent again while a worker trains it: the other worker drops it.
-    Then the training worker is paused (SIGSTOP) past its lease: the other one takes the run
-    over and finishes it from the checkpoint. Woken (SIGCONT), the paused one finds its
-    fence gone and writes nothing: rows and weights stay the second worker's."""
+    """The run's message sent twice to two idle workers: one trains it, the other drops
+    its copy. Then the training worker is paused (SIGSTOP) past its lease: the other one
+    takes the run over from the checkpoint (and is cancelled, to end the run). Woken
+    (SIGCONT), the paused one finds its fence gone and writes nothing: the rows and the
+    weights stay the second worker's."""
     api = up(**FAST)
-    start_worker(procs, "worker2", wait=False)
-    run_id = flow.start_run(api, flow.create_xor(api), training=TRAINING)["id"]
-    first = wait_row(procs, engine, run_id, "the run to train", lambda r: r.epochs_completed > 0)
-    paused = which_worker(procs, first.worker)
-    other = "worker2" if paused == "worker" else "worker"
-    wait_log(procs, other, "ready.")
-
-    # The same task delivered twice: the idle worker gets it and drops it.
+    start_worker(procs, "worker2")
+    run_id = flow.start_run(api, flow.create_xor(api), training=LONG)["id"]
     app = create_app({name: procs.env[f"BACKPROP_{name}"]
                       for name in ("DATABASE_URL", "BROKER_URL", "BROKER_KEYPREFIX", "QUEUE")})
     with app.app_context():
-        send_run(run_id)
-    wait_log(procs, other, "not claimable (dropped)")
+        send_run(run_id)  # the same task delivered twice
+    procs.wait_for("a worker to drop the second message", lambda: any(
+        f"run {run_id}: not claimable (dropped)" in procs.report(name, lines=1_000_000)
+        for name in ("worker", "worker2")), 30, interval=0.2)
 
-    wait_row(procs, engine, run_id, "a checkpoint", lambda r: r.epochs_completed >= 40
-             and "checkpoint" in artifacts(engine, run_id))
-    assert row(engine, run_id).status == "running"
+    first = wait_row(procs, engine, run_id, "a checkpoint", lambda r: r.epochs_completed >= 40
+                     and "checkpoint" in artifacts(engine, run_id))
+    paused = which_worker(procs, first.worker)
+    other = "worker2" if paused == "worker" else "worker"
     group = procs.procs[paused].pid
     os.killpg(group, signal.SIGSTOP)
     try:
-        done = wait_row(procs, engine, run_id, "the other worker to finish it",
-                        lambda r: r.status == "succeeded")
-        assert done.attempts == 2 and which_worker(procs, done.worker) == other
+        taken = wait_row(procs, engine, run_id, "the other worker to take it over",
+                         lambda r: r.attempts == 2 and r.epochs_completed > first.epochs_completed)
+        assert which_worker(procs, taken.worker) == other
+        api.post(f"/v1/runs/{run_id}/cancel", {})
+        done = wait_row(procs, engine, run_id, "the run to end",
+                        lambda r: r.status in flow.FINISHED)
         before = (done, epochs(engine, run_id), artifacts(engine, run_id))
     finally:
         os.killpg(group, signal.SIGCONT)
-    wait_log(procs, paused, "lease lost")
+    wait_log(procs, paused, f"run {run_id}: lease lost")
     time.sleep(1)  # anything it would still write, it would have written by now
     assert (row(engine, run_id), epochs(engine, run_id), artifacts(engine, run_id)) == before
-    assert [e for e, _ in before[1]] == list(range(1, EPOCHS + 1))
-    assert before[2]["final"][0] == EPOCHS  # the weights the second worker stored
+    assert (done.status, done.attempts) == ("cancelled", 2)
+    assert [e for e, _ in before[1]] == list(range(1, done.epochs_completed + 1))
+    assert before[2]["final"][0] == done.epochs_completed  # the second worker's weights
 
 
 def _redis(procs: Procs, port: int, folder: Path) -> None:
@@ -208,50 +212,72 @@ def _redis(procs: Procs, port: int, folder: Path) -> None:
     procs.start("redis", [shutil.which("redis-server") or "redis-server", "--port", str(port),
                           "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
                           "--dir", str(folder)])
-    procs.wait_for("redis to answer", lambda: subprocess.run(
-        ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True,
-        timeout=5).stdout.strip() == "PONG", 10, interval=0.1)
+    def answers() -> bool:
+        client = redis.Redis(port=port, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+        finally:
+            client.close()
+
+    procs.wait_for("redis to answer", answers, 10, interval=0.1)
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_runs_survive_redis_restarts(
     up: Any, procs: Procs, engine: sa.Engine, tmp_path: Path,
 ) -> None:
-    """Redis restarted while runs are queued and running, once cleanly (its append-only
-    file keeps the messages) and once losing everything: the workers and beat reconnect,
-    the reconciler republishes what was lost, and every run finishes, trained once."""
+    """Redis restarted while two runs train and four wait in its queue: once cleanly (its
+    append-only file keeps the messages), then losing everything. The workers and beat
+    reconnect, the reconciler republishes what was lost, and every run ends, trained once."""
     port, folder = free_port(), tmp_path / "redis"
     folder.mkdir()
     _redis(procs, port, folder)
     api = up(BROKER_URL=f"redis://127.0.0.1:{port}/0", **FAST)
     start_worker(procs, "worker2")
     dataset_id = flow.create_xor(api)
-    ids = [flow.start_run(api, dataset_id, training={"epochs": 60})["id"] for _ in range(8)]
+    long = [flow.start_run(api, dataset_id, training=LONG)["id"] for _ in range(2)]
+    for run_id in long:
+        wait_row(procs, engine, run_id, "both workers training", lambda r: r.status == "running")
+    short = [flow.start_run(api, dataset_id, training={"epochs": 30})["id"] for _ in range(4)]
+    queue = f"{procs.env['BACKPROP_BROKER_KEYPREFIX']}{procs.env['BACKPROP_QUEUE']}"
+    client = redis.Redis(port=port)
 
-    def statuses() -> list[str]:
-        return [row(engine, i).status for i in ids]
+    def waiting() -> set[str]:
+        """The short runs whose message is in the queue (beat's reconcile messages too)."""
+        messages = b" ".join(client.lrange(queue, 0, -1)).decode()
+        return {i for i in short if i in messages}
 
-    procs.wait_for("two runs training", lambda: statuses().count("running") == 2, 60)
-    procs.stop("redis")  # SIGTERM: Redis writes its append-only file and exits
-    time.sleep(1)
-    _redis(procs, port, folder)
-    queued = [i for i, s in zip(ids, statuses()) if s == "queued"]
-    assert queued, statuses()
-    procs.wait_for("a run queued before the restart to start",
-                   lambda: any(row(engine, i).status != "queued" for i in queued), 60)
+    try:
+        assert waiting() == set(short)  # both workers are busy: the short runs wait
+        procs.stop("redis")  # SIGTERM: Redis writes its append-only file and exits
+        _redis(procs, port, folder)
+        assert waiting() == set(short)  # and reads it back
+        # The workers reconnect (beat does too: its reconcile messages republish below).
+        for name in ("worker", "worker2"):
+            procs.wait_for(f"{name} to reconnect", lambda n=name: procs.report(
+                n, lines=1_000_000).count("Connected to redis") >= 2, 30, interval=0.2)
 
-    procs.stop("redis", signal.SIGKILL)  # and its data is gone
-    shutil.rmtree(folder)
-    folder.mkdir()
-    time.sleep(1)
-    _redis(procs, port, folder)
-    procs.wait_for("every run to finish", lambda: all(
-        s in flow.FINISHED for s in statuses()), 120, interval=0.5)
+        procs.stop("redis", signal.SIGKILL)  # this time its data is gone
+        shutil.rmtree(folder)
+        folder.mkdir()
+        _redis(procs, port, folder)
+        assert waiting() == set()
+    finally:
+        client.close()
+    assert all(row(engine, i).status == "queued" for i in short)
 
-    for run_id in ids:
+    for run_id in long:  # free the workers: the reconciler republishes the short runs
+        api.post(f"/v1/runs/{run_id}/cancel", {})
+    procs.wait_for("every run to end", lambda: all(
+        row(engine, i).status in flow.FINISHED for i in long + short), 60, interval=0.5)
+    for run_id in long + short:
         run = row(engine, run_id)
-        assert (run.status, run.attempts) == ("succeeded", 1), run
-        assert [e for e, _ in epochs(engine, run_id)] == list(range(1, 61))
+        assert (run.status, run.attempts) == (
+            "cancelled" if run_id in long else "succeeded", 1), run
+        assert [e for e, _ in epochs(engine, run_id)] == list(range(1, run.epochs_completed + 1))
+    assert all(row(engine, i).epochs_completed == 30 for i in short)
 
 
 class Outage:

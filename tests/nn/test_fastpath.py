@@ -112,10 +112,11 @@ TINY_CASES = {
 
 @pytest.mark.parametrize("case", list(TINY_CASES))
 def test_pure_python_engine_matches_the_general_path_to_rounding(case, xor_data, monkeypatch):
-    """Its tanh is libm's, NumPy's differs by up to 3 ulps (its dot products agree exactly),
-    so the engines agree to ~1e-13 after an epoch or two; later a ReLU input within rounding
-    of 0, or a chaotic phase of training, can amplify the last bits (as between any two
-    implementations: bench/README.md), so the comparison is over two epochs."""
+    """Its dot products sum in order (BLAS's kernels use fused multiply-adds) and its tanh is
+    libm's (NumPy's differs by up to 3 ulps), so the engines agree to ~1e-13 after an epoch
+    or two; later a ReLU input within rounding of 0, or an unstable phase of training, can
+    amplify the last bits (as between any two implementations: bench/README.md), so the
+    comparison is over two epochs."""
     layers, training = TINY_CASES[case]
     X, y = xor_data
     training = {"epochs": 2, "seed": 1, "optimizer": SGD, **training}
@@ -133,6 +134,24 @@ def test_pure_python_engine_matches_the_general_path_to_rounding(case, xor_data,
         assert mine[1] == theirs[1]                                        # train accuracy
         assert mine[2] == (None if theirs[2] is None else                 # val loss
                            pytest.approx(theirs[2], rel=1e-12))
+
+
+def test_pretraining_through_the_pure_python_engine(xor_data, monkeypatch):
+    """Autoencoder pretraining with batch_size 1 runs its epochs in plain Python floats too
+    (scaled inputs and a small rate keep this short run stable, so rounding stays rounding)."""
+    X, y = xor_data
+    X = X / 5
+    layers = [dense(4, "tanh"), dense(3), dense(1)]
+    training = {"epochs": 1, "seed": 3, "optimizer": {"type": "sgd", "learning_rate": 0.05},
+                "pretrain": {"epochs": 1}}
+    general, general_reports = run("off", monkeypatch, layers, training, X, y)
+    tiny, tiny_reports = run("auto", monkeypatch, layers, training, X, y)
+    for a, b in zip(tiny.weights, general.weights):
+        for k in a:
+            assert np.abs(a[k] - b[k]).max() <= 1e-12 * np.abs(b[k]).max(), k
+    assert [r.phase for r in tiny_reports] == ["pretrain", "pretrain", "train"]
+    for mine, theirs in zip(tiny_reports, general_reports):
+        assert mine.train_loss == pytest.approx(theirs.train_loss, rel=1e-12)
 
 
 def test_textbook_step_in_pure_python(monkeypatch):

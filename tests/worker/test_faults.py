@@ -4,7 +4,6 @@ shutdown handing the run back. (The same against real processes: tests/e2e/test_
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from service import db
 from service.models import Artifact, Epoch, LayerStat, utcnow
-from tests.worker.rows import get_run, in_context, set_run
+from tests.worker.rows import get_run, set_run
 from worker import progress as progress_module
 from worker import shutdown
 from worker import training as training_module
@@ -91,12 +90,13 @@ def broken_commits(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[str]]:
 
 @pytest.mark.parametrize("applied", [False, True], ids=["rolled-back", "committed"])
 def test_a_flush_that_fails_on_its_connection_is_written_by_the_next(
-    make_run: Callable[..., str], broken_commits: Callable[..., list[str]], applied: bool,
+    app: Flask, make_run: Callable[..., str], broken_commits: Callable[..., list[str]],
+    applied: bool,
 ) -> None:
     """Rolled back: the rows are kept and written later. Committed but unanswered (the
-    ambiguous COMMIT): written again without a duplicate (and a final COMMIT that went
-    through is recognised as such). Either way, one attempt, and every epoch once, with the
-    same numbers as an unbroken run."""
+    ambiguous COMMIT): written again without a duplicate. Either way, one attempt, and every
+    epoch once, with the same numbers as an unbroken run."""
+    app.config.update(FLUSH_SECONDS=0)  # a flush after every epoch, however fast they are
     reference = make_run(training=TRAINING)
     assert train_run(reference) == "succeeded"
     run_id = make_run(training=TRAINING)
@@ -176,23 +176,22 @@ def shutting_down() -> Iterator[threading.Event]:
     shutdown.requested.clear()
 
 
-def _shut_down_midway(run_id: str, event: threading.Event) -> str:
-    """Train in a thread; set the shutdown flag once some epochs are written."""
-    outcome: list[str] = []
-    worker = threading.Thread(target=in_context(lambda: outcome.append(train_run(run_id))))
-    worker.start()
-    deadline = time.monotonic() + 30
-    while get_run(run_id).epochs_completed < 20 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    event.set()
-    worker.join(timeout=30)
-    assert not worker.is_alive()
-    event.clear()
-    return outcome[0]
+def _shut_down_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """The worker is told to shut down right after training epoch `epoch` (as SIGUSR2 from
+    the Celery main process would tell it, worker/shutdown.py)."""
+    on_epoch = progress_module.Progress.on_epoch
+
+    def then_shut_down(self: progress_module.Progress, report: Any) -> None:
+        on_epoch(self, report)
+        if report.epoch == epoch:
+            shutdown.requested.set()
+
+    monkeypatch.setattr(progress_module.Progress, "on_epoch", then_shut_down)
 
 
 def test_a_worker_shutting_down_hands_its_run_back_from_a_fresh_checkpoint(
     app: Flask, make_run: Callable[..., str], shutting_down: threading.Event,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     app.config.update(CHECKPOINT_SECONDS=0.3)
     training = {"epochs": 100, "validation_fraction": 0.2}
@@ -200,7 +199,10 @@ def test_a_worker_shutting_down_hands_its_run_back_from_a_fresh_checkpoint(
     assert train_run(reference) == "succeeded"
     run_id = make_run(training=training)
 
-    assert _shut_down_midway(run_id, shutting_down) == "handed_back"
+    with monkeypatch.context() as mp:
+        _shut_down_at(mp, 20)
+        assert train_run(run_id) == "handed_back"
+    shutting_down.clear()
     run = get_run(run_id)
     assert (run.status, run.lease_token, run.lease_expires_at) == ("queued", None, None)
     assert run.attempts == 0  # a hand-back is not a death
@@ -220,19 +222,21 @@ def test_a_worker_shutting_down_hands_its_run_back_from_a_fresh_checkpoint(
 
 def test_a_cancel_wins_over_a_hand_back(
     make_run: Callable[..., str], shutting_down: threading.Event,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run_id = make_run(training={"epochs": 5000})
-    original = progress_module.Progress.should_stop
+    should_stop = progress_module.Progress.should_stop
 
     def cancelled_meanwhile(self: progress_module.Progress) -> str | None:
-        answer = original(self)
+        answer = should_stop(self)
         if answer == progress_module.SHUTDOWN:
-            set_run(run_id, status="cancelling", cancel_requested=True)
+            set_run(run_id, status="cancelling", cancel_requested=True)  # what the API does
         return answer
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(progress_module.Progress, "should_stop", cancelled_meanwhile)
-        assert _shut_down_midway(run_id, shutting_down) == "cancelled"
+    _shut_down_at(monkeypatch, 20)
+    monkeypatch.setattr(progress_module.Progress, "should_stop", cancelled_meanwhile)
+    assert train_run(run_id) == "cancelled"
     run = get_run(run_id)
     assert (run.status, run.lease_token) == ("cancelled", None)
+    assert 20 <= run.epochs_completed < 5000
     assert _epochs(run_id) == list(range(1, run.epochs_completed + 1))
