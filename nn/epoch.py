@@ -37,19 +37,23 @@ class EpochReport:
 def backprop_epoch(layers: list[Layer], loss_name: str, batch_size: int | None,
                    params: Weights, opt, xs: np.ndarray, ts: np.ndarray,
                    rng: np.random.Generator, lr: float, zbuf: np.ndarray,
-                   poll: Callable[[], bool], engine=None) -> bool:
-    """One pass of minibatch backprop over (xs, ts) in their order; each batch's output
-    pre-activations go to zbuf (before its update). -> False when poll() asked to stop.
-    engine: nn/fastpath.py's engine() for these layers, which does the same faster."""
+                   poll: Callable[[], bool], engine=None, order: np.ndarray | None = None
+                   ) -> bool:
+    """One pass of minibatch backprop over (xs, ts) in their order, or with order over
+    (xs[order], ts): the rows are then taken batch by batch, never the whole data at once;
+    each batch's output pre-activations go to zbuf (before its update). -> False when
+    poll() asked to stop. engine: nn/fastpath.py's engine() for these layers, which does
+    the same faster."""
     if engine is not None:
-        return engine.epoch(params, opt, xs, ts, batch_size, lr, zbuf, poll)
+        return engine.epoch(params, opt, xs, ts, batch_size, lr, zbuf, poll, order)
     loss = LOSSES[loss_name]
-    n = len(xs)
+    n = len(ts)
     batch = min(batch_size or n, n)
     flat = Flat(params)                        # one optimizer step for all the arrays
     flat.adopt(params)
     for k, s in enumerate(range(0, n, batch)):
-        out, caches = network.forward(layers, params, xs[s:s + batch], train=True, rng=rng)
+        x = xs[s:s + batch] if order is None else xs[order[s:s + batch]]
+        out, caches = network.forward(layers, params, x, train=True, rng=rng)
         z = network.output_z(caches)
         zbuf[s:s + batch] = z
         d = loss.grad(z, out, ts[s:s + batch])

@@ -16,7 +16,10 @@ made once per epoch, and the parameters, gradients and optimizer slots live in f
 (nn/optim.py's Flat), so one optimizer step is a few calls for the whole net. The operations
 on each number and their order are exactly the general path's, so the weights are
 bit-identical (tests/nn/test_fastpath.py); the optimizer is the run's own object, so its
-state and checkpoints are unchanged. The statistics' probe pass runs in the same buffers.
+state and checkpoints are unchanged. Given an order (large data, nn/train.py), each batch
+takes its shuffled rows into a buffer (np.take). The statistics' probe pass has buffers of
+its own (_Probe: transposed, biases folded into the products), and the parameters and
+gradients it summarises are read straight from the flat vectors.
 
 For per-sample SGD (batch_size 1) on tiny float64 nets even that is mostly overhead (a dozen
 NumPy calls per layer on arrays of a few numbers), and plain Python floats are faster:
@@ -29,6 +32,7 @@ epoch or two.
 
 MODE "off" forces the general path and "buffers" rules out the pure-Python engine (tests).
 """
+from itertools import accumulate
 from typing import Callable
 
 import numpy as np
@@ -116,7 +120,88 @@ class _Buffers:
         self.tmp = [np.empty((n, k), dtype) for k in sizes[1:]]
         self.mask = [np.empty((n, k), bool) for k in sizes[1:]]
         self.col = np.empty((n, 1), dtype)
-        self.z = np.empty((n, sizes[-1]), dtype)                     # the output z (probe)
+        self.z = np.empty((n, sizes[-1]), dtype)                     # the output z
+        self.x = np.empty((n, sizes[0]), dtype)                      # the batch's rows
+
+
+class _Probe:
+    """The statistics' probe pass over the fixed probe rows x, in buffers of its own, with
+    fewer and cheaper calls than a training step (which must stay bit-identical to the
+    general path; the probe only agrees with it to rounding, as the statistics need).
+    It works on transposes, one column per sample: each layer's input a^T (k, n) sits on
+    top of a row of ones, and the Flat lays each layer's W and b end to end, i.e. as the
+    matrix [W; b] (k + 1, H), so z^T = [W; b]^T [a^T; 1] is one product and so is
+    [dW; db] = [a^T; 1] dz, written straight into the gradient vector; every array an
+    element-wise operation touches is contiguous. All the layers' a^T lie end to end in
+    `acts` (each followed by its row of ones); `bounds` says where."""
+
+    def __init__(self, stack: "DenseStack", flat: Flat, x: np.ndarray, t: np.ndarray
+                 ) -> None:
+        n, sizes, dtype = len(x), stack.sizes, x.dtype
+        self.x, self.t = x, t
+        self.tT = np.ascontiguousarray(stack._targets(t, dtype).T)   # (K, n) as a^T
+        heights = [k + 1 for k in sizes[1:]]
+        self.acts = np.empty(n * sum(heights), dtype)
+        ends = [n * h for h in accumulate(heights)]
+        self.bounds = [(e - n * h, e - n) for e, h in zip(ends, heights)]
+        self.h = [self.acts[e - n * h:e].reshape(h, n) for e, h in zip(ends, heights)]
+        self.xa = np.empty((sizes[0] + 1, n), dtype)
+        self.xa[:-1] = x.T
+        for h in [self.xa, *self.h]:
+            h[-1] = 1.0
+        self.a = [h[:-1] for h in self.h]                   # the outputs a^T, contiguous
+        self.z = [np.empty((k, n), dtype) for k in sizes[1:]]
+        self.dx = [np.empty((k, n), dtype) for k in sizes[1:-1]]
+        self.d = np.empty((sizes[-1], n), dtype)
+        self.tmp = [np.empty((k, n), dtype) for k in sizes[1:]]
+        self.mask = [np.empty((k, n), bool) for k in sizes[1:]]
+        self.row = np.empty((1, n), dtype)
+        where = {(i, key): sl for i, key, _, sl in flat.entries}
+        spans = [slice(where[i, "W"].start, where[i, "b"].stop) for i in range(flat.layers)]
+        self.wb = [flat.w[sl].reshape(d + 1, k) for sl, d, k in zip(spans, sizes, sizes[1:])]
+        self.gwb = [flat.g[sl].reshape(d + 1, k) for sl, d, k in zip(spans, sizes, sizes[1:])]
+
+    @staticmethod
+    def fits(flat: Flat) -> bool:
+        """Whether each layer's W and b lie end to end in the Flat, W first."""
+        if flat.fits_probe is None:
+            e = flat.entries
+            flat.fits_probe = [(i, key) for i, key, _, _ in e] == [
+                (i, key) for i in range(flat.layers) for key in ("W", "b")] \
+                and all(w[3].stop == b[3].start for w, b in zip(e[::2], e[1::2]))
+        return flat.fits_probe
+
+    def run(self, acts: list[str], loss: str) -> list[np.ndarray]:
+        """Forward and backward of the mean loss over the probe rows: the gradients land
+        in the Flat's g. -> every layer's output a^T."""
+        last = len(acts) - 1
+        inputs = [self.xa, *self.h[:-1]]
+        for i in range(last + 1):                                 # forward
+            z, a = self.z[i], self.a[i]
+            np.dot(self.wb[i].T, inputs[i], out=z)                # z^T = [W; b]^T [x^T; 1]
+            if acts[i] == "softmax":                              # over the class axis, 0
+                np.maximum.reduce(z, axis=0, keepdims=True, out=self.row)
+                np.subtract(z, self.row, out=a)
+                np.exp(a, out=a)
+                a /= np.add.reduce(a, axis=0, keepdims=True, out=self.row)
+            elif acts[i] == "linear":
+                np.copyto(a, z)
+            else:
+                activate(acts[i], z, a, self.row)
+        d = np.subtract(self.a[last], self.tT, out=self.d)        # backward, as
+        d *= 1.0 / d.shape[1]                                     # DenseStack._loss_grad
+        for i in range(last, -1, -1):
+            if i < last or loss == "squared_error":
+                if acts[i] == "softmax":                          # (rare: softmax + squared
+                    d = d.T                                       # error) per sample rows
+                    d[...] = ACTIVATIONS["softmax"].backward(d, self.z[i].T, self.a[i].T)
+                    d = d.T
+                else:
+                    d = grad_z(acts[i], d, self.z[i], self.a[i], self.tmp[i], self.mask[i])
+            np.dot(inputs[i], d.T, out=self.gwb[i])               # [dW; db] = [x^T; 1] dz
+            if i:
+                d = np.dot(self.wb[i][:-1], d, out=self.dx[i - 1])   # dx^T = W dz^T
+        return self.a
 
 
 class DenseStack:
@@ -130,33 +215,52 @@ class DenseStack:
         self.tiny = tiny
         self.buffers: dict[int, _Buffers] = {}
         self.flat: Flat | None = None              # parameters and gradients, laid flat
+        self.probe_pass: _Probe | None = None
 
     def epoch(self, params: Weights, opt, xs: np.ndarray, ts: np.ndarray, batch_size: int | None,
-              lr: float, zbuf: np.ndarray, poll: Callable[[], bool]) -> bool:
-        """backprop_epoch's contract: steps over (xs, ts) in order, each batch's output z
-        into zbuf (before its update). -> False when poll() asked to stop."""
-        if self.tiny is not None:
-            return self.tiny.epoch(params, opt, xs, ts, batch_size, lr, zbuf, poll)
+              lr: float, zbuf: np.ndarray, poll: Callable[[], bool],
+              order: np.ndarray | None = None) -> bool:
+        """backprop_epoch's contract: steps over (xs, ts) in order (xs[order] with order:
+        each batch's rows are taken into a buffer), each batch's output z into zbuf
+        (before its update). -> False when poll() asked to stop."""
         if self.flat is None:
             self.flat = Flat(params)
-        self.flat.adopt(params)
+        self.flat.adopt(params)                  # (tiny writes its floats back into them)
+        if self.tiny is not None:
+            xs = xs if order is None else xs[order]
+            return self.tiny.epoch(params, opt, xs, ts, batch_size, lr, zbuf, poll)
         ts = self._targets(ts, xs.dtype)
-        n = len(xs)
+        n = len(ts)
         batch = min(batch_size or n, n)
         for k, s in enumerate(range(0, n, batch)):
-            self.gradients(params, xs[s:s + batch], ts[s:s + batch], zbuf[s:s + batch])
+            if order is None:
+                x = xs[s:s + batch]
+            else:
+                rows = order[s:s + batch]
+                x = np.take(xs, rows, axis=0, out=self._buffers(len(rows), xs.dtype).x,
+                            mode="clip")         # (valid indices; "clip" needs no copy)
+            self.gradients(params, x, ts[s:s + batch], zbuf[s:s + batch])
             opt.step_flat(self.flat, lr)
             if k & 15 == 15 and poll():
                 return False
         return True
 
     def probe(self, params: Weights, x: np.ndarray, t: np.ndarray
-              ) -> tuple[list[np.ndarray], Weights]:
+              ) -> tuple[list[np.ndarray], Weights, tuple | None]:
         """The statistics' probe pass (eval mode is train mode without dropout): every
-        layer's output and the gradients of the mean loss. The arrays are the engine's
-        buffers, valid until its next step."""
-        buf = self._buffers(len(x), x.dtype)
-        return self.gradients(params, x, self._targets(t, x.dtype), buf.z)
+        layer's output, the gradients of the mean loss (views of self.flat.g), and
+        (vector, [(start, end) of each layer's outputs in it]) or None. The arrays are the
+        engine's buffers, valid until its next step; the outputs may be transposed. x and t
+        are the same rows every epoch."""
+        flat = self.flat
+        if flat is not None and flat.holds(params) and _Probe.fits(flat):
+            probe = self.probe_pass
+            if probe is None or probe.x is not x or probe.t is not t:
+                probe = self.probe_pass = _Probe(self, flat, x, t)
+            return probe.run(self.acts, self.loss), flat.grads, (probe.acts, probe.bounds)
+        outputs, grads = self.gradients(params, x, self._targets(t, x.dtype),
+                                        self._buffers(len(x), x.dtype).z)
+        return outputs, grads, None
 
     def _targets(self, t: np.ndarray, dtype) -> np.ndarray:
         """Cross-entropy's class indices as one-hot rows, once per epoch: the gradient

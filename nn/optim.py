@@ -42,8 +42,10 @@ class Flat:
                 n += a.size
         self.size, self.layers = n, len(like)
         dtype = next(a.dtype for p in like for a in p.values())
-        self.w, self.g = np.empty(n, dtype), np.empty(n, dtype)
+        self.wg = np.empty(2 * n, dtype)           # w then g: the statistics read both
+        self.w, self.g = self.wg[:n], self.wg[n:]  # in one go (nn/stats.py)
         self.params, self.grads = self.views(self.w), self.views(self.g)
+        self.fits_probe: bool | None = None        # nn/fastpath.py's _Probe.fits(), known
 
     def views(self, flat: np.ndarray) -> Weights:
         out: Weights = [{} for _ in range(self.layers)]
@@ -58,6 +60,11 @@ class Flat:
                 if p[key] is not view:
                     view[...] = p[key]
                     p[key] = view
+
+    def holds(self, params: Weights) -> bool:
+        """Whether params' arrays are the views of w (adopt() made them so)."""
+        return all(p[key] is view for p, views in zip(params, self.params)
+                   for key, view in views.items())
 
     def gather(self, grads: Weights) -> None:
         np.concatenate([grads[i][key].ravel() for i, key, _, _ in self.entries], out=self.g)

@@ -6,6 +6,8 @@ batch chosen (seeded by (seed, 0, 2)). The fingerprint (plan + data) guards resu
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 
@@ -13,7 +15,7 @@ from .data import DataInfo, check_inputs, check_shape, encode_labels, fit_standa
     standardize, stratified_split
 from .errors import SpecError
 from .spec import Plan, check_split
-from .stats import PROBE_SIZE
+from .stats import probe_size
 from .targets import encode
 
 
@@ -27,7 +29,12 @@ class Prepared:
     y_val: np.ndarray | None
     probe: np.ndarray             # indices into the training split
     standardizer: dict | None
-    fingerprint: str
+    hasher: Callable[[], str]     # -> the fingerprint (the fingerprint property)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the normalised plan and the prepared data (all rows, in their order)."""
+        return self.hasher()
 
 
 def prepare(plan: Plan, inputs, targets) -> Prepared:
@@ -67,11 +74,15 @@ def prepare(plan: Plan, inputs, targets) -> Prepared:
     std = fit_standardizer(x[train_idx]) if tr["standardize"] else None
     xs = standardize(x, std).astype(dtype)                    # a copy: never the caller's
     n = len(train_idx)
-    probe = np.arange(n) if n <= PROBE_SIZE else np.sort(
-        np.random.default_rng([seed, 0, 2]).choice(n, PROBE_SIZE, replace=False))
-    h = hashlib.sha256(json.dumps([plan.network, tr], sort_keys=True).encode())
-    h.update(np.ascontiguousarray(xs))                        # the bytes, without a copy
-    h.update(np.ascontiguousarray(t))
+    size = probe_size(n)
+    probe = np.arange(n) if n <= size else np.sort(
+        np.random.default_rng([seed, 0, 2]).choice(n, size, replace=False))
+
+    def fingerprint() -> str:
+        h = hashlib.sha256(json.dumps([plan.network, tr], sort_keys=True).encode())
+        h.update(np.ascontiguousarray(xs))                    # the bytes, without a copy
+        h.update(np.ascontiguousarray(t))
+        return h.hexdigest()
 
     def split(a: np.ndarray | None) -> tuple:
         """(training rows, validation rows); all of a without a validation split."""
@@ -80,4 +91,7 @@ def prepare(plan: Plan, inputs, targets) -> Prepared:
         return (a if n == len(a) else a[train_idx]), a[val_idx]
 
     (x_train, x_val), (t_train, t_val), (y_train, y_val) = split(xs), split(t), split(y)
-    return Prepared(x_train, t_train, y_train, x_val, t_val, y_val, probe, std, h.hexdigest())
+    # Hashing costs about 0.1 s per 200 MB: only a checkpoint or a resume needs it, so it
+    # waits until asked, unless the split made copies (then xs goes now, not kept for it)
+    lazy = fingerprint if n == len(xs) else (lambda digest=fingerprint(): digest)
+    return Prepared(x_train, t_train, y_train, x_val, t_val, y_val, probe, std, lazy)

@@ -15,7 +15,7 @@ quarter of the inputs. So results agree to rounding, not bit for bit (~1e-13 rel
 an epoch or two, tests/nn/test_fastpath.py); where training is unstable, last-bit
 differences grow, as between any two BLAS builds.
 Plain SGD only (no momentum, no weight decay): the textbook's rule; other optimizers use the
-NumPy-buffer engine, as does the statistics' probe pass (128 samples at once).
+NumPy-buffer engine, as does the statistics' probe pass (all its samples at once).
 """
 from math import exp, tanh
 from operator import mul

@@ -1,47 +1,24 @@
 """Stored weights as `nn.Model`s, with a per-process LRU cache for the predict endpoint.
 
-A cache entry is keyed by (run_id, kind, artifact epoch, artifact created_at), so a rewritten
-artifact is a different key and a stale model is never served; MODEL_CACHE_SIZE bounds it.
+A cache entry is keyed by (run_id, kind, artifact epoch, artifact created_at): the worker
+replaces an artifact by deleting and inserting it, so a rewritten artifact is a different
+key and a stale model is never served; MODEL_CACHE_SIZE bounds it.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from datetime import datetime
 
+import sqlalchemy as sa
 from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
 import nn
+from service.cache import LRUCache
+from service.db import read_row
 from service.models import Artifact
 
 MODEL_KINDS = ("final", "best", "initial")  # "checkpoint" is training state, not a Model
-
-
-class LRUCache:
-    """A thread-safe least-recently-used cache (gunicorn may run threads)."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._items: OrderedDict[Hashable, object] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: Hashable, load: Callable[[], object]) -> object:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-            self.misses += 1
-        value = load()  # outside the lock: loading may be slow; a rare double load is harmless
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
-        return value
 
 
 def init_app(app: Flask) -> None:
@@ -55,6 +32,23 @@ def artifact(session: Session, run_id: str, kind: str) -> Artifact | None:
 
 def load(row: Artifact) -> nn.Model:
     """The artifact's bytes as a Model, from the cache when this exact artifact was loaded."""
-    key = (row.run_id, row.kind, row.epoch, row.created_at.isoformat())
+    key = (row.run_id, row.kind, row.epoch, row.created_at)
     cache: LRUCache = current_app.extensions["model_cache"]
-    return cache.get(key, lambda: nn.Model.from_npz(row.data))  # type: ignore[return-value]
+    return cache.get(key, lambda: nn.Model.from_npz(row.data))
+
+
+def model(run_id: str, kind: str, epoch: int, created_at: datetime
+          ) -> tuple[int, nn.Model] | None:
+    """(epoch, Model) of the artifact whose identity a query just read: from the cache
+    without touching the database, else its bytes read and loaded. Should it have been
+    rewritten in between, the newer one is returned (with its own epoch); None if gone."""
+    cache: LRUCache = current_app.extensions["model_cache"]
+    found = cache.lookup((run_id, kind, epoch, created_at))
+    if found is not None:
+        return epoch, found
+    row = read_row(sa.select(Artifact.epoch, Artifact.created_at, Artifact.data)
+                   .where(Artifact.run_id == run_id, Artifact.kind == kind))
+    if row is None:
+        return None
+    key = (run_id, kind, row.epoch, row.created_at)
+    return row.epoch, cache.put(key, nn.Model.from_npz(row.data))

@@ -11,6 +11,8 @@ as `Authorization: Bearer <key>` or `X-API-Key: <key>`:
   ADMIN_KEY (None or empty) no key opens them.
 
 A missing, unknown or revoked key is a 401 `unauthorized` with `WWW-Authenticate: Bearer`.
+Each API process remembers a valid key's tenant for API_KEY_CACHE_SECONDS (default 5), so a
+revoked key stops working within that time (at once with 0); unknown keys are not remembered.
 
 An API key is `bp_` + 43 URL-safe characters (256 random bits). Only its SHA-256 is stored:
 a slow password hash buys nothing for a key nobody can guess, and a fast one lets every
@@ -30,13 +32,15 @@ import sqlalchemy as sa
 from flask import Flask, current_app, g, request
 from sqlalchemy.orm import Session
 
-from service.db import session_scope
+from service.cache import LRUCache
+from service.db import read_row
 from service.errors import ApiError
 from service.models import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "bp_"
 SHOWN_PREFIX = 11  # "bp_" + 8 characters: enough to tell keys apart, useless to guess one
 ADMIN_KEY_MIN_CHARS = 32
+KEY_CACHE_SIZE = 10_000  # valid keys remembered per process
 TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,11 +66,13 @@ def issue_key(session: Session, tenant: Tenant, name: str | None = None) -> tupl
     return row, key
 
 
+def _active(digest: str) -> sa.ColumnElement[bool]:
+    return sa.and_(ApiKey.key_sha256 == digest, ApiKey.revoked_at.is_(None))
+
+
 def find_key(session: Session, key: str) -> ApiKey | None:
     """The active (not revoked) key row for a presented key."""
-    return session.scalars(
-        sa.select(ApiKey).where(ApiKey.key_sha256 == key_sha256(key), ApiKey.revoked_at.is_(None))
-    ).one_or_none()
+    return session.scalars(sa.select(ApiKey).where(_active(key_sha256(key)))).one_or_none()
 
 
 def tenant_named(session: Session, name: str, *, create: bool = False) -> Tenant | None:
@@ -105,6 +111,8 @@ def init_app(app: Flask) -> None:
                                         or len(admin_key) < ADMIN_KEY_MIN_CHARS):
         raise ValueError(f"ADMIN_KEY must be a string of at least {ADMIN_KEY_MIN_CHARS} "
                          "characters (e.g. `openssl rand -hex 32`)")
+    app.extensions["key_cache"] = LRUCache(KEY_CACHE_SIZE,
+                                           ttl=float(app.config["API_KEY_CACHE_SECONDS"]))
     app.before_request(authenticate)
 
 
@@ -159,14 +167,18 @@ def _is_admin_key(key: str) -> bool:
 
 
 def _active_key(key: str) -> tuple[str, str] | None:
-    """(tenant id, key id) of an active key. Looked up in a transaction of its own, so the
-    request's session starts (and holds a connection) only when the view needs it, not
-    while a large body is still arriving."""
+    """(tenant id, key id) of an active key: from the process's key cache, else looked up
+    in one autocommit query of its own, so the request's session starts (and holds a
+    connection) only when the view needs it, not while a large body is still arriving."""
     if not key.startswith(KEY_PREFIX) or len(key) > 200:
         return None
-    with session_scope() as session:
-        row = find_key(session, key)
-        return (row.tenant_id, row.id) if row is not None else None
+    digest = key_sha256(key)
+    cache: LRUCache = current_app.extensions["key_cache"]
+    found = cache.lookup(digest)
+    if found is None:
+        row = read_row(sa.select(ApiKey.tenant_id, ApiKey.id).where(_active(digest)))
+        found = None if row is None else cache.put(digest, tuple(row))
+    return found
 
 
 def _unauthorized(detail: str, *, invalid: bool) -> ApiError:

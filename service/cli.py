@@ -13,7 +13,9 @@
         stdout (KEY=$(backprop create-key --tenant me)); only its SHA-256 is stored.
 
 The child commands are built here (`api_command`, `worker_command`); docker-compose.yml runs
-the same ones, and tests/e2e checks that it does.
+the same ones, and tests/e2e checks that it does. Workers (`up`'s and `backprop worker`) get
+one BLAS thread unless the environment says otherwise (`worker_env`), as docker-compose.yml's
+workers do.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ GRACE_SECONDS = 30.0
 START_SECONDS = 60.0
 # The tenant `up` makes on the first start; its key is kept in LOCAL_KEY_FILE.
 LOCAL_TENANT = "local"
+# A worker's BLAS threads, 1 unless set: the engine's matrices are small, and more threads
+# only fight over the cores (docs/engine-api.md, "BLAS threads"). numpy reads these when it
+# loads, so they must be in the worker's environment before its Python starts.
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def api_command(host: str, port: int) -> list[str]:
@@ -60,6 +66,11 @@ def worker_command(concurrency: int = 1, beat: bool = False) -> list[str]:
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--loglevel",
                "INFO", "--concurrency", str(concurrency), "--without-gossip", "--without-mingle"]
     return command + (["--beat"] if beat else [])
+
+
+def worker_env() -> dict[str, str]:
+    """This environment, with one BLAS thread for each of BLAS_THREADS not set in it."""
+    return {**{name: "1" for name in BLAS_THREADS}, **os.environ}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return create_key(args.tenant, args.name)
     if args.command == "worker":
         command = worker_command(args.concurrency)
-        os.execv(command[0], command)
+        os.execve(command[0], command, worker_env())
     return up(args.host, args.port, args.workers)
 
 
@@ -175,9 +186,10 @@ def up(host: str, port: int, workers: int) -> int:
         db.engine(app).dispose()
     # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
     children = {
-        name: subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
-        for name, command in (("api", api_command(host, port)),
-                              ("worker", worker_command(workers, beat=True)))
+        name: subprocess.Popen(command, env=env, start_new_session=True,
+                               preexec_fn=_die_with_parent)
+        for name, command, env in (("api", api_command(host, port), None),
+                                   ("worker", worker_command(workers, beat=True), worker_env()))
     }
     stopping: list[int] = []
 

@@ -18,6 +18,14 @@ DEFAULTS: dict[str, object] = {
     # Where runs, datasets and weights live. PostgreSQL in deployment:
     # postgresql+psycopg://user:pass@host/db
     "DATABASE_URL": f"sqlite:///{os.path.join(VAR_DIR, 'backprop.db')}",
+    # PostgreSQL: how long connecting may take, and TCP keepalives on every connection: a
+    # connection to a dead server or over a cut network fails within about twice this
+    # (seconds), in the API and the worker alike.
+    "DATABASE_CONNECT_TIMEOUT_SECONDS": 10,
+    "DATABASE_KEEPALIVE_SECONDS": 30,
+    # PostgreSQL cancels a statement of the API (not the worker) running longer than this
+    # (seconds; 0: no limit). Generous: the largest data set upload is one INSERT.
+    "API_STATEMENT_TIMEOUT_SECONDS": 60,
     # Celery broker. "filesystem://" is kombu's serverless transport (embedded default);
     # redis://host:6379/0 in deployment.
     "BROKER_URL": "filesystem://",
@@ -45,7 +53,7 @@ DEFAULTS: dict[str, object] = {
     # Page size of list endpoints when ?limit= is not given, and its maximum.
     "PAGE_DEFAULT": 50,
     "PAGE_MAX": 1000,
-    # Loaded models kept in memory by the predict endpoint.
+    # Loaded models kept in memory by the predict endpoint (each API process has its own).
     "MODEL_CACHE_SIZE": 64,
     # Most input rows one POST /v1/runs/{id}/predict may send.
     "PREDICT_MAX_ROWS": 10_000,
@@ -80,6 +88,10 @@ DEFAULTS: dict[str, object] = {
     # Where `backprop up` keeps the local tenant's API key in plain text (mode 0600), so each
     # start can print it. Only the embedded default writes it.
     "LOCAL_KEY_FILE": os.path.join(VAR_DIR, "api-key"),
+    # An API process remembers a valid key's tenant this long (seconds) instead of looking
+    # it up on every request: a revoked key keeps working for at most this long. 0: look
+    # every key up every time.
+    "API_KEY_CACHE_SECONDS": 5,
     # How long an Idempotency-Key's first answer is replayed (seconds); older keys are purged.
     "IDEMPOTENCY_TTL_SECONDS": 24 * 3600,
     # ---- operations ---------------------------------------------------------------------

@@ -7,16 +7,25 @@ that persist take a session and never commit on their own: the caller owns the t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import select
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from flask import Flask, current_app, g
-from sqlalchemy import create_engine, event
+from sqlalchemy import Executable, Row, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.config import DEFAULTS
 
-def make_engine(url: str) -> Engine:
+# Pooled connections older than this are replaced (seconds): a server-side or middlebox idle
+# limit never meets one.
+POOL_RECYCLE_SECONDS = 1800
+
+
+def make_engine(url: str, config: Mapping[str, Any] = DEFAULTS) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 
@@ -30,11 +39,54 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # Bounded waits on PostgreSQL: connecting, and a server or network that dies under an
+    # open connection (TCP keepalives probe an idle one; tcp_user_timeout bounds unanswered
+    # sends), so a request or a worker fails within about 2 x DATABASE_KEEPALIVE_SECONDS
+    # instead of hanging.
+    keepalive = max(1, int(config["DATABASE_KEEPALIVE_SECONDS"]))
+    tcp = {"keepalives": 1, "keepalives_idle": keepalive,
+           "keepalives_interval": max(1, keepalive // 3), "keepalives_count": 3,
+           "tcp_user_timeout": 2000 * keepalive}
+    engine = create_engine(url, pool_size=5, max_overflow=10, pool_recycle=POOL_RECYCLE_SECONDS,
+                           connect_args={"connect_timeout": int(config[
+                               "DATABASE_CONNECT_TIMEOUT_SECONDS"]), **tcp})
+    event.listen(engine, "checkout", _check_alive)
+    return engine
+
+
+def _check_alive(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """On every checkout, instead of pool_pre_ping's round trip (a fifth of a predict's time):
+    an idle connection's socket has nothing to read unless the server hung up (a restart,
+    pg_terminate_backend, an idle limit) or TCP gave up on it (keepalives), so a readable
+    socket means "replace it", which the pool does at once. A connection that dies while in
+    use fails that request, as it would with pre-ping."""
+    if dbapi_conn.closed:
+        raise DisconnectionError("the pooled connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_conn.fileno(), select.POLLIN)
+    if poller.poll(0):
+        raise DisconnectionError("the server closed the pooled connection")
+
+
+def limit_statements(app: Flask) -> None:
+    """API processes (service/wsgi.py): PostgreSQL cancels a statement running longer than
+    API_STATEMENT_TIMEOUT_SECONDS (0: no limit), so a stuck query cannot hold a request
+    thread and its connection. Set in each connection's startup packet (no round trip). The
+    worker does not call this: its statements are its own, bounded by its lease."""
+    seconds = float(app.config["API_STATEMENT_TIMEOUT_SECONDS"])
+    if engine(app).dialect.name != "postgresql" or seconds <= 0:
+        return
+    option = f"-c statement_timeout={round(seconds * 1000)}"
+
+    @event.listens_for(engine(app), "do_connect")
+    def _timeout(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams["options"] = f"{cparams.get('options', '')} {option}".strip()
+
+    engine(app).dispose()  # a connection made before (none in gunicorn) gets it too
 
 
 def init_app(app: Flask) -> None:
-    engine = make_engine(app.config["DATABASE_URL"])
+    engine = make_engine(app.config["DATABASE_URL"], app.config)
     app.extensions["db"] = sessionmaker(engine, expire_on_commit=False)
     app.teardown_appcontext(_close_session)
 
@@ -54,6 +106,16 @@ def _close_session(_exc: BaseException | None) -> None:
     session = g.pop("db_session", None)
     if session is not None:
         session.close()
+
+
+def read_row(stmt: Executable, params: Mapping[str, Any] | None = None,
+             app: Flask | None = None) -> Row[Any] | None:
+    """The first row of one read-only statement, run in autocommit mode: no BEGIN and no
+    ROLLBACK round trips around it (the statement is its own snapshot). For the hot reads
+    (API keys, predict); reads that need one snapshot across statements use a session."""
+    with engine(app).connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        return conn.execute(stmt, params).first()
 
 
 def connection_lost(exc: BaseException) -> bool:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from flask import Flask, Response
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,12 @@ def _http_error(e: HTTPException) -> Response:
 def _unexpected(e: Exception) -> Response:
     if isinstance(e, HTTPException):  # Flask routes these here only if no handler matched
         return _http_error(e)
+    if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        # The database is down, unreachable, over its statement timeout or out of pooled
+        # connections: nothing the client did, and worth trying again shortly.
+        log.warning("database unavailable: %s", type(getattr(e, "orig", None) or e).__name__)
+        return problem(503, "database_unavailable", "the database is unavailable; try again "
+                       "shortly", headers={"Retry-After": "5"})
     log.exception("unhandled error")
     return problem(500, "internal_error", "an unexpected error occurred; it has been logged")
 

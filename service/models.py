@@ -1,7 +1,8 @@
 """The data model. The run row is the truth about a job; the broker only carries wake-ups.
 
-Per-epoch rows and layer-statistics rows have natural primary keys (run, phase, epoch[,
-layer]), so a row can be written at most once whatever the worker does.
+Per-epoch rows, layer-statistics rows and their per-array rows have natural primary keys
+(run, phase, epoch[, layer[, param]]), so a row can be written at most once whatever the
+worker does.
 
 Tenancy: every data set and run belongs to a tenant (`tenant_id`); epochs, statistics and
 artifacts belong to a run and are reached only through it. API keys belong to a tenant and
@@ -20,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -28,7 +30,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
 RUN_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "running", "cancelling")
@@ -203,6 +205,7 @@ class Epoch(Base):
     )
     phase: Mapped[str] = mapped_column(String(20), primary_key=True)  # train | pretrain
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer: Mapped[Optional[int]] = mapped_column(Integer)  # pretrain: the layer pretrained
     train_loss: Mapped[Optional[float]] = mapped_column(Float)
     val_loss: Mapped[Optional[float]] = mapped_column(Float)
     train_accuracy: Mapped[Optional[float]] = mapped_column(Float)
@@ -214,14 +217,29 @@ class Epoch(Base):
         return f"<Epoch {self.run_id} {self.phase} {self.epoch} loss={self.train_loss}>"
 
 
-STAT_FIELDS = (
+# The statistics of one weight array (a ParamStat), then those of a layer's row.
+PARAM_STAT_FIELDS = (
     "grad_mean_abs", "grad_norm", "grad_max_abs", "grad_std",
     "weight_mean_abs", "weight_norm", "weight_max_abs", "weight_std",
-    "act_mean", "act_saturated_fraction", "act_dead_fraction",
 )
+STAT_FIELDS = (*PARAM_STAT_FIELDS, "act_mean", "act_saturated_fraction", "act_dead_fraction")
 
 
-class LayerStat(Base):
+class WeightStats:
+    """The columns PARAM_STAT_FIELDS: statistics of weight arrays and of their gradients on
+    the probe batch (grad_* None for the perceptron)."""
+
+    grad_mean_abs: Mapped[Optional[float]] = mapped_column(Float)
+    grad_norm: Mapped[Optional[float]] = mapped_column(Float)
+    grad_max_abs: Mapped[Optional[float]] = mapped_column(Float)
+    grad_std: Mapped[Optional[float]] = mapped_column(Float)
+    weight_mean_abs: Mapped[Optional[float]] = mapped_column(Float)
+    weight_norm: Mapped[Optional[float]] = mapped_column(Float)
+    weight_max_abs: Mapped[Optional[float]] = mapped_column(Float)
+    weight_std: Mapped[Optional[float]] = mapped_column(Float)
+
+
+class LayerStat(WeightStats, Base):
     __tablename__ = "layer_stats"
 
     run_id: Mapped[str] = mapped_column(
@@ -231,25 +249,54 @@ class LayerStat(Base):
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     layer: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
-    grad_mean_abs: Mapped[Optional[float]] = mapped_column(Float)
-    grad_norm: Mapped[Optional[float]] = mapped_column(Float)
-    grad_max_abs: Mapped[Optional[float]] = mapped_column(Float)
-    grad_std: Mapped[Optional[float]] = mapped_column(Float)
-    weight_mean_abs: Mapped[Optional[float]] = mapped_column(Float)
-    weight_norm: Mapped[Optional[float]] = mapped_column(Float)
-    weight_max_abs: Mapped[Optional[float]] = mapped_column(Float)
-    weight_std: Mapped[Optional[float]] = mapped_column(Float)
     act_mean: Mapped[Optional[float]] = mapped_column(Float)
     act_saturated_fraction: Mapped[Optional[float]] = mapped_column(Float)
     act_dead_fraction: Mapped[Optional[float]] = mapped_column(Float)
+    # rnn and lstm: [||dL/dh_t|| for t = 1..T]; None for other layers.
+    grad_norm_by_time: Mapped[Optional[list]] = mapped_column(JSON)
+    # One row per weight array, deleted with this row (ON DELETE CASCADE); read-only here:
+    # the worker inserts them in bulk.
+    params: Mapped[list[ParamStat]] = relationship(
+        order_by="ParamStat.position", lazy="raise", viewonly=True
+    )
 
     def __repr__(self) -> str:
         return f"<LayerStat {self.run_id} {self.phase} {self.epoch} layer={self.layer}>"
 
 
+class ParamStat(WeightStats, Base):
+    """The statistics of one weight array of a layer in one epoch (its gradient's and its
+    own): a part of the LayerStat row it references, and deleted with it."""
+
+    __tablename__ = "param_stats"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(20), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    param: Mapped[str] = mapped_column(String(40), primary_key=True)  # "W", "b", "Wx", ...
+    position: Mapped[int] = mapped_column(Integer)  # the array's place in the layer's order
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["run_id", "phase", "epoch", "layer"],
+            ["layer_stats.run_id", "layer_stats.phase", "layer_stats.epoch", "layer_stats.layer"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    def __repr__(self) -> str:
+        return (f"<ParamStat {self.run_id} {self.phase} {self.epoch} layer={self.layer} "
+                f"{self.param}>")
+
+
 class Artifact(Base):
     """Stored weights: `initial` (inline or from another run), the latest `checkpoint`
-    (opaque training state, for resuming), `final` and `best` (nn.Model npz bytes)."""
+    (opaque training state, for resuming), `final` and `best` (nn.Model npz bytes).
+
+    `phase` and `epoch` say where a checkpoint was taken: ("train", e) after training epoch
+    e, ("pretrain", p) after pretraining epoch p (nn.checkpoint_position); other kinds are
+    "train"."""
 
     __tablename__ = "artifacts"
 
@@ -257,9 +304,10 @@ class Artifact(Base):
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
     )
     kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(20), default="train", server_default="train")
     epoch: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     data: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
 
     def __repr__(self) -> str:
-        return f"<Artifact {self.run_id} {self.kind} epoch={self.epoch}>"
+        return f"<Artifact {self.run_id} {self.kind} {self.phase} epoch={self.epoch}>"

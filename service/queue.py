@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import sqlalchemy as sa
@@ -114,9 +115,29 @@ def _transport_options(config: dict[str, Any], limit: float) -> dict[str, Any]:
     return {}
 
 
-def _celery() -> Celery:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return app.extensions.get("celery") or celery_init_app(app)
+# Guards the lazy creation of an app's Celery app (the API's threads publish at once).
+_init_lock = threading.Lock()
+
+
+def _celery(app: Flask | None = None) -> Celery:
+    """The Celery app of `app` (the current app by default), made on first use: one per
+    Flask app, however many threads ask at once."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    celery_app = app.extensions.get("celery")
+    if celery_app is None:
+        with _init_lock:
+            celery_app = app.extensions.get("celery") or celery_init_app(app)
+    return celery_app
+
+
+def prepare(app: Flask) -> None:
+    """Make the API process ready to publish before it serves (service/wsgi.py): its Celery
+    app, and a producer from its pool, which imports the broker's transport and client
+    library. Otherwise the first POST /v1/runs of each gunicorn process pays that, about a
+    second on a busy machine (several seconds were seen), while its other threads wait.
+    Opens no connection (the broker may be down at start; a publish connects)."""
+    with _celery(app).producer_or_acquire():
+        pass
 
 
 def send_run(run_id: str) -> None:

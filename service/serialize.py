@@ -6,7 +6,16 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from service.models import STAT_FIELDS, ApiKey, Dataset, Epoch, LayerStat, Run, Tenant
+from service.models import (
+    PARAM_STAT_FIELDS,
+    STAT_FIELDS,
+    ApiKey,
+    Dataset,
+    Epoch,
+    LayerStat,
+    Run,
+    Tenant,
+)
 
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 EPOCH_FIELDS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate")
@@ -89,15 +98,23 @@ def run_json(run: Run) -> dict[str, Any]:
 
 
 def epoch_json(e: Epoch) -> dict[str, Any]:
-    row: dict[str, Any] = {"epoch": e.epoch, "phase": e.phase}
+    row: dict[str, Any] = {"epoch": e.epoch, "phase": e.phase, "layer": e.layer}
     row.update({f: finite(getattr(e, f)) for f in EPOCH_FIELDS})
     row["duration_s"] = finite(e.duration_s)
     return row
 
 
-def layer_stat_json(s: LayerStat) -> dict[str, Any]:
+def layer_stat_json(s: LayerStat, detail: bool = True) -> dict[str, Any]:
+    """The row's statistics; with `detail` (its `params` loaded) also those of each weight
+    array and, for recurrent layers, the gradient norm by time step."""
     row: dict[str, Any] = {"epoch": s.epoch, "phase": s.phase, "layer": s.layer, "name": s.name}
     row.update({f: finite(getattr(s, f)) for f in STAT_FIELDS})
+    if detail:
+        row["params"] = [
+            {"param": p.param, **{f: finite(getattr(p, f)) for f in PARAM_STAT_FIELDS}}
+            for p in s.params
+        ]
+        row["grad_norm_by_time"] = finite(s.grad_norm_by_time)
     return row
 
 

@@ -101,3 +101,54 @@ def test_no_default_tenant_without_existing_rows(sqlite_url: str) -> None:
             assert conn.execute(sa.text("SELECT count(*) FROM tenants")).scalar() == 0
     finally:
         engine.dispose()
+
+
+def test_checkpoints_get_a_phase_and_pretraining_ones_go_on_downgrade(url: str) -> None:
+    """0003: every checkpoint stored before it was taken while training ("train"); going
+    back to 0002 deletes pretraining checkpoints (older workers would take their epoch for
+    a training epoch) and keeps the others, and the statistics rows stay."""
+    cfg = db.alembic_config(url)
+    command.upgrade(cfg, "0002")
+    engine = db.make_engine(url)
+    now = "2026-11-28 00:00:00+00:00"
+    insert_run = (
+        "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, created_at, "
+        "epochs_total, epochs_completed, cancel_requested, attempts) VALUES (:id, 't1', 'd1', "
+        "'running', '{}', '{}', :now, 9, 0, false, 1)")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) "
+                                 "VALUES ('t1', 'old', :now)"), {"now": now})
+            conn.execute(sa.text(
+                "INSERT INTO datasets (id, tenant_id, name, created_at, n_samples, input_shape, "
+                "task, target_dim, sha256, source, size_bytes, data) VALUES ('d1', 't1', 'old', "
+                ":now, 4, '[2]', 'classification', 1, :sha, '{}', 3, :data)"),
+                {"now": now, "sha": "0" * 64, "data": b"npz"})
+            for run in ("r1", "r2"):
+                conn.execute(sa.text(insert_run), {"id": run, "now": now})
+            conn.execute(sa.text("INSERT INTO artifacts (run_id, kind, epoch, created_at, data) "
+                                 "VALUES ('r1', 'checkpoint', 4, :now, :data)"),
+                         {"now": now, "data": b"state"})
+            conn.execute(sa.text(
+                "INSERT INTO layer_stats (run_id, phase, epoch, layer, name) "
+                "VALUES ('r1', 'train', 1, 0, 'dense_0')"))
+        command.upgrade(cfg, "head")
+        command.check(cfg)
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT phase FROM artifacts")).scalars().all() == ["train"]
+            assert conn.execute(sa.text(
+                "SELECT grad_norm_by_time FROM layer_stats")).scalars().all() == [None]
+            conn.execute(sa.text(
+                "INSERT INTO artifacts (run_id, kind, phase, epoch, created_at, data) "
+                "VALUES ('r2', 'checkpoint', 'pretrain', 7, :now, :data)"),
+                {"now": now, "data": b"state"})
+            conn.execute(sa.text(
+                "INSERT INTO param_stats (run_id, phase, epoch, layer, param, position) "
+                "VALUES ('r1', 'train', 1, 0, 'W', 0)"))
+        command.downgrade(cfg, "0002")
+        with engine.connect() as conn:
+            kept = conn.execute(sa.text("SELECT run_id, epoch FROM artifacts")).all()
+            assert [tuple(row) for row in kept] == [("r1", 4)]
+            assert conn.execute(sa.text("SELECT count(*) FROM layer_stats")).scalar() == 1
+    finally:
+        engine.dispose()

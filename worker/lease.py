@@ -84,17 +84,24 @@ def fence(session: Session, run_id: str, token: str, *, now: datetime,
     return bool(session.scalar(sa.select(Run.cancel_requested).where(Run.id == run_id)))
 
 
-def forget_after(session: Session, run_id: str, epoch: int) -> None:
-    """Delete the epoch and layer-stat rows past `epoch` (what a dead worker flushed after
-    its last checkpoint): the resumed run writes them again, each exactly once.
+def forget_after(session: Session, run_id: str, phase: str, epoch: int) -> None:
+    """Delete the epoch and layer-stat rows (and so their per-array rows, ON DELETE CASCADE)
+    past the position (phase, epoch) of the checkpoint the run resumes from, in run order:
+    every pretraining epoch comes before training epoch 1, so ("pretrain", p) keeps
+    pretraining epochs 1..p only, and ("train", e) every pretraining epoch and training
+    epochs 1..e. What a dead worker flushed after its last checkpoint goes; the resumed run
+    writes it again, each row exactly once. ("pretrain", 0): no checkpoint, nothing kept.
     Call it fenced, right after the claim."""
+    kept = {"pretrain": epoch, "train": 0} if phase == "pretrain" else {"train": epoch}
     for table in (Epoch, LayerStat):
         session.execute(
-            sa.delete(table).where(table.run_id == run_id, table.epoch > epoch),
+            sa.delete(table).where(table.run_id == run_id, sa.or_(*(
+                sa.and_(table.phase == p, table.epoch > e) for p, e in kept.items()))),
             execution_options=NO_SYNC,
         )
     session.execute(
-        sa.update(Run).where(Run.id == run_id).values(epochs_completed=epoch),
+        sa.update(Run).where(Run.id == run_id)
+        .values(epochs_completed=epoch if phase == "train" else 0),
         execution_options=NO_SYNC,
     )
 

@@ -6,6 +6,20 @@ buffered epoch and layer-stat rows, stores a due checkpoint and reads the cancel
 `should_stop` answers from what the last flush saw and flushes when one is due, so a long
 epoch still renews the lease (the engine asks about every 0.25 s within an epoch).
 
+How the rows are written, measured (bench/service.py; py-spy on the Celery child): a tiny
+epoch (xor-online, 2 ms) brings 7 rows (1 epoch, 2 layer-stat, 4 per-array). Written with the
+ORM's bulk INSERT (psycopg's pipelined executemany) they cost about 0.3 ms per epoch, 13-15%
+of the run: SQLAlchemy's parameter processing and PostgreSQL executing one INSERT per row. So
+write_epochs builds plain tuples once and, on PostgreSQL, sends them with COPY ... FROM STDIN
+in binary format, in the same fenced transaction (about 0.13 ms per epoch, most of it
+PostgreSQL inserting the rows and checking their foreign keys while the training thread
+waits; SQLite keeps an executemany INSERT of the same tuples). The flush stays synchronous,
+in the training thread: a background writer could hide only that wait (about 4% of such a
+run, less for longer epochs, while its Python work would still share the GIL), and it would
+make every guarantee here (rows before their checkpoint, the retry after a lost connection,
+the lease given up in time, cancel, shutdown) depend on two threads' timing, against the
+tests that check them one epoch at a time.
+
 Checkpoints: the engine can only checkpoint every N epochs, N fixed per call, and
 serialising the state costs about as much as a tiny epoch. So training starts with N = 1
 while it measures the epochs ("calibrating", at most CALIBRATE_SECONDS), then, when N should
@@ -13,6 +27,16 @@ be larger, stops at an epoch boundary and resumes from the in-memory state with
 N = ceil(CHECKPOINT_SECONDS / epoch duration): bit-identical, the engine guarantees it.
 A checkpoint is stored at most every CHECKPOINT_SECONDS / 2, and only once the epoch rows up
 to it are written with it, so resuming from it never leaves a hole in the rows.
+
+Pretraining (training.pretrain) is checkpointed like training: the engine reports a
+checkpoint within pretraining as on_checkpoint(0, state), right after the report of
+pretraining epoch p, and it is stored at position ("pretrain", p) (Artifact.phase and
+epoch), so a run whose worker dies while fine-tuning does not pretrain again, and one that
+dies while pretraining goes on from its last pretraining checkpoint. Positions order as the
+run goes: ("pretrain", p) < ("train", e) for every p and e >= 1. Calibration measures
+pretraining and training epochs alike (so a long pretraining does not serialise a
+checkpoint after each of its epochs); the one interval then serves both phases, whose
+epochs differ in cost by a small factor (a pretraining epoch is one layer's autoencoder).
 
 The database may go away (a restart, a failover, a killed connection). A flush that fails
 with a connection error keeps its rows and its checkpoint and is tried again FLUSH_SECONDS
@@ -40,7 +64,15 @@ from sqlalchemy.orm import Session
 
 import nn
 from service.db import connection_lost, session_scope
-from service.models import STAT_FIELDS, Artifact, Epoch, LayerStat, utcnow
+from service.models import (
+    PARAM_STAT_FIELDS,
+    STAT_FIELDS,
+    Artifact,
+    Epoch,
+    LayerStat,
+    ParamStat,
+    utcnow,
+)
 from worker import lease, shutdown
 
 log = logging.getLogger(__name__)
@@ -53,6 +85,11 @@ CALIBRATED = "calibrated"
 WARN_EVERY_SECONDS = 5.0
 # The stop reason of a worker shutting down: the run goes back to the queue (never stored).
 SHUTDOWN = "shutdown"
+
+# Where a run is: ("pretrain", p) after pretraining epoch p, ("train", e) after training
+# epoch e. The phases' names sort in the order they run, so tuples compare as the run goes.
+Position = tuple[str, int]
+START: Position = ("pretrain", 0)  # nothing done yet (with or without pretraining)
 
 
 @dataclass
@@ -108,13 +145,14 @@ class Progress:
     """The engine's callbacks for one run: on_epoch, should_stop, on_checkpoint."""
 
     lease: Lease
-    epoch: int  # the last completed epoch (the resume point at the start)
+    epoch: int  # the last completed training epoch (the resume point at the start)
+    pretrained: int = 0  # the last completed pretraining epoch (likewise)
     buffer: list[nn.EpochReport] = field(default_factory=list)
     # Calibration: the checkpoint interval in epochs (None while measuring).
     every: int | None = None
     state: bytes | None = None  # the newest checkpoint from the engine, stored or not
-    _state_epoch: int = 0
-    stored_epoch: int = 0  # the epoch of the checkpoint in the database
+    _state_at: Position = START
+    stored: Position = START  # where the checkpoint in the database was taken
     _measured: list[float] = field(default_factory=list)  # epoch durations while calibrating
     _started: float = field(default_factory=monotonic)
     _last_flush: float = field(default_factory=monotonic)
@@ -123,18 +161,32 @@ class Progress:
     _retry: bool = False  # the last flush failed: its rows may be in the database already
     _shutdown_by: float | None = None  # monotonic() time by which a shutdown stops at once
 
+    @property
+    def position(self) -> Position:
+        """Where the run is: the last completed epoch of either phase."""
+        return ("train", self.epoch) if self.epoch else ("pretrain", self.pretrained)
+
+    @property
+    def stored_epoch(self) -> int:
+        """The training epoch of the stored checkpoint (0 for none or a pretraining one)."""
+        return self.stored[1] if self.stored[0] == "train" else 0
+
     # -- the engine's callbacks -------------------------------------------------------
     def on_epoch(self, report: nn.EpochReport) -> None:
         self.buffer.append(report)
         if report.phase == "train":
             self.epoch = report.epoch
-            if self.every is None:
-                self._measured.append(report.duration_s)
+        else:
+            self.pretrained = report.epoch
+        if self.every is None:
+            self._measured.append(report.duration_s)
         self._at_boundary = True
         self._maybe_flush()
 
     def on_checkpoint(self, epoch: int, state: bytes) -> None:
-        self.state, self._state_epoch = state, epoch
+        # epoch 0: taken within pretraining, right after the report of its latest epoch.
+        self.state = state
+        self._state_at = ("train", epoch) if epoch else ("pretrain", self.pretrained)
         if monotonic() - self._last_stored >= self.lease.checkpoint_seconds / 2:
             self.flush()
 
@@ -168,7 +220,7 @@ class Progress:
         if self._shutdown_by is None:
             self._shutdown_by = monotonic() + 2 * self.lease.checkpoint_seconds
             log.info("run %s: shutting down; stopping at the next checkpoint", self.lease.run_id)
-        return self._state_epoch == self.epoch or monotonic() > self._shutdown_by
+        return self._state_at == self.position or monotonic() > self._shutdown_by
 
     # -- writing -------------------------------------------------------------------------
     def _maybe_flush(self) -> None:
@@ -196,31 +248,44 @@ class Progress:
         self._last_flush = monotonic()
         self.lease.unreachable(exc)
 
-    def write(self, session: Session) -> int:
+    def write(self, session: Session) -> Position | None:
         """The flush's statements, in the caller's transaction (the final one reuses it);
-        the epoch of the checkpoint it stored, 0 for none. The buffer is kept until the
+        the position of the checkpoint it stored, or None. The buffer is kept until the
         transaction commits, so a failed one loses no row: the next one writes it."""
         self.lease.fence(session, self.epoch)
         write_epochs(session, self.lease.run_id, self.buffer, replace=self._retry)
-        if self.state is not None and self.stored_epoch < self._state_epoch <= self.epoch:
-            put_artifact(session, self.lease.run_id, "checkpoint", self._state_epoch,
-                         self.state)
-            return self._state_epoch
-        return 0
+        if self.state is not None and self.stored < self._state_at <= self.position:
+            phase, epoch = self._state_at
+            put_artifact(session, self.lease.run_id, "checkpoint", epoch, self.state,
+                         phase=phase)
+            return self._state_at
+        return None
 
-    def written(self, checkpoint: int) -> None:
+    def written(self, checkpoint: Position | None) -> None:
         self.buffer = []
         self._retry = False
         self._last_flush = monotonic()
         if checkpoint:
-            self.stored_epoch, self._last_stored = checkpoint, monotonic()
+            self.stored, self._last_stored = checkpoint, monotonic()
+
+
+# The columns write_epochs fills, in the order of its row tuples.
+EPOCH_COLUMNS = ("run_id", "phase", "epoch", "layer", "train_loss", "val_loss",
+                 "train_accuracy", "val_accuracy", "learning_rate", "duration_s")
+STAT_COLUMNS = ("run_id", "phase", "epoch", "layer", "name", *STAT_FIELDS,
+                "grad_norm_by_time")
+PARAM_COLUMNS = ("run_id", "phase", "epoch", "layer", "param", "position", *PARAM_STAT_FIELDS)
 
 
 def write_epochs(session: Session, run_id: str, reports: list[nn.EpochReport], *,
                  replace: bool = False) -> None:
-    """Insert the epoch rows and their layer-stat rows (bulk; the primary keys forbid
-    a second copy of any row). `replace` first deletes any stored copy of these rows: after
-    a COMMIT that failed on its connection, which may have gone through."""
+    """Insert the epoch rows, their layer-stat rows and those rows' per-array rows (bulk;
+    the primary keys forbid a second copy of any row). `replace` first deletes any stored
+    copy of these rows (the per-array ones go with their layer-stat rows, ON DELETE
+    CASCADE): after a COMMIT that failed on its connection, which may have gone through.
+
+    On PostgreSQL the rows go in by COPY (see the module docstring), elsewhere by an
+    executemany INSERT; the same tuples either way."""
     if not reports:
         return
     if replace:
@@ -231,29 +296,77 @@ def write_epochs(session: Session, run_id: str, reports: list[nn.EpochReport], *
                     table.run_id == run_id, table.phase == phase,
                     table.epoch.between(min(numbers), max(numbers))),
                     execution_options=lease.NO_SYNC)
-    session.execute(sa.insert(Epoch), [
-        {"run_id": run_id, "phase": r.phase, "epoch": r.epoch,
-         "train_loss": finite(r.train_loss), "val_loss": finite(r.val_loss),
-         "train_accuracy": finite(r.train_accuracy), "val_accuracy": finite(r.val_accuracy),
-         "learning_rate": finite(r.learning_rate), "duration_s": r.duration_s}
+    epochs = [
+        (run_id, r.phase, r.epoch, r.layer, finite(r.train_loss), finite(r.val_loss),
+         finite(r.train_accuracy), finite(r.val_accuracy), finite(r.learning_rate),
+         r.duration_s)
         for r in reports
-    ])
+    ]
     stats = [
-        {"run_id": run_id, "phase": r.phase, "epoch": r.epoch, "layer": s["layer"],
-         "name": s["name"], **{k: finite(s.get(k)) for k in STAT_FIELDS}}
+        (run_id, r.phase, r.epoch, s["layer"], s["name"], *[finite(s.get(k)) for k in STAT_FIELDS],
+         finite(s.get("grad_norm_by_time")))
         for r in reports for s in r.layer_stats
     ]
-    if stats:
-        session.execute(sa.insert(LayerStat), stats)
+    params = [
+        (run_id, r.phase, r.epoch, s["layer"], p["param"], i,
+         *[finite(p.get(k)) for k in PARAM_STAT_FIELDS])
+        for r in reports for s in r.layer_stats for i, p in enumerate(s.get("params", ()))
+    ]
+    # Parents first: the per-array rows reference their layer-stat rows.
+    insert = _copy if session.get_bind().dialect.name == "postgresql" else _insert
+    for table, columns, rows in ((Epoch, EPOCH_COLUMNS, epochs), (LayerStat, STAT_COLUMNS, stats),
+                                 (ParamStat, PARAM_COLUMNS, params)):
+        if rows:
+            insert(session, table.__table__, columns, rows)
 
 
-def put_artifact(session: Session, run_id: str, kind: str, epoch: int, data: bytes) -> None:
+def _insert(session: Session, table: sa.Table, columns: tuple[str, ...],
+            rows: list[tuple]) -> None:
+    session.execute(sa.insert(table), [dict(zip(columns, row)) for row in rows])
+
+
+# COPY's binary format needs each column's PostgreSQL type (to pick psycopg's dumper).
+COPY_TYPES = ((sa.JSON, "json"), (sa.Integer, "int4"), (sa.Float, "float8"), (sa.String, "text"))
+
+
+def _copy_type(column: sa.Column) -> str:
+    for kind, name in COPY_TYPES:
+        if isinstance(column.type, kind):
+            return name
+    raise TypeError(f"no COPY type for {column} ({column.type})")
+
+
+def _copy(session: Session, table: sa.Table, columns: tuple[str, ...],
+          rows: list[tuple]) -> None:
+    """COPY ... FROM STDIN (FORMAT BINARY) on the session's connection, in its transaction.
+    Its errors are wrapped as SQLAlchemy wraps those of a statement (a lost connection is an
+    OperationalError, a duplicate key an IntegrityError), so the callers treat both alike."""
+    connection = session.connection()
+    dialect, raw = connection.dialect, connection.connection.driver_connection
+    types = [_copy_type(table.c[c]) for c in columns]
+    sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    try:
+        with raw.cursor() as cursor, cursor.copy(sql) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+    except dialect.loaded_dbapi.Error as exc:
+        lost = dialect.is_disconnect(exc, raw, None)
+        if lost:
+            connection.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error,
+                                         connection_invalidated=lost) from exc
+
+
+def put_artifact(session: Session, run_id: str, kind: str, epoch: int, data: bytes, *,
+                 phase: str = "train") -> None:
     """Replace the run's artifact of this kind (portable upsert; the run row is locked)."""
     session.execute(
         sa.delete(Artifact).where(Artifact.run_id == run_id, Artifact.kind == kind),
         execution_options=lease.NO_SYNC,
     )
-    session.add(Artifact(run_id=run_id, kind=kind, epoch=epoch, data=data, created_at=utcnow()))
+    session.add(Artifact(run_id=run_id, kind=kind, phase=phase, epoch=epoch, data=data,
+                         created_at=utcnow()))
 
 
 def finite(value: Any) -> Any:

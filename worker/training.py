@@ -2,8 +2,10 @@
 
 Every write after the claim is fenced by the lease (worker/lease.py), so a worker that lost
 the run writes nothing more. A run whose worker died is claimed again and resumes from its
-last checkpoint; the rows its predecessor flushed after that checkpoint are deleted at the
-claim and written again by the resumed run, so every epoch appears exactly once. A worker
+last checkpoint, which may have been taken during autoencoder pretraining (then pretraining
+goes on from there; a checkpoint taken while fine-tuning skips pretraining altogether); the
+rows its predecessor flushed after that checkpoint are deleted at the claim and written
+again by the resumed run, so every epoch, of either phase, appears exactly once. A worker
 that is shutting down hands its run back to the queue from a fresh checkpoint
 (worker/shutdown.py), and a write that fails on its database connection is tried again
 (worker/progress.py).
@@ -32,6 +34,7 @@ from worker import lease
 from worker.progress import (
     CALIBRATED,
     SHUTDOWN,
+    START,
     Lease,
     Progress,
     deadline,
@@ -57,7 +60,8 @@ class Claimed:
     dataset_id: str
     network: dict
     training: dict
-    resume_epoch: int  # the stored checkpoint's epoch, 0 without one
+    resume_phase: str  # where the stored checkpoint was taken; ("pretrain", 0) without one
+    resume_epoch: int
 
 
 def train_run(run_id: str) -> str:
@@ -84,19 +88,24 @@ def _claim_and_train(run_id: str) -> str:
             return outcome
         run = session.get(Run, run_id)
         assert run is not None and run.started_at is not None  # the claim matched it
-        resume_epoch = session.scalar(sa.select(Artifact.epoch).where(
-            Artifact.run_id == run_id, Artifact.kind == "checkpoint")) or 0
-        lease.forget_after(session, run_id, resume_epoch)
-        claimed = Claimed(run_id, run.dataset_id, run.network, run.training, resume_epoch)
+        resume_phase, resume_epoch = session.execute(
+            sa.select(Artifact.phase, Artifact.epoch)
+            .where(Artifact.run_id == run_id, Artifact.kind == "checkpoint")
+        ).one_or_none() or START
+        lease.forget_after(session, run_id, resume_phase, resume_epoch)
+        claimed = Claimed(run_id, run.dataset_id, run.network, run.training, resume_phase,
+                          resume_epoch)
         held = Lease(run_id, token, cfg["LEASE_SECONDS"], cfg["FLUSH_SECONDS"],
                      cfg["CHECKPOINT_SECONDS"],
                      deadline(run.started_at, cfg["RUN_TIME_LIMIT_SECONDS"]),
                      cancel=run.cancel_requested)
         attempts = run.attempts
     logs.bind(dataset_id=claimed.dataset_id)
-    log.info("run %s: claimed by %s (attempt %d, from epoch %d)",
-             run_id, worker, attempts, resume_epoch)
-    progress = Progress(held, epoch=resume_epoch)
+    log.info("run %s: claimed by %s (attempt %d, from %sepoch %d)", run_id, worker, attempts,
+             "pretraining " if resume_phase == "pretrain" and resume_epoch else "", resume_epoch)
+    train = resume_phase == "train"
+    progress = Progress(held, epoch=resume_epoch if train else 0,
+                        pretrained=0 if train else resume_epoch)
     try:
         try:
             result = _train(claimed, progress)
@@ -173,7 +182,8 @@ def _load(claimed: Claimed) -> tuple[np.ndarray, np.ndarray, str, bytes | None, 
     except Exception as exc:  # zipfile, KeyError, ValueError: all mean unreadable
         raise InvalidData(f"the stored data set does not load: {exc!r}") from exc
     checkpoint = artifacts.get("checkpoint")
-    if checkpoint is not None and checkpoint.epoch != claimed.resume_epoch:
+    if checkpoint is not None and (checkpoint.phase, checkpoint.epoch) != (
+            claimed.resume_phase, claimed.resume_epoch):
         raise RuntimeError("the checkpoint changed while the run was claimed")
     initial = artifacts.get("initial")
     return (inputs, targets, task, initial.data if initial else None,
@@ -201,12 +211,16 @@ def _finish(progress: Progress, result: nn.TrainResult | None, *, status: str,
 
     A cancel requested meanwhile wins (cancelling -> cancelled); the weights are kept either
     way. The checkpoint is dropped once the run succeeded, kept when it may be continued.
-    A connection error is tried again every FLUSH_SECONDS while the lease may still be ours.
+    A connection error is tried again every FLUSH_SECONDS while the lease may still be ours;
+    each try first asks whether the failed COMMIT went through after all (its answer lost),
+    and that question, when it fails on its connection too, is asked again the same way.
     """
     run_id = progress.lease.run_id
     retried = False
     while True:
         try:
+            if retried and _recorded(run_id, status):
+                break  # the COMMIT that failed on its connection had gone through
             with session_scope() as session:
                 progress.write(session)
                 if progress.lease.cancel:
@@ -220,10 +234,6 @@ def _finish(progress: Progress, result: nn.TrainResult | None, *, status: str,
             progress.failed(exc)  # raises LeaseLost once the lease has surely expired
             retried = True
             time.sleep(progress.lease.flush_seconds)
-        except lease.LeaseLost:
-            if retried and _recorded(run_id, status):
-                break  # the COMMIT that failed on its connection had gone through
-            raise
     log.info("run %s: %s%s", run_id, status, f" ({error_code}: {error_message})"
              if error_code else "")
     return status
@@ -267,8 +277,8 @@ def _hand_back(progress: Progress, result: nn.TrainResult) -> str:
     progress.written(checkpoint)
     if progress.lease.cancel:
         return _finish(progress, result, status="cancelled")
-    log.info("run %s: handed back to the queue at epoch %d, to resume from epoch %d",
-             run_id, progress.epoch, progress.stored_epoch)
+    log.info("run %s: handed back to the queue at %s epoch %d, to resume from %s epoch %d",
+             run_id, *progress.position, *progress.stored)
     try:
         publish_run(run_id)
     except Exception:  # noqa: BLE001 - the broker may be down; the reconciler republishes

@@ -48,8 +48,11 @@ def forward(x: np.ndarray, params: Params, stride: tuple[int, int], padding: tup
     cols = win.transpose(4, 5, 1, 0, 2, 3).reshape(kh * kw * C, n * ho * wo)   # the copy
     z = _matrix(W) @ cols                                     # (F, N Ho Wo)
     z += params["b"][:, None]
+    if activation != "softmax":                               # element-wise: on z as it lies
+        a = ACTIVATIONS[activation].forward(z).reshape(F, n, ho, wo).transpose(1, 0, 2, 3)
     z = z.reshape(F, n, ho, wo).transpose(1, 0, 2, 3)
-    a = ACTIVATIONS[activation].forward(z)
+    if activation == "softmax":
+        a = ACTIVATIONS[activation].forward(z)
     return a, ConvCache(cols, xp.shape, W, z, a, tuple(stride), (ph, pw), activation)
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
+from sqlalchemy.orm import selectinload
+from sqlalchemy.sql.base import ExecutableOption
 
 import nn
 from service import artifacts, dataio
-from service.api.common import fetch, json_response
+from service.api.common import fetch, json_response, run_artifact
 from service.db import get_session
 from service.errors import ApiError, validation_error
 from service.models import Epoch, LayerStat, Run
@@ -35,10 +38,15 @@ def epochs(run_id: uuid.UUID) -> Response:
 
 @bp.get("/layer-stats")
 def layer_stats(run_id: uuid.UUID) -> Response:
+    """?detail=false leaves out each row's `params` and `grad_norm_by_time` (and the query
+    that loads the per-array rows: one per page, for the page's rows)."""
     keys = (LayerStat.phase, LayerStat.epoch, LayerStat.layer)
     layer = arg_int("layer", None, 0)
+    detail = arg_choice("detail", ("true", "false"), "true") == "true"
     where = [] if layer is None else [LayerStat.layer == layer]
-    return _series(run_id, LayerStat, keys, layer_stat_json, where)
+    load = [selectinload(LayerStat.params)] if detail else []
+    return _series(run_id, LayerStat, keys, partial(layer_stat_json, detail=detail), where,
+                   load)
 
 
 def _series(
@@ -47,6 +55,7 @@ def _series(
     keys: Sequence[Key],
     serialize: Callable[[Any], dict[str, Any]],
     where: list[sa.ColumnElement[bool]],
+    load: Sequence[ExecutableOption] = (),
 ) -> Response:
     """One page of a run's (phase, epoch, ...) rows: ?phase, ?from_epoch, ?to_epoch,
     ?max_points (evenly spaced epochs per phase, first and last kept), ?limit, ?cursor."""
@@ -66,7 +75,7 @@ def _series(
         where.append(entity.epoch >= first)
     if last is not None:
         where.append(entity.epoch <= last)
-    stmt = sa.select(entity).where(*where)
+    stmt = sa.select(entity).where(*where).options(*load)
     if max_points is not None:
         groups = sa.select(entity.phase, entity.epoch).where(*where).distinct()
         after = cursor_prefix(keys, 2)
@@ -113,7 +122,9 @@ def _weights_media_type() -> str:
 @bp.post("/predict")
 def predict(run_id: uuid.UUID) -> Response:
     """Outputs (and for classifiers labels and probabilities) from stored weights, computed
-    here without the queue."""
+    here without the queue. One query when the model is cached (the run's status and the
+    artifact's identity, scoped to the tenant: a deleted run or another tenant's is a 404
+    at once), a second one to load it when not."""
     body = json_object()
     validate("PredictRequest", body)
     max_rows = int(current_app.config["PREDICT_MAX_ROWS"])
@@ -121,17 +132,16 @@ def predict(run_id: uuid.UUID) -> Response:
         raise validation_error("inputs", f"must have at most {max_rows} rows")
     inputs = dataio.tensor(body["inputs"], "inputs")
     which = body.get("which", "final")
-    session = get_session()
-    run = fetch(session, Run, run_id, "run")
-    row = artifacts.artifact(session, run.id, which)
-    if row is None:
+    status, epoch, created_at = run_artifact(run_id, which)
+    found = None if epoch is None else artifacts.model(str(run_id), which, epoch, created_at)
+    if found is None:
         raise ApiError(
-            409, "run_not_ready", f"run {run.id} has no {which} weights yet (it is {run.status})",
-            status_now=run.status,
+            409, "run_not_ready", f"run {run_id} has no {which} weights yet (it is {status})",
+            status_now=status,
         )
-    model = artifacts.load(row)
+    epoch, model = found
     try:
         result = model.predict(inputs)
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None
-    return json_response({"run_id": run.id, "which": which, "epoch": row.epoch, **result})
+    return json_response({"run_id": str(run_id), "which": which, "epoch": epoch, **result})

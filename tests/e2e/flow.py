@@ -77,6 +77,18 @@ def start_run(api: Api, dataset_id: str, **fields: Any) -> dict[str, Any]:
     return run
 
 
+def epoch_numbers(api: Api, run_id: str) -> list[int]:
+    """The numbers of the run's training epochs, in order, every page of them."""
+    numbers: list[int] = []
+    params: dict[str, Any] = {"limit": 1000}
+    while True:
+        page = api.get(f"/v1/runs/{run_id}/epochs", params=params)
+        numbers += [e["epoch"] for e in page["items"] if e["phase"] == "train"]
+        if page["next_cursor"] is None:
+            return numbers
+        params["cursor"] = page["next_cursor"]
+
+
 def wait_until(api: Api, procs: Procs, run_id: str, statuses: tuple[str, ...] = FINISHED,
                timeout: float = RUN_SECONDS) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Many runs at once through a deployment: submit them, wait for all, check none was lost and
 none trained twice, and measure. Used by tests/e2e/test_faults.py (a small load) and
-bench/load.py (the full one, written to bench/LOAD.md)."""
+bench/load.py (the full one, written to the load section of bench/RESULTS.md)."""
 
 from __future__ import annotations
 

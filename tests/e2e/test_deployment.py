@@ -3,11 +3,13 @@ Redis, isolated from any dev server by their own database, Redis key prefix and 
 
 from __future__ import annotations
 
+import re
 import signal
 import uuid
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 
 import nn
 from tests.conftest import REDIS_URL, free_port
@@ -50,22 +52,45 @@ def test_the_whole_flow(api: flow.Api, procs: Procs) -> None:
 
 def test_a_killed_worker_loses_nothing(pg_url: str, redis_prefix: str, procs: Procs) -> None:
     """SIGKILL the worker mid-run: a second worker takes the run over when its lease
-    expires and resumes from the checkpoint, to exactly the weights of an unbroken run."""
+    expires and resumes from the checkpoint. Cancelled once it has trained on, the run has
+    every epoch exactly once and exactly the weights of an unbroken run of as many epochs.
+    (A run that trains until it is cancelled, so that the kill comes mid-run however fast
+    the machine trains.)"""
     api = deploy(procs, pg_url, redis_prefix, LEASE_SECONDS=2, RECONCILE_SECONDS=1,
                  CHECKPOINT_SECONDS=1)
-    run = flow.start_run(api, flow.create_xor(api))
-    procs.wait_for("a checkpoint and some epochs", lambda: api.get(
-        f"/v1/runs/{run['id']}")["epochs_completed"] >= 60, flow.RUN_SECONDS)
-    procs.stop("worker", signal.SIGKILL)
-    procs.start("worker", command("worker"))
+    run_id = flow.start_run(api, flow.create_xor(api), training={"epochs": 100_000})["id"]
+    engine = sa.create_engine(pg_url)
+    try:
+        stored = procs.wait_for("a checkpoint", lambda: _checkpoint_epoch(engine, run_id),
+                                flow.RUN_SECONDS)
+    finally:
+        engine.dispose()
+    procs.stop("worker", signal.SIGKILL)  # the Celery main process and its pool process
+    procs.start("worker", command("worker"))  # the same log file: attempt 1 is in it too
 
-    done = flow.wait_until(api, procs, run["id"])
-    assert (done["status"], done["attempts"]) == ("succeeded", 2), done
-    epochs = api.get(f"/v1/runs/{run['id']}/epochs", params={"limit": 1000})["items"]
-    assert [e["epoch"] for e in epochs] == list(range(1, 201))  # each exactly once
+    claimed = procs.wait_for("the second worker to take the run over", lambda: re.search(
+        rf"run {run_id}: claimed by \S+ \(attempt 2, from epoch (\d+)\)",
+        procs.report("worker", lines=1_000_000)), 60, interval=0.2)
+    resumed = int(claimed[1])
+    assert resumed >= stored  # from the checkpoint (the newest one, written before the kill)
+    procs.wait_for("the run to train on", lambda: api.get(
+        f"/v1/runs/{run_id}")["epochs_completed"] > resumed + 20, flow.RUN_SECONDS)
+    api.post(f"/v1/runs/{run_id}/cancel", {})
+    done = flow.wait_until(api, procs, run_id, timeout=30)
+    assert (done["status"], done["attempts"]) == ("cancelled", 2), done
+    trained = done["epochs_completed"]
+    assert flow.epoch_numbers(api, run_id) == list(range(1, trained + 1))  # each exactly once
 
     inputs, targets = nn.generate("xor", 500, 0, 1)
-    plan = nn.build(flow.XOR_NET, flow.XOR_TRAINING, nn.describe(inputs, targets))
+    plan = nn.build(flow.XOR_NET, {**flow.XOR_TRAINING, "epochs": trained},
+                    nn.describe(inputs, targets))
     unbroken = nn.weights_to_json(nn.train(plan, inputs, targets).weights)["layers"]
-    served = api.get(f"/v1/runs/{run['id']}/weights")["layers"]
+    served = api.get(f"/v1/runs/{run_id}/weights")["layers"]
     assert served == unbroken  # bit for bit: JSON round-trips floats exactly
+
+
+def _checkpoint_epoch(engine: sa.Engine, run_id: str) -> int | None:
+    """The epoch of the run's stored checkpoint (None before the first)."""
+    with engine.connect() as conn:
+        return conn.scalar(sa.text("SELECT epoch FROM artifacts WHERE run_id = :id "
+                                   "AND kind = 'checkpoint'"), {"id": run_id})

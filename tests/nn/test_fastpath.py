@@ -261,6 +261,48 @@ def test_statistics_from_the_engine_match_the_general_probe(xor_data, monkeypatc
             assert [p["param"] for p in ra["params"]] == ["W", "b"]
 
 
+@pytest.mark.parametrize("case", list(BUFFER_CASES))
+def test_statistics_of_the_engine_probe_for_every_loss_and_activation(case, xor_data,
+                                                                      monkeypatch):
+    """The engine's own probe pass (transposed, biases folded into the products) against the
+    layer-by-layer one, for every output and loss of the bit-identity cases: the same
+    weights, so the same statistics up to rounding (float32: its precision)."""
+    layers, training, kind = BUFFER_CASES[case]
+    X, y = data(kind, xor_data)
+    training = {"epochs": 2, "seed": 5, **training}
+    _, general = run("off", monkeypatch, layers, training, X, y)
+    _, fast = run("buffers", monkeypatch, layers, training, X, y)
+    rel = 1e-4 if training.get("dtype") == "float32" else 1e-9
+    for a, b in zip(fast, general):
+        assert len(a.layer_stats) == len(b.layer_stats) == len(layers)
+        for ra, rb in zip(a.layer_stats, b.layer_stats):
+            for key, value in ra.items():
+                if key == "params":
+                    for pa, pb in zip(value, rb[key]):
+                        assert pa.pop("param") == pb.pop("param")
+                        assert pa == pytest.approx(pb, rel=rel, abs=1e-12), key
+                elif isinstance(value, float):
+                    assert value == pytest.approx(rb[key], rel=rel, abs=1e-12), key
+                else:
+                    assert value == rb[key], key
+
+
+@pytest.mark.parametrize("layers", [[dense(8, "relu"), dense(2, "softmax")],
+                                    [dense(8, "relu"), {"type": "dropout", "drop_prob": 0.3},
+                                     dense(2, "softmax")]])
+def test_rows_taken_batch_by_batch_train_as_the_shuffled_copy(layers, xor_data, monkeypatch):
+    """Large data is not copied in each epoch's order; its batches take their rows (the fast
+    path into a buffer, the general path by indexing), with the same weights bit for bit."""
+    X, y = xor_data
+    training = {"epochs": 3, "seed": 7, "batch_size": 16, "loss": "cross_entropy",
+                "optimizer": MOMENTUM}
+    copied, copied_reports = run("auto", monkeypatch, layers, training, X, y)
+    monkeypatch.setattr(train_module, "COPY_BYTES", 0)
+    taken, taken_reports = run("auto", monkeypatch, layers, training, X, y)
+    assert same(taken.weights, copied.weights)
+    assert metrics(taken_reports) == metrics(copied_reports)
+
+
 def test_weights_stay_plain_arrays_for_the_caller(xor_data):
     """The engine keeps parameters as views of one flat vector; the caller's weights still
     behave as independent arrays (a Model copy, JSON, a second run from them)."""

@@ -178,11 +178,15 @@ def test_epoch_report_fields(xor_data):
 
 
 def test_stats_match_a_direct_computation(xor_data):
-    """grad_mean_abs is |dL/dW| of the mean loss over the probe batch (here: all 100 rows)."""
+    """grad_mean_abs is |dL/dW| of the mean loss over the probe batch (32 of the 100 rows)."""
+    from nn.prepare import prepare
     X, y = xor_data[0][:100], xor_data[1][:100]
     plan = plan_for([dense(3), dense(1)], {"epochs": 1, "seed": 0}, X, y)
     reports = []
     r = nn.train(plan, X, y, on_epoch=reports.append)
+    probe = prepare(plan, X, y).probe
+    assert len(probe) == 32
+    X, y = X[probe], y[probe]
     (W1, b1), (W2, b2) = [(p["W"], p["b"]) for p in r.weights]
     sig = lambda h: 1 / (1 + np.exp(-h))
     g1 = sig(X @ W1 + b1)
@@ -201,8 +205,17 @@ def test_probe_batch_is_a_fixed_seeded_subset():
     X, y = nn.generate("xor", 1000, 0, seed=0)
     plan = plan_for([dense(2), dense(1)], {"seed": 5, "validation_fraction": 0.2}, X, y)
     a, b = prepare(plan, X, y), prepare(plan, X, y)
-    assert len(a.probe) == 128 and np.array_equal(a.probe, b.probe)
+    assert len(a.probe) == 32 and np.array_equal(a.probe, b.probe)
     assert np.all(np.diff(a.probe) > 0) and a.probe.max() < len(a.x) == 800
+    small = prepare(plan_for([dense(2), dense(1)], {"seed": 5}, X[:20], y[:20]), X[:20], y[:20])
+    assert np.array_equal(small.probe, np.arange(20))               # every sample
+
+
+def test_probe_size_rule():
+    """min(128, max(32, ceil(n / 64))): about a sixty-fourth of an epoch's samples."""
+    from nn.stats import probe_size
+    assert [probe_size(n) for n in (20, 200, 1437, 2048, 2049, 4096, 8192, 60000)] == \
+        [32, 32, 32, 32, 33, 64, 128, 128]
 
 
 def test_early_stopping_returns_best_weights():

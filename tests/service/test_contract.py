@@ -10,7 +10,7 @@ from flask import Flask
 from openapi_spec_validator import validate as validate_openapi
 
 import nn
-from service.models import RUN_STATUSES, STAT_FIELDS
+from service.models import PARAM_STAT_FIELDS, RUN_STATUSES, STAT_FIELDS
 from service.schemas import SPEC_PATH, errors_for, spec
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
@@ -143,8 +143,10 @@ def test_spec_generators_are_the_engines() -> None:
 def test_spec_enumerations_are_the_services() -> None:
     schemas = spec()["components"]["schemas"]
     assert schemas["RunStatus"]["enum"] == list(RUN_STATUSES)
+    detail = {"params", "grad_norm_by_time"}
     stat_fields = set(schemas["LayerStat"]["properties"]) - {"epoch", "phase", "layer", "name"}
-    assert stat_fields == set(STAT_FIELDS)
+    assert stat_fields == set(STAT_FIELDS) | detail
+    assert set(schemas["ParamStat"]["properties"]) == {"param", *PARAM_STAT_FIELDS}
 
 
 NORMALISED_CASES = [

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
+from service import create_app
 from service.errors import json_path
+from tests.openapi_check import SpecCheckingClient
 from tests.service.conftest import make_app
 
 
@@ -164,3 +166,20 @@ def test_validation_errors_list_every_bad_field(client) -> None:  # noqa: ANN001
 def test_error_messages_never_echo_huge_values(client) -> None:  # noqa: ANN001
     resp = client.post("/v1/runs", json={"dataset_id": "x" * 100_000, "network": "y" * 100_000})
     assert len(resp.get_data()) < 2000
+
+
+def test_an_unreachable_database_is_a_503_to_retry(caplog) -> None:  # noqa: ANN001
+    """Every endpoint behind a key needs the database: down, it is a 503 with Retry-After,
+    not a 500, and the log says why without a traceback."""
+    from tests.conftest import free_port
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "BROKER_URL": "memory://",
+                      "DATABASE_CONNECT_TIMEOUT_SECONDS": 2})
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    client = SpecCheckingClient(app, api_key="bp_" + "x" * 40)
+    for answer in (client.get("/v1/datasets"), client.post("/v1/runs", json={})):
+        body = _problem(answer, 503, "database_unavailable")
+        assert answer.headers["Retry-After"] == "5" and "try again" in body["detail"]
+    assert "database unavailable: OperationalError" in caplog.text
+    assert not any(r.exc_info for r in caplog.records)

@@ -6,13 +6,21 @@ import io
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 import nn
 from service import db
-from service.models import Artifact, Epoch
+from service.models import PARAM_STAT_FIELDS, STAT_FIELDS, Artifact, Epoch, LayerStat, ParamStat
 from service.pagination import evenly_spaced
-from tests.service.helpers import create_run, create_xor_dataset, finish_run, problem_paths, trained_model
+from tests.service.helpers import (
+    create_run,
+    create_xor_dataset,
+    finish_run,
+    problem_paths,
+    set_status,
+    trained_model,
+)
 
 
 @pytest.fixture
@@ -79,9 +87,9 @@ def test_epochs(any_app: Flask, any_client) -> None:  # noqa: ANN001
     finish_run(any_app, run["id"], epochs=10)
     rows = _items(any_client, f"/v1/runs/{run['id']}/epochs")
     assert [r["epoch"] for r in rows] == list(range(1, 11))
-    assert rows[0] == {"epoch": 1, "phase": "train", "train_loss": 1.0, "val_loss": 1.5,
-                       "train_accuracy": 0.5, "val_accuracy": None, "learning_rate": 0.5,
-                       "duration_s": 0.01}
+    assert rows[0] == {"epoch": 1, "phase": "train", "layer": None, "train_loss": 1.0,
+                       "val_loss": 1.5, "train_accuracy": 0.5, "val_accuracy": None,
+                       "learning_rate": 0.5, "duration_s": 0.01}
     url = f"/v1/runs/{run['id']}/epochs"
     assert [r["epoch"] for r in _items(any_client, f"{url}?from_epoch=3&to_epoch=5")] == [3, 4, 5]
     assert [r["epoch"] for r in _items(any_client, f"{url}?max_points=4")] == [1, 4, 7, 10]
@@ -102,11 +110,14 @@ def test_epochs_downsampled_pages(app: Flask, client, run: dict) -> None:  # noq
 def test_epochs_phases_are_ordered_and_downsampled_separately(app: Flask, client, run: dict) -> None:  # noqa: ANN001
     with db.session_scope(app) as session:
         for e in range(1, 6):
-            session.add(Epoch(run_id=run["id"], phase="pretrain", epoch=e, train_loss=0.1,
-                              duration_s=0.1))
+            session.add(Epoch(run_id=run["id"], phase="pretrain", epoch=e, layer=(e - 1) // 3,
+                              train_loss=0.1, duration_s=0.1))
     url = f"/v1/runs/{run['id']}/epochs"
     rows = _items(client, url)
     assert [(r["phase"], r["epoch"]) for r in rows[:6]] == [("pretrain", e) for e in range(1, 6)] + [("train", 1)]
+    assert [r["layer"] for r in rows[:6]] == [0, 0, 0, 1, 1, None]
+    assert [r["phase"] for r in _items(client, f"{url}?phase=pretrain")] == ["pretrain"] * 5
+    assert [r["phase"] for r in _items(client, f"{url}?phase=train")] == ["train"] * 10
     sampled = _items(client, f"{url}?max_points=2")
     assert [(r["phase"], r["epoch"]) for r in sampled] == [
         ("pretrain", 1), ("pretrain", 5), ("train", 1), ("train", 10)]
@@ -171,6 +182,63 @@ def test_layer_stats(any_app: Flask, any_client) -> None:  # noqa: ANN001
 def test_layer_stats_bad_layer(client, run: dict) -> None:  # noqa: ANN001
     resp = client.get(f"/v1/runs/{run['id']}/layer-stats?layer=-1")
     assert resp.status_code == 422 and problem_paths(resp) == ["query.layer"]
+    resp = client.get(f"/v1/runs/{run['id']}/layer-stats?detail=no")
+    assert resp.status_code == 422 and problem_paths(resp) == ["query.detail"]
+
+
+def _param_stats(app: Flask) -> int:
+    with db.session_scope(app) as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(ParamStat))
+
+
+def _recurrent_stats(app: Flask, run_id: str, epochs: int) -> None:
+    """An lstm layer 0 (arrays Wx, Wh, b: not in name order) and a dense layer 1, per epoch,
+    as a worker writes them; epoch e's numbers are e + the array's place / 10."""
+    layers = ((0, "lstm_0", ("Wx", "Wh", "b")), (1, "dense_1", ("W", "b")))
+    with db.session_scope(app) as session:
+        for e in range(1, epochs + 1):
+            for layer, name, arrays in layers:
+                by_time = [e, 0.5, None] if layer == 0 else None
+                session.add(LayerStat(run_id=run_id, phase="train", epoch=e, layer=layer,
+                                      name=name, grad_norm_by_time=by_time,
+                                      **dict.fromkeys(STAT_FIELDS, 1.0)))
+                session.flush()
+                for i, param in enumerate(arrays):
+                    values = dict.fromkeys(PARAM_STAT_FIELDS, e + i / 10)
+                    values["grad_std"] = float("inf")
+                    session.add(ParamStat(run_id=run_id, phase="train", epoch=e, layer=layer,
+                                          param=param, position=i, **values))
+
+
+def test_layer_stats_per_array_and_by_time(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    """Each row carries its arrays' statistics in the layer's order and, for a recurrent
+    layer, the gradient norm by time step (non-finite numbers null); ?detail=false leaves
+    both out; pages keep each row's arrays; deleting the run deletes them."""
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    _recurrent_stats(any_app, run["id"], epochs=3)
+    url = f"/v1/runs/{run['id']}/layer-stats"
+    rows = _items(any_client, url)
+    assert [(r["epoch"], r["name"]) for r in rows[:2]] == [(1, "lstm_0"), (1, "dense_1")]
+    lstm, dense = rows[2], rows[3]
+    assert [p["param"] for p in lstm["params"]] == ["Wx", "Wh", "b"]
+    assert [p["weight_norm"] for p in lstm["params"]] == [2.0, 2.1, 2.2]
+    assert lstm["params"][0]["grad_std"] is None  # stored as inf
+    assert lstm["grad_norm_by_time"] == [2, 0.5, None]
+    assert [p["param"] for p in dense["params"]] == ["W", "b"]
+    assert dense["grad_norm_by_time"] is None
+    paged, _ = _all_pages(any_client, url, 1)
+    assert paged == rows
+    assert _items(any_client, f"{url}?layer=0&from_epoch=2&to_epoch=2") == [lstm]
+    brief = _items(any_client, f"{url}?detail=false")
+    assert [set(r) for r in brief] == [set(lstm) - {"params", "grad_norm_by_time"}] * 6
+    assert brief[2] == {k: v for k, v in lstm.items() if k not in ("params", "grad_norm_by_time")}
+    assert _items(any_client, f"{url}?max_points=2&layer=0&detail=true") == [rows[0], rows[4]]
+
+    assert _param_stats(any_app) == 3 * (3 + 2)
+    set_status(any_app, run["id"], "succeeded")
+    assert any_client.delete(f"/v1/runs/{run['id']}").status_code == 204
+    assert _param_stats(any_app) == 0
 
 
 # ---- weights -----------------------------------------------------------------------------------

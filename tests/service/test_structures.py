@@ -173,3 +173,29 @@ def test_pretraining_is_validated(client) -> None:  # noqa: ANN001
     bad = client.post("/v1/runs", json={"dataset_id": dataset["id"], "network": network,
                                         "training": {"pretrain": {"epochs": 0}}})
     assert problem_paths(bad) == ["training.pretrain.epochs"]
+
+
+@pytest.mark.parametrize(
+    ("network", "generator", "inputs", "message"),
+    [
+        (CNN, {"kind": "glyphs", "size": 8}, np.zeros((1, 7, 7)), "shape (7, 7); the plan expects (8, 8)"),
+        (CNN, {"kind": "glyphs", "size": 8}, np.zeros((2, 64)), "shape (64,); the plan expects (8, 8)"),
+        (CNN, {"kind": "glyphs", "size": 8}, np.zeros((1, 1, 8, 8)), "shape (1, 8, 8)"),
+        (RNN, {"kind": "parity", "length": 5}, np.zeros((1, 4, 1)), "shape (4, 1); the plan expects (5, 1)"),
+        (TRANSFORMER, {"kind": "next_token", "length": 6, "vocab_size": 8}, np.zeros((1, 6, 1)),
+         "shape (6, 1); the plan expects (6,)"),
+        (TRANSFORMER, {"kind": "next_token", "length": 6, "vocab_size": 8}, np.full((1, 6), 0.5),
+         "integer token ids in [0, 8)"),
+    ],
+    ids=["cnn-7x7", "cnn-flat", "cnn-channel", "rnn-short", "transformer-3d", "transformer-ids"],
+)
+def test_predict_with_the_wrong_shape_names_the_field(
+    app: Flask, client, network: dict, generator: dict, inputs: np.ndarray, message: str,  # noqa: ANN001
+) -> None:
+    """Inputs the stored model cannot take are a 422 problem+json at `inputs`, never a 500."""
+    dataset = _generate(client, n_samples=32, seed=1, **generator)
+    training = {**SMALL, "epochs": 1} if network is not RNN else {"epochs": 1, "seed": 1}
+    run, _ = _train(app, client, dataset, network, training)
+    resp = client.post(f"/v1/runs/{run['id']}/predict", json={"inputs": inputs.tolist()})
+    assert resp.status_code == 422 and problem_paths(resp) == ["inputs"], resp.get_json()
+    assert message in resp.get_json()["errors"][0]["message"]

@@ -88,7 +88,7 @@ def test_the_spec_knows_every_kind_of_operation() -> None:
 
 @pytest.fixture
 def admin_app(sqlite_url: str) -> Flask:
-    return make_app(sqlite_url, ADMIN_KEY=ADMIN_KEY)
+    return make_app(sqlite_url, ADMIN_KEY=ADMIN_KEY, API_KEY_CACHE_SECONDS=0)  # revoke at once
 
 
 @pytest.mark.parametrize(("method", "template"), TENANT + ADMIN)
@@ -310,12 +310,33 @@ def test_keys_are_stored_hashed(any_app: Flask, any_client, monkeypatch, capsys)
         assert all(len(k.key_sha256) == 64 for k in session.scalars(sa.select(ApiKey)))
 
 
-def test_a_revoked_key_is_refused_at_once(any_app: Flask, any_client) -> None:  # noqa: ANN001
-    assert any_client.get("/v1/datasets").status_code == 200
-    with db.session_scope(any_app) as session:
+@pytest.mark.parametrize("ttl", [0, 5])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_revoked_key_is_refused_within_the_key_cache_seconds(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, backend: str, ttl: int
+) -> None:
+    """A process that has just seen a key remembers it for API_KEY_CACHE_SECONDS: revoked,
+    it works until then and no longer; with 0 it is refused at once."""
+    from service import cache
+
+    now = [1000.0]
+    monkeypatch.setattr(cache, "monotonic", lambda: now[0])
+    app = make_app(request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url"),
+                   API_KEY_CACHE_SECONDS=ttl)
+    client = app.test_client()
+    assert client.get("/v1/datasets").status_code == 200
+    with db.session_scope(app) as session:
         session.execute(sa.update(ApiKey).values(revoked_at=sa.func.now()))
-    body = _problem(any_client.get("/v1/datasets"), 401, "unauthorized")
+    if ttl:
+        now[0] += ttl - 0.5
+        assert client.get("/v1/datasets").status_code == 200  # still remembered
+        now[0] += 1
+    body = _problem(client.get("/v1/datasets"), 401, "unauthorized")
     assert "not valid" in body["detail"]
+    unknown = app.test_client(api_key="bp_" + "u" * 43)
+    _problem(unknown.get("/v1/datasets"), 401, "unauthorized")
+    assert len(app.extensions["key_cache"]._items) == 0  # noqa: SLF001 - refused keys are not kept
+    db.engine(app).dispose()
 
 
 def test_views_scope_queries_in_one_place() -> None:

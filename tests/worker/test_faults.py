@@ -95,8 +95,12 @@ def test_a_flush_that_fails_on_its_connection_is_written_by_the_next(
 ) -> None:
     """Rolled back: the rows are kept and written later. Committed but unanswered (the
     ambiguous COMMIT): written again without a duplicate. Either way, one attempt, and every
-    epoch once, with the same numbers as an unbroken run."""
-    app.config.update(FLUSH_SECONDS=0)  # a flush after every epoch, however fast they are
+    epoch once, with the same numbers as an unbroken run.
+
+    FLUSH_SECONDS=0 makes every epoch flush, so the broken COMMITs (those after the claim's,
+    the data load's and the first flush's) are flushes 2-5 of 60, however fast the machine
+    trains. (With fewer flushes they could reach the final COMMIT: the next test.)"""
+    app.config.update(FLUSH_SECONDS=0)
     reference = make_run(training=TRAINING)
     assert train_run(reference) == "succeeded"
     run_id = make_run(training=TRAINING)
@@ -110,24 +114,85 @@ def test_a_flush_that_fails_on_its_connection_is_written_by_the_next(
     assert _losses(run_id) == _losses(reference)
 
 
+@pytest.mark.parametrize("broken", [1, 3], ids=["final", "final-and-the-checks"])
 def test_a_final_commit_that_went_through_unanswered_is_recognised(
     make_run: Callable[..., str], broken_commits: Callable[..., list[str]],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, broken: int,
 ) -> None:
+    """The final COMMIT goes through but its answer is lost; the next transactions, which
+    ask whether it went through, may fail on their connection too (as the first ones after
+    an outage do). The worker keeps asking, and the run is recognised as finished: one
+    attempt, not given up to be trained again."""
     run_id = make_run(training={"epochs": 5})
     release = training_module.lease.release
     armed: list[list[str]] = []
 
     def release_then_arm(*args: Any, **kwargs: Any) -> None:
         release(*args, **kwargs)
-        if not armed:
-            armed.append(broken_commits(1, applied=True, after=0))  # fails this COMMIT
+        if not armed:  # this COMMIT fails, and the next broken - 1 after it
+            armed.append(broken_commits(broken, applied=True, after=0))
 
     monkeypatch.setattr(training_module.lease, "release", release_then_arm)
     assert train_run(run_id) == "succeeded"
-    assert armed == [["applied"]]
+    assert armed == [["applied"] * broken]
     run = get_run(run_id)
     assert (run.status, run.attempts, run.lease_token) == ("succeeded", 1, None)
+
+
+# Where a COMMIT breaks: the function after (or before) which the next COMMIT is broken,
+# what train_run does then, and the attempts the run ends with, rolled back / committed.
+COMMITS = {
+    # The claim: the run is queued again, or running with a lease the worker does not know
+    # it holds (so it expires, and the run is taken over as if the worker had died).
+    "claim": ("claim", "after", "raises", (1, 2)),
+    # Loading the data (a read): the run is left to be resumed once its lease expires.
+    "load": ("_load", "before", "lease_lost", (2, 2)),
+    # The final COMMIT: asked again until the answer is known (the test above).
+    "final": ("release", "after", "succeeded", (1, 1)),
+}
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["rolled-back", "committed"])
+@pytest.mark.parametrize("where", list(COMMITS))
+def test_a_commit_that_fails_on_its_connection_anywhere_loses_nothing(
+    make_run: Callable[..., str], broken_commits: Callable[..., list[str]],
+    monkeypatch: pytest.MonkeyPatch, where: str, applied: bool,
+) -> None:
+    """Whichever of a run's transactions fails on its connection, rolled back or committed
+    unanswered: once the database answers again the run ends as an unbroken one, every
+    epoch once, trained again only where the worker could not know it held the run. (The
+    flushes: the first test.)"""
+    name, when, outcome, attempts = COMMITS[where]
+    module = training_module if name == "_load" else training_module.lease
+    original = getattr(module, name)
+    armed: list[list[str]] = []
+
+    def arm_around(*args: Any, **kwargs: Any) -> Any:
+        if when == "before" and not armed:
+            armed.append(broken_commits(1, applied=applied, after=0))
+        answer = original(*args, **kwargs)
+        if when == "after" and not armed:
+            armed.append(broken_commits(1, applied=applied, after=0))
+        return answer
+
+    run_id = make_run(training={"epochs": 30})
+    with monkeypatch.context() as mp:
+        mp.setattr(module, name, arm_around)
+        if outcome == "raises":
+            with pytest.raises(sa.exc.OperationalError):
+                train_run(run_id)
+        else:
+            assert train_run(run_id) == outcome
+        assert armed == [["applied" if applied else "lost"]]
+
+    if get_run(run_id).status == "running":  # its lease expires; the reconciler's message
+        set_run(run_id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    if get_run(run_id).status != "succeeded":
+        assert train_run(run_id) == "succeeded"
+    run = get_run(run_id)
+    assert (run.status, run.attempts) == ("succeeded", attempts[applied])
+    assert _epochs(run_id) == list(range(1, 31))
+    assert _stats(run_id) == 2 * 30
 
 
 def test_a_database_gone_for_a_whole_lease_gives_the_run_up_to_be_resumed(

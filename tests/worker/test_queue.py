@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from flask import Flask
 
-from service import create_app
+from service import create_app, queue
 from service.queue import RECONCILE_TASK, broker_ok, celery_config, celery_init_app
 from tests.conftest import REDIS_URL, free_port
 
@@ -49,3 +53,32 @@ def test_broker_ok(tmp_path) -> None:
     assert _ready(create_app({"BROKER_URL": REDIS_URL}))
     closed = f"redis://127.0.0.1:{free_port()}/0"
     assert not _ready(create_app({"BROKER_URL": closed}))
+
+
+def test_one_celery_app_however_many_threads_ask_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's threads publish at once: they share one Celery app (and its connections)."""
+    app = create_app({"BROKER_URL": REDIS_URL})
+    made = []
+
+    def slow_init(flask_app: Flask) -> Any:
+        time.sleep(0.05)  # long enough for every thread to ask before the first one is done
+        made.append(celery_init_app(flask_app))
+        return made[-1]
+
+    monkeypatch.setattr(queue, "celery_init_app", slow_init)
+    start = threading.Barrier(8)
+
+    def ask(_: int) -> Any:
+        start.wait()
+        return queue._celery(app)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(ask, range(8))) == set(made) and len(made) == 1
+
+
+def test_prepare_needs_no_broker() -> None:
+    """service/wsgi.py prepares the API process's broker client before it serves; it only
+    imports and builds, so a broker that is down at start does not stop the API."""
+    app = create_app({"BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"})  # nothing listens
+    queue.prepare(app)
+    assert app.extensions["celery"] is queue._celery(app)

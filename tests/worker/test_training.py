@@ -14,10 +14,21 @@ import sqlalchemy as sa
 from flask import Flask
 
 import nn
-from service import db
-from service.models import Artifact, Dataset, Epoch, LayerStat, utcnow
+from service import dataio, db
+from service.db import connection_lost
+from service.models import (
+    PARAM_STAT_FIELDS,
+    Artifact,
+    Dataset,
+    Epoch,
+    LayerStat,
+    ParamStat,
+    utcnow,
+)
 from tests.worker.rows import add_dataset, add_run, get_run, in_context, set_run
-from worker.progress import Progress
+from worker import lease
+from worker import progress as progress_module
+from worker.progress import Progress, write_epochs
 from worker.training import train_run
 
 
@@ -220,3 +231,221 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(
     assert _losses(run_id) == _losses(reference)  # every epoch once, the same numbers
     weights = [nn.Model.from_npz(_artifacts(r)["final"]).weights for r in (run_id, reference)]
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(*weights) for k in a)
+
+
+# ---- the deep structures: per-array statistics, pretraining ---------------------------------
+
+LSTM_NET = {"layers": [{"type": "lstm", "units": 4},
+                       {"type": "dense", "units": 2, "activation": "softmax"}]}
+LSTM_TRAINING = {"loss": "cross_entropy", "optimizer": {"type": "adam", "learning_rate": 0.01},
+                 "batch_size": 16, "epochs": 3}
+# Three hidden sigmoid layers pretrained 10 epochs each (pretraining epochs 1..30), then 20
+# epochs of fine-tuning.
+DEEP_NET = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"}] * 3
+            + [{"type": "dense", "units": 1, "activation": "sigmoid"}]}
+PRETRAINED = {"epochs": 20, "validation_fraction": 0.2,
+              "optimizer": {"type": "sgd", "learning_rate": 0.1},
+              "pretrain": {"epochs": 10, "optimizer": {"type": "adam", "learning_rate": 0.01}}}
+
+
+def _engine_reports(run_id: str) -> tuple[list[nn.EpochReport], nn.TrainResult]:
+    """What the engine reports for the run's plan and data, trained here without a worker."""
+    run = get_run(run_id)
+    with db.session_scope() as session:
+        dataset = session.get(Dataset, run.dataset_id)
+        (inputs, targets), task = dataio.decode(dataset.data), dataset.task
+    reports: list[nn.EpochReport] = []
+    plan = nn.build(run.network, run.training, nn.describe(inputs, targets, task=task))
+    return reports, nn.train(plan, inputs, targets, on_epoch=reports.append)
+
+
+def _stored_stats(run_id: str) -> tuple[list[tuple], list[tuple]]:
+    """(phase, epoch, layer, grad_norm_by_time) of every layer-stat row, and (phase, epoch,
+    layer, param, *statistics) of every per-array row, in order."""
+    with db.session_scope() as session:
+        layers = session.execute(
+            sa.select(LayerStat.phase, LayerStat.epoch, LayerStat.layer,
+                      LayerStat.grad_norm_by_time)
+            .where(LayerStat.run_id == run_id)
+            .order_by(LayerStat.phase, LayerStat.epoch, LayerStat.layer)).all()
+        params = session.execute(
+            sa.select(ParamStat.phase, ParamStat.epoch, ParamStat.layer, ParamStat.param,
+                      *(getattr(ParamStat, f) for f in PARAM_STAT_FIELDS))
+            .where(ParamStat.run_id == run_id)
+            .order_by(ParamStat.phase, ParamStat.epoch, ParamStat.layer,
+                      ParamStat.position)).all()
+    return [tuple(r) for r in layers], [tuple(r) for r in params]
+
+
+def _expected_stats(reports: list[nn.EpochReport]) -> tuple[list[tuple], list[tuple]]:
+    ordered = sorted(reports, key=lambda r: (r.phase, r.epoch))
+    layers = [(r.phase, r.epoch, s["layer"], s.get("grad_norm_by_time"))
+              for r in ordered for s in r.layer_stats]
+    params = [(r.phase, r.epoch, s["layer"], p["param"], *(p[f] for f in PARAM_STAT_FIELDS))
+              for r in ordered for s in r.layer_stats for p in s["params"]]
+    return layers, params
+
+
+def test_an_lstm_run_stores_per_array_stats_and_the_gradient_norm_by_time(app: Flask) -> None:
+    dataset = add_dataset("parity", 48)  # sequences of 8 steps
+    run_id = add_run(dataset, LSTM_NET, LSTM_TRAINING)
+    assert train_run(run_id) == "succeeded"
+    layers, params = _stored_stats(run_id)
+    assert (layers, params) == _expected_stats(_engine_reports(run_id)[0])  # the very numbers
+    assert [p[3] for p in params[:5]] == ["Wx", "Wh", "b", "W", "b"]  # the layers' own order
+    assert len(params) == 3 * 5
+    assert [len(by_time) for _, _, layer, by_time in layers if layer == 0] == [8] * 3
+    assert [by_time for _, _, layer, by_time in layers if layer == 1] == [None] * 3
+
+
+def test_calibration_measures_pretraining_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long pretraining need not checkpoint after each of its epochs: its epochs fix the
+    checkpoint interval as training epochs do (no database: nothing is due to be written)."""
+    monkeypatch.setattr(progress_module, "CALIBRATE_SECONDS", 0.0)
+    held = progress_module.Lease("run", "token", 30, float("inf"), 10.0, deadline=float("inf"))
+    progress = Progress(held, epoch=0)
+    progress.on_epoch(nn.EpochReport(1, "pretrain", 0.5, None, None, None, 0.001, 0.01, [],
+                                     layer=0))
+    assert progress.position == ("pretrain", 1)
+    assert progress.should_stop() == progress_module.CALIBRATED
+    assert progress.every == 10_000  # CHECKPOINT_SECONDS / the epoch's duration
+
+
+def test_rows_are_written_once_and_non_finite_numbers_as_null(make_run: Callable[..., str]) -> None:
+    """A flush written again after an ambiguous COMMIT replaces its rows (the per-array ones
+    go with their layer rows); NaN and infinities are stored as null on both backends (a
+    PostgreSQL JSON column refuses NaN)."""
+    run_id = make_run()
+    row = {"layer": 0, "name": "rnn_0", "grad_norm": float("inf"),
+           "grad_norm_by_time": [1.0, float("nan"), float("inf")],
+           "params": [{"param": "Wx", "grad_norm": float("nan"), "weight_norm": 2.0},
+                      {"param": "Wh", "grad_norm": 1.0, "weight_norm": 3.0}]}
+    report = nn.EpochReport(1, "train", 0.5, None, 0.5, None, 0.01, 0.5, [row])
+    for replace in (False, True):
+        with db.session_scope() as session:
+            write_epochs(session, run_id, [report], replace=replace)
+    layers, params = _stored_stats(run_id)
+    assert layers == [("train", 1, 0, [1.0, None, None])]
+    assert [(p[3], p[5], p[9]) for p in params] == [("Wx", None, 2.0), ("Wh", 1.0, 3.0)]
+    with pytest.raises(sa.exc.IntegrityError):
+        with db.session_scope() as session:
+            write_epochs(session, run_id, [report])  # without replace: the keys refuse it
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_rows_cut_off_from_their_connection_are_a_connection_error(
+    make_run: Callable[..., str],
+) -> None:
+    """PostgreSQL takes the rows by COPY, on the driver's connection: a connection lost under
+    it is still the error a flush keeps its rows for (to write them again), and the pool
+    gives the next transaction a working connection."""
+    run_id = make_run()
+    row = {"layer": 0, "name": "dense_0", "grad_norm": 1.0, "params": [{"param": "W"}]}
+    report = nn.EpochReport(1, "train", 0.5, None, 0.5, None, 0.01, 0.5, [row])
+    with pytest.raises(sa.exc.DBAPIError) as caught:
+        with db.session_scope() as session:
+            pid = session.scalar(sa.text("SELECT pg_backend_pid()"))
+            with db.engine().connect() as other:  # and wait (up to 5 s) until it is gone
+                assert other.scalar(sa.text("SELECT pg_terminate_backend(:pid, 5000)"),
+                                    {"pid": pid})
+            write_epochs(session, run_id, [report])
+    assert connection_lost(caught.value) and caught.value.statement.startswith("COPY")
+    with db.session_scope() as session:
+        write_epochs(session, run_id, [report])
+    assert (_count(Epoch, run_id), _count(LayerStat, run_id), _count(ParamStat, run_id)) == (
+        1, 1, 1)
+
+
+def test_forgetting_after_a_checkpoint_follows_the_phases(make_run: Callable[..., str]) -> None:
+    """A checkpoint at pretraining epoch p keeps pretraining epochs 1..p and no training
+    epoch; one at training epoch e keeps every pretraining epoch and training epochs 1..e.
+    Per-array rows go with their layer rows."""
+    run_id = make_run()
+    row = {"layer": 0, "name": "dense_0", "params": [{"param": "W"}, {"param": "b"}]}
+    reports = [nn.EpochReport(e, phase, 0.5, None, None, None, 0.01, 0.5, [row])
+               for phase, n in (("pretrain", 6), ("train", 4)) for e in range(1, n + 1)]
+    with db.session_scope() as session:
+        write_epochs(session, run_id, reports)
+
+    def kept() -> list[tuple[str, int]]:
+        layers, params = _stored_stats(run_id)
+        assert [p[:3] for p in params] == [k[:3] for k in layers for _ in "Wb"]
+        with db.session_scope() as session:
+            epochs = session.execute(sa.select(Epoch.phase, Epoch.epoch).where(
+                Epoch.run_id == run_id).order_by(Epoch.phase, Epoch.epoch)).all()
+        assert [tuple(e) for e in epochs] == [k[:2] for k in layers]
+        return [tuple(e) for e in epochs]
+
+    for phase, epoch, expected, completed in (
+            ("train", 2, [("pretrain", e) for e in range(1, 7)] + [("train", 1), ("train", 2)], 2),
+            ("pretrain", 3, [("pretrain", e) for e in range(1, 4)], 0),
+            ("pretrain", 0, [], 0)):
+        with db.session_scope() as session:
+            lease.forget_after(session, run_id, phase, epoch)
+        assert kept() == expected
+        assert get_run(run_id).epochs_completed == completed
+
+
+@pytest.mark.parametrize(("phase", "after"), [("pretrain", 15), ("train", 5)])
+def test_a_pretrained_run_resumes_where_it_stopped(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, phase: str, after: int,
+) -> None:
+    """A worker dies after a checkpoint taken while pretraining (mid-layer: the decoder's
+    state is in it) or while fine-tuning, with rows written past it. The next one resumes
+    from that checkpoint: pretraining is not redone (from a fine-tuning checkpoint, not at
+    all), every epoch of both phases is stored once, and everything (rows, statistics,
+    weights) is what an uninterrupted run stores, and what the engine computes alone."""
+    dataset = add_dataset("gaussian", 100)
+    with monkeypatch.context() as mp:
+        mp.setattr(progress_module, "CALIBRATE_SECONDS", 0.0)  # a calibration stop at once,
+        reference = add_run(dataset, DEEP_NET, PRETRAINED)    # while pretraining
+        assert train_run(reference) == "succeeded"
+    reports, alone = _engine_reports(reference)
+    assert _stored_stats(reference) == _expected_stats(reports)
+    weights = nn.Model.from_npz(_artifacts(reference)["final"]).weights
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(weights, alone.weights) for k in a)
+
+    run_id = add_run(dataset, DEEP_NET, PRETRAINED)
+    app.config.update(FLUSH_SECONDS=0, CHECKPOINT_SECONDS=0)  # rows and a checkpoint each epoch
+    on_epoch = Progress.on_epoch
+
+    def dies_past_a_checkpoint(self: Progress, report: nn.EpochReport) -> None:
+        on_epoch(self, report)  # flushes this epoch's row at once; its checkpoint comes next
+        if self.stored >= (phase, after) and self.position > self.stored:
+            raise Killed
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Progress, "on_epoch", dies_past_a_checkpoint)
+        with pytest.raises(Killed):
+            train_run(run_id)
+    with db.session_scope() as session:
+        checkpoint = session.get(Artifact, (run_id, "checkpoint"))
+        assert (checkpoint.phase, checkpoint.epoch) == (phase, after)
+        assert nn.checkpoint_position(checkpoint.data) == (phase, after)
+    assert _count(Epoch, run_id) == (30 if phase == "train" else 0) + after + 1  # one past it
+
+    app.config.update(FLUSH_SECONDS=0.05, CHECKPOINT_SECONDS=0.2)
+    resumed: list[tuple[str, int]] = []
+
+    def records(self: Progress, report: nn.EpochReport) -> None:
+        resumed.append((report.phase, report.epoch))
+        on_epoch(self, report)
+
+    set_run(run_id, lease_expires_at=utcnow() - timedelta(seconds=1))  # the lease runs out
+    with monkeypatch.context() as mp:
+        mp.setattr(Progress, "on_epoch", records)
+        assert train_run(run_id) == "succeeded"
+    assert resumed[0] == (phase, after + 1)  # nothing before the checkpoint again
+    run, ref = get_run(run_id), get_run(reference)
+    assert run.attempts == 2 and run.metrics == ref.metrics
+    with db.session_scope() as session:
+        rows = [session.execute(sa.select(Epoch.phase, Epoch.epoch, Epoch.layer, Epoch.train_loss,
+                                          Epoch.val_loss).where(Epoch.run_id == r)
+                                .order_by(Epoch.phase, Epoch.epoch)).all()
+                for r in (run_id, reference)]
+    assert rows[0] == rows[1]
+    assert [r[:3] for r in rows[0][:11]] == [("pretrain", e, (e - 1) // 10) for e in range(1, 12)]
+    assert len(rows[0]) == 30 + 20
+    assert _stored_stats(run_id) == _stored_stats(reference)
+    final = nn.Model.from_npz(_artifacts(run_id)["final"]).weights
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(final, weights) for k in a)
