@@ -39,9 +39,16 @@ import tempfile
 import time
 import uuid
 
-import redis
-import requests
-import sqlalchemy as sa
+# One BLAS thread, as docker-compose.yml gives its workers (service/cli.py worker_env): for
+# the worker started below and for nn.train alone in this process, so both do the same work
+# the same way. (Set before NumPy loads; through bench/suite.py it is already loaded, so the
+# fair figure comes from running this script on its own.)
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import redis  # noqa: E402
+import requests  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
 
 from common import RESULTS, ROOT, command, machine, median, percentile, table, verdict, \
     write_section
