@@ -56,8 +56,11 @@ def check_inputs(inputs, path: str = "inputs", min_rows: int = 0, dtype=np.float
 
 
 def check_shape(x: np.ndarray, input_shape, path: str = "inputs") -> np.ndarray:
-    """x (N, ...) must hold samples of input_shape."""
+    """x (N, ...) must hold samples of input_shape; -> x, or x with a trailing axis of 1
+    added when its samples leave it out (sequences of one feature, e.g. (N, T) for (T, 1))."""
     shape = tuple(input_shape)
+    if x.shape[1:] + (1,) == shape:
+        return x.reshape(*x.shape, 1)
     if x.shape[1:] != shape:
         if len(shape) == 1 and x.ndim == 2:
             raise SpecError(path, f"rows have {x.shape[1]} values; the plan expects {shape[0]}")

@@ -32,7 +32,7 @@ class Model:
         shape = tuple(self.meta["input_shape"])
         if len(shape) == 1 and x.ndim == 2 and x.shape[1] != shape[0]:
             raise SpecError("inputs", f"each row must have {shape[0]} values, got {x.shape[1]}")
-        check_shape(x, shape)
+        x = check_shape(x, shape)
         self.layers[0].check_inputs(x)
         x = standardize(x, self.meta["standardize"]).astype(self.meta["dtype"])
         out, _ = forward(self.layers, self.weights, x, train=False)

@@ -171,7 +171,7 @@ def test_structures_trained_by_a_worker_answer_through_the_api(
     assert np.mean(_labels(api, runs["plain"], held_out) == truth) <= 0.65
 
     # Inputs of the wrong shape for each structure: a 422 naming the field.
-    for name, wrong in (("cnn", np.zeros((1, 64))), ("lstm", np.zeros((1, 6))),
+    for name, wrong in (("cnn", np.zeros((1, 64))), ("lstm", np.zeros((1, 5))),
                         ("transformer", np.zeros((1, 7))), ("pretrained", np.zeros((1, 3)))):
         problem = api.call("POST", f"/v1/runs/{runs[name]}/predict", 422,
                            json={"inputs": wrong.tolist()}).json()

@@ -130,6 +130,16 @@ def test_predict_images_checks_their_shape():
         model.predict(X[:2, :7])
 
 
+def test_predict_sequences_of_one_feature_without_their_last_axis():
+    plan, X, y = plan_of("rnn", epochs=1)
+    assert X.shape[2:] == (1,)
+    model = nn.train(plan, X, y).model
+    assert model.predict(X[:3, :, 0]) == model.predict(X[:3])
+    with pytest.raises(nn.SpecError, match="the plan expects") as e:
+        model.predict(X[:3, :-1, 0])
+    assert e.value.path == "inputs"
+
+
 def test_stats_rows_for_every_layer_with_parameters():
     plan, X, y = plan_of("rnn", epochs=1)
     reports = []
