@@ -39,24 +39,23 @@ import tempfile
 import time
 import uuid
 
-# One BLAS thread, as docker-compose.yml gives its workers (service/cli.py worker_env): for
-# the worker started below and for nn.train alone in this process, so both do the same work
-# the same way. (Set before NumPy loads; through bench/suite.py it is already loaded, so the
-# fair figure comes from running this script on its own.)
-for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, "1")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the service package
+from service import cli  # noqa: E402  (the commands docker-compose.yml runs; no NumPy yet)
+from service.cli import api_command, worker_command  # noqa: E402
+
+# One BLAS thread, as the workers get it (cli.worker_env): for the worker started below and
+# for nn.train alone in this process, so both do the same work the same way. (Set before
+# NumPy loads; through bench/suite.py it is already loaded, so the fair figure comes from
+# running this script on its own.)
+os.environ.update(cli.worker_env())
 
 import redis  # noqa: E402
 import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from common import RESULTS, ROOT, command, machine, median, percentile, table, verdict, \
-    write_section
-
-sys.path.insert(0, str(ROOT))                    # before bench/: the service package, not us
 import nn  # noqa: E402
-from service import cli  # noqa: E402  (the commands docker-compose.yml runs)
-from service.cli import api_command, worker_command  # noqa: E402
+from common import RESULTS, ROOT, command, machine, median, percentile, table, verdict, \
+    write_section  # noqa: E402
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")

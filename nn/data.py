@@ -63,7 +63,7 @@ def check_shape(x: np.ndarray, input_shape, path: str = "inputs") -> np.ndarray:
         return x.reshape(*x.shape, 1)
     if x.shape[1:] != shape:
         if len(shape) == 1 and x.ndim == 2:
-            raise SpecError(path, f"rows have {x.shape[1]} values; the plan expects {shape[0]}")
+            raise SpecError(path, f"each row must have {shape[0]} values, got {x.shape[1]}")
         raise SpecError(path, f"each sample has shape {x.shape[1:]}; the plan expects {shape}")
     return x
 

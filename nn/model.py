@@ -5,7 +5,6 @@ import json
 import numpy as np
 
 from .data import check_inputs, check_shape, standardize
-from .errors import SpecError
 from .network import forward
 from .spec import parse_network
 from .targets import decode
@@ -29,10 +28,7 @@ class Model:
         """Eval mode. -> {"outputs"} and, for classifiers, {"labels", "probabilities"}; with
         outputs per time step, a label (and a probability row) per sample and step."""
         x = check_inputs(inputs)
-        shape = tuple(self.meta["input_shape"])
-        if len(shape) == 1 and x.ndim == 2 and x.shape[1] != shape[0]:
-            raise SpecError("inputs", f"each row must have {shape[0]} values, got {x.shape[1]}")
-        x = check_shape(x, shape)
+        x = check_shape(x, self.meta["input_shape"])
         self.layers[0].check_inputs(x)
         x = standardize(x, self.meta["standardize"]).astype(self.meta["dtype"])
         out, _ = forward(self.layers, self.weights, x, train=False)

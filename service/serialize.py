@@ -29,12 +29,14 @@ def timestamp(value: datetime | None) -> str | None:
 
 
 def finite(value: Any) -> Any:
-    """JSON-safe: non-finite floats (a diverged loss) become null, recursively."""
+    """JSON-safe: non-finite floats (a diverged loss) become null, recursively (lists and
+    tuples become lists). The API's answers and the worker's stored rows both go through it:
+    PostgreSQL's JSON rejects NaN and SQLite stores it as NULL, so both backends agree."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
 

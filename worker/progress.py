@@ -73,6 +73,7 @@ from service.models import (
     ParamStat,
     utcnow,
 )
+from service.serialize import finite
 from worker import lease, shutdown
 
 log = logging.getLogger(__name__)
@@ -367,18 +368,6 @@ def put_artifact(session: Session, run_id: str, kind: str, epoch: int, data: byt
     )
     session.add(Artifact(run_id=run_id, kind=kind, phase=phase, epoch=epoch, data=data,
                          created_at=utcnow()))
-
-
-def finite(value: Any) -> Any:
-    """JSON-safe numbers: NaN and infinities become None (PostgreSQL's JSON rejects them and
-    SQLite stores NaN as NULL anyway, so both backends answer the same)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 def deadline(started_at: datetime, limit_seconds: float) -> float:

@@ -30,6 +30,7 @@ from service import dataio, logs
 from service.db import connection_lost, session_scope
 from service.models import Artifact, Dataset, Run, utcnow
 from service.queue import publish_run
+from service.serialize import finite
 from worker import lease
 from worker.progress import (
     CALIBRATED,
@@ -38,7 +39,6 @@ from worker.progress import (
     Lease,
     Progress,
     deadline,
-    finite,
     put_artifact,
 )
 

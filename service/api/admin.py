@@ -89,7 +89,8 @@ def get_key(key_id: uuid.UUID) -> Response:
 @bp.delete("/keys/<uuid:key_id>")
 @admin
 def revoke_key(key_id: uuid.UUID) -> Response:
-    """Revoke: the key stops working at once. Revoking a revoked key changes nothing."""
+    """Revoke: the key stops working within API_KEY_CACHE_SECONDS (service/auth.py).
+    Revoking a revoked key changes nothing."""
     session = get_session()
     row = _key(key_id)
     session.execute(
