@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import shutil
+import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,3 +76,13 @@ def any_app(request: pytest.FixtureRequest) -> Iterator[Flask]:
 @pytest.fixture
 def any_client(any_app: Flask) -> SpecCheckingClient:
     return any_app.test_client()
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace the queue with a recorder (the real one is exercised by the other tests)."""
+    calls: list[str] = []
+    fake = types.SimpleNamespace(publish_run=calls.append, broker_ok=lambda: True)
+    monkeypatch.setitem(sys.modules, "service.queue", fake)
+    monkeypatch.setattr(sys.modules["service"], "queue", fake, raising=False)
+    return calls

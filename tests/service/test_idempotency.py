@@ -4,9 +4,7 @@ concurrent requests with one key create one thing."""
 
 from __future__ import annotations
 
-import sys
 import threading
-import types
 from datetime import timedelta
 from typing import Any
 
@@ -21,15 +19,6 @@ from tests.service.conftest import add_tenant
 from tests.service.helpers import XOR_NETWORK, XOR_TRAINING, create_xor_dataset, multipart, npz_bytes
 
 XOR = {"name": "xor", "generator": {"kind": "xor", "n_samples": 40, "seed": 1}}
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    fake = types.SimpleNamespace(publish_run=calls.append, broker_ok=lambda: True)
-    monkeypatch.setitem(sys.modules, "service.queue", fake)
-    monkeypatch.setattr(sys.modules["service"], "queue", fake, raising=False)
-    return calls
 
 
 def _count(app: Flask, model: type) -> int:

@@ -27,16 +27,6 @@ from tests.service.helpers import (
 )
 
 
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Replace the queue with a recorder (the real one is exercised by the other tests)."""
-    calls: list[str] = []
-    fake = types.SimpleNamespace(publish_run=calls.append, broker_ok=lambda: True)
-    monkeypatch.setitem(sys.modules, "service.queue", fake)
-    monkeypatch.setattr(sys.modules["service"], "queue", fake, raising=False)
-    return calls
-
-
 def _body(dataset_id: str, **changes: object) -> dict:
     body = {"dataset_id": dataset_id, "network": copy.deepcopy(XOR_NETWORK),
             "training": copy.deepcopy(XOR_TRAINING)}
