@@ -474,8 +474,8 @@ def max_diff(a: list, b: list) -> float:
                for k in p)
 
 
-def gemm_peak() -> list[tuple[str, float]]:
-    """Best float32 np.matmul GFLOP/s for the big-mlp shapes and two square ones (of 7)."""
+def gemm_peak() -> list[tuple[str, list[float]]]:
+    """float32 np.matmul GFLOP/s for the big-mlp shapes and two square ones (7 timings each)."""
     rng = np.random.default_rng(0)
     out = []
     for m, k, n in ((256, 784, 1024), (256, 1024, 1024), (1024, 1024, 1024),
@@ -484,9 +484,8 @@ def gemm_peak() -> list[tuple[str, float]]:
         b = rng.standard_normal((k, n), dtype=np.float32)
         c = np.empty((m, n), dtype=np.float32)
         reps = max(1, int(2e9 // (2 * m * k * n)))      # ~2 GFLOP per timing
-        best = min(timed({"": lambda: [np.matmul(a, b, out=c) for _ in range(reps)]},
-                         7)[""])
-        out.append((f"{m}x{k} @ {k}x{n}", 2 * m * k * n * reps / best / 1e9))
+        times = timed({"": lambda: [np.matmul(a, b, out=c) for _ in range(reps)]}, 7)[""]
+        out.append((f"{m}x{k} @ {k}x{n}", [2 * m * k * n * reps / t / 1e9 for t in times]))
     return out
 
 
@@ -499,7 +498,7 @@ class Measured:
     accuracy: dict[str, float | None]
     diffs: dict[str, tuple[float | None, float | None]]   # vs nn stats off: check, full run
     threads: int
-    peaks: list[tuple[str, float]] = field(default_factory=list)
+    peaks: list[tuple[str, list[float]]] = field(default_factory=list)   # GFLOP/s per shape
 
 
 def measure(w: Workload, repeats: int, n_threads: int | None) -> Measured:
@@ -514,9 +513,9 @@ def measure(w: Workload, repeats: int, n_threads: int | None) -> Measured:
         def call(name):
             return lambda: last.__setitem__(name, w.variants[name](epochs[name], w.n))
 
-        before = gemm_peak() if w.gflop else []         # the best of before and after
+        before = gemm_peak() if w.gflop else []         # before and after the timed runs
         times = timed({name: call(name) for name in w.variants}, repeats)
-        peaks = [(s, max(g, g2)) for (s, g), (_, g2) in zip(before, gemm_peak())] \
+        peaks = [(s, g + g2) for (s, g), (_, g2) in zip(before, gemm_peak())] \
             if w.gflop else []
     rate = {name: epochs[name] * w.n / median(t) for name, t in times.items()}
     accuracy = {name: out[1] if out[1] is not None or w.accuracy is None or out[0] is None
@@ -569,11 +568,12 @@ def targets(results: dict[str, Measured]) -> list[list]:
                      f"{ours:.3f} vs {theirs:.3f}", verdict(ours >= theirs - 0.01)])
     m = results.get("big-mlp")
     if m is not None:
+        # medians against medians, as every target here (the peak's best beside them)
         achieved = m.w.gflop / median(m.times[NN_ON])
-        peak = max(p for _, p in m.peaks)
+        peak, best = max(median(g) for _, g in m.peaks), max(max(g) for _, g in m.peaks)
         rows.append(["big-mlp", ">= 75% of the float32 GEMM peak",
-                     f"{achieved:.1f} of {peak:.1f} GFLOP/s = {achieved / peak:.0%} (fastest "
-                     f"run: {m.w.gflop / min(m.times[NN_ON]) / peak:.0%}; "
+                     f"{achieved:.1f} of {peak:.1f} GFLOP/s = {achieved / peak:.0%} (medians; "
+                     f"fastest run vs the peak's best: {m.w.gflop / min(m.times[NN_ON]) / best:.0%}; "
                      f"{speedup(m, GEMM):.0%} of {GEMM}'s rate in the same rounds)",
                      verdict(achieved >= 0.75 * peak)])
         r, best = speedup(m, TORCH), speedup(m, TORCH, min)
@@ -613,9 +613,9 @@ def section(m: Measured) -> list[str]:
                      f"on), " + ", ".join(f"{w.gflop / median(m.times[n]):.1f} {n}"
                                           for n in m.times if n != NN_ON)
                      + f" (6 x rows x sum fan_in x fan_out = {w.gflop:.0f} GFLOP per epoch)")
-        lines.append(f"- float32 np.matmul peak with {m.threads} threads (best of 7 before "
-                     f"and 7 after the timed runs): " + ", ".join(
-            f"{s} {g:.1f}" for s, g in m.peaks) + " GFLOP/s")
+        lines.append(f"- float32 np.matmul peak with {m.threads} threads (7 timings before "
+                     f"and 7 after the timed runs; median, best): " + ", ".join(
+            f"{s} {median(g):.1f}, {max(g):.1f}" for s, g in m.peaks) + " GFLOP/s")
     lines += [f"- {note}" for note in w.notes] + [""]
     return lines
 

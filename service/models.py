@@ -1,8 +1,8 @@
 """The data model. The run row is the truth about a job; the broker only carries wake-ups.
 
-Per-epoch rows, layer-statistics rows and their per-array rows have natural primary keys
-(run, phase, epoch[, layer[, param]]), so a row can be written at most once whatever the
-worker does.
+Per-epoch rows and layer-statistics rows (with their per-array statistics in a JSON column)
+have natural primary keys (run, phase, epoch[, layer]), so a row can be written at most once
+whatever the worker does.
 
 Tenancy: every data set and run belongs to a tenant (`tenant_id`); epochs, statistics and
 artifacts belong to a run and are reached only through it. API keys belong to a tenant and
@@ -21,7 +21,6 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
-    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -30,7 +29,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
 RUN_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "running", "cancelling")
@@ -217,7 +216,8 @@ class Epoch(Base):
         return f"<Epoch {self.run_id} {self.phase} {self.epoch} loss={self.train_loss}>"
 
 
-# The statistics of one weight array (a ParamStat), then those of a layer's row.
+# The statistics of one weight array (an entry of LayerStat.params), then those of a layer's
+# row.
 PARAM_STAT_FIELDS = (
     "grad_mean_abs", "grad_norm", "grad_max_abs", "grad_std",
     "weight_mean_abs", "weight_norm", "weight_max_abs", "weight_std",
@@ -254,40 +254,13 @@ class LayerStat(WeightStats, Base):
     act_dead_fraction: Mapped[Optional[float]] = mapped_column(Float)
     # rnn and lstm: [||dL/dh_t|| for t = 1..T]; None for other layers.
     grad_norm_by_time: Mapped[Optional[list]] = mapped_column(JSON)
-    # One row per weight array, deleted with this row (ON DELETE CASCADE); read-only here:
-    # the worker inserts them in bulk.
-    params: Mapped[list[ParamStat]] = relationship(
-        order_by="ParamStat.position", lazy="raise", viewonly=True
-    )
+    # Each weight array's statistics, in the layer's order: [{"param": "W", **PARAM_STAT_FIELDS},
+    # ...], as GET .../layer-stats returns them. (A JSON column, not a row per array: one row
+    # per layer and epoch is what PostgreSQL writes fastest; migration 0004.)
+    params: Mapped[Optional[list]] = mapped_column(JSON)
 
     def __repr__(self) -> str:
         return f"<LayerStat {self.run_id} {self.phase} {self.epoch} layer={self.layer}>"
-
-
-class ParamStat(WeightStats, Base):
-    """The statistics of one weight array of a layer in one epoch (its gradient's and its
-    own): a part of the LayerStat row it references, and deleted with it."""
-
-    __tablename__ = "param_stats"
-
-    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    phase: Mapped[str] = mapped_column(String(20), primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
-    param: Mapped[str] = mapped_column(String(40), primary_key=True)  # "W", "b", "Wx", ...
-    position: Mapped[int] = mapped_column(Integer)  # the array's place in the layer's order
-
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["run_id", "phase", "epoch", "layer"],
-            ["layer_stats.run_id", "layer_stats.phase", "layer_stats.epoch", "layer_stats.layer"],
-            ondelete="CASCADE",
-        ),
-    )
-
-    def __repr__(self) -> str:
-        return (f"<ParamStat {self.run_id} {self.phase} {self.epoch} layer={self.layer} "
-                f"{self.param}>")
 
 
 class Artifact(Base):

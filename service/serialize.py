@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from service.models import (
-    PARAM_STAT_FIELDS,
     STAT_FIELDS,
     ApiKey,
     Dataset,
@@ -107,15 +106,12 @@ def epoch_json(e: Epoch) -> dict[str, Any]:
 
 
 def layer_stat_json(s: LayerStat, detail: bool = True) -> dict[str, Any]:
-    """The row's statistics; with `detail` (its `params` loaded) also those of each weight
-    array and, for recurrent layers, the gradient norm by time step."""
+    """The row's statistics; with `detail` also those of each weight array and, for recurrent
+    layers, the gradient norm by time step."""
     row: dict[str, Any] = {"epoch": s.epoch, "phase": s.phase, "layer": s.layer, "name": s.name}
     row.update({f: finite(getattr(s, f)) for f in STAT_FIELDS})
     if detail:
-        row["params"] = [
-            {"param": p.param, **{f: finite(getattr(p, f)) for f in PARAM_STAT_FIELDS}}
-            for p in s.params
-        ]
+        row["params"] = finite(s.params or [])
         row["grad_norm_by_time"] = finite(s.grad_norm_by_time)
     return row
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -142,9 +143,24 @@ def test_checkpoints_get_a_phase_and_pretraining_ones_go_on_downgrade(url: str) 
                 "INSERT INTO artifacts (run_id, kind, phase, epoch, created_at, data) "
                 "VALUES ('r2', 'checkpoint', 'pretrain', 7, :now, :data)"),
                 {"now": now, "data": b"state"})
-            conn.execute(sa.text(
-                "INSERT INTO param_stats (run_id, phase, epoch, layer, param, position) "
-                "VALUES ('r1', 'train', 1, 0, 'W', 0)"))
+        command.downgrade(cfg, "0003")               # 0004 moves per-array rows both ways
+        with engine.begin() as conn:
+            for position, param in enumerate(("W", "b")):
+                conn.execute(sa.text(
+                    "INSERT INTO param_stats (run_id, phase, epoch, layer, param, position, "
+                    "weight_norm) VALUES ('r1', 'train', 1, 0, :param, :position, 1.5)"),
+                    {"param": param, "position": position})
+        command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            params = conn.execute(sa.text("SELECT params FROM layer_stats")).scalar()
+            params = json.loads(params) if isinstance(params, str) else params
+            assert [(p["param"], p["weight_norm"], p["grad_norm"]) for p in params] == [
+                ("W", 1.5, None), ("b", 1.5, None)]
+        command.downgrade(cfg, "0003")
+        with engine.connect() as conn:
+            assert [tuple(r) for r in conn.execute(sa.text(
+                "SELECT param, position, weight_norm FROM param_stats ORDER BY position"))] == [
+                ("W", 0, 1.5), ("b", 1, 1.5)]
         command.downgrade(cfg, "0002")
         with engine.connect() as conn:
             kept = conn.execute(sa.text("SELECT run_id, epoch FROM artifacts")).all()

@@ -6,6 +6,7 @@ process's entry point (like Flask's `make_celery.py`); the tasks take ids and lo
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,6 +36,14 @@ def _setup_logging(loglevel: int | None = None, **_kwargs: Any) -> None:
     """Celery's processes log in the service's one format (service/logs.py), not Celery's:
     connecting this signal stops Celery from configuring logging itself."""
     logs.configure(str(flask_app.config["LOG_FORMAT"]), loglevel or "INFO")
+
+
+@signals.worker_process_init.connect
+def _freeze_startup_objects(**_kwargs: Any) -> None:
+    """What a pool process inherits from its parent (modules, the app, the OpenAPI schemas) is
+    never garbage: out of the collector's way (gc.freeze), its full passes stop walking it
+    (a full pass took ~50 ms, about once every 6 s of a small per-sample run)."""
+    gc.freeze()
 
 
 import worker.shutdown  # noqa: E402,F401  (hands a run back on warm shutdown)

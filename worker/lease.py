@@ -85,7 +85,7 @@ def fence(session: Session, run_id: str, token: str, *, now: datetime,
 
 
 def forget_after(session: Session, run_id: str, phase: str, epoch: int) -> None:
-    """Delete the epoch and layer-stat rows (and so their per-array rows, ON DELETE CASCADE)
+    """Delete the epoch and layer-stat rows (with their per-array statistics)
     past the position (phase, epoch) of the checkpoint the run resumes from, in run order:
     every pretraining epoch comes before training epoch 1, so ("pretrain", p) keeps
     pretraining epochs 1..p only, and ("train", e) every pretraining epoch and training

@@ -7,18 +7,24 @@ buffered epoch and layer-stat rows, stores a due checkpoint and reads the cancel
 epoch still renews the lease (the engine asks about every 0.25 s within an epoch).
 
 How the rows are written, measured (bench/service.py; py-spy on the Celery child): a tiny
-epoch (xor-online, 2 ms) brings 7 rows (1 epoch, 2 layer-stat, 4 per-array). Written with the
-ORM's bulk INSERT (psycopg's pipelined executemany) they cost about 0.3 ms per epoch, 13-15%
-of the run: SQLAlchemy's parameter processing and PostgreSQL executing one INSERT per row. So
+epoch (xor-online, 2 ms) brings 3 rows (1 epoch, 2 layer-stat). Written with the ORM's bulk
+INSERT (psycopg's pipelined executemany) they cost about 0.3 ms per epoch, 13-15% of the
+run: SQLAlchemy's parameter processing and PostgreSQL executing one INSERT per row. So
 write_epochs builds plain tuples once and, on PostgreSQL, sends them with COPY ... FROM STDIN
-in binary format, in the same fenced transaction (about 0.13 ms per epoch, most of it
-PostgreSQL inserting the rows and checking their foreign keys while the training thread
-waits; SQLite keeps an executemany INSERT of the same tuples). The flush stays synchronous,
-in the training thread: a background writer could hide only that wait (about 4% of such a
-run, less for longer epochs, while its Python work would still share the GIL), and it would
-make every guarantee here (rows before their checkpoint, the retry after a lost connection,
-the lease given up in time, cancel, shutdown) depend on two threads' timing, against the
-tests that check them one epoch at a time.
+in binary format, in the same fenced transaction (SQLite keeps an executemany INSERT of the
+same tuples). What PostgreSQL does per row was then most of the rest (inserting it, and
+checking its foreign key), so the per-array statistics are a JSON column of their layer's
+row (migration 0004): as a row per array each (4 more rows per epoch here), a flush of 460
+such epochs cost about 120 us per epoch; as JSON about 80, a third of it encoding the JSON.
+Numbers are written as they are: float columns may hold NaN or infinities (the API answers
+null for them), JSON may not (_json_dumps turns them into null only when it must).
+
+The flush stays synchronous, in the training thread: a background writer could hide only
+PostgreSQL's share (and on these 2 cores PostgreSQL working beside the training slows it
+down anyway, while the writer's Python work would share the GIL), and it would make every
+guarantee here (rows before their checkpoint, the retry after a lost connection, the lease
+given up in time, cancel, shutdown) depend on two threads' timing, against the tests that
+check them one epoch at a time.
 
 Checkpoints: the engine can only checkpoint every N epochs, N fixed per call, and
 serialising the state costs about as much as a tiny epoch. So training starts with N = 1
@@ -52,6 +58,7 @@ came within twice that (the run then resumes from its last stored checkpoint).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -60,17 +67,16 @@ from time import monotonic
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg.types.json import set_json_dumps
 from sqlalchemy.orm import Session
 
 import nn
 from service.db import connection_lost, session_scope
 from service.models import (
-    PARAM_STAT_FIELDS,
     STAT_FIELDS,
     Artifact,
     Epoch,
     LayerStat,
-    ParamStat,
     utcnow,
 )
 from service.serialize import finite
@@ -274,16 +280,14 @@ class Progress:
 EPOCH_COLUMNS = ("run_id", "phase", "epoch", "layer", "train_loss", "val_loss",
                  "train_accuracy", "val_accuracy", "learning_rate", "duration_s")
 STAT_COLUMNS = ("run_id", "phase", "epoch", "layer", "name", *STAT_FIELDS,
-                "grad_norm_by_time")
-PARAM_COLUMNS = ("run_id", "phase", "epoch", "layer", "param", "position", *PARAM_STAT_FIELDS)
+                "grad_norm_by_time", "params")
 
 
 def write_epochs(session: Session, run_id: str, reports: list[nn.EpochReport], *,
                  replace: bool = False) -> None:
-    """Insert the epoch rows, their layer-stat rows and those rows' per-array rows (bulk;
-    the primary keys forbid a second copy of any row). `replace` first deletes any stored
-    copy of these rows (the per-array ones go with their layer-stat rows, ON DELETE
-    CASCADE): after a COMMIT that failed on its connection, which may have gone through.
+    """Insert the epoch rows and their layer-stat rows (bulk; the primary keys forbid a
+    second copy of any row). `replace` first deletes any stored copy of these rows: after a
+    COMMIT that failed on its connection, which may have gone through.
 
     On PostgreSQL the rows go in by COPY (see the module docstring), elsewhere by an
     executemany INSERT; the same tuples either way."""
@@ -297,33 +301,38 @@ def write_epochs(session: Session, run_id: str, reports: list[nn.EpochReport], *
                     table.run_id == run_id, table.phase == phase,
                     table.epoch.between(min(numbers), max(numbers))),
                     execution_options=lease.NO_SYNC)
+    # Numbers go as they are: a float column may hold NaN or an infinity (SQLite keeps NaN as
+    # NULL; the API answers null for both), a JSON one may not (see _json_dumps).
     epochs = [
-        (run_id, r.phase, r.epoch, r.layer, finite(r.train_loss), finite(r.val_loss),
-         finite(r.train_accuracy), finite(r.val_accuracy), finite(r.learning_rate),
-         r.duration_s)
+        (run_id, r.phase, r.epoch, r.layer, r.train_loss, r.val_loss, r.train_accuracy,
+         r.val_accuracy, r.learning_rate, r.duration_s)
         for r in reports
     ]
     stats = [
-        (run_id, r.phase, r.epoch, s["layer"], s["name"], *[finite(s.get(k)) for k in STAT_FIELDS],
-         finite(s.get("grad_norm_by_time")))
+        (run_id, r.phase, r.epoch, s["layer"], s["name"], *[s.get(k) for k in STAT_FIELDS],
+         s.get("grad_norm_by_time"), s.get("params", []))
         for r in reports for s in r.layer_stats
     ]
-    params = [
-        (run_id, r.phase, r.epoch, s["layer"], p["param"], i,
-         *[finite(p.get(k)) for k in PARAM_STAT_FIELDS])
-        for r in reports for s in r.layer_stats for i, p in enumerate(s.get("params", ()))
-    ]
-    # Parents first: the per-array rows reference their layer-stat rows.
     insert = _copy if session.get_bind().dialect.name == "postgresql" else _insert
-    for table, columns, rows in ((Epoch, EPOCH_COLUMNS, epochs), (LayerStat, STAT_COLUMNS, stats),
-                                 (ParamStat, PARAM_COLUMNS, params)):
+    for table, columns, rows in ((Epoch, EPOCH_COLUMNS, epochs), (LayerStat, STAT_COLUMNS, stats)):
         if rows:
             insert(session, table.__table__, columns, rows)
 
 
 def _insert(session: Session, table: sa.Table, columns: tuple[str, ...],
             rows: list[tuple]) -> None:
-    session.execute(sa.insert(table), [dict(zip(columns, row)) for row in rows])
+    session.execute(sa.insert(table), [dict(zip(columns, finite(row))) for row in rows])
+
+
+_strict_json = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+def _json_dumps(value: Any) -> str:
+    """JSON for PostgreSQL, which refuses NaN and infinities: as null (finite())."""
+    try:
+        return _strict_json(value)
+    except ValueError:
+        return _strict_json(finite(value))
 
 
 # COPY's binary format needs each column's PostgreSQL type (to pick psycopg's dumper).
@@ -347,10 +356,12 @@ def _copy(session: Session, table: sa.Table, columns: tuple[str, ...],
     types = [_copy_type(table.c[c]) for c in columns]
     sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
     try:
-        with raw.cursor() as cursor, cursor.copy(sql) as copy:
-            copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
+        with raw.cursor() as cursor:
+            set_json_dumps(_json_dumps, cursor)
+            with cursor.copy(sql) as copy:
+                copy.set_types(types)
+                for row in rows:
+                    copy.write_row(row)
     except dialect.loaded_dbapi.Error as exc:
         lost = dialect.is_disconnect(exc, raw, None)
         if lost:

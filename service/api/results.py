@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import defer
 from sqlalchemy.sql.base import ExecutableOption
 
 import nn
@@ -38,13 +38,12 @@ def epochs(run_id: uuid.UUID) -> Response:
 
 @bp.get("/layer-stats")
 def layer_stats(run_id: uuid.UUID) -> Response:
-    """?detail=false leaves out each row's `params` and `grad_norm_by_time` (and the query
-    that loads the per-array rows: one per page, for the page's rows)."""
+    """?detail=false leaves out each row's `params` and `grad_norm_by_time` (not read)."""
     keys = (LayerStat.phase, LayerStat.epoch, LayerStat.layer)
     layer = arg_int("layer", None, 0)
     detail = arg_choice("detail", ("true", "false"), "true") == "true"
     where = [] if layer is None else [LayerStat.layer == layer]
-    load = [selectinload(LayerStat.params)] if detail else []
+    load = [] if detail else [defer(LayerStat.params), defer(LayerStat.grad_norm_by_time)]
     return _series(run_id, LayerStat, keys, partial(layer_stat_json, detail=detail), where,
                    load)
 

@@ -11,7 +11,7 @@ from flask import Flask
 
 import nn
 from service import db
-from service.models import PARAM_STAT_FIELDS, STAT_FIELDS, Artifact, Epoch, LayerStat, ParamStat
+from service.models import PARAM_STAT_FIELDS, STAT_FIELDS, Artifact, Epoch, LayerStat
 from service.pagination import evenly_spaced
 from tests.service.helpers import (
     create_run,
@@ -186,9 +186,9 @@ def test_layer_stats_bad_layer(client, run: dict) -> None:  # noqa: ANN001
     assert resp.status_code == 422 and problem_paths(resp) == ["query.detail"]
 
 
-def _param_stats(app: Flask) -> int:
+def _layer_stats(app: Flask) -> int:
     with db.session_scope(app) as session:
-        return session.scalar(sa.select(sa.func.count()).select_from(ParamStat))
+        return session.scalar(sa.select(sa.func.count()).select_from(LayerStat))
 
 
 def _recurrent_stats(app: Flask, run_id: str, epochs: int) -> None:
@@ -199,15 +199,11 @@ def _recurrent_stats(app: Flask, run_id: str, epochs: int) -> None:
         for e in range(1, epochs + 1):
             for layer, name, arrays in layers:
                 by_time = [e, 0.5, None] if layer == 0 else None
+                params = [{"param": param, **dict.fromkeys(PARAM_STAT_FIELDS, e + i / 10),
+                           "grad_std": None} for i, param in enumerate(arrays)]
                 session.add(LayerStat(run_id=run_id, phase="train", epoch=e, layer=layer,
-                                      name=name, grad_norm_by_time=by_time,
+                                      name=name, grad_norm_by_time=by_time, params=params,
                                       **dict.fromkeys(STAT_FIELDS, 1.0)))
-                session.flush()
-                for i, param in enumerate(arrays):
-                    values = dict.fromkeys(PARAM_STAT_FIELDS, e + i / 10)
-                    values["grad_std"] = float("inf")
-                    session.add(ParamStat(run_id=run_id, phase="train", epoch=e, layer=layer,
-                                          param=param, position=i, **values))
 
 
 def test_layer_stats_per_array_and_by_time(any_app: Flask, any_client) -> None:  # noqa: ANN001
@@ -223,7 +219,7 @@ def test_layer_stats_per_array_and_by_time(any_app: Flask, any_client) -> None: 
     lstm, dense = rows[2], rows[3]
     assert [p["param"] for p in lstm["params"]] == ["Wx", "Wh", "b"]
     assert [p["weight_norm"] for p in lstm["params"]] == [2.0, 2.1, 2.2]
-    assert lstm["params"][0]["grad_std"] is None  # stored as inf
+    assert lstm["params"][0]["grad_std"] is None  # non-finite: stored as null
     assert lstm["grad_norm_by_time"] == [2, 0.5, None]
     assert [p["param"] for p in dense["params"]] == ["W", "b"]
     assert dense["grad_norm_by_time"] is None
@@ -235,10 +231,10 @@ def test_layer_stats_per_array_and_by_time(any_app: Flask, any_client) -> None: 
     assert brief[2] == {k: v for k, v in lstm.items() if k not in ("params", "grad_norm_by_time")}
     assert _items(any_client, f"{url}?max_points=2&layer=0&detail=true") == [rows[0], rows[4]]
 
-    assert _param_stats(any_app) == 3 * (3 + 2)
+    assert _layer_stats(any_app) == 3 * 2
     set_status(any_app, run["id"], "succeeded")
     assert any_client.delete(f"/v1/runs/{run['id']}").status_code == 204
-    assert _param_stats(any_app) == 0
+    assert _layer_stats(any_app) == 0
 
 
 # ---- weights -----------------------------------------------------------------------------------

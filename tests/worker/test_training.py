@@ -22,7 +22,6 @@ from service.models import (
     Dataset,
     Epoch,
     LayerStat,
-    ParamStat,
     utcnow,
 )
 from tests.worker.rows import add_dataset, add_run, get_run, in_context, set_run
@@ -269,12 +268,12 @@ def _stored_stats(run_id: str) -> tuple[list[tuple], list[tuple]]:
             .where(LayerStat.run_id == run_id)
             .order_by(LayerStat.phase, LayerStat.epoch, LayerStat.layer)).all()
         params = session.execute(
-            sa.select(ParamStat.phase, ParamStat.epoch, ParamStat.layer, ParamStat.param,
-                      *(getattr(ParamStat, f) for f in PARAM_STAT_FIELDS))
-            .where(ParamStat.run_id == run_id)
-            .order_by(ParamStat.phase, ParamStat.epoch, ParamStat.layer,
-                      ParamStat.position)).all()
-    return [tuple(r) for r in layers], [tuple(r) for r in params]
+            sa.select(LayerStat.phase, LayerStat.epoch, LayerStat.layer, LayerStat.params)
+            .where(LayerStat.run_id == run_id)
+            .order_by(LayerStat.phase, LayerStat.epoch, LayerStat.layer)).all()
+    return [tuple(r) for r in layers], [
+        (*r[:3], p["param"], *(p.get(f) for f in PARAM_STAT_FIELDS)) for r in params
+        for p in r.params]
 
 
 def _expected_stats(reports: list[nn.EpochReport]) -> tuple[list[tuple], list[tuple]]:
@@ -312,8 +311,8 @@ def test_calibration_measures_pretraining_epochs(monkeypatch: pytest.MonkeyPatch
 
 
 def test_rows_are_written_once_and_non_finite_numbers_as_null(make_run: Callable[..., str]) -> None:
-    """A flush written again after an ambiguous COMMIT replaces its rows (the per-array ones
-    go with their layer rows); NaN and infinities are stored as null on both backends (a
+    """A flush written again after an ambiguous COMMIT replaces its rows (the per-array
+    statistics are a part of their layer rows); NaN and infinities are stored as null on both backends (a
     PostgreSQL JSON column refuses NaN)."""
     run_id = make_run()
     row = {"layer": 0, "name": "rnn_0", "grad_norm": float("inf"),
@@ -352,8 +351,8 @@ def test_rows_cut_off_from_their_connection_are_a_connection_error(
     assert connection_lost(caught.value) and caught.value.statement.startswith("COPY")
     with db.session_scope() as session:
         write_epochs(session, run_id, [report])
-    assert (_count(Epoch, run_id), _count(LayerStat, run_id), _count(ParamStat, run_id)) == (
-        1, 1, 1)
+    assert (_count(Epoch, run_id), _count(LayerStat, run_id)) == (1, 1)
+    assert _stored_stats(run_id)[1] == [("train", 1, 0, "W", *[None] * 8)]
 
 
 def test_forgetting_after_a_checkpoint_follows_the_phases(make_run: Callable[..., str]) -> None:
