@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nn.optim import learning_rate, make_optimizer
+from nn.optim import FLUSH_EVERY, learning_rate, make_optimizer
 from nn.stats import activation_stats, summary
 
 
@@ -44,6 +44,35 @@ def test_adam():
         w = w - 0.1 * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
     assert np.allclose(p["W"], w)
     assert opt.state()["t"] == 2 and "slot.m.0.W" in opt.state()
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"type": "sgd", "momentum": 0.9, "nesterov": False},
+    {"type": "sgd", "momentum": 0.99, "nesterov": True},
+    {"type": "adam", "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_decaying_slots_never_linger_as_subnormal_numbers(optimizer, dtype):
+    """A gradient that stops (a dead unit): its slots decay toward 0, but are set to 0
+    before they would spend more than FLUSH_EVERY steps among the subnormal numbers (35x
+    slower to multiply on x86); slots of ordinary size are untouched."""
+    opt = make_optimizer({"optimizer": optimizer, "weight_decay": 0.0})
+    tiny = np.finfo(dtype).tiny
+    w = np.array([1.0, 0.5], dtype)
+    params = [{"W": w}]
+    g0 = np.array([1e-3, tiny * 2.0 ** 30], dtype)       # one ordinary, one near the flush
+    opt.step(params, [{"W": g0.copy()}], 0.01)
+    subnormal_steps, v_big = 0, []
+    for _ in range(FLUSH_EVERY * 40):
+        opt.step(params, [{"W": np.zeros(2, dtype)}], 0.01)
+        for s in opt.slots.values():
+            assert s.dtype == dtype
+            subnormal_steps += int(np.count_nonzero((s != 0) & (np.abs(s) < tiny)))
+        v_big.append(float(opt.slots["m.0.W" if "m.0.W" in opt.slots else "v.0.W"][0]))
+    assert subnormal_steps <= 2 * FLUSH_EVERY
+    assert opt.slots["m.0.W" if "m.0.W" in opt.slots else "v.0.W"][1] == 0.0
+    mu = optimizer.get("momentum", optimizer.get("beta1"))
+    first = v_big[0]
+    assert np.allclose(v_big[:40], first * mu ** np.arange(40), rtol=1e-5)   # as computed
 
 
 def test_weight_decay_applies_to_W_only():
