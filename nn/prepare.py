@@ -72,7 +72,9 @@ def prepare(plan: Plan, inputs, targets) -> Prepared:
     train_idx, val_idx = stratified_split(strata, len(x), tr["validation_fraction"],
                                           np.random.default_rng([seed, 0, 1]))
     std = fit_standardizer(x[train_idx]) if tr["standardize"] else None
-    xs = standardize(x, std).astype(dtype)                    # a copy: never the caller's
+    # the caller's array itself when it needs no change (training only reads it): a copy of
+    # a large data set is time and as much memory again
+    xs = standardize(x, std).astype(dtype, copy=False)
     n = len(train_idx)
     size = probe_size(n)
     probe = np.arange(n) if n <= size else np.sort(

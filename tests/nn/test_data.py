@@ -110,6 +110,30 @@ def test_describe_errors(inputs, targets, task, path):
     assert e.value.path == path
 
 
+def test_finite_inputs_whose_sum_overflows_are_accepted():
+    """The finiteness check sums first; a sum that overflows is not taken for an inf."""
+    big = np.full((4, 2), 1e308)
+    assert nn.describe(big, [0, 1, 0, 1]).n_samples == 4
+    big[3, 1] = -np.inf
+    with pytest.raises(nn.SpecError) as e:
+        nn.describe(big, [0, 1, 0, 1])
+    assert e.value.path == "inputs"
+
+
+def test_training_does_not_change_the_callers_inputs():
+    """train() may read the caller's array itself (no copy): it never writes it."""
+    x = np.random.default_rng(0).standard_normal((40, 3))
+    kept = x.copy()
+    y = (x[:, 0] > 0).astype(int)
+    for shuffle in (True, False):
+        plan = nn.build({"layers": [{"type": "dense", "units": 4, "activation": "tanh"},
+                                    {"type": "dense", "units": 2, "activation": "softmax"}]},
+                        {"loss": "cross_entropy", "epochs": 3, "batch_size": 8,
+                         "shuffle": shuffle}, nn.describe(x, y))
+        nn.train(plan, x, y)
+        assert np.array_equal(x, kept)
+
+
 def test_encode_labels():
     assert encode_labels(["b", "a", "c", "a"], ["a", "b", "c"]).tolist() == [1, 0, 2, 0]
     with pytest.raises(nn.SpecError, match="'z'"):
