@@ -59,7 +59,7 @@ def test_decaying_slots_never_linger_as_subnormal_numbers(optimizer, dtype):
     tiny = np.finfo(dtype).tiny
     w = np.array([1.0, 0.5], dtype)
     params = [{"W": w}]
-    g0 = np.array([1e-3, tiny * 2.0 ** 30], dtype)       # one ordinary, one near the flush
+    g0 = np.array([1e-3, tiny * 2.0 ** 34], dtype)       # one ordinary, one near the flush
     opt.step(params, [{"W": g0.copy()}], 0.01)
     first_slot = "m.0.W" if optimizer["type"] == "adam" else "v.0.W"   # decays by mu
     subnormal_steps, v_big = 0, []
