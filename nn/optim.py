@@ -201,13 +201,24 @@ class Adam(Optimizer):
         b1, b2, eps = self.spec["beta1"], self.spec["beta2"], self.spec["eps"]
         m, v = slots
         self._flush(slots)
+        # in place, g and one array as scratch: the operations of
+        #   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+        #   w <- w - lr m_hat / (sqrt(v_hat) + eps), m_hat = m / (1 - b1^t), v_hat likewise
+        # in the same order (bit for bit the expressions'), without their seven temporaries
+        tmp = np.multiply(g, 1.0 - b1)
         m *= b1
-        m += (1.0 - b1) * g
+        m += tmp
+        np.multiply(g, g, out=tmp)
+        tmp *= 1.0 - b2
         v *= b2
-        v += (1.0 - b2) * (g * g)
-        m_hat = m / (1.0 - b1 ** self.t)             # bias corrections
-        v_hat = v / (1.0 - b2 ** self.t)
-        w -= lr * m_hat / (np.sqrt(v_hat) + eps)
+        v += tmp
+        np.divide(v, 1.0 - b2 ** self.t, out=tmp)    # bias corrections
+        np.sqrt(tmp, out=tmp)
+        tmp += eps
+        np.divide(m, 1.0 - b1 ** self.t, out=g)
+        g *= lr
+        g /= tmp
+        w -= g
 
 
 def make_optimizer(training: dict, decay_keys: list[tuple[str, ...]] | None = None

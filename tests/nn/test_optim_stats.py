@@ -46,6 +46,27 @@ def test_adam():
     assert opt.state()["t"] == 2 and "slot.m.0.W" in opt.state()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_in_place_is_bit_for_bit_the_expressions(dtype):
+    """Adam's update runs in place (big nets: no seven temporaries of the model's size per
+    step); the numbers are exactly those of the textbook expressions, weight decay included."""
+    rng = np.random.default_rng(0)
+    opt = make_optimizer({"optimizer": {"type": "adam", "beta1": 0.9, "beta2": 0.999,
+                                        "eps": 1e-8}, "weight_decay": 0.01})
+    w = rng.standard_normal((5, 7)).astype(dtype)
+    params, ref_w = [{"W": w}], w.copy()
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t in range(1, 60):
+        g = (rng.standard_normal((5, 7)) * (t % 7 != 0)).astype(dtype)
+        opt.step(params, [{"W": g.copy()}], 0.01)
+        g = g + 0.01 * ref_w
+        m = 0.9 * m + (1.0 - 0.9) * g
+        v = 0.999 * v + (1.0 - 0.999) * (g * g)
+        ref_w = ref_w - 0.01 * (m / (1.0 - 0.9 ** t)) / (np.sqrt(v / (1.0 - 0.999 ** t)) + 1e-8)
+        assert np.array_equal(params[0]["W"], ref_w)
+        assert np.array_equal(opt.slots["m.0.W"], m) and np.array_equal(opt.slots["v.0.W"], v)
+
+
 @pytest.mark.parametrize("optimizer", [
     {"type": "sgd", "momentum": 0.9, "nesterov": False},
     {"type": "sgd", "momentum": 0.99, "nesterov": True},
