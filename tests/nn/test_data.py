@@ -120,14 +120,18 @@ def test_finite_inputs_whose_sum_overflows_are_accepted():
     assert e.value.path == "inputs"
 
 
-def test_training_does_not_change_the_callers_inputs():
+@pytest.mark.parametrize("layers,shape", [
+    ([{"type": "dense", "units": 4, "activation": "tanh"}], (40, 3)),           # fast path
+    ([{"type": "conv2d", "filters": 2, "kernel_size": 3, "padding": 1, "activation": "relu"},
+      {"type": "dropout", "drop_prob": 0.3}, {"type": "flatten"}], (40, 1, 4, 4))])
+def test_training_does_not_change_the_callers_inputs(layers, shape):
     """train() may read the caller's array itself (no copy): it never writes it."""
-    x = np.random.default_rng(0).standard_normal((40, 3))
+    x = np.random.default_rng(0).standard_normal(shape)
     kept = x.copy()
-    y = (x[:, 0] > 0).astype(int)
+    y = (x.reshape(len(x), -1)[:, 0] > 0).astype(int)
     for shuffle in (True, False):
-        plan = nn.build({"layers": [{"type": "dense", "units": 4, "activation": "tanh"},
-                                    {"type": "dense", "units": 2, "activation": "softmax"}]},
+        plan = nn.build({"layers": [*layers, {"type": "dense", "units": 2,
+                                              "activation": "softmax"}]},
                         {"loss": "cross_entropy", "epochs": 3, "batch_size": 8,
                          "shuffle": shuffle}, nn.describe(x, y))
         nn.train(plan, x, y)
