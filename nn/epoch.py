@@ -11,7 +11,7 @@ import numpy as np
 from . import network
 from .activations import ACTIVATIONS
 from .layers import Layer
-from .losses import LOSSES, evaluate
+from .losses import LOSSES, cross_entropy_hits, evaluate
 from .network import Weights
 from .optim import Flat
 from .targets import labels
@@ -68,11 +68,14 @@ def metrics(loss_name: str, activation: str, z: np.ndarray, t: np.ndarray,
             y: np.ndarray | None) -> tuple[float, float | None]:
     """Mean loss and accuracy (of every label, per time step too) of output
     pre-activations z against targets t."""
-    if activation == "softmax" and LOSSES[loss_name].fused:
-        a = z                    # cross-entropy takes z, and softmax keeps its order: labels
-    else:                        # are argmax z, without a pass over the outputs
+    if loss_name == "cross_entropy":             # (softmax outputs): from z, in one pass
+        loss, hits = cross_entropy_hits(z, t)    # t: y's class indices (targets.encode)
+        if y is None or hits is not None:
+            return loss, None if y is None else hits / y.size
+        a = z                    # tied maxima: argmax z decides (softmax keeps the order)
+    else:
         a = ACTIVATIONS[activation].forward(z)
-    loss = evaluate(loss_name, z, a, t)
+        loss = evaluate(loss_name, z, a, t)
     acc = None if y is None else np.count_nonzero(labels(a, activation) == y) / y.size
     return loss, acc
 

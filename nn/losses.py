@@ -36,17 +36,25 @@ def squared_error(a: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
     return _squared_error_value(a, t), diff
 
 
-def _cross_entropy_value(z: np.ndarray, t: np.ndarray) -> float:
-    """The mean of log sum_c exp(z_c - max z) - (z_t - max z) over the rows, computed on a
-    (C, rows) copy: reductions over a short last axis run their inner loop once per row,
-    which over a whole epoch's outputs cost ten times more than the arithmetic."""
+def cross_entropy_hits(z: np.ndarray, t: np.ndarray) -> tuple[float, int | None]:
+    """(the mean cross-entropy, the number of rows whose argmax z is t, or None when some row
+    has tied maxima: then ask argmax). The loss is the mean of log sum_c exp(z_c - max z) -
+    (z_t - max z) over the rows, computed on a (C, rows) copy: reductions over a short last
+    axis run their inner loop once per row, which over a whole epoch's outputs cost ten times
+    more than the arithmetic (argmax too: the hits come from the shifted copy instead, where
+    z_t is a maximum iff z_t - max z == 0, and exactly one 0 per row means no ties)."""
     zt = z.reshape(-1, z.shape[-1]).T.copy()                          # (C, rows), C order
     n = zt.shape[1]
     zt -= np.maximum.reduce(zt, axis=0)                                 # shifted
     picked = zt[t.reshape(-1), np.arange(n)]
+    hits = int(np.count_nonzero(picked == 0)) if np.count_nonzero(zt == 0) == n else None
     np.exp(zt, out=zt)
     log_sum = np.log(np.add.reduce(zt, axis=0))
-    return float(np.add.reduce(log_sum - picked)) / n
+    return float(np.add.reduce(log_sum - picked)) / n, hits
+
+
+def _cross_entropy_value(z: np.ndarray, t: np.ndarray) -> float:
+    return cross_entropy_hits(z, t)[0]
 
 
 def cross_entropy(z: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
