@@ -17,8 +17,8 @@
   (issue #6). What it changes: SGD steps lr v with |v| < 5e-29, which round away on any
   weight larger than about lr x 1e-21 in float32 (lr x 1e-282 in float64), and Adam's steps
   from such moments, as negligible. A slot now reaches the subnormals only when it decays
-  faster than 2^-32 in FLUSH_EVERY steps (momentum below 0.71), and then for at most
-  FLUSH_EVERY steps, not about 150 (momentum 0.9) to 1600 (0.99). The flush itself (three
+  faster than 2^-32 in FLUSH_EVERY steps (momentum below 0.71; lr v too when lr < ~2e-7 at
+  momentum 0.9), and then for at most FLUSH_EVERY steps, not about 150 (momentum 0.9) to 1600 (0.99). The flush itself (three
   passes over the slots) was 2% of a digits-mlp run in py-spy when it ran every 16 steps.
 """
 import numpy as np
