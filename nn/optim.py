@@ -18,8 +18,10 @@
   weight larger than about lr x 1e-21 in float32 (lr x 1e-282 in float64), and Adam's steps
   from such moments, as negligible. A slot now reaches the subnormals only when it decays
   faster than 2^-32 in FLUSH_EVERY steps (momentum below 0.71; lr v too when lr < ~2e-7 at
-  momentum 0.9), and then for at most FLUSH_EVERY steps, not about 150 (momentum 0.9) to 1600 (0.99). The flush itself (three
-  passes over the slots) was 2% of a digits-mlp run in py-spy when it ran every 16 steps.
+  momentum 0.9), and then for at most FLUSH_EVERY steps, not about 150 (momentum 0.9) to
+  1600 (0.99). The flush itself (three passes over the slots) was 2% of a digits-mlp run in
+  py-spy when it ran every 16 steps. It lives in Optimizer._apply, where step and step_flat
+  meet, so every optimizer with slots has it.
 """
 import numpy as np
 
@@ -113,8 +115,8 @@ class Optimizer:
                 w = p[key]
                 if self.weight_decay and self._decays(i, key):
                     gk += self.weight_decay * w
-                self._update(w, gk, lr, [self._slot(f"{s}.{i}.{key}", w)
-                                         for s in self.slot_kinds])
+                self._apply(w, gk, lr, [self._slot(f"{s}.{i}.{key}", w)
+                                        for s in self.slot_kinds])
 
     def step_flat(self, flat: Flat, lr: float) -> None:
         """step() for the parameters flat.w with gradients flat.g: the same arithmetic,
@@ -125,7 +127,7 @@ class Optimizer:
             for i, key, _, where in flat.entries:
                 if self._decays(i, key):
                     g[where] += self.weight_decay * w[where]
-        self._update(w, g, lr, [self._flat_slot(s, flat) for s in self.slot_kinds])
+        self._apply(w, g, lr, [self._flat_slot(s, flat) for s in self.slot_kinds])
 
     def _flat_slot(self, kind: str, flat: Flat) -> np.ndarray:
         """The flat state `kind`; the per-array slots become views of it (keeping any values
@@ -145,12 +147,14 @@ class Optimizer:
                 ) -> None:
         raise NotImplementedError
 
-    def _flush(self, slots: list[np.ndarray]) -> None:
-        """Every FLUSH_EVERY steps: slot values below the flush threshold become 0 (the
-        module docstring says why)."""
+    def _apply(self, w: np.ndarray, g: np.ndarray, lr: float, slots: list[np.ndarray]
+               ) -> None:
+        """_update, for step and step_flat alike; every FLUSH_EVERY steps the slot values
+        below the flush threshold become 0 first (the module docstring says why)."""
         if self.t % FLUSH_EVERY == 0:
             for s in slots:
                 np.putmask(s, np.abs(s) < np.finfo(s.dtype).tiny * FLUSH_BELOW, 0.0)
+        self._update(w, g, lr, slots)
 
     def state(self) -> dict[str, np.ndarray]:
         out = {f"slot.{k}": v for k, v in self.slots.items()}
@@ -182,7 +186,6 @@ class SGD(Optimizer):
         mu = self.spec["momentum"]
         if mu:
             v, = slots
-            self._flush(slots)
             v *= mu
             v += g                                   # v <- mu v + g
             if not self.spec["nesterov"]:
@@ -200,7 +203,6 @@ class Adam(Optimizer):
     def _update(self, w, g, lr, slots):
         b1, b2, eps = self.spec["beta1"], self.spec["beta2"], self.spec["eps"]
         m, v = slots
-        self._flush(slots)
         # in place, g and one array as scratch: the operations of
         #   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
         #   w <- w - lr m_hat / (sqrt(v_hat) + eps), m_hat = m / (1 - b1^t), v_hat likewise

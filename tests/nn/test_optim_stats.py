@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from nn.optim import FLUSH_EVERY, learning_rate, make_optimizer
 from nn.epoch import metrics
+from nn.optim import FLUSH_EVERY, learning_rate, make_optimizer
 from nn.stats import activation_stats, summary
 
 
@@ -63,7 +63,8 @@ def test_adam_in_place_is_bit_for_bit_the_expressions(dtype):
         g = g + 0.01 * ref_w
         m = 0.9 * m + (1.0 - 0.9) * g
         v = 0.999 * v + (1.0 - 0.999) * (g * g)
-        ref_w = ref_w - 0.01 * (m / (1.0 - 0.9 ** t)) / (np.sqrt(v / (1.0 - 0.999 ** t)) + 1e-8)
+        ref_w = ref_w - 0.01 * (m / (1.0 - 0.9 ** t)) / (np.sqrt(v / (1.0 - 0.999 ** t))
+                                                        + 1e-8)
         assert np.array_equal(params[0]["W"], ref_w)
         assert np.array_equal(opt.slots["m.0.W"], m) and np.array_equal(opt.slots["v.0.W"], v)
 
