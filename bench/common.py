@@ -18,10 +18,10 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
-# Thread counts, and the OpenBLAS kernel overrides some machines set (they slow numpy down;
-# recorded, never changed here).
-ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE",
-            "OPENBLAS_L2_SIZE")
+# Thread counts, and the OpenBLAS kernel overrides some machines set (they slow numpy down:
+# bench/README.md; recorded, and warned about, never changed here).
+OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", *OVERRIDES)
 HEADER = """# Benchmarks (issue #6, "Fast where it counts")
 
 Written by `.venv/bin/python bench/suite.py` (every section; `bench/service.py` rewrites only
@@ -64,9 +64,11 @@ def _git(*args: str) -> str:
 
 def machine() -> list[str]:
     """Bullets: when, which commit, which CPU and Python, the thread and OpenBLAS variables."""
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    info = dict(line.split(":", 1) for line in pathlib.Path("/proc/cpuinfo").read_text()
+                .splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    cpu = (f"{info['model name']} (family {info.get('cpu family', '?')} model "
+           f"{info.get('model', '?')})" if "model name" in info else platform.processor())
     dirty = " plus uncommitted changes" if _git("status", "--porcelain", "--", "nn", "service",
                                                  "worker") else ""
     env = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in ENV_VARS)
@@ -79,7 +81,21 @@ def machine() -> list[str]:
 
 
 def command() -> str:
-    return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    """The command line that reproduces this run: with the OpenBLAS overrides unset when they
+    were (bench/README.md)."""
+    unset = [] if any(v in os.environ for v in OVERRIDES) else \
+        ["env", *(f"-u {v}" for v in OVERRIDES)]
+    return " ".join([*unset, ".venv/bin/python", os.path.relpath(sys.argv[0], ROOT),
+                     *sys.argv[1:]])
+
+
+def warn_overrides() -> None:
+    """Say on stderr when the machine's OpenBLAS overrides are set (bench/README.md)."""
+    found = [f"{v}={os.environ[v]}" for v in OVERRIDES if v in os.environ]
+    if found:
+        print(f"warning: {' '.join(found)} makes numpy's OpenBLAS run an older kernel; to "
+              f"benchmark, run: env {' '.join(f'-u {v}' for v in OVERRIDES)} {command()}",
+              file=sys.stderr)
 
 
 def write_section(name: str, lines: list[str], path: pathlib.Path = RESULTS) -> None:

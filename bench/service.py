@@ -55,7 +55,7 @@ import sqlalchemy as sa  # noqa: E402
 
 import nn  # noqa: E402
 from common import RESULTS, ROOT, command, machine, median, percentile, table, verdict, \
-    write_section  # noqa: E402
+    warn_overrides, write_section  # noqa: E402
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     q = args.quick
     run_seconds, rounds, tiny_runs, load_seconds = (3, 1, 10, 3) if q else (10, 3, 30, 10)
     head = machine()
+    warn_overrides()
     X, y = nn.generate(XOR["kind"], XOR["n_samples"], XOR["noise"], XOR["seed"])
     info = nn.describe(X, y)
 

@@ -41,7 +41,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from common import ROOT, RESULTS, command, machine, median, spread, table, verdict, \
-    write_section
+    warn_overrides, write_section
 
 sys.path.insert(0, str(ROOT))
 import nn  # noqa: E402
@@ -644,6 +644,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         ap.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
     head = machine()
+    warn_overrides()
     t_start = time.perf_counter()
     results, skipped = {}, []
     for name in (n for n in WORKLOADS if n in names):
