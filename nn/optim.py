@@ -60,7 +60,6 @@ class Flat:
         self.wg = np.empty(2 * n, dtype)           # w then g: the statistics read both
         self.w, self.g = self.wg[:n], self.wg[n:]  # in one go (nn/stats.py)
         self.params, self.grads = self.views(self.w), self.views(self.g)
-        self.fits_probe: bool | None = None        # nn/fastpath.py's _Probe.fits(), known
 
     def views(self, flat: np.ndarray) -> Weights:
         out: Weights = [{} for _ in range(self.layers)]

@@ -1,6 +1,6 @@
 """The fast paths for dense stacks (nn/fastpath.py, nn/tinynet.py) against the general
-layer-by-layer path: the NumPy-buffer engine bit for bit, the pure-Python engine to rounding;
-resume, stopping, pretraining and the statistics through them."""
+layer-by-layer path, to rounding; resume, stopping, pretraining and the statistics through
+them."""
 import importlib
 import io
 
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 import nn
-from nn import fastpath
+from nn import fastpath, network
+from nn.epoch import measure
+from nn.gradcheck import numerical_gradient, rel_error
 from nn.optim import make_optimizer
+from nn.prepare import prepare
 from tests.nn.conftest import dense, plan_for
 from tests.nn.test_train import same
 
@@ -37,6 +40,23 @@ def run(mode: str, monkeypatch, layers, training, X, y, **kwargs):
 
 def metrics(reports) -> list[tuple]:
     return [(r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy) for r in reports]
+
+
+def assert_agree(fast, fast_reports, general, general_reports, rel: float) -> None:
+    """Two runs' weights within rel of each array's largest, their losses within rel, the
+    same accuracies."""
+    for a, b in zip(fast.weights, general.weights, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype
+            assert np.abs(a[k] - b[k]).max() <= rel * np.abs(b[k]).max(), k
+    assert len(fast_reports) == len(general_reports)
+    for mine, theirs in zip(metrics(fast_reports), metrics(general_reports)):
+        assert mine[0] == pytest.approx(theirs[0], rel=rel)                # train loss
+        assert mine[1] == theirs[1]                                        # train accuracy
+        assert mine[2] == (None if theirs[2] is None else                 # val loss
+                           pytest.approx(theirs[2], rel=rel))
+        assert mine[3] == theirs[3]
 
 
 # (layers, training, data): every loss and activation, each optimizer, batch sizes that do
@@ -67,20 +87,20 @@ def data(kind, xor_data):
 
 
 @pytest.mark.parametrize("case", list(BUFFER_CASES))
-def test_buffer_engine_is_bit_identical_to_the_general_path(case, xor_data, monkeypatch):
+def test_buffer_engine_matches_the_general_path_to_rounding(case, xor_data, monkeypatch):
+    """The engine adds the biases inside its products ([W; b]^T [x^T; 1]) and sums the bias
+    gradients there too, in BLAS's order, where the general path adds b to the product and
+    reduces with NumPy: the same arithmetic up to rounding. Over two epochs, as for the
+    pure-Python engine: later a ReLU input within rounding of 0 amplifies the last bits
+    (cross-entropy, momentum: 8e-15 after one epoch, 3e-10 after three, 4e-8 after eight)."""
     layers, training, kind = BUFFER_CASES[case]
     X, y = data(kind, xor_data)
-    training = {"epochs": 4, "seed": 5, **training}
-    saved = {}
-    general, general_reports = run("off", monkeypatch, layers, training, X, y,
-                                   checkpoint_every=4, on_checkpoint=saved.__setitem__)
-    fast, fast_reports = run("buffers", monkeypatch, layers, training, X, y,
-                             checkpoint_every=4, on_checkpoint=saved.__setitem__)
-    assert same(fast.weights, general.weights)
-    assert metrics(fast_reports) == metrics(general_reports)
-    assert fast.metrics == general.metrics
-    for a, b in zip(fast.weights, general.weights):
-        assert all(a[k].dtype == b[k].dtype for k in a)
+    training = {"epochs": 2, "seed": 5, **training}
+    general, general_reports = run("off", monkeypatch, layers, training, X, y)
+    fast, fast_reports = run("buffers", monkeypatch, layers, training, X, y)
+    rel = 1e-5 if training.get("dtype") == "float32" else 1e-12
+    assert_agree(fast, fast_reports, general, general_reports, rel)
+    assert fast.epochs_completed == general.epochs_completed == 2
 
 
 def test_buffer_engine_keeps_the_optimizer_state_of_the_general_path(xor_data, monkeypatch):
@@ -96,7 +116,8 @@ def test_buffer_engine_keeps_the_optimizer_state_of_the_general_path(xor_data, m
             with np.load(io.BytesIO(saved[3])) as z:
                 states.append({k: z[k] for k in z.files if k.startswith("opt.")})
         assert states[0].keys() == states[1].keys() and len(states[0]) > 1
-        assert all(np.array_equal(states[0][k], states[1][k]) for k in states[0])
+        for k, general in states[0].items():                  # to rounding, as the weights
+            assert np.abs(states[1][k] - general).max() <= 1e-12 * np.abs(general).max(), k
 
 
 TINY_CASES = {
@@ -126,14 +147,7 @@ def test_pure_python_engine_matches_the_general_path_to_rounding(case, xor_data,
     assert engine is not None and engine.tiny is not None          # it is the one tested
     general, general_reports = run("off", monkeypatch, layers, training, X, y)
     tiny, tiny_reports = run("auto", monkeypatch, layers, training, X, y)
-    for a, b in zip(tiny.weights, general.weights):
-        for k in a:
-            assert np.abs(a[k] - b[k]).max() <= 1e-12 * np.abs(b[k]).max(), k
-    for mine, theirs in zip(metrics(tiny_reports), metrics(general_reports)):
-        assert mine[0] == pytest.approx(theirs[0], rel=1e-12)              # train loss
-        assert mine[1] == theirs[1]                                        # train accuracy
-        assert mine[2] == (None if theirs[2] is None else                 # val loss
-                           pytest.approx(theirs[2], rel=1e-12))
+    assert_agree(tiny, tiny_reports, general, general_reports, 1e-12)
 
 
 def test_pretraining_through_the_pure_python_engine(xor_data, monkeypatch):
@@ -231,16 +245,15 @@ def test_stopping_within_an_epoch_rolls_it_back(batch, monkeypatch):
         assert same(r.weights, init.weights)
 
 
-def test_pretraining_through_the_buffer_engine_is_bit_identical(monkeypatch):
+def test_pretraining_through_the_buffer_engine(monkeypatch):
     X, y = regression_data()
     layers = [dense(6, "tanh"), dense(3, "relu"), dense(2, "linear")]
     training = {"epochs": 2, "seed": 3, "batch_size": 10, "optimizer": MOMENTUM,
                 "pretrain": {"epochs": 2, "optimizer": ADAM}}
     general, general_reports = run("off", monkeypatch, layers, training, X, y)
     fast, fast_reports = run("buffers", monkeypatch, layers, training, X, y)
-    assert same(fast.weights, general.weights)
+    assert_agree(fast, fast_reports, general, general_reports, 1e-12)
     assert [r.phase for r in fast_reports] == ["pretrain"] * 4 + ["train"] * 2
-    assert metrics(fast_reports) == metrics(general_reports)
 
 
 def test_statistics_from_the_engine_match_the_general_probe(xor_data, monkeypatch):
@@ -315,3 +328,25 @@ def test_weights_stay_plain_arrays_for_the_caller(xor_data):
     assert same(r.weights, before)                       # not trained in place
     assert not same(again.weights, before)
     assert same(nn.Model.from_npz(r.model.to_npz()).weights, before)
+
+
+@pytest.mark.parametrize("case", list(BUFFER_CASES))
+def test_engine_gradients_pass_a_finite_difference_check(case, xor_data):
+    """The engine's own backward pass (transposed, biases folded into the products) against
+    centred finite differences of the mean loss, in float64, for every loss and activation
+    of the cases above."""
+    layers, training, kind = BUFFER_CASES[case]
+    X, y = data(kind, xor_data)
+    training = {**training, "dtype": "float64"}
+    plan = plan_for(layers, training, X, y)
+    data_ = prepare(plan, X, y)
+    net, loss = list(plan.layers), plan.training["loss"]
+    x, t = data_.x[:9], data_.t[:9]
+    params = network.init_params(net, np.random.default_rng(1), np.float64)
+    engine = fastpath.DenseStack(net, loss)
+    _, grads, _ = engine.probe(params, x, t)
+    for p, g in zip(params, grads):
+        for key in ("W", "b"):
+            numeric = numerical_gradient(lambda: measure(net, loss, params, x, t, None)[0],
+                                         p[key])
+            assert rel_error(g[key], numeric) < 1e-6, (case, key)
