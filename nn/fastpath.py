@@ -28,10 +28,11 @@ summarises are read straight from the flat vectors.
 
 For per-sample SGD (batch_size 1) on tiny float64 nets even that is mostly overhead (a dozen
 NumPy calls per layer on arrays of a few numbers), and plain Python floats are faster:
-nn/tinynet.py, chosen when `tiny_is_faster()` (a cost model measured on per-sample epochs of
-2-H-1, D-H-1 and deep 4-unit nets: Python costs about 2 us per layer + 1.1 us per unit + 0.1 us
-per weight and sample, the buffers about 15.5 us per layer; 2-4-1 runs 3x faster in Python,
-2-32-1 1.4x slower; measured before the biases were folded). It agrees with the general path
+nn/tinynet.py, chosen when `tiny_is_faster()` (a cost model fitted to per-sample epochs of
+2-H-1 and deeper nets of 3 to 17 units a layer, float64, on a 2-core AMD EPYC: Python costs
+about 1.1 us per layer + 0.6 us per unit + 0.09 us per weight and sample, the buffers about
+5.5 us per layer + 5.5; 2-4-1 runs 2.4x faster in Python, 2-16-1 the same, 2-8-8-8-1 1.2x
+slower, a 9-layer net of 3 units 1.7x faster). It agrees with the general path
 to rounding too (its dot products sum in order, BLAS's do not; libm's tanh is not NumPy's):
 ~1e-13 relative after an epoch or two.
 
@@ -66,7 +67,7 @@ def tiny_is_faster(layers: list[Dense]) -> bool:
     """Per-sample cost model (us per sample; see the module docstring)."""
     units = sum(l.units for l in layers)
     weights = sum(l.in_shape[0] * l.units for l in layers)
-    return 2 * len(layers) + 1.1 * units + 0.1 * weights < 15.5 * len(layers)
+    return 1.1 * len(layers) + 0.6 * units + 0.09 * weights < 5.5 * (len(layers) + 1)
 
 
 def activate(name: str, z: np.ndarray, out: np.ndarray, row: np.ndarray) -> np.ndarray:

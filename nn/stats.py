@@ -130,7 +130,8 @@ class LayerStats:
         k = len(sizes)
         self.counts = np.array(sizes * 2)              # weights, then gradients
         self.sizes = self.counts.astype(np.float64)
-        self.starts = [0, *accumulate(sizes * 2)][:-1]
+        self.starts = np.array([0, *accumulate(sizes * 2)][:-1], np.intp)   # (an array:
+        # reduceat converts a list on every call)
         # one-pass variance, sum x^2 - n mean^2, loses digits where |mean| >> std: then
         # (ssd < 1e-3 sum x^2, or < 0) two passes. A single number's is exactly 0 anyway.
         self.cancels = np.where(self.counts > 1, 1e-3, 0.0)
@@ -278,7 +279,7 @@ class LayerStats:
             cuts = [c for b in bounds for c in b]              # reduceat sums cuts[2m] to
             if cuts[-1] == len(acts):                          # cuts[2m + 1] at 2m
                 cuts.pop()
-            self.act_layout = (bounds, cuts, [e - s for s, e in bounds])
+            self.act_layout = (bounds, np.array(cuts, np.intp), [e - s for s, e in bounds])
         _, cuts, sizes = self.act_layout
         sums = np.add.reduceat(acts, cuts, dtype=np.float64).tolist()[::2]
         fracs: list = [None] * len(sizes)

@@ -10,7 +10,7 @@ import pytest
 import nn
 from nn import fastpath, network
 from nn.epoch import measure
-from nn.gradcheck import numerical_gradient, rel_error
+from nn.gradcheck import numerical_gradient
 from nn.optim import make_optimizer
 from nn.prepare import prepare
 from tests.nn.conftest import dense, plan_for
@@ -334,10 +334,11 @@ def test_weights_stay_plain_arrays_for_the_caller(xor_data):
 def test_engine_gradients_pass_a_finite_difference_check(case, xor_data):
     """The engine's own backward pass (transposed, biases folded into the products) against
     centred finite differences of the mean loss, in float64, for every loss and activation
-    of the cases above."""
+    of the cases above. Measured against each array's largest gradient: an element near 0
+    has a relative error of finite differences' noise (~1e-11) over itself."""
     layers, training, kind = BUFFER_CASES[case]
     X, y = data(kind, xor_data)
-    training = {**training, "dtype": "float64"}
+    training = {**training, "dtype": "float64", "seed": 4}
     plan = plan_for(layers, training, X, y)
     data_ = prepare(plan, X, y)
     net, loss = list(plan.layers), plan.training["loss"]
@@ -349,4 +350,5 @@ def test_engine_gradients_pass_a_finite_difference_check(case, xor_data):
         for key in ("W", "b"):
             numeric = numerical_gradient(lambda: measure(net, loss, params, x, t, None)[0],
                                          p[key])
-            assert rel_error(g[key], numeric) < 1e-6, (case, key)
+            scale = np.abs(numeric).max()
+            assert np.abs(g[key] - numeric).max() <= 1e-7 * scale + 1e-10, (case, key)
