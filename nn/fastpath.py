@@ -19,9 +19,9 @@ agrees with the general path to rounding, not bit for bit (b is added inside the
 sum, db summed in BLAS's order): ~1e-14 relative after an epoch (tests/nn/test_fastpath.py);
 where training is unstable such last-bit differences grow, as between two BLAS builds. Runs
 stay deterministic, and a resumed run is bit-identical to one that never stopped; the
-optimizer is the run's own object, so its state and checkpoints are unchanged. Given an
-order (large data, nn/train.py), each batch takes its shuffled rows into its buffer
-(np.take); else the epoch's rows are copied once next to a column of ones. The statistics'
+optimizer is the run's own object, so its state and checkpoints are unchanged. The engine
+takes each epoch's rows itself, in the epoch's order (np.take), beside a column of ones: in
+one copy, or batch by batch for large data (nn/epoch.py's copied()). The statistics'
 probe pass is the same pass over the probe rows, in the buffers of a batch of their number
 (warm from training when that is the batch size), and the parameters and gradients it
 summarises are read straight from the flat vectors.
@@ -44,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from .activations import ACTIVATIONS
+from .epoch import copied
 from .layers import Layer
 from .layers.dense import Dense
 from .network import Weights
@@ -203,9 +204,10 @@ class DenseStack:
     def epoch(self, params: Weights, opt, xs: np.ndarray, ts: np.ndarray, batch_size: int | None,
               lr: float, zbuf: np.ndarray, poll: Callable[[], bool],
               order: np.ndarray | None = None) -> bool:
-        """backprop_epoch's contract: steps over (xs, ts) in order (xs[order] with order:
-        each batch's rows are taken into its _Pass), each batch's output z into zbuf
-        (before its update). -> False when poll() asked to stop."""
+        """backprop_epoch's contract: steps over (xs, ts) in order (xs[order] with order),
+        each batch's output z into zbuf (before its update). The rows are taken into the
+        engine's buffers: small data in one copy per epoch, large batch by batch
+        (nn/epoch.py's copied()). -> False when poll() asked to stop."""
         flat = self._adopt(params)               # (tiny writes its floats back into them)
         if self.tiny is not None:
             xs = xs if order is None else xs[order]
@@ -213,18 +215,24 @@ class DenseStack:
         tT = self._targets_T(ts, xs.dtype)
         n = len(ts)
         batch = min(batch_size or n, n)
-        if order is None:                        # this epoch's rows, with the ones column
-            if self.rows is None or len(self.rows) != n:
+        small = copied(xs)
+        if small:                                # this epoch's rows in its order, beside
+            if self.rows is None or len(self.rows) != n:     # a column of ones: one copy
                 self.rows = np.ones((n, self.sizes[0] + 1), xs.dtype)
-            np.copyto(self.rows[:, :-1], xs)
+            if order is None:
+                np.copyto(self.rows[:, :-1], xs)
+            else:
+                np.take(xs, order, axis=0, out=self.rows[:, :-1], mode="clip")
         for k, s in enumerate(range(0, n, batch)):
             p = self._pass(min(batch, n - s), xs.dtype)
-            if order is None:
+            if small:
                 xa = self.rows[s:s + batch]
-            else:
+            else:                                # large data: each batch takes its rows
                 xa = p.x
-                np.take(xs, order[s:s + batch], axis=0, out=xa[:, :-1],
-                        mode="clip")             # (valid indices; "clip" needs no copy)
+                if order is None:
+                    np.copyto(xa[:, :-1], xs[s:s + batch])
+                else:                            # (valid indices; "clip" needs no copy)
+                    np.take(xs, order[s:s + batch], axis=0, out=xa[:, :-1], mode="clip")
             p.run(self.acts, self.loss, xa, tT[:, s:s + batch])
             np.copyto(zbuf[s:s + batch], p.z[-1].T)
             opt.step_flat(flat, lr)

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import checkpoint, fastpath, network, pretrain
 from .checkpoint import TrainState
-from .epoch import EpochReport, backprop_epoch, finite, measure, metrics, weights_finite
+from .epoch import EpochReport, backprop_epoch, copied, finite, measure, metrics, \
+    weights_finite
 from .losses import LOSSES
 from .model import Model, model_meta
 from .optim import learning_rate, make_optimizer
@@ -30,10 +31,6 @@ from .stats import LayerStats
 from .weights import Weights, check_weights
 
 POLL_INTERVAL_S = 0.25
-# Training data larger than this is not copied in each epoch's shuffled order (188 MB for
-# 60,000 MNIST-sized rows: time, and as much memory again); each batch takes its rows
-# instead, which for small data costs more calls than the one copy saves.
-COPY_BYTES = 1 << 23
 
 __all__ = ["EpochReport", "TrainResult", "train"]
 
@@ -135,10 +132,10 @@ def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
         ts = data.t[pick]
         if perceptron:
             done = perceptron_epoch(state.params, data.x[pick], ts, lr, zbuf, poll)
-        elif order is None or data.x.nbytes <= COPY_BYTES:     # small: one shuffled copy
+        elif fast is None and (order is None or copied(data.x)):
             done = backprop_epoch(layers, tr["loss"], tr["batch_size"], state.params, opt,
-                                  data.x[pick], ts, rng, lr, zbuf, poll, fast)
-        else:                               # large: the rows batch by batch, not a copy
+                                  data.x[pick], ts, rng, lr, zbuf, poll)   # one shuffled copy
+        else:           # large data batch by batch; the engine takes its rows itself
             done = backprop_epoch(layers, tr["loss"], tr["batch_size"], state.params, opt,
                                   data.x, ts, rng, lr, zbuf, poll, fast, order)
         if not done:

@@ -303,14 +303,17 @@ def test_statistics_of_the_engine_probe_for_every_loss_and_activation(case, xor_
 @pytest.mark.parametrize("layers", [[dense(8, "relu"), dense(2, "softmax")],
                                     [dense(8, "relu"), {"type": "dropout", "drop_prob": 0.3},
                                      dense(2, "softmax")]])
-def test_rows_taken_batch_by_batch_train_as_the_shuffled_copy(layers, xor_data, monkeypatch):
-    """Large data is not copied in each epoch's order; its batches take their rows (the fast
-    path into a buffer, the general path by indexing), with the same weights bit for bit."""
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_rows_taken_batch_by_batch_train_as_the_shuffled_copy(layers, shuffle, xor_data,
+                                                               monkeypatch):
+    """Large data is not copied in each epoch (in its order, or beside the engine's column
+    of ones); its batches take their rows (the fast path into a buffer, the general path
+    by indexing), with the same weights bit for bit."""
     X, y = xor_data
     training = {"epochs": 3, "seed": 7, "batch_size": 16, "loss": "cross_entropy",
-                "optimizer": MOMENTUM}
+                "optimizer": MOMENTUM, "shuffle": shuffle}
     copied, copied_reports = run("auto", monkeypatch, layers, training, X, y)
-    monkeypatch.setattr(train_module, "COPY_BYTES", 0)
+    monkeypatch.setattr(nn.epoch, "COPY_BYTES", 0)
     taken, taken_reports = run("auto", monkeypatch, layers, training, X, y)
     assert same(taken.weights, copied.weights)
     assert metrics(taken_reports) == metrics(copied_reports)
