@@ -1,5 +1,5 @@
-"""Fast paths for stacks of dense layers: the same arithmetic as the general layer-by-layer
-code (nn/epoch.py's backprop_epoch), without its per-batch costs.
+"""Fast paths for stacks of dense layers: the general layer-by-layer code's arithmetic
+(nn/epoch.py's backprop_epoch), to rounding, without its per-batch costs.
 
 When it applies (`engine()` decides once per run, or per pretrained layer): every layer is
 dense, the per-sample input is a vector (D,), the algorithm is backprop; any loss, batch
@@ -32,9 +32,9 @@ nn/tinynet.py, chosen when `tiny_is_faster()` (a cost model fitted to per-sample
 2-H-1 and deeper nets of 3 to 17 units a layer, float64, on a 2-core AMD EPYC: Python costs
 about 1.1 us per layer + 0.6 us per unit + 0.09 us per weight and sample, the buffers about
 5.5 us per layer + 5.5; 2-4-1 runs 2.4x faster in Python, 2-16-1 the same, 2-8-8-8-1 1.2x
-slower, a 9-layer net of 3 units 1.7x faster). It agrees with the general path
-to rounding too (its dot products sum in order, BLAS's do not; libm's tanh is not NumPy's):
-~1e-13 relative after an epoch or two.
+slower, a 9-layer net of 3 units 1.7x faster). It agrees with the general path to rounding
+too (its dot products sum in order, BLAS's do not; libm's tanh is not NumPy's): ~1e-13
+relative after an epoch or two.
 
 MODE "off" forces the general path and "buffers" rules out the pure-Python engine (tests).
 """
