@@ -52,10 +52,11 @@ def backprop_epoch(layers: list[Layer], loss_name: str, batch_size: int | None,
                    poll: Callable[[], bool], engine=None, order: np.ndarray | None = None
                    ) -> bool:
     """One pass of minibatch backprop over (xs, ts) in their order, or with order over
-    (xs[order], ts): the rows are then taken batch by batch, never the whole data at once;
-    each batch's output pre-activations go to zbuf (before its update). -> False when
-    poll() asked to stop. engine: nn/fastpath.py's engine() for these layers, which does
-    the same faster."""
+    (xs[order], ts): the rows are then taken batch by batch, never the whole data at once
+    (the engine takes small data's in one copy: copied()); each batch's output
+    pre-activations go to zbuf (before its update). -> False when poll() asked to stop.
+    engine: nn/fastpath.py's engine() for these layers, which does the same, to rounding,
+    faster."""
     if engine is not None:
         return engine.epoch(params, opt, xs, ts, batch_size, lr, zbuf, poll, order)
     loss = LOSSES[loss_name]

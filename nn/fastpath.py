@@ -114,6 +114,12 @@ def grad_z(name: str, da: np.ndarray, z: np.ndarray, a: np.ndarray, tmp: np.ndar
     return da
 
 
+def _beside_ones(n: int, d: int, dtype) -> np.ndarray:
+    """Room for n rows of d inputs beside a column of ones, (n, d + 1): the rows go to
+    [:, :-1]; [x, 1] [W; b] is x W + b."""
+    return np.ones((n, d + 1), dtype)
+
+
 class _Pass:
     """Forward and backward over n samples (a training batch, or the statistics' probe rows)
     in buffers of their own. It works on transposes, one column per sample: each layer's
@@ -132,8 +138,7 @@ class _Pass:
         ends = [n * h for h in accumulate(heights)]
         self.bounds = [(e - n * h, e - n) for e, h in zip(ends, heights)]
         self.h = [self.acts[e - n * h:e].reshape(h, n) for e, h in zip(ends, heights)]
-        self.x = np.empty((n, sizes[0] + 1), dtype)
-        self.x[:, -1] = 1.0
+        self.x = _beside_ones(n, sizes[0], dtype)
         for h in self.h:
             h[-1] = 1.0
         self.a = [h[:-1] for h in self.h]                   # the outputs a^T, contiguous
@@ -218,7 +223,7 @@ class DenseStack:
         small = copied(xs)
         if small:                                # this epoch's rows in its order, beside
             if self.rows is None or len(self.rows) != n:     # a column of ones: one copy
-                self.rows = np.ones((n, self.sizes[0] + 1), xs.dtype)
+                self.rows = _beside_ones(n, self.sizes[0], xs.dtype)
             if order is None:
                 np.copyto(self.rows[:, :-1], xs)
             else:
@@ -250,7 +255,7 @@ class DenseStack:
         flat = self._adopt(params)
         if self.probe_rows is None or self.probe_rows[0] is not x \
                 or self.probe_rows[1] is not t:
-            xa = np.ones((len(x), self.sizes[0] + 1), x.dtype)
+            xa = _beside_ones(len(x), self.sizes[0], x.dtype)
             xa[:, :-1] = x
             self.probe_rows = (x, t, xa, self._targets_T(t, x.dtype))
         _, _, xa, tT = self.probe_rows
