@@ -75,11 +75,6 @@ class Flat:
                     view[...] = p[key]
                     p[key] = view
 
-    def holds(self, params: Weights) -> bool:
-        """Whether params' arrays are the views of w (adopt() made them so)."""
-        return all(p[key] is view for p, views in zip(params, self.params)
-                   for key, view in views.items())
-
     def gather(self, grads: Weights) -> None:
         np.concatenate([grads[i][key].ravel() for i, key, _, _ in self.entries], out=self.g)
 

@@ -167,7 +167,7 @@ def test_layer_stats_match_numpy_on_each_array(dtype, one_pass, monkeypatch):
     the two-pass std of small nets and the one-pass std of large ones."""
     import nn
     import nn.stats
-    from nn.stats import GRAD_KEYS, WEIGHT_KEYS, LayerStats
+    from nn.stats import GRAD_KEYS, PARAM_FIELDS, WEIGHT_KEYS, LayerStats
     monkeypatch.setattr(nn.stats, "ONE_PASS", 0 if one_pass else 1 << 30)
     plan = nn.build({"layers": [{"type": "self_attention"}, {"type": "sequence_pool"},
                                 {"type": "dense", "units": 1}]},
@@ -194,6 +194,7 @@ def test_layer_stats_match_numpy_on_each_array(dtype, one_pass, monkeypatch):
         assert [row[k] for k in GRAD_KEYS] == pytest.approx(_direct(expect_g), rel=1e-12)
         assert [p["param"] for p in row["params"]] == list(params[i])
         for entry in row["params"]:
+            assert tuple(entry) == PARAM_FIELDS
             key = entry["param"]
             assert [entry[k] for k in WEIGHT_KEYS] == pytest.approx(_direct(params[i][key]),
                                                                     rel=1e-12)
