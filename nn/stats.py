@@ -80,14 +80,6 @@ COUNTED = {"sigmoid": "act_saturated_fraction", "tanh": "act_saturated_fraction"
            "relu": "act_dead_fraction"}         # the fraction each activation reports
 
 
-def _param_entry(key: str, v: list) -> dict:
-    """A row's entry for one array: {"param": key, *ROW_KEYS: v} (a dict display: half the
-    time of dict(zip(PARAM_FIELDS, ...)), and a net has a few of these per layer and epoch)."""
-    return {"param": key, "grad_mean_abs": v[0], "grad_norm": v[1], "grad_max_abs": v[2],
-            "grad_std": v[3], "weight_mean_abs": v[4], "weight_norm": v[5],
-            "weight_max_abs": v[6], "weight_std": v[7]}
-
-
 class Moments(NamedTuple):
     """What the four statistics of an array are made of, so that those of several arrays
     together (a layer's row) follow without another pass over them."""
@@ -146,8 +138,6 @@ class LayerStats:
         self.half = sum(sizes)
         self.vec = self.scratch = None                 # float64 buffers, made when needed
         self.out = np.empty((4, 2 * k))                # STAT_KEYS x arrays
-        # per array: the gradients' STAT_KEYS, then the weights' (a row's order)
-        self.per_array = self.out.reshape(4, 2, k)[:, ::-1].transpose(2, 1, 0)
         self.flat_seen: object = None                  # a Flat seen to match our order
         self.rows_plan = []                            # per row: what it is made of
         j = 0
@@ -173,10 +163,10 @@ class LayerStats:
         lies. acts: (vector, [(start, end)]): every row's layer's outputs lie in
         vector[start:end] (the fast path's probe)."""
         with_grads = grads is not None
-        per = self._values(params, grads, flat)        # per array: grad_*, then weight_*
-        if not with_grads:
-            per = [NO_GRAD_LIST + v[4:] for v in per]
+        values = self._values(params, grads, flat)
         act = self._acts(outputs, caches) if acts is None else self._flat_acts(*acts)
+        k = len(self.arrays)
+        per = [(values[k + j] if with_grads else NO_GRAD_LIST) + values[j] for j in range(k)]
         rows = []
         for (i, name, _, own, weight, counted, _), (mean, frac) in zip(self.rows_plan, act):
             summary_values = per[weight[0]] if len(weight) == 1 else \
@@ -184,15 +174,15 @@ class LayerStats:
             row = dict(zip(ROW_FIELDS, (i, name, *summary_values, mean, None, None)))
             if counted is not None:
                 row[counted] = frac
-            row["params"] = [_param_entry(key, per[j]) for key, j in own]
+            row["params"] = [dict(zip(PARAM_FIELDS, (key, *per[j]))) for key, j in own]
             if traces is not None:
                 row.update(traces[i])
             rows.append(row)
         return rows
 
     def _values(self, params, grads, flat) -> list[list[float]]:
-        """Per array: the gradients' [mean |x|, norm, max |x|, std] (STAT_KEYS), then the
-        weights'. Without gradients (the perceptron) the former are those of zeros."""
+        """Per array, weights then gradients: [mean |x|, norm, max |x|, std] (STAT_KEYS).
+        Without gradients (the perceptron) their entries are those of zeros, unused."""
         x, owned = self._source(params, grads, flat)
         out, starts, sizes = self.out, self.starts, self.sizes
         sums = np.add.reduceat(x, starts)
@@ -217,7 +207,7 @@ class LayerStats:
             self.moments = (out[0].tolist(), out[2].tolist(), mean.tolist(), ssd.tolist())
         np.divide(out[::3], sizes, out=out[::3])       # mean |x|, ssd / n
         np.sqrt(out[1::2], out=out[1::2])              # norm = sqrt(sum x^2), std
-        return self.per_array.reshape(len(sizes) // 2, 8).tolist()
+        return out.T.tolist()
 
     def _source(self, params, grads, flat) -> tuple[np.ndarray, bool]:
         """Every weight array, then every gradient array, end to end, in float64: flat.wg
