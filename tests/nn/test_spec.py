@@ -22,7 +22,7 @@ def test_defaults_are_filled_in():
                               "nesterov": False}
     assert t["batch_size"] == 1 and t["shuffle"] is True and t["stats"] is True
     assert isinstance(t["seed"], int)                 # a null seed is chosen and recorded
-    assert plan.network["layers"][0]["init"] == {"type": "uniform", "scale": 0.1}
+    assert plan.network["layers"][0]["init"] == {"type": "glorot"}     # sigmoid's default
     assert plan.epochs_total == 100
     assert plan.n_params == (2 + 1) * 4 + (4 + 1) * 1
     adam = nn.build(OK_NET, {"optimizer": {"type": "adam"}}, INFO2).training["optimizer"]

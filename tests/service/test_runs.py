@@ -47,7 +47,7 @@ def test_create_run(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert run["error"] is None and run["metrics"] is None and run["started_at"] is None
     # normalised: every default filled in
     assert run["network"]["layers"][0] == {"type": "dense", "units": 4, "activation": "sigmoid",
-                                           "init": {"type": "uniform", "scale": 0.1}}
+                                           "init": {"type": "glorot"}}
     assert run["training"]["optimizer"] == {"type": "sgd", "learning_rate": 0.5,
                                             "momentum": 0.0, "nesterov": False}
     assert run["training"]["early_stopping"] is None and run["training"]["dtype"] == "float64"
