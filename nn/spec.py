@@ -190,6 +190,9 @@ def _check_output(layers: list[Layer], training: dict, data: DataInfo) -> None:
         if n_out != data.target_dim:
             raise SpecError(f"{p}.units", f"the output layer has {n_out} units but the "
                                           f"targets have {data.target_dim} columns")
+        if n_out == 1 and out.activation == "softmax":
+            raise SpecError(f"{p}.activation", "a softmax over one unit always outputs 1; "
+                                               "use linear for one target column")
         return
     k = len(data.classes)
     if loss == "binary_cross_entropy":

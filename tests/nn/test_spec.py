@@ -139,6 +139,8 @@ BAD = [
     ({"layers": [dense(4), dense(1, "tanh")]}, {"loss": "binary_cross_entropy"}, INFO2,
      "network.layers[1].activation"),
     ({"layers": [dense(4), dense(3, "linear")]}, {}, REG, "network.layers[1].units"),
+    ({"layers": [dense(4), dense(1, "softmax")]}, {},
+     nn.describe(np.zeros((10, 3)), np.zeros(10)), "network.layers[1].activation"),
     ({"layers": [dense(2, "softmax")]}, {"loss": "cross_entropy"}, REG, "training.loss"),
     # step and the perceptron
     ({"layers": [dense(1, "step")]}, {}, INFO2, "network.layers[0].activation"),
