@@ -24,6 +24,9 @@ import numpy as np
 from . import fields as f
 
 INIT_DEFAULTS: dict = {"uniform": {"scale": 0.1}, "glorot": {}, "he": {"distribution": "normal"}}
+# The largest uniform scale: weights beyond it are infinite in float32 (max ~3.4e38), and
+# U(-scale, scale) itself overflows a float64 from ~9e307; no network learns from such weights.
+MAX_SCALE = 1e38
 
 
 def default_init(activation: str) -> dict:
@@ -45,7 +48,8 @@ def parse_init(spec, path: str, default: dict) -> dict:
     f.obj(spec, path, {"type", *d})
     out: dict = {"type": kind}
     if kind == "uniform":
-        out["scale"] = f.number(spec, "scale", path, d["scale"], lo=0, lo_open=True)
+        out["scale"] = f.number(spec, "scale", path, d["scale"], lo=0, lo_open=True,
+                                hi=MAX_SCALE)
     elif kind == "he":
         out["distribution"] = f.choice(spec, "distribution", path, ("normal", "uniform"),
                                        d["distribution"])

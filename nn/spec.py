@@ -9,6 +9,8 @@ import copy
 import secrets
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import fields as f
 from .data import DataInfo, split_counts
 from .errors import SpecError
@@ -287,6 +289,14 @@ def _check_pretrain(layers: list[Layer], training: dict, data: DataInfo) -> int:
     return len(hidden) * training["pretrain"]["epochs"]
 
 
+def _check_dtype(training: dict, data: DataInfo) -> None:
+    """float32 holds magnitudes up to ~3.4e38; beyond, the data would be infinite."""
+    limit = float(np.finfo(np.float32).max)
+    if training["dtype"] == "float32" and data.max_abs > limit:
+        raise SpecError("training.dtype", f"the data holds values up to {data.max_abs:.3g}, "
+                                          f"beyond float32's range ({limit:.3g}); use float64")
+
+
 def check_split(training: dict, data: DataInfo) -> None:
     frac = training["validation_fraction"]
     if frac == 0:
@@ -313,6 +323,7 @@ def build(network: dict, training: dict, data: DataInfo) -> Plan:
     _check_output(layers, train, data)
     _check_inputs(layers, train, data)
     pretrain_epochs = _check_pretrain(layers, train, data)
+    _check_dtype(train, data)
     check_split(train, data)
     return Plan(net, train, data, tuple(layers), train["epochs"],
                 sum(l.n_params for l in layers), pretrain_epochs)

@@ -128,6 +128,8 @@ OUT1 = {"type": "dense", "units": 1}
         ({"network": _layers({**DENSE4, "activation": "softmax"}, OUT1)}, "network.layers[0].activation", "output layer"),
         ({"network": _layers({**DENSE4, "init": {"type": "orthogonal"}}, OUT1)}, "network.layers[0].init.type", "must be one of"),
         ({"network": _layers({**DENSE4, "init": {"type": "uniform", "scale": 0}}, OUT1)}, "network.layers[0].init.scale", "> 0"),
+        # weights that large overflow (float32; float64 from ~9e307): never a failed run
+        ({"network": _layers({**DENSE4, "init": {"type": "uniform", "scale": 1e308}}, OUT1)}, "network.layers[0].init.scale", "<= 1e+38"),
         ({"network": _layers({**DENSE4, "init": {"type": "glorot", "scale": 1}}, OUT1)}, "network.layers[0].init.scale", "not a known field"),
         ({"network": _layers(*[DENSE4] * 101)}, "network.layers", "at most 100"),
         ({"network": {"layers": []}}, "network.layers", "must not be empty"),
