@@ -6,8 +6,8 @@ it, an init, an optimizer, a schedule, ...), when nn.build and the service's lim
 it, training a few epochs the way the worker does (a checkpoint every epoch, then a resume
 from one) must end with a stop reason the worker maps to `succeeded` or to the `diverged`
 code, and never raise: an exception in the worker is an `internal_error`. Values are drawn
-from sets that include the extremes the API accepts (learning rates and init scales up to
-1e300, inputs of 1e300), so numeric blow-ups are exercised, not just the common case.
+from sets that include the extremes the API accepts (learning rates up to 1e300, init
+scales to 1e38 and past it, inputs of 1e300), so numeric blow-ups are exercised.
 
 Derandomized, with a fixed number of examples, so CI sees the same cases every time.
 """
