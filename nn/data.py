@@ -18,6 +18,8 @@ class DataInfo:
     step (class_counts then count time steps); regression: (target_dim,).
     token_range: (min, max) of the inputs when every input value is an integer, else None;
     lets `build` check an embedding's vocab_size.
+    max_abs: the largest |value| of the inputs and of regression targets; lets `build`
+    refuse float32 for data beyond its range.
     """
     input_shape: tuple[int, ...]
     n_samples: int
@@ -27,6 +29,7 @@ class DataInfo:
     class_counts: list[int] | None = None
     target_shape: tuple[int, ...] = ()
     token_range: tuple[int, int] | None = None
+    max_abs: float = 0.0
 
 
 def _array(values, path: str) -> np.ndarray:
@@ -94,9 +97,9 @@ def _values(targets, y: np.ndarray) -> list:
     return list(targets)
 
 
-def token_range(x: np.ndarray) -> tuple[int, int] | None:
-    """(min, max) when every value of x is an integer (token ids), else None."""
-    lo, hi = float(x.min()), float(x.max())
+def token_range(x: np.ndarray, lo: float, hi: float) -> tuple[int, int] | None:
+    """(min, max) = (lo, hi) of x when every value of x is an integer (token ids), else
+    None."""
     if not np.array_equal(x, np.floor(x)) or max(abs(lo), abs(hi)) > 2**53:
         return None
     return int(lo), int(hi)
@@ -131,7 +134,8 @@ def describe(inputs, targets, task: str | None = None) -> DataInfo:
     if y.ndim not in (1, 2) or len(y) != len(x):
         raise SpecError("targets", f"must have shape ({len(x)},) or ({len(x)}, K), "
                                    f"got {y.shape}")
-    shape, tokens = tuple(x.shape[1:]), token_range(x)
+    lo, hi = float(x.min()), float(x.max())
+    shape, tokens, max_abs = tuple(x.shape[1:]), token_range(x, lo, hi), max(-lo, hi)
     if task is None:
         task = "classification" if y.ndim == 1 and y.dtype.kind in "biuUSO" else "regression"
     if task == "regression":
@@ -140,13 +144,15 @@ def describe(inputs, targets, task: str | None = None) -> DataInfo:
         if not np.isfinite(y.astype(np.float64)).all():
             raise SpecError("targets", "contains NaN or infinite values")
         dim = 1 if y.ndim == 1 else y.shape[1]
-        return DataInfo(shape, len(x), task, None, dim, None, (dim,), tokens)
+        max_abs = max(max_abs, float(np.abs(y.astype(np.float64)).max()))
+        return DataInfo(shape, len(x), task, None, dim, None, (dim,), tokens, max_abs)
     if y.ndim == 2 and y.shape[1] == 0:
         raise SpecError("targets", "labels per time step need at least one time step")
     classes, counts = _classes(_values(targets, y))
     if len(classes) < 2:
         raise SpecError("targets", "classification needs at least 2 classes")
-    return DataInfo(shape, len(x), task, classes, 1, counts, tuple(y.shape[1:]), tokens)
+    return DataInfo(shape, len(x), task, classes, 1, counts, tuple(y.shape[1:]), tokens,
+                    max_abs)
 
 
 def encode_labels(targets, classes: list, path: str = "targets") -> np.ndarray:
@@ -187,8 +193,16 @@ def stratified_split(y: np.ndarray | None, n: int, fraction: float,
 def fit_standardizer(x: np.ndarray) -> dict:
     """Mean and std per input value (a column of (N, D), a pixel of (N, C, H, W); std 0 -> 1),
     as (nested) JSON lists of the per-sample shape, for Model.meta."""
-    std = x.std(axis=0)
-    return {"mean": x.mean(axis=0).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = x.mean(axis=0), x.std(axis=0)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        # values near float64's limit overflow the sums and squares: scale each by its
+        # largest |value| first (only then, so that other data standardise, and resumed
+        # runs fingerprint, to the same last bit as before)
+        scale = np.abs(x).max(axis=0)
+        scale[scale == 0] = 1.0
+        mean, std = (x / scale).mean(axis=0) * scale, (x / scale).std(axis=0) * scale
+    return {"mean": mean.tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
 
 
 def standardize(x: np.ndarray, params: dict | None) -> np.ndarray:

@@ -9,6 +9,8 @@ import copy
 import secrets
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import fields as f
 from .data import DataInfo, split_counts
 from .errors import SpecError
@@ -190,6 +192,9 @@ def _check_output(layers: list[Layer], training: dict, data: DataInfo) -> None:
         if n_out != data.target_dim:
             raise SpecError(f"{p}.units", f"the output layer has {n_out} units but the "
                                           f"targets have {data.target_dim} columns")
+        if n_out == 1 and out.activation == "softmax":
+            raise SpecError(f"{p}.activation", "a softmax over one unit always outputs 1; "
+                                               "use linear for one target column")
         return
     k = len(data.classes)
     if loss == "binary_cross_entropy":
@@ -284,6 +289,14 @@ def _check_pretrain(layers: list[Layer], training: dict, data: DataInfo) -> int:
     return len(hidden) * training["pretrain"]["epochs"]
 
 
+def _check_dtype(training: dict, data: DataInfo) -> None:
+    """float32 holds magnitudes up to ~3.4e38; beyond, the data would be infinite."""
+    limit = float(np.finfo(np.float32).max)
+    if training["dtype"] == "float32" and data.max_abs > limit:
+        raise SpecError("training.dtype", f"the data holds values up to {data.max_abs:.3g}, "
+                                          f"beyond float32's range ({limit:.3g}); use float64")
+
+
 def check_split(training: dict, data: DataInfo) -> None:
     frac = training["validation_fraction"]
     if frac == 0:
@@ -310,6 +323,7 @@ def build(network: dict, training: dict, data: DataInfo) -> Plan:
     _check_output(layers, train, data)
     _check_inputs(layers, train, data)
     pretrain_epochs = _check_pretrain(layers, train, data)
+    _check_dtype(train, data)
     check_split(train, data)
     return Plan(net, train, data, tuple(layers), train["epochs"],
                 sum(l.n_params for l in layers), pretrain_epochs)

@@ -101,8 +101,10 @@ def combine(parts: list[Moments]) -> Moments:
         return parts[0]
     n = sum(m.n for m in parts)
     mean = sum(m.n * m.mean for m in parts) / n
+    # d * d, not d ** 2: a float's ** raises OverflowError where * gives inf (weights of
+    # 1e300 are finite, and their statistics may be infinite)
     return Moments(n, sum(m.sum_abs for m in parts), max(m.max_abs for m in parts), mean,
-                   sum(m.ssd + m.n * (m.mean - mean) ** 2 for m in parts))
+                   sum(m.ssd + m.n * (d := m.mean - mean) * d for m in parts))
 
 
 class LayerStats:

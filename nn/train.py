@@ -200,14 +200,15 @@ def train(plan: Plan, inputs, targets, *,
         if interrupted is None:
             interrupted, error = _epochs(plan, data, state, poll, on_epoch, checkpoint_every,
                                          on_checkpoint)
+        if not state.last:                         # no epoch ran: measure the initial weights
+            train_loss, train_acc = _evaluate(plan, state.params, data.x, data.t, data.y)
+            val_loss, val_acc = _evaluate(plan, state.params, data.x_val, data.t_val,
+                                          data.y_val)
+            state.last = {"train_loss": train_loss, "val_loss": val_loss,
+                          "train_accuracy": train_acc, "val_accuracy": val_acc}
     stop_reason = interrupted or state.stop_reason
     if stop_reason is None and perceptron and plan.epochs_total > 0:
         stop_reason = "not_converged"
-    if not state.last:                             # no epoch ran: measure the initial weights
-        train_loss, train_acc = _evaluate(plan, state.params, data.x, data.t, data.y)
-        val_loss, val_acc = _evaluate(plan, state.params, data.x_val, data.t_val, data.y_val)
-        state.last = {"train_loss": train_loss, "val_loss": val_loss,
-                      "train_accuracy": train_acc, "val_accuracy": val_acc}
     meta = model_meta(plan, data.standardizer)
     best = state.best_params
     final = {**state.last, "best_epoch": state.best_epoch, "best_loss": state.best_value,

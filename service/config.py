@@ -48,6 +48,9 @@ DEFAULTS: dict[str, object] = {
     "MAX_ATTEMPTS": 3,
     # Wall-clock limit of one run (seconds); over it the run fails with code "timeout".
     "RUN_TIME_LIMIT_SECONDS": 3600,
+    # Longest `GET /v1/runs/{id}?wait=` (seconds): a waiting request holds an API thread
+    # (not a database connection) this long at most; more is a 422.
+    "RUN_WAIT_MAX_SECONDS": 60,
     # Largest accepted request body (bytes).
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
     # Page size of list endpoints when ?limit= is not given, and its maximum.

@@ -15,7 +15,7 @@ import numpy as np
 from .. import fields as f
 from ..activations import ACTIVATIONS
 from ..errors import SpecError
-from ..init import init_weights
+from ..init import default_init, init_weights
 from .base import MAX_UNITS, Layer, Params, Shape, activation, bias, image_shape, init_spec, pair
 from .windows import add_windows, out_size, windows
 
@@ -79,7 +79,8 @@ def backward(da: np.ndarray, cache: ConvCache, need_dx: bool = True
 class Conv2D(Layer):
     kind = "conv2d"
     REQUIRED = ("filters", "kernel_size")
-    DEFAULTS = {"stride": 1, "padding": 0, "activation": "relu", "init": {"type": "he"}}
+    DEFAULTS = {"stride": 1, "padding": 0, "activation": "relu",
+                "init": None}                                # None: by the activation
     weight_keys = ("W",)
 
     @classmethod
@@ -97,7 +98,7 @@ class Conv2D(Layer):
             raise SpecError(f"{path}.kernel_size", f"the kernel {tuple(k)} is larger than the "
                                                    f"padded input image {padded}")
         act = activation(spec, path, cls.DEFAULTS["activation"])
-        init = init_spec(spec, path, cls.DEFAULTS["init"])
+        init = init_spec(spec, path, default_init(act))
         normal = {"type": cls.kind, "filters": filters, "kernel_size": k, "stride": s,
                   "padding": p, "activation": act, "init": init}
         out = (filters, out_size(h, k[0], s[0], p[0]), out_size(w, k[1], s[1], p[1]))

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..activations import ACTIVATIONS
 from ..errors import SpecError
-from ..init import init_dense
+from ..init import default_init, init_dense
 from .base import Layer, Params, Shape, activation, init_spec, units
 
 
@@ -55,7 +55,7 @@ def backward_z(dz: np.ndarray, cache: DenseCache, need_dx: bool = True
 class Dense(Layer):
     kind = "dense"
     REQUIRED = ("units",)
-    DEFAULTS = {"activation": "sigmoid", "init": {"type": "uniform"}}
+    DEFAULTS = {"activation": "sigmoid", "init": None}     # init None: by the activation
     weight_keys = ("W",)
 
     @classmethod
@@ -65,7 +65,7 @@ class Dense(Layer):
                                   "add a flatten layer before it")
         n = units(spec, path)
         act = activation(spec, path, cls.DEFAULTS["activation"])
-        init = init_spec(spec, path, cls.DEFAULTS["init"])
+        init = init_spec(spec, path, default_init(act))
         normal = {"type": cls.kind, "units": n, "activation": act, "init": init}
         return cls(normal, in_shape, (*in_shape[:-1], n))
 

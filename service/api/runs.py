@@ -7,6 +7,7 @@ Status changes made here are compare-and-set UPDATEs (`... WHERE id = :id AND st
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -23,12 +24,15 @@ from service.db import get_session
 from service.errors import ApiError, not_found, validation_error
 from service.models import ACTIVE_STATUSES, RUN_STATUSES, Artifact, Dataset, Run, new_id, utcnow
 from service.pagination import page
-from service.params import arg_choices, arg_uuid, json_object, parse_uuid
+from service.params import arg_choices, arg_int, arg_uuid, json_object, parse_uuid
 from service.schemas import validate
 from service.serialize import FINISHED_STATUSES, run_json
 
 log = logging.getLogger(__name__)
 bp = Blueprint("runs", __name__, url_prefix="/v1/runs")
+# GET /v1/runs/{id}?wait=: how often the status is read. A finished run is answered within
+# this; a read is one indexed row, so a few waiting clients cost the database next to nothing.
+WAIT_POLL_SECONDS = 0.25
 
 
 @bp.post("")
@@ -92,7 +96,29 @@ def list_() -> Response:
 
 @bp.get("/<uuid:run_id>")
 def get(run_id: uuid.UUID) -> Response:
-    return json_response(run_json(fetch(get_session(), Run, run_id, "run")))
+    """?wait=SECONDS: answer once the run is finished or the time has passed (a long poll)."""
+    wait = arg_int("wait", 0, 0, int(current_app.config["RUN_WAIT_MAX_SECONDS"]))
+    session = get_session()
+    run = fetch(session, Run, run_id, "run")
+    if wait and run.status not in FINISHED_STATUSES:
+        _wait_finished(session, run.id, time.monotonic() + wait)
+        run = fetch(session, Run, run_id, "run")
+    return json_response(run_json(run))
+
+
+def _wait_finished(session: Session, ident: str, deadline: float) -> None:
+    """Until the run is finished (or gone) or the monotonic deadline: its status read every
+    WAIT_POLL_SECONDS, each time in a short transaction; while sleeping the session holds no
+    connection, so waiting clients cannot exhaust the pool or keep a snapshot open."""
+    while True:
+        session.close()  # ends the transaction and returns the connection to the pool
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(WAIT_POLL_SECONDS, left))
+        status = session.scalar(sa.select(Run.status).where(owned(Run), Run.id == ident))
+        if status is None or status in FINISHED_STATUSES:
+            return
 
 
 @bp.delete("/<uuid:run_id>")

@@ -77,7 +77,7 @@ def test_generator_errors(kwargs, path):
 def test_describe_classification_and_regression():
     info = nn.describe([[0, 1], [1, 0], [2, 2]], ["b", "a", "b"])
     assert info == nn.DataInfo((2,), 3, "classification", ["a", "b"], 1, [1, 2],
-                               target_shape=(), token_range=(0, 2))
+                               target_shape=(), token_range=(0, 2), max_abs=2.0)
     assert nn.describe(np.zeros((3, 1)), [True, False, True]).classes == [False, True]
     assert nn.describe(np.zeros((3, 1)), np.array([2, 0, 7])).classes == [0, 2, 7]
     assert nn.describe(np.zeros((3, 1)), [1.0, 0.0, 1.0], "classification").classes == [0, 1]
@@ -162,3 +162,10 @@ def test_standardizer():
     assert params == {"mean": [2.0, 5.0], "std": [1.0, 1.0]}   # constant column: std 1
     assert np.allclose(standardize(x, params), [[-1, 0], [1, 0]])
     assert standardize(x, None) is x
+
+
+def test_standardizer_near_the_float64_limit():
+    """Sums and squares of values of 1e300 overflow: still mean 0 and std 1 afterwards."""
+    x = np.random.default_rng(0).standard_normal((50, 2)) * 1e300
+    z = standardize(x, fit_standardizer(x))
+    assert np.allclose(z.mean(axis=0), 0) and np.allclose(z.std(axis=0), 1)

@@ -22,7 +22,7 @@ def test_defaults_are_filled_in():
                               "nesterov": False}
     assert t["batch_size"] == 1 and t["shuffle"] is True and t["stats"] is True
     assert isinstance(t["seed"], int)                 # a null seed is chosen and recorded
-    assert plan.network["layers"][0]["init"] == {"type": "uniform", "scale": 0.1}
+    assert plan.network["layers"][0]["init"] == {"type": "glorot"}     # sigmoid's default
     assert plan.epochs_total == 100
     assert plan.n_params == (2 + 1) * 4 + (4 + 1) * 1
     adam = nn.build(OK_NET, {"optimizer": {"type": "adam"}}, INFO2).training["optimizer"]
@@ -138,7 +138,16 @@ BAD = [
      "network.layers[1].units"),
     ({"layers": [dense(4), dense(1, "tanh")]}, {"loss": "binary_cross_entropy"}, INFO2,
      "network.layers[1].activation"),
+    ({"layers": [dense(4, init={"type": "uniform", "scale": 1e308}), dense(1)]}, {}, INFO2,
+     "network.layers[0].init.scale"),
     ({"layers": [dense(4), dense(3, "linear")]}, {}, REG, "network.layers[1].units"),
+    # float32 cannot hold the data (inputs or regression targets beyond ~3.4e38)
+    (OK_NET, {"dtype": "float32"}, nn.describe(np.full((4, 2), 1e39), [0, 1, 0, 1]),
+     "training.dtype"),
+    ({"layers": [dense(1, "linear")]}, {"dtype": "float32"},
+     nn.describe(np.zeros((4, 1)), np.array([0, -1e39, 2, 3.0])), "training.dtype"),
+    ({"layers": [dense(4), dense(1, "softmax")]}, {},
+     nn.describe(np.zeros((10, 3)), np.zeros(10)), "network.layers[1].activation"),
     ({"layers": [dense(2, "softmax")]}, {"loss": "cross_entropy"}, REG, "training.loss"),
     # step and the perceptron
     ({"layers": [dense(1, "step")]}, {}, INFO2, "network.layers[0].activation"),

@@ -171,7 +171,7 @@ def test_every_layer_type_has_published_defaults():
     from nn.layers import LAYERS
     for kind, cls in LAYERS.items():
         assert nn.DEFAULTS[kind] == cls.DEFAULTS
-    assert nn.DEFAULTS["dense"] == {"activation": "sigmoid", "init": {"type": "uniform"}}
+    assert nn.DEFAULTS["dense"] == {"activation": "sigmoid", "init": None}   # by activation
     assert nn.DEFAULTS["pretrain"] == {"epochs": 10, "optimizer": None}
 
 

@@ -89,7 +89,9 @@ def test_textbook_per_sample_sgd_step():
 
 def test_initial_weights_are_uniform_small_and_seeded(xor_data):
     X, y = xor_data
-    plan = plan_for([dense(50), dense(1)], {"epochs": 0, "seed": 9}, X, y)
+    uniform = {"type": "uniform"}                       # the textbook's, one init away
+    plan = plan_for([dense(50, init=uniform), dense(1, init=uniform)], {"epochs": 0, "seed": 9},
+                    X, y)
     r = nn.train(plan, X, y)
     W = r.weights[0]["W"]
     assert np.abs(W).max() <= 0.1 and np.abs(W).max() > 0.09
@@ -99,6 +101,29 @@ def test_initial_weights_are_uniform_small_and_seeded(xor_data):
     assert r.metrics["train_loss"] is not None
     again = nn.train(plan, X, y, initial_weights=r.weights)
     assert same(again.weights, r.weights)                         # epochs 0: unchanged
+
+
+def test_default_init_follows_the_activation(xor_data):
+    """Glorot for sigmoid, tanh, linear and softmax, He for ReLU (nn/init.py), written into
+    the normalised plan; the weights are drawn so."""
+    X, y = xor_data
+    layers = [dense(50, "sigmoid"), dense(40, "relu"), dense(30, "tanh"), dense(20, "linear"),
+              dense(2, "softmax")]
+    plan = plan_for(layers, {"epochs": 0, "seed": 4}, X, y)
+    inits = [spec["init"] for spec in plan.network["layers"]]
+    glorot, he = {"type": "glorot"}, {"type": "he", "distribution": "normal"}
+    assert inits == [glorot, he, glorot, glorot, glorot]
+    w = nn.train(plan, X, y).weights
+    for (fan_in, fan_out), p in zip([(2, 50), (30, 20), (20, 2)], (w[0], w[3], w[4])):
+        limit = np.sqrt(6 / (fan_in + fan_out))
+        assert 0.9 * limit < np.abs(p["W"]).max() <= limit and not p["b"].any()
+    assert np.std(w[1]["W"]) == pytest.approx(np.sqrt(2 / 50), rel=0.1)
+    conv = nn.build({"layers": [{"type": "conv2d", "filters": 2, "kernel_size": 3,
+                                 "activation": "tanh"}, {"type": "flatten"}, dense(2)]},
+                    {}, nn.describe(np.zeros((4, 5, 5)), np.array([0, 1, 0, 1])))
+    assert conv.network["layers"][0]["init"] == glorot
+    perceptron = plan_for([dense(1, "step")], {"algorithm": "perceptron"}, X, y)
+    assert perceptron.network["layers"][0]["init"] == {"type": "uniform", "scale": 0.1}
 
 
 def test_bad_initial_weights(xor_data):

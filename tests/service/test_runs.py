@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import sys
+import threading
+import time
 import types
 import uuid
 
@@ -47,7 +49,7 @@ def test_create_run(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert run["error"] is None and run["metrics"] is None and run["started_at"] is None
     # normalised: every default filled in
     assert run["network"]["layers"][0] == {"type": "dense", "units": 4, "activation": "sigmoid",
-                                           "init": {"type": "uniform", "scale": 0.1}}
+                                           "init": {"type": "glorot"}}
     assert run["training"]["optimizer"] == {"type": "sgd", "learning_rate": 0.5,
                                             "momentum": 0.0, "nesterov": False}
     assert run["training"]["early_stopping"] is None and run["training"]["dtype"] == "float64"
@@ -128,6 +130,8 @@ OUT1 = {"type": "dense", "units": 1}
         ({"network": _layers({**DENSE4, "activation": "softmax"}, OUT1)}, "network.layers[0].activation", "output layer"),
         ({"network": _layers({**DENSE4, "init": {"type": "orthogonal"}}, OUT1)}, "network.layers[0].init.type", "must be one of"),
         ({"network": _layers({**DENSE4, "init": {"type": "uniform", "scale": 0}}, OUT1)}, "network.layers[0].init.scale", "> 0"),
+        # weights that large overflow (float32; float64 from ~9e307): never a failed run
+        ({"network": _layers({**DENSE4, "init": {"type": "uniform", "scale": 1e308}}, OUT1)}, "network.layers[0].init.scale", "<= 1e+38"),
         ({"network": _layers({**DENSE4, "init": {"type": "glorot", "scale": 1}}, OUT1)}, "network.layers[0].init.scale", "not a known field"),
         ({"network": _layers(*[DENSE4] * 101)}, "network.layers", "at most 100"),
         ({"network": {"layers": []}}, "network.layers", "must not be empty"),
@@ -302,6 +306,47 @@ def test_list_filters(any_app: Flask, any_client) -> None:  # noqa: ANN001
 def test_list_bad_parameters(client, query: str, path: str) -> None:  # noqa: ANN001
     resp = client.get(f"/v1/runs?{query}")
     assert resp.status_code == 422 and problem_paths(resp) == [path]
+
+
+# ---- waiting for a run -------------------------------------------------------------------------
+
+def test_get_with_wait_answers_when_the_run_finishes(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    """Queued when asked; another thread (a worker's final transaction) finishes it while
+    the request waits, and the answer is the finished run. Meanwhile the waiting request
+    holds no pooled connection between its reads."""
+    run = create_run(any_client, create_xor_dataset(any_client)["id"])
+    pool = db.engine(any_app).pool
+    held: list[int] = []
+
+    def finish() -> None:
+        for _ in range(10):
+            time.sleep(0.05)
+            held.append(pool.checkedout())
+        finish_run(any_app, run["id"], epochs=3, status="failed")
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    resp = any_client.get(f"/v1/runs/{run['id']}?wait=30")
+    worker.join()
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["status"] == "failed" and body["epochs_completed"] == 3
+    assert 0 in held                          # a read every 0.25 s, no connection in between
+
+
+def test_get_with_wait_answers_when_the_time_passes(any_client) -> None:  # noqa: ANN001
+    run = create_run(any_client, create_xor_dataset(any_client)["id"])
+    resp = any_client.get(f"/v1/runs/{run['id']}?wait=1")
+    assert resp.status_code == 200 and resp.get_json()["status"] == "queued"
+    cancelled = any_client.post(f"/v1/runs/{run['id']}/cancel").get_json()
+    assert any_client.get(f"/v1/runs/{run['id']}?wait=60").get_json() == cancelled  # at once
+
+
+@pytest.mark.parametrize("wait", ["61", "-1", "1.5", "soon", ""])
+def test_get_with_a_bad_wait_is_422(client, wait: str) -> None:  # noqa: ANN001
+    run = create_run(client, create_xor_dataset(client)["id"])
+    resp = client.get(f"/v1/runs/{run['id']}?wait={wait}")
+    assert resp.status_code == 422 and problem_paths(resp) == ["query.wait"]
 
 
 # ---- cancel and delete ---------------------------------------------------------------------------
