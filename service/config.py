@@ -48,6 +48,13 @@ DEFAULTS: dict[str, object] = {
     "MAX_ATTEMPTS": 3,
     # Wall-clock limit of one run (seconds); over it the run fails with code "timeout".
     "RUN_TIME_LIMIT_SECONDS": 3600,
+    # How much a run may grow the address space of the process that trains it (bytes; None
+    # or 0: no limit); past it the run fails with code "out_of_memory" and the worker lives
+    # on (worker/memory.py). Above the run budget RUN_MAX_MEMORY_BYTES (2 GiB, estimated at
+    # submit) by what the estimate leaves out: the data set, up to ~4x DATASET_MAX_BYTES
+    # (its bytes from the database, the decoded arrays, the validation split and a shuffled
+    # copy: 0.9 GiB for the largest), and the estimate's own error.
+    "WORKER_MEMORY_LIMIT_BYTES": 4 * 1024**3,
     # Largest accepted request body (bytes).
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
     # Page size of list endpoints when ?limit= is not given, and its maximum.

@@ -25,6 +25,11 @@ XOR_NET = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"},
 XOR_TRAINING = {"loss": "squared_error", "optimizer": {"type": "sgd", "learning_rate": 0.5},
                 "batch_size": 1, "epochs": 200, "seed": 1, "validation_fraction": 0.2}
 RUN_SECONDS = 90  # the longest any run here may take, on a loaded two-core machine
+# A worker's WORKER_MEMORY_LIMIT_BYTES in the out-of-memory tests, and a run far past it: a
+# full batch of 4000 samples through 2000 units, 61 MiB for each of the forward pass's arrays.
+SMALL_MEMORY_LIMIT = 64 * 2**20
+WIDE_NET = {"layers": [{"type": "dense", "units": 2000, "activation": "relu"},
+                       {"type": "dense", "units": 1, "activation": "sigmoid"}]}
 
 
 class Api:
@@ -75,6 +80,19 @@ def start_run(api: Api, dataset_id: str, **fields: Any) -> dict[str, Any]:
     run = api.post("/v1/runs", body, 202)
     assert run["status"] == "queued"
     return run
+
+
+def run_out_of_memory(api: Api, procs: Procs) -> dict[str, Any]:
+    """A run of WIDE_NET on a worker limited to SMALL_MEMORY_LIMIT: it fails with
+    out_of_memory, saying what to change."""
+    dataset_id = api.post("/v1/datasets", {"name": "wide", "generator": {
+        **XOR, "n_samples": 4000}}, 201)["id"]
+    run = api.post("/v1/runs", {"dataset_id": dataset_id, "network": WIDE_NET, "training": {
+        **XOR_TRAINING, "batch_size": None, "epochs": 1}}, 202)
+    done = wait_until(api, procs, run["id"])
+    assert (done["status"], (done["error"] or {}).get("code")) == ("failed", "out_of_memory"), done
+    assert "training.batch_size" in done["error"]["message"]
+    return done
 
 
 def epoch_numbers(api: Api, run_id: str) -> list[int]:

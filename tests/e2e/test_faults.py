@@ -410,6 +410,24 @@ def test_cancel_timeout_divergence_and_bad_data_end_in_their_states(
     assert outcomes[timeout_id]["epochs_completed"] > 0
 
 
+def test_a_run_past_its_memory_limit_fails_and_the_worker_lives_on(
+    up: Any, procs: Procs, engine: sa.Engine,
+) -> None:
+    """A run that needs far more than the worker's WORKER_MEMORY_LIMIT_BYTES fails with
+    out_of_memory, not internal_error nor worker_lost: the allocation fails inside the pool
+    process, the worker's main process is the same one, and the next run trains on it."""
+    api = up(WORKER_MEMORY_LIMIT_BYTES=flow.SMALL_MEMORY_LIMIT)
+    worker = procs.procs["worker"]
+    failed = flow.run_out_of_memory(api, procs)
+    assert failed["attempts"] == 1 and failed["epochs_completed"] == 0
+
+    run_id = flow.start_run(api, flow.create_xor(api))["id"]
+    assert flow.wait_until(api, procs, run_id)["status"] == "succeeded"
+    assert worker.poll() is None
+    assert pool_parent(row(engine, run_id).worker) == worker.pid  # the same main process
+    assert pool_parent(row(engine, failed["id"]).worker) == worker.pid
+
+
 def test_twenty_runs_at_once_on_two_workers(up: Any, procs: Procs, engine: sa.Engine) -> None:
     """None lost, none trained twice (bench/load.py does 200 and measures)."""
     api = up(TENANT_MAX_ACTIVE_RUNS=1000)
