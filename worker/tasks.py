@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.exceptions import Ignore
 from flask import current_app
 
 from service.queue import RECONCILE_TASK, TRAIN_TASK
@@ -12,9 +13,14 @@ from worker import reconcile as reconciler
 
 @shared_task(name=TRAIN_TASK)
 def train_run(run_id: str) -> str:
-    """Train the run within the memory a run may take (worker/memory.py)."""
+    """Train the run within the memory a run may take. A message that did not end its run
+    here (a duplicate, a run handed back, ...) is logged by Celery as "ignored", not as a
+    task that succeeded; training.train_run has logged what happened."""
     with memory.limited(current_app.config["WORKER_MEMORY_LIMIT_BYTES"]):
-        return training.train_run(run_id)
+        outcome = training.train_run(run_id)
+    if outcome in training.NOT_TRAINED:
+        raise Ignore(outcome)
+    return outcome
 
 
 @shared_task(name=RECONCILE_TASK)

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # Stop reasons of a run that ended well (perceptron: "converged" / "not_converged").
 SUCCEEDED = (None, "early_stopping", "converged", "not_converged")
+# What train_run returns when the run did not end here (see its docstring).
+NOT_TRAINED = ("dropped", "settled", "lease_lost", "handed_back")
 
 
 class InvalidData(Exception):

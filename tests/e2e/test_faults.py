@@ -146,6 +146,11 @@ def test_a_worker_told_to_stop_hands_its_run_back(
     worker_lines = json_lines(procs, "worker")
     assert any(line["message"].startswith(f"run {run_id}: handed back to the queue")
                and line["run_id"] == run_id and line["dataset_id"] for line in worker_lines)
+    # Celery's line for the task's end says that it did not end the run, not "succeeded".
+    ended = [line for line in worker_lines if line["logger"] == "celery.app.trace"
+             and line["message"].startswith("Task backprop.train_run[")]
+    assert [(line["message"].rsplit(" ", 1)[1], line["data"]["exc"]) for line in ended] == [
+        ("ignored", "Ignore('handed_back')")], ended
     assert any(line.get("request_id") == "req-42" and line.get("run_id") == run_id
                and line["logger"] == "service.requests" for line in json_lines(procs, "api"))
     assert any(line["logger"].startswith("gunicorn") for line in json_lines(procs, "api"))
