@@ -63,14 +63,14 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 def _worker_pid(up: int) -> int:
-    """The celery worker `up` started (its other child is gunicorn)."""
+    """The celery worker `up` started (its other children: gunicorn, celery beat)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
             argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
-        if parent == up and b"celery" in argv:
+        if parent == up and b"celery" in argv and b"worker" in argv:
             return int(stat.parent.name)
     raise AssertionError("no celery worker under backprop up")
 
