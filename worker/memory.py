@@ -11,8 +11,8 @@ the MemoryError of a task again itself).
 
 - The address space, not the resident memory: it is the limit Linux enforces at allocation.
   It counts pages mapped but not yet touched, so it may refuse a little early, never late.
-- Counted from where the process is when the run starts: a Celery pool process has ~210 MiB
-  of address space (~90 MiB resident) before its first run (numpy with one BLAS thread ~100,
+- Counted from where the process is when the run starts: a Celery pool process has ~190 MiB
+  of address space (~85 MiB resident) before its first run (numpy with one BLAS thread ~85,
   the app ~80, OpenBLAS's buffer 32, allocated by `warm_up` before any limit), and whatever a
   previous run left (a fragmented heap) does not shrink the next run's share.
 - After a run that ran out, `release` hands what it left back to the system, so the process

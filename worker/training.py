@@ -214,6 +214,8 @@ def _load(claimed: Claimed) -> tuple[np.ndarray, np.ndarray, str, bytes | None, 
         data, task = dataset.data, dataset.task
     try:
         inputs, targets = dataio.decode(data)
+    except MemoryError:
+        raise
     except Exception as exc:  # zipfile, KeyError, ValueError: all mean unreadable
         raise InvalidData(f"the stored data set does not load: {exc!r}") from exc
     checkpoint = artifacts.get("checkpoint")

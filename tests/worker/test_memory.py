@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
 
 import pytest
 from flask import Flask
 
-from tests.worker.rows import add_dataset, add_run, get_run
+from service import dataio
+from service.models import utcnow
+from tests.worker.rows import add_dataset, add_run, get_run, set_run
 from worker import memory
+from worker import training as training_module
 from worker.training import train_run
 
 MiB = 2**20
@@ -59,3 +64,52 @@ def test_the_limit_is_counted_from_the_start_and_lifted_after() -> None:
     assert len(large) == 128 * MiB
     with memory.limited(None):
         assert len(bytearray(128 * MiB)) == 128 * MiB
+
+
+def _out_of_memory(*_args: Any, **_kwargs: Any) -> Any:
+    raise MemoryError("Unable to allocate 1.00 GiB for an array with shape (134217728,)")
+
+
+def test_running_out_while_loading_the_data_fails_the_run_too(
+    make_run: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_id = make_run()
+    monkeypatch.setattr(dataio, "decode", _out_of_memory)
+    assert train_run(run_id) == "failed"
+    run = get_run(run_id)
+    assert (run.error_code, run.lease_token) == ("out_of_memory", None)
+    assert "(Unable to allocate 1.00 GiB" in run.error_message
+
+
+def test_running_out_while_recording_the_outcome_never_leaves_the_run_stuck(
+    make_run: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of memory writing the outcome (the final weights, say): the run is recorded as
+    out_of_memory once what it held is freed. Out of memory even for that: train_run still
+    returns (a MemoryError reaching Celery would stop the worker), and the run is left to
+    its lease, so that the next claim resumes it."""
+    real = training_module._final_writes
+    statuses: list[object] = []
+
+    def first_fails(*args: Any, **kwargs: Any) -> None:
+        statuses.append(kwargs["status"])
+        if len(statuses) == 1:
+            _out_of_memory()
+        real(*args, **kwargs)
+
+    run_id = make_run()
+    monkeypatch.setattr(training_module, "_final_writes", first_fails)
+    assert train_run(run_id) == "failed"
+    assert statuses == ["succeeded", "failed"]
+    run = get_run(run_id)
+    assert (run.status, run.error_code, run.lease_token) == ("failed", "out_of_memory", None)
+
+    run_id = make_run()
+    monkeypatch.setattr(training_module, "_final_writes", _out_of_memory)
+    assert train_run(run_id) == "lease_lost"
+    run = get_run(run_id)
+    assert (run.status, run.attempts) == ("running", 1) and run.lease_token is not None
+    monkeypatch.setattr(training_module, "_final_writes", real)
+    set_run(run_id, lease_expires_at=utcnow() - timedelta(seconds=1))  # as time passes
+    assert train_run(run_id) == "succeeded"  # what the reconciler's message leads to
+    assert get_run(run_id).attempts == 2
