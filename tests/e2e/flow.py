@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,8 +15,9 @@ import numpy as np
 import requests
 
 import nn
+from tests.conftest import free_port
 from tests.openapi_check import check_response
-from tests.procs import BIN, Procs
+from tests.procs import BIN, Procs, children
 
 FINISHED = ("succeeded", "failed", "cancelled")
 XOR = {"kind": "xor", "n_samples": 500, "noise": 0, "seed": 1}
@@ -56,6 +58,34 @@ class Api:
 
     def post(self, path: str, body: dict[str, Any], expect: int = 200) -> Any:
         return self.call("POST", path, expect, json=body).json()
+
+
+def start_up(procs: Procs, tmp_path: Path, **settings: object) -> tuple[Api, str]:
+    """`backprop up` in the empty folder `tmp_path`, with `settings` as BACKPROP_*
+    variables; its API with the local key, once it printed its banner, and what it printed."""
+    procs.cwd = tmp_path
+    procs.env["BACKPROP_VAR_DIR"] = str(tmp_path / "var")
+    procs.env.update({f"BACKPROP_{k}": str(v) for k, v in settings.items()})
+    port = free_port()
+    procs.start("up", [str(BIN / "backprop"), "up", "--port", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    procs.wait_http(f"{base}/readyz", timeout=60)
+    printed = procs.wait_for("the banner", lambda: (
+        text if "Ctrl-C" in (text := (procs.log_dir / "up.log").read_text()) else None), 30)
+    worker_log = tmp_path / "var" / "logs" / "worker.log"
+    procs.wait_for("the worker", lambda: "ready." in worker_log.read_text(), 60)
+    return Api(base, (tmp_path / "var" / "api-key").read_text().strip()), printed
+
+
+def up_children(procs: Procs) -> dict[str, int]:
+    """The processes `up` runs, by name: api (gunicorn), worker and beat (celery)."""
+    names = {}
+    for pid, argv in children(procs.procs["up"].pid).items():
+        if "gunicorn" in argv:
+            names["api"] = pid
+        elif "worker.app" in argv:  # not yet when just forked
+            names[argv[argv.index("worker.app") + 1]] = pid
+    return names
 
 
 def create_key(procs: Procs, tenant: str) -> str:

@@ -13,41 +13,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.conftest import free_port
 from tests.e2e import flow
 from tests.procs import BIN, Procs, children, marked
 
 
-def start_up(procs: Procs, tmp_path: Path, **settings: object) -> tuple[flow.Api, str]:
-    """`backprop up` in the empty folder `tmp_path`, with `settings` as BACKPROP_*
-    variables; its API with the local key, once it printed its banner, and what it printed."""
-    procs.cwd = tmp_path
-    procs.env["BACKPROP_VAR_DIR"] = str(tmp_path / "var")
-    procs.env.update({f"BACKPROP_{k}": str(v) for k, v in settings.items()})
-    port = free_port()
-    procs.start("up", [str(BIN / "backprop"), "up", "--port", str(port)])
-    base = f"http://127.0.0.1:{port}"
-    procs.wait_http(f"{base}/readyz", timeout=60)
-    printed = procs.wait_for("the banner", lambda: (
-        text if "Ctrl-C" in (text := (procs.log_dir / "up.log").read_text()) else None), 30)
-    worker_log = tmp_path / "var" / "logs" / "worker.log"
-    procs.wait_for("the worker", lambda: "ready." in worker_log.read_text(), 60)
-    return flow.Api(base, (tmp_path / "var" / "api-key").read_text().strip()), printed
-
-
-def up_children(procs: Procs) -> dict[str, int]:
-    """The processes `up` runs, by name: api (gunicorn), worker and beat (celery)."""
-    names = {}
-    for pid, argv in children(procs.procs["up"].pid).items():
-        if "gunicorn" in argv:
-            names["api"] = pid
-        elif "worker.app" in argv:  # not yet when just forked
-            names[argv[argv.index("worker.app") + 1]] = pid
-    return names
-
-
 def test_backprop_up(procs: Procs, tmp_path: Path) -> None:
-    api, printed = start_up(procs, tmp_path)
+    api, printed = flow.start_up(procs, tmp_path)
     assert (tmp_path / "var" / "backprop.db").exists()
 
     # The local tenant's key: kept private in var/api-key, and printed.
@@ -75,7 +46,7 @@ def test_backprop_up(procs: Procs, tmp_path: Path) -> None:
     assert other.get("/v1/runs")["items"] == []
     other.call("GET", f"/v1/datasets/{api.get('/v1/datasets')['items'][0]['id']}", 404)
 
-    running = up_children(procs)
+    running = flow.up_children(procs)
     assert set(running) == {"api", "worker", "beat"}, running
     assert procs.stop("up", signal.SIGINT, timeout=40) == 0, procs.report("up")
     assert not [pid for pid in running.values() if Path(f"/proc/{pid}").exists()], \
@@ -87,12 +58,12 @@ def test_a_run_out_of_memory_leaves_the_embedded_worker_running(
 ) -> None:
     """On SQLite and the filesystem broker: a run past WORKER_MEMORY_LIMIT_BYTES fails with
     out_of_memory, the worker is the same process, and the next run trains on it."""
-    api, _ = start_up(procs, tmp_path, WORKER_MEMORY_LIMIT_BYTES=flow.SMALL_MEMORY_LIMIT)
-    worker = up_children(procs)["worker"]
+    api, _ = flow.start_up(procs, tmp_path, WORKER_MEMORY_LIMIT_BYTES=flow.SMALL_MEMORY_LIMIT)
+    worker = flow.up_children(procs)["worker"]
     flow.run_out_of_memory(api, procs)
     run_id = flow.start_run(api, flow.create_xor(api))["id"]
     assert flow.wait_until(api, procs, run_id)["status"] == "succeeded"
-    assert up_children(procs)["worker"] == worker
+    assert flow.up_children(procs)["worker"] == worker
     assert "stopped" not in (procs.log_dir / "up.log").read_text()  # nothing was restarted
 
 
@@ -105,11 +76,11 @@ def test_backprop_up_restarts_what_dies_and_leaves_nothing_when_killed(
     it was training was handed back to the queue."""
     procs.env["E2E_MARK"] = uuid.uuid4().hex  # inherited by every process of this test
     mark = f"E2E_MARK={procs.env['E2E_MARK']}"
-    api, _ = start_up(procs, tmp_path, CHECKPOINT_SECONDS=1)
-    killed = up_children(procs)["worker"]
+    api, _ = flow.start_up(procs, tmp_path, CHECKPOINT_SECONDS=1)
+    killed = flow.up_children(procs)["worker"]
     pool = children(killed)
     os.kill(killed, signal.SIGKILL)
-    procs.wait_for("the worker to be started again", lambda: up_children(procs).get(
+    procs.wait_for("the worker to be started again", lambda: flow.up_children(procs).get(
         "worker", killed) != killed, 30)
     assert pool and not set(pool) & set(marked(mark))  # its pool process went with it
     assert "the worker stopped (killed by SIGKILL); starting it again" in \
