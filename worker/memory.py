@@ -5,7 +5,7 @@ estimate that is wrong anyway. While a run trains, its process may grow its addr
 at most WORKER_MEMORY_LIMIT_BYTES (`limited`: RLIMIT_AS = its size when the run starts + the
 limit), so an allocation past it fails where it is made, as a MemoryError (numpy: "Unable to
 allocate 305. MiB for an array with shape ..."), which worker/training.py turns into a run
-failed with `out_of_memory`. The kernel's OOM killer never has to choose, and the worker's
+failed with `out_of_memory`. The kernel's OOM killer need not step in, and the worker's
 processes live on (a MemoryError that reached Celery would kill its main process: it raises
 the MemoryError of a task again itself).
 
