@@ -66,6 +66,8 @@ def _read(b: bytes) -> tuple[dict, dict]:
         with np.load(io.BytesIO(b), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except MemoryError:
+        raise
     except Exception as e:
         raise ValueError(f"resume: not a checkpoint ({e!r})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -66,7 +66,7 @@ class Model:
                 _, i, key = name.split(".")
                 weights[int(i)][key] = a
             return cls(net, weights, meta)
-        except ValueError:
+        except (ValueError, MemoryError):
             raise
         except Exception as e:                     # zipfile, KeyError, TypeError, ...
             raise ValueError(f"not a model file: {e!r}") from None

@@ -2,38 +2,43 @@
 
     backprop up [--host 127.0.0.1] [--port 8000] [--workers 1]
         The embedded default: migrate the configured database (SQLite under ./var unless
-        BACKPROP_DATABASE_URL says otherwise), then run the API (gunicorn) and a Celery
-        worker with the reconciler's beat, as child processes, until Ctrl-C or SIGTERM.
-        Prints the API key of the tenant "local", made on the first start and kept in
-        LOCAL_KEY_FILE (./var/api-key, mode 0600) so that every start can print it.
+        BACKPROP_DATABASE_URL says otherwise), then run the API (gunicorn), a Celery worker
+        and the reconciler's beat as child processes, until Ctrl-C or SIGTERM; a child that
+        dies is started again. Their logs go to ./var/logs/{api,worker,beat}.log; the
+        terminal gets only the URL, the API key of the tenant "local" (made on the first
+        start and kept in LOCAL_KEY_FILE, ./var/api-key, mode 0600, so that every start can
+        print it) and how to stop, and a line when a child dies.
     backprop migrate        bring the database to the newest revision (= alembic upgrade head)
     backprop worker         a Celery worker for a deployment (= celery -A worker.app worker)
     backprop create-key --tenant NAME [--name LABEL]
         A new API key for the tenant NAME (made if it does not exist), printed once on
         stdout (KEY=$(backprop create-key --tenant me)); only its SHA-256 is stored.
 
-The child commands are built here (`api_command`, `worker_command`); docker-compose.yml runs
-the same ones, and tests/e2e checks that it does. Workers (`up`'s and `backprop worker`) get
-one BLAS thread unless the environment says otherwise (`worker_env`), as docker-compose.yml's
-workers do.
+The child commands are built here (`api_command`, `worker_command`, `beat_command`);
+docker-compose.yml runs the same ones, and tests/e2e checks that it does. Workers (`up`'s and
+`backprop worker`) get one BLAS thread unless the environment says otherwise (`worker_env`),
+as docker-compose.yml's workers do.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 import sqlalchemy as sa
 from flask import Flask
 
 from service import auth, create_app, db
+from service.config import VAR_DIR
 from service.models import ApiKey
 
 # After Ctrl-C: how long the API and the worker may shut down gracefully before they are
@@ -43,6 +48,12 @@ from service.models import ApiKey
 GRACE_SECONDS = 30.0
 # How long `up` waits for the API to answer /readyz.
 START_SECONDS = 60.0
+# A child that dies within STABLE_SECONDS of its start died "at once": it is started again
+# after 1, 2, 4, ... seconds (at most MAX_BACKOFF_SECONDS), and the MAX_QUICK_DEATHS-th such
+# death in a row makes `up` give up, saying why. One that ran longer is started again in 1 s.
+STABLE_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 30.0
+MAX_QUICK_DEATHS = 5
 # The tenant `up` makes on the first start; its key is kept in LOCAL_KEY_FILE.
 LOCAL_TENANT = "local"
 # A worker's BLAS threads, 1 unless set: the engine's matrices are small, and more threads
@@ -60,12 +71,16 @@ def api_command(host: str, port: int) -> list[str]:
             "--worker-class", "gthread", "--no-control-socket", "service.wsgi:app"]
 
 
-def worker_command(concurrency: int = 1, beat: bool = False) -> list[str]:
+def worker_command(concurrency: int = 1) -> list[str]:
     # No gossip or mingle: workers need not know each other (the rows coordinate them),
     # and mingle would add a second to every start.
-    command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--loglevel",
-               "INFO", "--concurrency", str(concurrency), "--without-gossip", "--without-mingle"]
-    return command + (["--beat"] if beat else [])
+    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--loglevel",
+            "INFO", "--concurrency", str(concurrency), "--without-gossip", "--without-mingle"]
+
+
+def beat_command() -> list[str]:
+    # Its own process, not the worker's `--beat` child: that one outlived a killed worker.
+    return [sys.executable, "-m", "celery", "-A", "worker.app", "beat", "--loglevel", "INFO"]
 
 
 def worker_env() -> dict[str, str]:
@@ -177,90 +192,205 @@ def _write_private(path: str, text: str) -> None:
 
 
 def up(host: str, port: int, workers: int) -> int:
+    """`backprop up` (the module's docstring); its exit status."""
     url = migrate()
-    print(f"backprop: database {sa.engine.make_url(url).render_as_string()}", flush=True)
     app = create_app()
     try:
         key = local_key(app)
     finally:
         db.engine(app).dispose()
-    # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
-    children = {
-        name: subprocess.Popen(command, env=env, start_new_session=True,
-                               preexec_fn=_die_with_parent)
-        for name, command, env in (("api", api_command(host, port), None),
-                                   ("worker", worker_command(workers, beat=True), worker_env()))
-    }
+    log_dir = os.path.join(VAR_DIR, "logs")
+    parsed = sa.engine.make_url(url)
+    database = _shown(parsed.database) if parsed.database and url.startswith("sqlite") \
+        else parsed.render_as_string()
+    print(f"backprop: starting (database {database}, logs in {_shown(log_dir)}/)", flush=True)
+    children = [Child(name, command, env, os.path.join(log_dir, f"{name}.log"))
+                for name, command, env in (("api", api_command(host, port), None),
+                                           ("worker", worker_command(workers), worker_env()),
+                                           ("beat", beat_command(), None))]
+    for child in children:
+        child.rotate_log()
+        child.start()
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
         if len(stopping) > 1:  # a second Ctrl-C: stop now
-            _signal_all(children, signal.SIGQUIT)
+            for child in children:
+                child.send(signal.SIGQUIT)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
-    ready = _wait_ready(f"{base}/readyz", children, stopping)
-    if ready:
-        print(f"\nbackprop: serving on {base}  (Ctrl-C stops it)\n"
-              f"  API key of the tenant {LOCAL_TENANT!r} (also in {app.config['LOCAL_KEY_FILE']}):"
-              f"\n    {key}\n"
-              f"  try:  curl -s {base}/v1/datasets -H 'Authorization: Bearer {key}' "
-              "-H 'Content-Type: application/json' -d '{\"name\": \"xor\", "
-              "\"generator\": {\"kind\": \"xor\"}}'\n  then train it: README.md, \"Walkthrough\""
-              "\n", flush=True)
-    while ready and not stopping and all(p.poll() is None for p in children.values()):
+    failure = _wait_ready(f"{base}/readyz", children, stopping)
+    if failure is None and not stopping:
+        print(banner(base, key, app.config["LOCAL_KEY_FILE"]), flush=True)
+    while failure is None and not stopping:
+        failure = _supervise(children)
         time.sleep(0.2)
-    died = [name for name, p in children.items() if p.poll() is not None]
-    if died and not stopping:
-        print(f"backprop: {', '.join(died)} exited; stopping", file=sys.stderr, flush=True)
+    if failure:
+        print(failure, file=sys.stderr, flush=True)
     _stop(children)
-    return 0 if stopping and not died else 1
+    return 1 if failure else 0
 
 
-def _die_with_parent() -> None:
-    """In a child, before exec: be sent SIGTERM when `up` dies, even by SIGKILL, so that a
-    killed `up` leaves no server behind holding the port (Linux; elsewhere a no-op)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def banner(base: str, key: str, key_file: str) -> str:
+    """What `up` prints once the service answers: a first call, then the URL, the key and
+    how to stop, last, where a newcomer looks."""
+    return (f"\n  try:  curl -s {base}/v1/datasets -H 'Authorization: Bearer {key}' "
+            "-H 'Content-Type: application/json' -d '{\"name\": \"xor\", "
+            "\"generator\": {\"kind\": \"xor\"}}'\n  then train it: README.md, "
+            "\"Walkthrough\"\n\n"
+            f"backprop: serving on {base}\n"
+            f"  API key of the tenant {LOCAL_TENANT!r} (also in {_shown(key_file)}):\n"
+            f"    {key}\n"
+            "  Ctrl-C stops it")
 
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when it is inside it."""
+    relative = os.path.relpath(os.path.abspath(path))
+    return path if relative.startswith("..") else relative
 
 
-def _wait_ready(url: str, children: dict[str, subprocess.Popen], stopping: list[int]) -> bool:
+@dataclass
+class Child:
+    """A process that `up` keeps running, in a session (process group) of its own, with its
+    output appended to `log`."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str] | None
+    log: str
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    quick_deaths: int = 0  # deaths in a row within STABLE_SECONDS of a start
+    restart_at: float | None = None  # when to start it again, once it died
+
+    def rotate_log(self) -> None:
+        """Keep the previous `up`'s log as LOG.1, so that a crash can still be read."""
+        os.makedirs(os.path.dirname(self.log), exist_ok=True)
+        if os.path.exists(self.log):
+            os.replace(self.log, self.log + ".1")
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            # Its own session: a terminal's Ctrl-C reaches only `up`, which stops the
+            # children in order, and each child's group can be killed whole.
+            self.proc = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True,
+                                         preexec_fn=_die_with_parent(os.getpid()))
+        self.started, self.restart_at = time.monotonic(), None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def send(self, signum: int) -> None:
+        """Signal the child itself (its own shutdown stops what it started)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signum)
+
+    def kill_group(self) -> None:
+        """Whatever is left in its process group (a pool process, a gunicorn worker still
+        holding the port)."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def how_it_ended(self) -> str:
+        assert self.proc is not None and self.proc.returncode is not None
+        code = self.proc.returncode
+        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+
+    def last_lines(self, n: int = 20) -> str:
+        try:
+            with open(self.log, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()[-n:]
+        except OSError:
+            return ""
+        return "".join(f"    {line}\n" for line in lines)
+
+
+def _supervise(children: list[Child]) -> str | None:
+    """Start again each child that died (see STABLE_SECONDS); why `up` gives up, or None."""
+    now = time.monotonic()
+    for child in children:
+        if child.alive():
+            continue
+        if child.restart_at is None:  # it has just died
+            child.kill_group()
+            quick = now - child.started < STABLE_SECONDS
+            child.quick_deaths = child.quick_deaths + 1 if quick else 1
+            if child.quick_deaths >= MAX_QUICK_DEATHS:
+                return (f"backprop: the {child.name} keeps stopping at once "
+                        f"({child.how_it_ended()}, {child.quick_deaths} times); giving up. "
+                        f"The end of {_shown(child.log)}:\n{child.last_lines()}")
+            delay = min(2.0 ** (child.quick_deaths - 1), MAX_BACKOFF_SECONDS)
+            print(f"backprop: the {child.name} stopped ({child.how_it_ended()}); starting it "
+                  f"again in {delay:.0f} s (its log: {_shown(child.log)})", file=sys.stderr,
+                  flush=True)
+            child.restart_at = now + delay
+        elif now >= child.restart_at:
+            child.start()
+    return None
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """For a child, before exec: be sent SIGTERM when `up` dies, even by SIGKILL, so that a
+    killed `up` leaves nothing behind (Linux; elsewhere a no-op). The children's own
+    children go with them: Celery's pool processes die with their parent, gunicorn's workers
+    notice theirs is gone."""
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # `up` died before that: nobody would signal us
+                os._exit(1)
+
+    return preexec
+
+
+def _wait_ready(url: str, children: list[Child], stopping: list[int]) -> str | None:
+    """Wait for the API to answer; why `up` cannot start, or None. A child that stops
+    before then will not do better the next time (a port in use, a broken setting)."""
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline and not stopping:
-        if any(p.poll() is not None for p in children.values()):
-            return False
+        for child in children:
+            if not child.alive():
+                return (f"backprop: the {child.name} stopped while starting "
+                        f"({child.how_it_ended()}). The end of {_shown(child.log)}:\n"
+                        f"{child.last_lines()}")
         try:
             with urllib.request.urlopen(url, timeout=1) as answer:
                 if answer.status == 200:
-                    return True
+                    return None
         except OSError:
             pass
         time.sleep(0.2)
-    if not stopping:
-        print(f"backprop: {url} did not answer within {START_SECONDS:.0f} s", file=sys.stderr)
-    return False
+    if stopping:
+        return None
+    return (f"backprop: {url} did not answer within {START_SECONDS:.0f} s; see "
+            f"{_shown(children[0].log)}")
 
 
-def _signal_all(children: dict[str, subprocess.Popen], signum: int) -> None:
-    for p in children.values():
-        if p.poll() is None:
-            p.send_signal(signum)
-
-
-def _stop(children: dict[str, subprocess.Popen]) -> None:
-    """SIGTERM (gunicorn and celery shut down gracefully), then cold, then kill."""
-    _signal_all(children, signal.SIGTERM)
+def _stop(children: list[Child]) -> None:
+    """SIGTERM (gunicorn and celery shut down gracefully), then cold, then kill; then
+    whatever is left in each child's process group."""
+    for child in children:
+        child.send(signal.SIGTERM)
     for signum, wait in ((signal.SIGQUIT, GRACE_SECONDS), (signal.SIGKILL, 5.0)):
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(p.poll() is None for p in children.values()):
+        while time.monotonic() < deadline and any(c.alive() for c in children):
             time.sleep(0.1)
-        _signal_all(children, signum)
-    for p in children.values():
-        p.wait()
+        for child in children:
+            child.send(signum)
+    for child in children:
+        if child.proc is not None:
+            child.proc.wait()
+        child.kill_group()
 
 
 if __name__ == "__main__":

@@ -51,6 +51,13 @@ DEFAULTS: dict[str, object] = {
     # Longest `GET /v1/runs/{id}?wait=` (seconds): a waiting request holds an API thread
     # (not a database connection) this long at most; more is a 422.
     "RUN_WAIT_MAX_SECONDS": 60,
+    # How much a run may grow the address space of the process that trains it (bytes; None
+    # or 0: no limit); past it the run fails with code "out_of_memory" and the worker lives
+    # on (worker/memory.py). Above the run budget RUN_MAX_MEMORY_BYTES (2 GiB, estimated at
+    # submit) by what the estimate leaves out: the data set, up to ~4x DATASET_MAX_BYTES
+    # (its bytes from the database, the decoded arrays, the validation split and a shuffled
+    # copy: 0.9 GiB for the largest), and the estimate's own error.
+    "WORKER_MEMORY_LIMIT_BYTES": 4 * 1024**3,
     # Largest accepted request body (bytes).
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
     # Page size of list endpoints when ?limit= is not given, and its maximum.

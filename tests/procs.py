@@ -129,6 +129,33 @@ class Procs:
             pass
 
 
+def children(pid: int) -> dict[int, list[str]]:
+    """The live processes whose parent is `pid`, with their command lines (Linux /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            argv = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found[int(stat.parent.name)] = argv.split("\0")[:-1]
+    return found
+
+
+def marked(mark: str) -> list[int]:
+    """The live processes whose environment holds `mark` ("NAME=value"): a test's own,
+    however deep, whoever their parent is now."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark.encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Procs]:
     """A Procs in this test's tmp_path; everything it started is stopped at teardown."""

@@ -14,6 +14,7 @@ from celery import signals
 
 from service import create_app, db, logs
 from service.queue import celery_init_app
+from worker import memory
 
 flask_app = create_app()
 celery = celery_init_app(flask_app)
@@ -39,11 +40,13 @@ def _setup_logging(loglevel: int | None = None, **_kwargs: Any) -> None:
 
 
 @signals.worker_process_init.connect
-def _freeze_startup_objects(**_kwargs: Any) -> None:
+def _prepare_pool_process(**_kwargs: Any) -> None:
     """What a pool process inherits from its parent (modules, the app, the OpenAPI schemas) is
     never garbage: out of the collector's way (gc.freeze), its full passes stop walking it
-    (a full pass took ~50 ms, about once every 6 s of a small per-sample run)."""
+    (a full pass took ~50 ms, about once every 6 s of a small per-sample run). And BLAS's
+    buffer is allocated before a run's memory limit applies (worker/memory.py)."""
     gc.freeze()
+    memory.warm_up()
 
 
 import worker.shutdown  # noqa: E402,F401  (hands a run back on warm shutdown)

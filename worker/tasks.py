@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.exceptions import Ignore
+from flask import current_app
 
 from service.queue import RECONCILE_TASK, TRAIN_TASK
+from worker import memory, training
 from worker import reconcile as reconciler
-from worker import training
 
 
 @shared_task(name=TRAIN_TASK)
 def train_run(run_id: str) -> str:
-    return training.train_run(run_id)
+    """Train the run within the memory a run may take. A message that did not end its run
+    here (a duplicate, a run handed back, ...) is logged by Celery as "ignored", not as a
+    task that succeeded; training.train_run has logged what happened."""
+    with memory.limited(current_app.config["WORKER_MEMORY_LIMIT_BYTES"]):
+        outcome = training.train_run(run_id)
+    if outcome in training.NOT_TRAINED:
+        raise Ignore(outcome)
+    return outcome
 
 
 @shared_task(name=RECONCILE_TASK)

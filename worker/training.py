@@ -8,7 +8,9 @@ rows its predecessor flushed after that checkpoint are deleted at the claim and 
 again by the resumed run, so every epoch, of either phase, appears exactly once. A worker
 that is shutting down hands its run back to the queue from a fresh checkpoint
 (worker/shutdown.py), and a write that fails on its database connection is tried again
-(worker/progress.py).
+(worker/progress.py). A run that needs more memory than its process may grow by
+(worker/memory.py) fails with out_of_memory, wherever the allocation failed: loading its
+data, training, or writing its outcome.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from service.db import connection_lost, session_scope
 from service.models import Artifact, Dataset, Run, utcnow
 from service.queue import publish_run
 from service.serialize import finite
-from worker import lease
+from worker import lease, memory
 from worker.progress import (
     CALIBRATED,
     SHUTDOWN,
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # Stop reasons of a run that ended well (perceptron: "converged" / "not_converged").
 SUCCEEDED = (None, "early_stopping", "converged", "not_converged")
+# What train_run returns when the run did not end here (see its docstring).
+NOT_TRAINED = ("dropped", "settled", "lease_lost", "handed_back")
 
 
 class InvalidData(Exception):
@@ -68,9 +72,16 @@ def train_run(run_id: str) -> str:
     """Claim and train `run_id`, in the app context. Returns the run's final status, or why
     it was not trained: "dropped" (not claimable), "settled" (ended by lease.settle_abandoned),
     "lease_lost" (taken over by another worker meanwhile, or given up after the database was
-    unreachable for a whole lease), "handed_back" (this worker is shutting down)."""
+    unreachable for a whole lease, or out of memory even to record that), "handed_back" (this
+    worker is shutting down). Never raises MemoryError: Celery's main process would raise it
+    again and die."""
     with logs.bound(run_id=run_id):
-        return _claim_and_train(run_id)
+        try:
+            return _claim_and_train(run_id)
+        except MemoryError:
+            log.error("run %s: out of memory while claiming it or recording that it ran out; "
+                      "left to the reconciler", run_id)
+            return "lease_lost"
 
 
 def _claim_and_train(run_id: str) -> str:
@@ -118,6 +129,10 @@ def _claim_and_train(run_id: str) -> str:
     except lease.LeaseLost:
         log.warning("run %s: lease lost; stopped, wrote nothing more", run_id)
         return "lease_lost"
+    except MemoryError as exc:
+        # Recorded below, once this block has dropped the exception, its traceback and
+        # with them the frames that held the run's arrays.
+        detail = str(exc) or "MemoryError"
     except sa.exc.DBAPIError as exc:
         if not connection_lost(exc):
             return _failed(progress, exc)
@@ -128,6 +143,26 @@ def _claim_and_train(run_id: str) -> str:
         return "lease_lost"
     except Exception as exc:
         return _failed(progress, exc)
+    return _out_of_memory(progress, detail)
+
+
+def _out_of_memory(progress: Progress, detail: str) -> str:
+    """The run needed more memory than its process may take: it fails with out_of_memory,
+    saying what to change, and the process gives back what the run left."""
+    memory.release()
+    limit = current_app.config["WORKER_MEMORY_LIMIT_BYTES"]
+    allowed = (f"a run may take {limit / 2**30:.3g} GiB (WORKER_MEMORY_LIMIT_BYTES)" if limit
+               else "the machine has no more")
+    message = (f"the run ran out of memory ({detail}); {allowed}: use a smaller "
+               "training.batch_size (null is the whole data set at once), fewer or narrower "
+               "layers, or fewer samples")
+    try:
+        return _finish(progress, None, status="failed", error_code="out_of_memory",
+                       error_message=message)
+    except lease.LeaseLost:
+        log.warning("run %s: lease lost while recording that it ran out of memory",
+                    progress.lease.run_id)
+        return "lease_lost"
 
 
 def _failed(progress: Progress, exc: Exception) -> str:
@@ -179,6 +214,8 @@ def _load(claimed: Claimed) -> tuple[np.ndarray, np.ndarray, str, bytes | None, 
         data, task = dataset.data, dataset.task
     try:
         inputs, targets = dataio.decode(data)
+    except MemoryError:
+        raise
     except Exception as exc:  # zipfile, KeyError, ValueError: all mean unreadable
         raise InvalidData(f"the stored data set does not load: {exc!r}") from exc
     checkpoint = artifacts.get("checkpoint")

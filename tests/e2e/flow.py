@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,8 +15,9 @@ import numpy as np
 import requests
 
 import nn
+from tests.conftest import free_port
 from tests.openapi_check import check_response
-from tests.procs import BIN, Procs
+from tests.procs import BIN, Procs, children
 
 FINISHED = ("succeeded", "failed", "cancelled")
 XOR = {"kind": "xor", "n_samples": 500, "noise": 0, "seed": 1}
@@ -25,6 +27,11 @@ XOR_NET = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"},
 XOR_TRAINING = {"loss": "squared_error", "optimizer": {"type": "sgd", "learning_rate": 0.5},
                 "batch_size": 1, "epochs": 200, "seed": 1, "validation_fraction": 0.2}
 RUN_SECONDS = 90  # the longest any run here may take, on a loaded two-core machine
+# A worker's WORKER_MEMORY_LIMIT_BYTES in the out-of-memory tests, and a run far past it: a
+# full batch of 4000 samples through 2000 units, 61 MiB for each of the forward pass's arrays.
+SMALL_MEMORY_LIMIT = 64 * 2**20
+WIDE_NET = {"layers": [{"type": "dense", "units": 2000, "activation": "relu"},
+                       {"type": "dense", "units": 1, "activation": "sigmoid"}]}
 
 
 class Api:
@@ -53,6 +60,34 @@ class Api:
         return self.call("POST", path, expect, json=body).json()
 
 
+def start_up(procs: Procs, tmp_path: Path, **settings: object) -> tuple[Api, str]:
+    """`backprop up` in the empty folder `tmp_path`, with `settings` as BACKPROP_*
+    variables; its API with the local key, once it printed its banner, and what it printed."""
+    procs.cwd = tmp_path
+    procs.env["BACKPROP_VAR_DIR"] = str(tmp_path / "var")
+    procs.env.update({f"BACKPROP_{k}": str(v) for k, v in settings.items()})
+    port = free_port()
+    procs.start("up", [str(BIN / "backprop"), "up", "--port", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    procs.wait_http(f"{base}/readyz", timeout=60)
+    printed = procs.wait_for("the banner", lambda: (
+        text if "Ctrl-C" in (text := (procs.log_dir / "up.log").read_text()) else None), 30)
+    worker_log = tmp_path / "var" / "logs" / "worker.log"
+    procs.wait_for("the worker", lambda: "ready." in worker_log.read_text(), 60)
+    return Api(base, (tmp_path / "var" / "api-key").read_text().strip()), printed
+
+
+def up_children(procs: Procs) -> dict[str, int]:
+    """The processes `up` runs, by name: api (gunicorn), worker and beat (celery)."""
+    names = {}
+    for pid, argv in children(procs.procs["up"].pid).items():
+        if "gunicorn" in argv:
+            names["api"] = pid
+        elif "worker.app" in argv:  # not yet when just forked
+            names[argv[argv.index("worker.app") + 1]] = pid
+    return names
+
+
 def create_key(procs: Procs, tenant: str) -> str:
     """`backprop create-key --tenant <tenant>` in the processes' environment: the key it
     prints on stdout."""
@@ -75,6 +110,19 @@ def start_run(api: Api, dataset_id: str, **fields: Any) -> dict[str, Any]:
     run = api.post("/v1/runs", body, 202)
     assert run["status"] == "queued"
     return run
+
+
+def run_out_of_memory(api: Api, procs: Procs) -> dict[str, Any]:
+    """A run of WIDE_NET on a worker limited to SMALL_MEMORY_LIMIT: it fails with
+    out_of_memory, saying what to change."""
+    dataset_id = api.post("/v1/datasets", {"name": "wide", "generator": {
+        **XOR, "n_samples": 4000}}, 201)["id"]
+    run = api.post("/v1/runs", {"dataset_id": dataset_id, "network": WIDE_NET, "training": {
+        **XOR_TRAINING, "batch_size": None, "epochs": 1}}, 202)
+    done = wait_until(api, procs, run["id"])
+    assert (done["status"], (done["error"] or {}).get("code")) == ("failed", "out_of_memory"), done
+    assert "training.batch_size" in done["error"]["message"]
+    return done
 
 
 def epoch_numbers(api: Api, run_id: str) -> list[int]:

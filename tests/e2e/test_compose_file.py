@@ -38,7 +38,7 @@ def test_compose_runs_what_backprop_up_runs() -> None:
     assert _command("migrate") == ["alembic", "upgrade", "head"]
     assert _command("api") == ["gunicorn", *cli.api_command("0.0.0.0", 8000)[3:]]
     assert _command("worker") == ["celery", *cli.worker_command(1)[3:]]
-    assert cli.worker_command(1, beat=True)[3:] == [*_command("worker")[1:], "--beat"]
+    assert _command("beat") == ["celery", *cli.beat_command()[3:]]
 
 
 def test_the_image_serves_the_api_by_default() -> None:

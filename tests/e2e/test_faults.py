@@ -146,6 +146,11 @@ def test_a_worker_told_to_stop_hands_its_run_back(
     worker_lines = json_lines(procs, "worker")
     assert any(line["message"].startswith(f"run {run_id}: handed back to the queue")
                and line["run_id"] == run_id and line["dataset_id"] for line in worker_lines)
+    # Celery's line for the task's end says that it did not end the run, not "succeeded".
+    ended = [line for line in worker_lines if line["logger"] == "celery.app.trace"
+             and line["message"].startswith("Task backprop.train_run[")]
+    assert [(line["message"].rsplit(" ", 1)[1], line["data"]["exc"]) for line in ended] == [
+        ("ignored", "Ignore('handed_back')")], ended
     assert any(line.get("request_id") == "req-42" and line.get("run_id") == run_id
                and line["logger"] == "service.requests" for line in json_lines(procs, "api"))
     assert any(line["logger"].startswith("gunicorn") for line in json_lines(procs, "api"))
@@ -408,6 +413,24 @@ def test_cancel_timeout_divergence_and_bad_data_end_in_their_states(
     assert codes == {timeout_id: ("failed", "timeout"), diverge_id: ("failed", "diverged"),
                      broken_id: ("failed", "invalid_data")}, codes
     assert outcomes[timeout_id]["epochs_completed"] > 0
+
+
+def test_a_run_past_its_memory_limit_fails_and_the_worker_lives_on(
+    up: Any, procs: Procs, engine: sa.Engine,
+) -> None:
+    """A run that needs far more than the worker's WORKER_MEMORY_LIMIT_BYTES fails with
+    out_of_memory, not internal_error nor worker_lost: the allocation fails inside the pool
+    process, the worker's main process is the same one, and the next run trains on it."""
+    api = up(WORKER_MEMORY_LIMIT_BYTES=flow.SMALL_MEMORY_LIMIT)
+    worker = procs.procs["worker"]
+    failed = flow.run_out_of_memory(api, procs)
+    assert failed["attempts"] == 1 and failed["epochs_completed"] == 0
+
+    run_id = flow.start_run(api, flow.create_xor(api))["id"]
+    assert flow.wait_until(api, procs, run_id)["status"] == "succeeded"
+    assert worker.poll() is None
+    assert pool_parent(row(engine, run_id).worker) == worker.pid  # the same main process
+    assert pool_parent(row(engine, failed["id"]).worker) == worker.pid
 
 
 def test_twenty_runs_at_once_on_two_workers(up: Any, procs: Procs, engine: sa.Engine) -> None:

@@ -12,10 +12,9 @@ import numpy as np
 
 import nn
 from service import cli
-from tests.conftest import free_port
 from tests.e2e import flow
 from tests.e2e.compose import compose
-from tests.procs import BIN, Procs
+from tests.procs import Procs, children
 
 ADAM = {"type": "adam", "learning_rate": 0.01}
 GLOROT = {"type": "glorot"}
@@ -46,15 +45,10 @@ def _classifier(epochs: int, batch_size: int) -> dict[str, Any]:
 def _up(procs: Procs, tmp_path: Path) -> tuple[flow.Api, int]:
     """`backprop up` in an empty folder, in an environment that sets no BLAS threads; the
     API with the local key, and the process id of `up`."""
-    procs.cwd = tmp_path
-    procs.env["BACKPROP_VAR_DIR"] = str(tmp_path / "var")
     for name in cli.BLAS_THREADS:
         procs.env.pop(name, None)
-    port = free_port()
-    up = procs.start("up", [str(BIN / "backprop"), "up", "--port", str(port)])
-    base = f"http://127.0.0.1:{port}"
-    procs.wait_http(f"{base}/readyz", timeout=60)
-    return flow.Api(base, (tmp_path / "var" / "api-key").read_text().strip()), up.pid
+    api, _ = flow.start_up(procs, tmp_path)
+    return api, procs.procs["up"].pid
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -63,15 +57,10 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 def _worker_pid(up: int) -> int:
-    """The celery worker `up` started (its other child is gunicorn)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == up and b"celery" in argv:
-            return int(stat.parent.name)
+    """The celery worker `up` started (its other children: gunicorn, celery beat)."""
+    for pid, argv in children(up).items():
+        if "celery" in argv and "worker" in argv:
+            return pid
     raise AssertionError("no celery worker under backprop up")
 
 

@@ -36,6 +36,18 @@ def test_from_npz_rejects_junk(blob):
         nn.Model.from_npz(blob)
 
 
+def test_from_npz_lets_running_out_of_memory_through(trained, monkeypatch):
+    """Not junk: the worker fails the run with out_of_memory, not invalid data."""
+    blob = trained[1].model.to_npz()
+
+    def out_of_memory(*_args, **_kwargs):
+        raise MemoryError("Unable to allocate 1.00 GiB")
+
+    monkeypatch.setattr(np, "load", out_of_memory)
+    with pytest.raises(MemoryError):
+        nn.Model.from_npz(blob)
+
+
 def test_from_npz_rejects_wrong_shapes(trained):
     _, r, _ = trained
     m = r.model

@@ -55,6 +55,21 @@ def test_resume_refuses_another_plan(xor_data):
         nn.train(plan, X, y, resume=b"junk")
 
 
+def test_resume_lets_running_out_of_memory_through(xor_data, monkeypatch):
+    """Not junk: the worker fails the run with out_of_memory, not internal_error."""
+    X, y = xor_data
+    plan = plan_for(DROPOUT_NET, {"epochs": 2, "seed": 1}, X, y)
+    saved = []
+    nn.train(plan, X, y, checkpoint_every=1, on_checkpoint=lambda e, b: saved.append(b))
+
+    def out_of_memory(*_args, **_kwargs):
+        raise MemoryError("Unable to allocate 1.00 GiB")
+
+    monkeypatch.setattr(np, "load", out_of_memory)
+    with pytest.raises(MemoryError):
+        nn.train(plan, X, y, resume=saved[0])
+
+
 def test_same_seed_same_weights_other_seed_other_weights(xor_data):
     X, y = xor_data
     training = {"epochs": 5, "seed": 3, "batch_size": 8}
