@@ -26,12 +26,18 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 VAR_DIR = os.path.abspath(os.environ.get("BACKPROP_VAR_DIR", "var"))
 
 DEFAULTS: dict[str, object] = {
     # Where runs, datasets and weights live. PostgreSQL in deployment:
     # postgresql+psycopg://user:pass@host/db
     "DATABASE_URL": f"sqlite:///{os.path.join(VAR_DIR, 'backprop.db')}",
+    # The database's password, put into DATABASE_URL (which then has none), so that it is
+    # written once: as a file, BACKPROP_DATABASE_PASSWORD_FILE=/run/secrets/db_password, the
+    # file the postgres image reads as POSTGRES_PASSWORD_FILE (docker-compose.yml).
+    "DATABASE_PASSWORD": None,
     # PostgreSQL: how long connecting may take, and TCP keepalives on every connection: a
     # connection to a dead server or over a cut network fails within about twice this
     # (seconds), in the API and the worker alike.
@@ -116,6 +122,13 @@ DEFAULTS: dict[str, object] = {
     # The lowest level the API and gunicorn log (DEBUG, INFO, WARNING, ...); Celery's
     # processes take theirs from --loglevel.
     "LOG_LEVEL": "INFO",
+    # GET /metrics answers on this port only (404 on any other), one the API's server also
+    # listens on and that is not published: docker-compose.yml binds 9100 beside the public
+    # 8000; `backprop up` binds it when set. None: on every port.
+    "METRICS_PORT": None,
+    # The worker's and beat's main loops touch this file every few seconds, for a health
+    # check that needs no broker (docker-compose.yml; worker/health.py). None: no file.
+    "HEARTBEAT_FILE": None,
     # GET /metrics: the queue-wait and epoch-duration distributions cover this many seconds
     # back (the runs first started, and the runs with a heartbeat, since then).
     "METRICS_WINDOW_SECONDS": 3600,
@@ -123,7 +136,9 @@ DEFAULTS: dict[str, object] = {
 
 
 # A setting whose default is None and whose values are not strings: its type.
-TYPES: dict[str, type] = {}
+TYPES: dict[str, type] = {
+    "METRICS_PORT": int,
+}
 
 # BACKPROP_ variables that are not settings, and are not reported as unknown.
 OTHER_VARIABLES = {
@@ -132,7 +147,7 @@ OTHER_VARIABLES = {
 }
 
 # Settings whose values are never printed (an error shows "(hidden)" instead).
-SECRETS = {"ADMIN_KEY"}
+SECRETS = {"ADMIN_KEY", "DATABASE_PASSWORD"}
 
 PREFIX = "BACKPROP_"
 ADMIN_KEY_MIN_CHARS = 32
@@ -173,8 +188,6 @@ def _one_of(*choices: str) -> Check:
 
 
 def _database_url(value: str) -> str | None:
-    from sqlalchemy.engine import make_url
-
     try:
         make_url(value).get_dialect().import_dbapi()
     except Exception as e:  # unparsable, an unknown dialect, a driver not installed
@@ -222,6 +235,7 @@ CHECKS: dict[str, Check] = {
                      "TENANT_MAX_ACTIVE_RUNS"), _COUNT),
     "ADMIN_KEY": lambda v: None if len(v) >= ADMIN_KEY_MIN_CHARS else (
         f"at least {ADMIN_KEY_MIN_CHARS} characters, e.g. from `openssl rand -hex 32`"),
+    "METRICS_PORT": _between(1, 65535),
     "LOG_FORMAT": _one_of("text", "json"),
     "LOG_LEVEL": _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
 }
@@ -278,6 +292,14 @@ def load(overrides: Mapping[str, Any] | None = None,
         if not holds(*(values[n] for n in names)):
             given = " and ".join(_label(n, labels, values) for n in names)
             raise SettingError(f"{given}: expected {expected}")
+    if values["DATABASE_PASSWORD"] is not None:
+        url = make_url(values["DATABASE_URL"])
+        if url.password is not None:
+            raise SettingError(f"{_label('DATABASE_URL', labels, values)} has a password and "
+                               f"{_label('DATABASE_PASSWORD', labels, values)} another: give "
+                               "it once")
+        values["DATABASE_URL"] = url.set(password=values["DATABASE_PASSWORD"]).render_as_string(
+            hide_password=False)
     return values
 
 

@@ -15,12 +15,12 @@ from typing import Any
 from gunicorn.glogging import Logger
 
 from service import logs
-from service import config
+from service.config import load
 
 # Every setting checked before any worker starts: a bad one stops gunicorn with one line
-# (config.SettingError). One log format for every process (service/logs.py): gunicorn's own
+# (SettingError). (Module-level names are gunicorn's settings: `config` is one.) One log format for every process (service/logs.py): gunicorn's own
 # loggers write through the root logger's handler, as the app's do.
-_settings = config.load()
+_settings = load()
 logconfig_dict = logs.dict_config(_settings["LOG_FORMAT"], _settings["LOG_LEVEL"])
 
 

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from service import config, create_app
 from service.config import DEFAULTS, SettingError
@@ -122,6 +123,18 @@ def test_a_setting_read_from_a_file(tmp_path: Path) -> None:
     # LOCAL_KEY_FILE is a setting of its own (a path), not LOCAL_KEY's file
     path = str(tmp_path / "key")
     assert config.load(environ={"BACKPROP_LOCAL_KEY_FILE": path})["LOCAL_KEY_FILE"] == path
+
+
+def test_the_database_password_is_put_into_the_url(tmp_path: Path) -> None:
+    secret = tmp_path / "db_password"
+    secret.write_text("p@ss/w:rd\n")
+    url = config.load(environ={"BACKPROP_DATABASE_URL": "postgresql+psycopg://app@db:5432/app",
+                               "BACKPROP_DATABASE_PASSWORD_FILE": str(secret)})["DATABASE_URL"]
+    assert (make_url(url).username, make_url(url).password) == ("app", "p@ss/w:rd")
+    assert _error({"BACKPROP_DATABASE_URL": "postgresql+psycopg://app:s3cret@db/app",
+                   "BACKPROP_DATABASE_PASSWORD": "s3cret"}) == (
+        "backprop: BACKPROP_DATABASE_URL='postgresql+psycopg://app:***@db/app' has a password "
+        "and BACKPROP_DATABASE_PASSWORD=(hidden) another: give it once")
 
 
 @pytest.mark.parametrize("process", ["api", "worker", "beat", "migrate", "backprop"])
