@@ -50,6 +50,12 @@ DEFAULTS: dict[str, object] = {
     # redis://host:6379/0 in deployment.
     "BROKER_URL": "filesystem://",
     "BROKER_FOLDER": os.path.join(VAR_DIR, "broker"),
+    # Redis over TLS (a rediss:// BROKER_URL): the server's certificate is always verified,
+    # against this CA bundle (a PEM file; None: the system's CAs); the client presents this
+    # certificate and key (PEM files) when the server asks for one (tls-auth-clients).
+    "BROKER_SSL_CA_CERTS": None,
+    "BROKER_SSL_CERTFILE": None,
+    "BROKER_SSL_KEYFILE": None,
     # Prefix for every Redis key the broker uses (lets tests and a dev server share one Redis).
     "BROKER_KEYPREFIX": "",
     # Name of the Celery queue that carries training messages.
@@ -209,6 +215,10 @@ def _broker_url(value: str) -> str | None:
     return None
 
 
+def _readable(path: str) -> str | None:
+    return None if os.access(path, os.R_OK) and os.path.isfile(path) else "a readable file"
+
+
 def _nonempty(value: str) -> str | None:
     return None if value.strip() else "a non-empty string"
 
@@ -219,6 +229,8 @@ CHECKS: dict[str, Check] = {
     "DATABASE_URL": _database_url,
     "BROKER_URL": _broker_url,
     "QUEUE": _nonempty,
+    **dict.fromkeys(("BROKER_SSL_CA_CERTS", "BROKER_SSL_CERTFILE", "BROKER_SSL_KEYFILE"),
+                    _readable),
     # durations that must pass (0 would mean "never wait", "expire at once", "spin")
     **dict.fromkeys(("DATABASE_CONNECT_TIMEOUT_SECONDS", "DATABASE_KEEPALIVE_SECONDS",
                      "LEASE_SECONDS", "RECONCILE_SECONDS", "REQUEUE_AFTER_SECONDS",
@@ -246,6 +258,9 @@ RELATIONS: list[tuple[tuple[str, ...], Callable[..., bool], str]] = [
      "FLUSH_SECONDS < LEASE_SECONDS (a worker renews its lease when it flushes)"),
     (("PAGE_DEFAULT", "PAGE_MAX"), lambda default, most: default <= most,
      "PAGE_DEFAULT <= PAGE_MAX"),
+    (("BROKER_URL", "BROKER_SSL_CA_CERTS", "BROKER_SSL_CERTFILE", "BROKER_SSL_KEYFILE"),
+     lambda url, *files: url.startswith("rediss://") or files == (None, None, None),
+     "a rediss:// BROKER_URL with the BROKER_SSL_ files (redis:// is not encrypted)"),
 ]
 
 

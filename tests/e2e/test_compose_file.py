@@ -121,3 +121,21 @@ def test_env_example_names_real_settings() -> None:
     names = re.findall(r"^#? ?BACKPROP_(\w+)=", (ROOT / ".env.example").read_text(), re.M)
     assert {"DATABASE_URL", "BROKER_URL"} <= set(names)
     assert set(names) <= set(DEFAULTS), set(names) - set(DEFAULTS)
+
+
+def test_a_worker_only_host_runs_the_same_worker() -> None:
+    """docker-compose.worker.yml: the worker alone, as docker-compose.yml runs it, with the
+    broker's URL and the TLS files as secrets."""
+    spec = compose("docker-compose.worker.yml")
+    assert set(spec["services"]) == {"worker"}
+    worker, main = spec["services"]["worker"], compose()["services"]["worker"]
+    for key in ("image", "command", "healthcheck", "logging", "stop_grace_period", "env_file"):
+        assert worker[key] == main[key], key
+    env = worker["environment"]
+    assert main["environment"].items() <= env.items()
+    secrets = {f"/run/secrets/{name}" for name in worker["secrets"]}
+    assert secrets == {env[f"BACKPROP_{name}"] for name in (
+        "DATABASE_PASSWORD_FILE", "BROKER_URL_FILE", "BROKER_SSL_CA_CERTS",
+        "BROKER_SSL_CERTFILE", "BROKER_SSL_KEYFILE")}
+    assert set(spec["secrets"]) == set(worker["secrets"])
+    assert "depends_on" not in worker

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 import requests
 import sqlalchemy as sa
 
@@ -20,6 +21,7 @@ from tests.conftest import PG_ADMIN_URL, REDIS_URL, free_port
 from tests.e2e import flow
 from tests.e2e.compose import command, environment, healthcheck
 from tests.procs import Procs
+from tests.servers import Certs, Server
 from worker.health import TOUCH_SECONDS
 
 HEARTBEAT = "/tmp/backprop-heartbeat"  # docker-compose.yml's BACKPROP_HEARTBEAT_FILE
@@ -157,6 +159,47 @@ def test_the_health_checks_and_the_metrics_port(pg_url: str, redis_prefix: str,
     assert api.get("/v1/runs")["items"] == []  # the public port serves the API
     scraped = requests.get(f"{metrics}/metrics", timeout=10)
     assert scraped.status_code == 200 and "backprop_runs{" in scraped.text
+
+
+def test_a_worker_on_another_machine_over_tls(tls_postgres: Server, tls_redis: Server,
+                                             certs: Certs, procs: Procs) -> None:
+    """docker-compose.worker.yml's worker, with its environment (secrets as files), against a
+    PostgreSQL that takes only TLS with a scram password and a Redis that takes only TLS
+    with a client certificate and a password: it trains a run end to end (the API, beat and
+    migration run as on the main host, over TLS too). A wrong password stops the
+    migration; a plain connection is refused by both servers."""
+    files = procs.log_dir.parent
+    broker_url = f"rediss://:{tls_redis.password}@127.0.0.1:{tls_redis.port}/0"
+    (files / "broker_url").write_text(broker_url + "\n")
+    db_url = (f"postgresql+psycopg://backprop@127.0.0.1:{tls_postgres.port}/backprop"
+              f"?sslmode=verify-full&sslrootcert={certs.ca}")
+
+    procs.env.update(BACKPROP_DATABASE_URL=db_url, BACKPROP_DATABASE_PASSWORD="wrong")
+    done = subprocess.run(command("migrate"), cwd=procs.cwd, env=procs.env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0 and "password authentication failed" in done.stderr
+    del procs.env["BACKPROP_DATABASE_PASSWORD"]
+    plain = sa.create_engine(db_url.replace("verify-full", "disable"),
+                             connect_args={"password": tls_postgres.password})
+    with pytest.raises(sa.exc.OperationalError, match="no encryption"):
+        plain.connect()
+    plain.dispose()
+    with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+        redis.Redis(port=tls_redis.port, password=tls_redis.password, socket_timeout=2).ping()
+
+    api = deploy(procs, db_url, "tls:", password=tls_postgres.password,
+                 worker_file="docker-compose.worker.yml",
+                 paths={"/run/secrets/broker_url": str(files / "broker_url"),
+                        "/run/secrets/ca.crt": str(certs.ca),
+                        "/run/secrets/client.crt": str(certs.client),
+                        "/run/secrets/client.key": str(certs.client_key)},
+                 BROKER_URL_FILE=files / "broker_url", BROKER_SSL_CA_CERTS=certs.ca,
+                 BROKER_SSL_CERTFILE=certs.client, BROKER_SSL_KEYFILE=certs.client_key)
+    run = flow.start_run(api, flow.create_xor(api), training={"epochs": 20})
+    done = flow.wait_until(api, procs, run["id"])
+    assert done["status"] == "succeeded", done
+    assert "run %s: claimed by" % run["id"] in procs.report("worker", lines=1_000_000)
+    procs.check()
 
 
 def _checkpoint_epoch(engine: sa.Engine, run_id: str) -> int | None:

@@ -137,6 +137,20 @@ def test_the_database_password_is_put_into_the_url(tmp_path: Path) -> None:
         "and BACKPROP_DATABASE_PASSWORD=(hidden) another: give it once")
 
 
+def test_broker_tls_files_need_a_rediss_url(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert _error({"BACKPROP_BROKER_URL": "redis://redis:6379/0",
+                   "BACKPROP_BROKER_SSL_CA_CERTS": str(ca)}).endswith(
+        "expected a rediss:// BROKER_URL with the BROKER_SSL_ files (redis:// is not encrypted)")
+    assert _error({"BACKPROP_BROKER_URL": "rediss://redis:6380/0",
+                   "BACKPROP_BROKER_SSL_CA_CERTS": str(tmp_path)}) == (
+        f"backprop: BACKPROP_BROKER_SSL_CA_CERTS='{tmp_path}': expected a readable file")
+    got = config.load(environ={"BACKPROP_BROKER_URL": "rediss://redis:6380/0",
+                               "BACKPROP_BROKER_SSL_CA_CERTS": str(ca)})
+    assert got["BROKER_SSL_CA_CERTS"] == str(ca)
+
+
 @pytest.mark.parametrize("process", ["api", "worker", "beat", "migrate", "backprop"])
 def test_a_bad_value_stops_every_process_at_start_with_one_line(
         process: str, tmp_path: Path) -> None:
