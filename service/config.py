@@ -32,7 +32,7 @@ VAR_DIR = os.path.abspath(os.environ.get("BACKPROP_VAR_DIR", "var"))
 
 DEFAULTS: dict[str, object] = {
     # Where runs, datasets and weights live. PostgreSQL in deployment:
-    # postgresql+psycopg://user:pass@host/db
+    # postgresql+psycopg://user@host/db (the password: DATABASE_PASSWORD)
     "DATABASE_URL": f"sqlite:///{os.path.join(VAR_DIR, 'backprop.db')}",
     # The database's password, put into DATABASE_URL (which then has none), so that it is
     # written once: as a file, BACKPROP_DATABASE_PASSWORD_FILE=/run/secrets/db_password, the

@@ -18,8 +18,9 @@ from service import logs
 from service.config import load
 
 # Every setting checked before any worker starts: a bad one stops gunicorn with one line
-# (SettingError). (Module-level names are gunicorn's settings: `config` is one.) One log format for every process (service/logs.py): gunicorn's own
-# loggers write through the root logger's handler, as the app's do.
+# (SettingError; module-level names are gunicorn's settings, so no `config` here). One log
+# format for every process (service/logs.py): gunicorn's own loggers write through the root
+# logger's handler, as the app's do.
 _settings = load()
 logconfig_dict = logs.dict_config(_settings["LOG_FORMAT"], _settings["LOG_LEVEL"])
 

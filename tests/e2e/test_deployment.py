@@ -65,6 +65,12 @@ def deploy(procs: Procs, db_url: str, prefix: str, password: str = "",
     return flow.Api(base, key)
 
 
+def binds(procs: Procs) -> list[str]:
+    """The api's base URLs, as it was started: the public one, then the metrics one."""
+    argv = procs.procs["api"].args
+    return [f"http://{a}" for before, a in zip(argv, argv[1:]) if before == "--bind"]
+
+
 # The database and the prefix are asked for before `procs`, so the processes stop before
 # the database is dropped (fixtures are torn down in reverse order).
 @pytest.fixture
@@ -123,9 +129,7 @@ def test_the_health_checks_and_the_metrics_port(pg_url: str, redis_prefix: str,
     worker's main loop is stopped, and pass again once it runs. GET /metrics answers on the
     metrics port only."""
     api = deploy(procs, pg_url, redis_prefix)
-    binds = [a for before, a in zip(procs.procs["api"].args, procs.procs["api"].args[1:])
-             if before == "--bind"]
-    public, metrics = (f"http://{b}" for b in binds)
+    public, metrics = binds(procs)
     files = procs.log_dir.parent
     pg = sa.engine.make_url(PG_ADMIN_URL)
     env = {**os.environ, "PGHOST": str(pg.host), "PGPORT": str(pg.port or 5432)}
@@ -198,7 +202,7 @@ def test_a_worker_on_another_machine_over_tls(tls_postgres: Server, tls_redis: S
     run = flow.start_run(api, flow.create_xor(api), training={"epochs": 20})
     done = flow.wait_until(api, procs, run["id"])
     assert done["status"] == "succeeded", done
-    assert "run %s: claimed by" % run["id"] in procs.report("worker", lines=1_000_000)
+    assert f"run {run['id']}: claimed by" in procs.report("worker", lines=1_000_000)
     procs.check()
 
 
