@@ -1,6 +1,6 @@
 # One image for every process of a deployment: the API (gunicorn), the worker and the beat
 # (celery) and the one-shot migration (alembic); docker-compose.yml picks the command.
-FROM python:3.11-slim
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -10,11 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # The dependencies first, from pyproject.toml alone (empty packages stand in for the code),
-# so that editing the code does not reinstall them.
-COPY pyproject.toml README.md ./
+# so that editing the code does not reinstall them; at the versions of constraints.txt.
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir nn service worker \
  && touch nn/__init__.py service/__init__.py worker/__init__.py \
- && pip install . \
+ && pip install -c constraints.txt . \
  && pip uninstall -y backprop-service \
  && rm -rf nn service worker build ./*.egg-info
 

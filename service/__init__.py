@@ -6,16 +6,14 @@ from typing import Any
 
 from flask import Flask
 
-from service.config import DEFAULTS
+from service import config
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Defaults, then `BACKPROP_*` environment variables, then `test_config`."""
+    """Defaults, then `BACKPROP_*` environment variables, then `test_config`, each checked
+    (service/config.py: a bad value raises SettingError, which ends a process at start)."""
     app = Flask(__name__, static_folder=None)  # a JSON API: no static files route
-    app.config.from_mapping(DEFAULTS)
-    app.config.from_prefixed_env("BACKPROP")
-    if test_config:
-        app.config.from_mapping(test_config)
+    app.config.from_mapping(config.load(test_config))
     app.json.sort_keys = False  # keep the field order the serialisers and the spec use
 
     from service import artifacts, auth, db, errors, logs, metrics, params

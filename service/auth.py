@@ -39,7 +39,6 @@ from service.models import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "bp_"
 SHOWN_PREFIX = 11  # "bp_" + 8 characters: enough to tell keys apart, useless to guess one
-ADMIN_KEY_MIN_CHARS = 32
 KEY_CACHE_SIZE = 10_000  # valid keys remembered per process
 TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -104,13 +103,6 @@ def tenant_id() -> str:
 
 
 def init_app(app: Flask) -> None:
-    admin_key = app.config.get("ADMIN_KEY")
-    if type(admin_key) is int:  # BACKPROP_ADMIN_KEY of digits only, parsed as JSON
-        admin_key = app.config["ADMIN_KEY"] = str(admin_key)
-    if admin_key not in (None, "") and (not isinstance(admin_key, str)
-                                        or len(admin_key) < ADMIN_KEY_MIN_CHARS):
-        raise ValueError(f"ADMIN_KEY must be a string of at least {ADMIN_KEY_MIN_CHARS} "
-                         "characters (e.g. `openssl rand -hex 32`)")
     app.extensions["key_cache"] = LRUCache(KEY_CACHE_SIZE,
                                            ttl=float(app.config["API_KEY_CACHE_SECONDS"]))
     app.before_request(authenticate)

@@ -62,12 +62,14 @@ LOCAL_TENANT = "local"
 BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def api_command(host: str, port: int) -> list[str]:
+def api_command(host: str, port: int, metrics_port: int | None = None) -> list[str]:
     # gthread workers: a slow request (a large upload) does not block the others.
     # No control socket: it defaults to one path per user, which two servers would share.
     # The config module: log format, graceful timeout, metrics folder (service/gunicorn_conf.py).
+    # A second port for GET /metrics alone (the setting METRICS_PORT), when there is one.
+    metrics = ["--bind", f"{host}:{metrics_port}"] if metrics_port is not None else []
     return [sys.executable, "-m", "gunicorn", "--config", "python:service.gunicorn_conf",
-            "--bind", f"{host}:{port}", "--workers", "2", "--threads", "4",
+            "--bind", f"{host}:{port}", *metrics, "--workers", "2", "--threads", "4",
             "--worker-class", "gthread", "--no-control-socket", "service.wsgi:app"]
 
 
@@ -204,10 +206,11 @@ def up(host: str, port: int, workers: int) -> int:
     database = _shown(parsed.database) if parsed.database and url.startswith("sqlite") \
         else parsed.render_as_string()
     print(f"backprop: starting (database {database}, logs in {_shown(log_dir)}/)", flush=True)
+    commands = (("api", api_command(host, port, app.config["METRICS_PORT"]), None),
+                ("worker", worker_command(workers), worker_env()),
+                ("beat", beat_command(), None))
     children = [Child(name, command, env, os.path.join(log_dir, f"{name}.log"))
-                for name, command, env in (("api", api_command(host, port), None),
-                                           ("worker", worker_command(workers), worker_env()),
-                                           ("beat", beat_command(), None))]
+                for name, command, env in commands]
     for child in children:
         child.rotate_log()
         child.start()

@@ -15,11 +15,14 @@ from typing import Any
 from gunicorn.glogging import Logger
 
 from service import logs
-from service.config import setting
+from service.config import load
 
-# One log format for every process (service/logs.py): gunicorn's own loggers write through
-# the root logger's handler, as the app's do.
-logconfig_dict = logs.dict_config(str(setting("LOG_FORMAT")), str(setting("LOG_LEVEL")))
+# Every setting checked before any worker starts: a bad one stops gunicorn with one line
+# (SettingError; module-level names are gunicorn's settings, so no `config` here). One log
+# format for every process (service/logs.py): gunicorn's own loggers write through the root
+# logger's handler, as the app's do.
+_settings = load()
+logconfig_dict = logs.dict_config(_settings["LOG_FORMAT"], _settings["LOG_LEVEL"])
 
 
 class NoAccessLogger(Logger):

@@ -1,5 +1,5 @@
-"""Prometheus metrics at GET /metrics (prometheus-client; unauthenticated like /healthz: keep
-it off the public ingress).
+"""Prometheus metrics at GET /metrics (prometheus-client; unauthenticated like /healthz), only
+on METRICS_PORT when it is set: a port of the API's server that is not published.
 
 Where each number comes from, so that it is right however many processes serve and train:
 
@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from datetime import timedelta
 
 import sqlalchemy as sa
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, abort, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -116,6 +116,11 @@ def init_app(app: Flask) -> None:
 
 @public
 def metrics() -> Response:
+    port = current_app.config["METRICS_PORT"]
+    if port is not None and request.environ.get("SERVER_PORT") != str(port):
+        # the listening socket's port (gunicorn and werkzeug take it from the socket, not
+        # from the Host header): the public port has no /metrics
+        abort(404)
     registry = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)

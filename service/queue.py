@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 from typing import Any
 
@@ -50,6 +51,7 @@ def celery_config(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "broker_url": url,
         "broker_transport_options": _transport_options(config, limit),
+        "broker_use_ssl": _broker_tls(config),
         "broker_connection_retry_on_startup": True,
         # Messages carry ids only, as JSON; never pickle.
         "task_serializer": "json",
@@ -113,6 +115,17 @@ def _transport_options(config: dict[str, Any], limit: float) -> dict[str, Any]:
             "socket_connect_timeout": 5,
         }
     return {}
+
+
+def _broker_tls(config: dict[str, Any]) -> dict[str, Any] | bool:
+    """redis-py's TLS options for a rediss:// broker: the server's certificate verified
+    (kombu, given a rediss:// URL and no options, would not verify it), against
+    BROKER_SSL_CA_CERTS or the system's CAs; a client certificate when one is given."""
+    if not config["BROKER_URL"].startswith("rediss://"):
+        return False
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": config["BROKER_SSL_CA_CERTS"],
+            "ssl_certfile": config["BROKER_SSL_CERTFILE"],
+            "ssl_keyfile": config["BROKER_SSL_KEYFILE"]}
 
 
 # Guards the lazy creation of an app's Celery app (the API's threads publish at once).

@@ -16,6 +16,9 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+# TLS certificates, and a PostgreSQL and a Redis that take TLS only (tests/servers.py)
+pytest_plugins = ["tests.servers"]
+
 PG_ADMIN_URL = os.environ.get(
     "BACKPROP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

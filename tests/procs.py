@@ -42,18 +42,21 @@ class Procs:
         self.procs: dict[str, subprocess.Popen] = {}
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              ) -> subprocess.Popen:
+        """Start `argv` with this environment, and `env` added for this process alone."""
         assert name not in self.procs or self.procs[name].poll() is not None, name
         with open(self._log(name), "ab") as log:
-            proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(argv, cwd=self.cwd, env={**self.env, **(env or {})},
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs[name] = proc
         return proc
 
-    def run(self, name: str, argv: list[str], timeout: float = 60) -> None:
+    def run(self, name: str, argv: list[str], timeout: float = 60,
+            env: dict[str, str] | None = None) -> None:
         """Run to completion; fail with its log unless it exits 0."""
-        proc = self.start(name, argv)
+        proc = self.start(name, argv, env)
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -15,9 +15,11 @@ from celery import signals
 from service import create_app, db, logs
 from service.queue import celery_init_app
 from worker import memory
+from worker import health
 
 flask_app = create_app()
 celery = celery_init_app(flask_app)
+health.init(celery, flask_app.config["HEARTBEAT_FILE"])
 
 
 @sa.event.listens_for(db.engine(flask_app), "connect")

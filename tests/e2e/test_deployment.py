@@ -3,39 +3,72 @@ Redis, isolated from any dev server by their own database, Redis key prefix and 
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
+import requests
 import sqlalchemy as sa
 
 import nn
-from tests.conftest import REDIS_URL, free_port
+from tests.conftest import PG_ADMIN_URL, REDIS_URL, free_port
 from tests.e2e import flow
-from tests.e2e.compose import command
+from tests.e2e.compose import command, environment, healthcheck
 from tests.procs import Procs
+from tests.servers import Certs, Server
+from worker.health import TOUCH_SECONDS
+
+HEARTBEAT = "/tmp/backprop-heartbeat"  # docker-compose.yml's BACKPROP_HEARTBEAT_FILE
 
 
-def deploy(procs: Procs, pg_url: str, prefix: str, **settings: object) -> flow.Api:
-    """migrate, then api, worker and beat, with `settings` as BACKPROP_* variables
-    (BROKER_URL among them: the machine's Redis unless given)."""
+def deploy(procs: Procs, db_url: str, prefix: str, password: str = "",
+           worker_file: str = "docker-compose.yml", paths: dict[str, str] | None = None,
+           **settings: object) -> flow.Api:
+    """migrate, then api, worker and beat as docker-compose.yml runs them (the worker as
+    `worker_file` does), each with its compose environment, the containers' paths and ports
+    replaced by this test's (`paths` adds more), and `settings` as BACKPROP_* variables
+    (BROKER_URL among them: the machine's Redis unless given, or BROKER_URL_FILE). The
+    database password is `password` (none: ""), read from a file as in the containers."""
+    files = procs.log_dir.parent
+    (files / "db_password").write_text(password + "\n")
+    port, metrics_port = free_port(), free_port()
+    paths = {"/run/secrets/db_password": str(files / "db_password"), "9100": str(metrics_port),
+             **(paths or {})}
+    if "BROKER_URL_FILE" not in settings:
+        settings.setdefault("BROKER_URL", REDIS_URL)
     procs.env.update(
-        BACKPROP_DATABASE_URL=pg_url,
-        BACKPROP_BROKER_URL=str(settings.pop("BROKER_URL", REDIS_URL)),
-        BACKPROP_BROKER_KEYPREFIX=prefix, BACKPROP_QUEUE=f"backprop-{uuid.uuid4().hex[:8]}",
+        environment("migrate", **paths),  # what every service of the image has
+        BACKPROP_DATABASE_URL=db_url, BACKPROP_BROKER_KEYPREFIX=prefix,
+        BACKPROP_QUEUE=f"backprop-{uuid.uuid4().hex[:8]}",
         **{f"BACKPROP_{k}": str(v) for k, v in settings.items()},
     )
-    procs.run("migrate", command("migrate"))
+
+    def env(service: str, file: str = "docker-compose.yml") -> dict[str, str]:
+        return environment(service, file, **paths,
+                           **{HEARTBEAT: str(files / f"{service}.heartbeat")})
+
+    procs.run("migrate", command("migrate"), env=env("migrate"))
     key = flow.create_key(procs, "e2e")  # the API is called as a tenant made by the CLI
-    port = free_port()
-    procs.start("api", command("api", **{"0.0.0.0:8000": f"127.0.0.1:{port}"}))
-    procs.start("worker", command("worker"))
-    procs.start("beat", command("beat"))
+    procs.start("api", command("api", **{"0.0.0.0:8000": f"127.0.0.1:{port}",
+                                         "0.0.0.0:9100": f"127.0.0.1:{metrics_port}"}),
+                env=env("api"))
+    procs.start("worker", command("worker", worker_file), env=env("worker", worker_file))
+    procs.start("beat", command("beat"), env=env("beat"))
     base = f"http://127.0.0.1:{port}"
     procs.wait_http(f"{base}/readyz")
     return flow.Api(base, key)
+
+
+def binds(procs: Procs) -> list[str]:
+    """The api's base URLs, as it was started: the public one, then the metrics one."""
+    argv = procs.procs["api"].args
+    return [f"http://{a}" for before, a in zip(argv, argv[1:]) if before == "--bind"]
 
 
 # The database and the prefix are asked for before `procs`, so the processes stop before
@@ -87,6 +120,90 @@ def test_a_killed_worker_loses_nothing(pg_url: str, redis_prefix: str, procs: Pr
     unbroken = nn.weights_to_json(nn.train(plan, inputs, targets).weights)["layers"]
     served = api.get(f"/v1/runs/{run_id}/weights")["layers"]
     assert served == unbroken  # bit for bit: JSON round-trips floats exactly
+
+
+def test_the_health_checks_and_the_metrics_port(pg_url: str, redis_prefix: str,
+                                                procs: Procs) -> None:
+    """Every health check of docker-compose.yml, run against the processes: each passes. The
+    worker's and beat's fail once their heartbeat is a minute old, stay failing while the
+    worker's main loop is stopped, and pass again once it runs. GET /metrics answers on the
+    metrics port only."""
+    api = deploy(procs, pg_url, redis_prefix)
+    public, metrics = binds(procs)
+    files = procs.log_dir.parent
+    pg = sa.engine.make_url(PG_ADMIN_URL)
+    env = {**os.environ, "PGHOST": str(pg.host), "PGPORT": str(pg.port or 5432)}
+    replace = {"api": {"127.0.0.1:8000": public.removeprefix("http://")},
+               **{s: {HEARTBEAT: str(files / f"{s}.heartbeat")} for s in ("worker", "beat")}}
+
+    def healthy(service: str) -> bool:
+        argv = healthcheck(service, **replace.get(service, {}))
+        return subprocess.run(argv, env=env, capture_output=True, timeout=30).returncode == 0
+
+    for service in ("postgres", "redis", "api", "worker", "beat"):
+        procs.wait_for(f"{service}'s health check to pass", lambda: healthy(service), 30)
+
+    for service in ("worker", "beat"):
+        stale = time.time() - 120
+        os.utime(files / f"{service}.heartbeat", (stale, stale))
+        assert not healthy(service)
+        procs.wait_for(f"{service} to touch its heartbeat", lambda: healthy(service),
+                       3 * TOUCH_SECONDS)
+    worker = procs.procs["worker"].pid
+    os.killpg(worker, signal.SIGSTOP)  # a stuck worker: its loop touches nothing
+    try:
+        os.utime(files / "worker.heartbeat", (time.time() - 120,) * 2)
+        time.sleep(2 * TOUCH_SECONDS)
+        assert not healthy("worker")
+    finally:
+        os.killpg(worker, signal.SIGCONT)
+    procs.wait_for("the worker to be healthy again", lambda: healthy("worker"), 3 * TOUCH_SECONDS)
+
+    assert requests.get(f"{public}/metrics", timeout=10).status_code == 404
+    assert api.get("/v1/runs")["items"] == []  # the public port serves the API
+    scraped = requests.get(f"{metrics}/metrics", timeout=10)
+    assert scraped.status_code == 200 and "backprop_runs{" in scraped.text
+
+
+def test_a_worker_on_another_machine_over_tls(tls_postgres: Server, tls_redis: Server,
+                                             certs: Certs, procs: Procs) -> None:
+    """docker-compose.worker.yml's worker, with its environment (secrets as files), against a
+    PostgreSQL that takes only TLS with a scram password and a Redis that takes only TLS
+    with a client certificate and a password: it trains a run end to end (the API, beat and
+    migration run as on the main host, over TLS too). A wrong password stops the
+    migration; a plain connection is refused by both servers."""
+    files = procs.log_dir.parent
+    broker_url = f"rediss://:{tls_redis.password}@127.0.0.1:{tls_redis.port}/0"
+    (files / "broker_url").write_text(broker_url + "\n")
+    db_url = (f"postgresql+psycopg://backprop@127.0.0.1:{tls_postgres.port}/backprop"
+              f"?sslmode=verify-full&sslrootcert={certs.ca}")
+
+    procs.env.update(BACKPROP_DATABASE_URL=db_url, BACKPROP_DATABASE_PASSWORD="wrong")
+    done = subprocess.run(command("migrate"), cwd=procs.cwd, env=procs.env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0 and "password authentication failed" in done.stderr
+    del procs.env["BACKPROP_DATABASE_PASSWORD"]
+    plain = sa.create_engine(db_url.replace("verify-full", "disable"),
+                             connect_args={"password": tls_postgres.password})
+    with pytest.raises(sa.exc.OperationalError, match="no encryption"):
+        plain.connect()
+    plain.dispose()
+    with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+        redis.Redis(port=tls_redis.port, password=tls_redis.password, socket_timeout=2).ping()
+
+    api = deploy(procs, db_url, "tls:", password=tls_postgres.password,
+                 worker_file="docker-compose.worker.yml",
+                 paths={"/run/secrets/broker_url": str(files / "broker_url"),
+                        "/run/secrets/ca.crt": str(certs.ca),
+                        "/run/secrets/client.crt": str(certs.client),
+                        "/run/secrets/client.key": str(certs.client_key)},
+                 BROKER_URL_FILE=files / "broker_url", BROKER_SSL_CA_CERTS=certs.ca,
+                 BROKER_SSL_CERTFILE=certs.client, BROKER_SSL_KEYFILE=certs.client_key)
+    run = flow.start_run(api, flow.create_xor(api), training={"epochs": 20})
+    done = flow.wait_until(api, procs, run["id"])
+    assert done["status"] == "succeeded", done
+    assert f"run {run['id']}: claimed by" in procs.report("worker", lines=1_000_000)
+    procs.check()
 
 
 def _checkpoint_epoch(engine: sa.Engine, run_id: str) -> int | None:

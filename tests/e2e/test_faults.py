@@ -32,7 +32,7 @@ from service.queue import send_run
 from tests.conftest import PG_ADMIN_URL, free_port
 from tests.e2e import flow, load
 from tests.e2e.compose import command
-from tests.e2e.test_deployment import deploy
+from tests.e2e.test_deployment import binds, deploy
 from tests.procs import Procs
 
 # Short leases and quick reconciling, so that a takeover takes seconds.
@@ -441,10 +441,11 @@ def test_twenty_runs_at_once_on_two_workers(up: Any, procs: Procs, engine: sa.En
     load.check(outcome)
     assert {which_worker(procs, w) for (w,) in _workers(engine)} == {"worker", "worker2"}
 
-    # /metrics, whichever gunicorn worker answers: the rows' numbers, and the requests
-    # counted by every API process (prometheus-client's multiprocess mode).
+    # /metrics (on its port), whichever gunicorn worker answers: the rows' numbers, and the
+    # requests counted by every API process (prometheus-client's multiprocess mode).
+    scraper = flow.Api(binds(procs)[1])
     for _ in range(3):
-        text = api.call("GET", "/metrics", 200).text
+        text = scraper.call("GET", "/metrics", 200).text
         got = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
         assert got[("backprop_runs", (("status", "succeeded"),))] == 20

@@ -59,6 +59,19 @@ def test_metrics_come_from_the_rows(any_app: Flask, any_client: SpecCheckingClie
                                                  ("method", "POST"), ("status", "202")))] >= 3
 
 
+def test_metrics_answer_on_the_metrics_port_only(any_app: Flask) -> None:
+    """With METRICS_PORT, GET /metrics is a 404 on any other port of the server (the
+    listening socket's, in SERVER_PORT; a Host header does not change it)."""
+    any_app.config["METRICS_PORT"] = 9100
+    client = any_app.test_client(api_key=None)
+    on = {"environ_overrides": {"SERVER_PORT": "9100"}}
+    assert client.get("/metrics", **on).status_code == 200
+    assert client.get("/metrics").status_code == 404  # the test client's port 80
+    answer = client.get("/metrics", headers={"Host": "localhost:9100"})
+    assert answer.status_code == 404 and answer.get_json()["code"] == "not_found"
+    assert client.get("/healthz").status_code == 200
+
+
 def test_a_request_id_is_echoed_or_made(client: SpecCheckingClient) -> None:
     given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
     assert given.headers["X-Request-ID"] == "abc-123"

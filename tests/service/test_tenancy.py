@@ -16,6 +16,7 @@ from flask import Flask
 
 from service import create_app, db
 from service.auth import key_sha256
+from service.config import SettingError
 from service.models import ApiKey, Base, Run
 from service.schemas import spec
 from tests.service.conftest import add_tenant, make_app
@@ -277,7 +278,7 @@ def test_without_an_admin_key_the_admin_endpoints_open_to_nobody(client) -> None
 
 
 def test_a_short_admin_key_is_refused_at_start(sqlite_url: str) -> None:
-    with pytest.raises(ValueError, match="ADMIN_KEY"):
+    with pytest.raises(SettingError, match="ADMIN_KEY"):
         create_app({"DATABASE_URL": sqlite_url, "ADMIN_KEY": "short"})
 
 
@@ -362,7 +363,7 @@ def test_views_scope_queries_in_one_place() -> None:
 def cli_env(app: Flask, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Flask:  # noqa: ANN001
     """`service.cli` functions pointed (through the environment) at `app`'s database."""
     monkeypatch.setenv("BACKPROP_DATABASE_URL", app.config["DATABASE_URL"])
-    monkeypatch.setenv("BACKPROP_LOCAL_KEY_FILE", f'"{tmp_path / "var" / "api-key"}"')
+    monkeypatch.setenv("BACKPROP_LOCAL_KEY_FILE", str(tmp_path / "var" / "api-key"))
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from flask import Flask
 from service import create_app, queue
 from service.queue import RECONCILE_TASK, broker_ok, celery_config, celery_init_app
 from tests.conftest import REDIS_URL, free_port
+from tests.servers import Certs, Server, make_certs
 
 
 def _config(**overrides: Any) -> dict[str, Any]:
@@ -53,6 +55,22 @@ def test_broker_ok(tmp_path) -> None:
     assert _ready(create_app({"BROKER_URL": REDIS_URL}))
     closed = f"redis://127.0.0.1:{free_port()}/0"
     assert not _ready(create_app({"BROKER_URL": closed}))
+
+
+def test_a_rediss_broker_verifies_the_server_and_shows_its_certificate(
+        tls_redis: Server, certs: Certs, tmp_path: Path) -> None:
+    """A Redis on TLS alone, asking for a client certificate: ready with the CA that signed
+    its certificate and a client certificate; not with another CA, the system's CAs (kombu
+    alone would not verify at all) or no client certificate."""
+    url = f"rediss://:{tls_redis.password}@127.0.0.1:{tls_redis.port}/0"
+    client = {"BROKER_SSL_CERTFILE": str(certs.client), "BROKER_SSL_KEYFILE": str(certs.client_key)}
+    assert _ready(create_app({"BROKER_URL": url, "BROKER_SSL_CA_CERTS": str(certs.ca), **client}))
+    other = make_certs(tmp_path)
+    assert not _ready(create_app({"BROKER_URL": url, "BROKER_SSL_CA_CERTS": str(other.ca),
+                                  **client}))
+    assert not _ready(create_app({"BROKER_URL": url, **client}))
+    assert not _ready(create_app({"BROKER_URL": url, "BROKER_SSL_CA_CERTS": str(certs.ca)}))
+    assert celery_config(_config(BROKER_URL=REDIS_URL))["broker_use_ssl"] is False
 
 
 def test_one_celery_app_however_many_threads_ask_first(monkeypatch: pytest.MonkeyPatch) -> None:
