@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from .data import check_inputs, check_shape, standardize
+from .errors import SpecError
 from .network import forward
 from .spec import parse_network
 from .targets import decode
@@ -31,7 +32,9 @@ class Model:
         x = check_shape(x, self.meta["input_shape"])
         self.layers[0].check_inputs(x)
         x = standardize(x, self.meta["standardize"]).astype(self.meta["dtype"])
-        out, _ = forward(self.layers, self.weights, x, train=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out, _ = forward(self.layers, self.weights, x, train=False)
+        check_finite(out)
         result = {"outputs": out.tolist()}
         classes = self.meta["classes"]
         if classes is not None:
@@ -70,6 +73,19 @@ class Model:
             raise
         except Exception as e:                     # zipfile, KeyError, TypeError, ...
             raise ValueError(f"not a model file: {e!r}") from None
+
+
+def check_finite(out: np.ndarray, shown: int = 10) -> None:
+    """SpecError("inputs") naming the samples whose outputs out (N, ...) overflowed: finite
+    weights and inputs can still drive a sum past float64's range (inputs of 1e308), and an
+    infinite or NaN output is neither JSON nor of use to anyone."""
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=tuple(range(1, out.ndim))))
+    if len(bad):
+        rows = ", ".join(map(str, bad[:shown])) + (f" and {len(bad) - shown} more"
+                                                   if len(bad) > shown else "")
+        raise SpecError("inputs", f"the outputs overflow (are not finite) for rows {rows}: "
+                                  f"these inputs are far outside the range the model was "
+                                  f"trained on")
 
 
 def model_meta(plan, standardizer: dict | None = None) -> dict:

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask
 
 from service.config import DEFAULTS
+from service.serialize import StrictJSONProvider
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -16,7 +17,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env("BACKPROP")
     if test_config:
         app.config.from_mapping(test_config)
-    app.json.sort_keys = False  # keep the field order the serialisers and the spec use
+    app.json = StrictJSONProvider(app)
 
     from service import artifacts, auth, db, errors, logs, metrics, params
     from service.api import register_blueprints

@@ -7,7 +7,7 @@ from flask import Flask
 
 from service import create_app
 from service.errors import json_path
-from tests.openapi_check import SpecCheckingClient
+from tests.openapi_check import SpecCheckingClient, strict_json
 from tests.service.conftest import make_app
 
 
@@ -146,6 +146,20 @@ def test_unexpected_errors_are_logged_500_problems(app: Flask, monkeypatch, capl
     body = _problem(app.test_client().get("/v1/datasets"), 500, "internal_error")
     assert "secret" not in body["detail"]
     assert any(r.exc_info and "secret internals" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_a_non_finite_number_in_an_answer_is_a_500_not_invalid_json(
+        app: Flask, monkeypatch, caplog) -> None:  # noqa: ANN001
+    import service.api.datasets
+
+    client = app.test_client()
+    dataset = client.post("/v1/datasets", json={"name": "d", "generator": {"kind": "xor"}})
+    monkeypatch.setattr(service.api.datasets, "dataset_json", lambda d: {"x": float("nan")})
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    _problem(client.get(f"/v1/datasets/{dataset.get_json()['id']}"), 500, "internal_error")
+    assert any(r.exc_info and "not JSON compliant" in str(r.exc_info[1]) for r in caplog.records)
+    with pytest.raises(AssertionError, match="NaN"):  # and the suite's parser would catch it
+        strict_json(b'{"x": NaN}')
 
 
 def test_validation_errors_list_every_bad_field(client) -> None:  # noqa: ANN001

@@ -310,17 +310,33 @@ def test_predict(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert body["run_id"] == run["id"] and body["which"] == "final" and body["epoch"] == 3
 
 
-def test_predict_regression_has_no_labels(app: Flask, client) -> None:  # noqa: ANN001
-    body = {"name": "r", "inputs": [[0.0], [1.0], [2.0], [3.0]], "targets": [0.5, 1.5, 2.5, 3.5]}
+def _regression_run(app: Flask, client) -> dict:  # noqa: ANN001
+    """A succeeded run of one linear unit, y = 10 x + 0.5, with final weights."""
+    body = {"name": "r", "inputs": [[0.0], [1.0], [2.0], [3.0]], "targets": [0.5, 10.5, 20.5, 30.5]}
     dataset = client.post("/v1/datasets", json=body).get_json()
     spec = {"layers": [{"type": "dense", "units": 1, "activation": "linear"}]}
-    run = create_run(client, dataset["id"], network=spec, training={"epochs": 2, "seed": 1})
+    run = create_run(client, dataset["id"], network=spec, training={"epochs": 0})
     plan = nn.build(run["network"], run["training"],
                     nn.describe(np.array(body["inputs"]), np.array(body["targets"])))
-    model = nn.train(plan, np.array(body["inputs"]), np.array(body["targets"])).model
+    weights = [{"W": np.array([[10.0]]), "b": np.array([0.5])}]
+    model = nn.train(plan, np.array(body["inputs"]), np.array(body["targets"]),
+                     initial_weights=weights).model
     finish_run(app, run["id"], epochs=2, artifacts={"final": model.to_npz()}, layers=(0,))
+    return run
+
+
+def test_predict_regression_has_no_labels(app: Flask, client) -> None:  # noqa: ANN001
+    run = _regression_run(app, client)
     result = client.post(f"/v1/runs/{run['id']}/predict", json={"inputs": [[4.0]]}).get_json()
     assert len(result["outputs"]) == 1 and "labels" not in result
+
+
+def test_predict_outputs_that_overflow_are_a_422(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    run = _regression_run(any_app, any_client)
+    inputs = [[4.0], [1e308], [-1e308], [1.0]]
+    resp = any_client.post(f"/v1/runs/{run['id']}/predict", json={"inputs": inputs})
+    assert problem_paths(resp) == ["inputs"] and resp.status_code == 422
+    assert "overflow (are not finite) for rows 1, 2:" in resp.get_json()["detail"]
 
 
 def test_predict_uses_the_model_cache(app: Flask, client, run: dict) -> None:  # noqa: ANN001
