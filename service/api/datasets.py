@@ -106,8 +106,12 @@ def _from_json(limits: dataio.Limits) -> Incoming:
     if "generator" in body:
         validate("DatasetFromGenerator", body)
         return _generate(body, limits)
+    dataio.check_samples(body.get("inputs"), "inputs", limits.max_rows, limits.max_features)
+    targets = body.get("targets")
+    if isinstance(targets, list) and len(targets) > limits.max_rows:
+        raise validation_error("targets", f"has {len(targets)} values; the limit is "
+                                          f"{limits.max_rows}")
     validate("DatasetFromArrays", body)
-    dataio.check_samples(body["inputs"], "inputs", limits)
     inputs = dataio.tensor(body["inputs"], "inputs")
     targets = dataio.targets_array(body["targets"])
     return Incoming(body["name"], body.get("task"), inputs, targets, {"kind": "json"})

@@ -125,10 +125,10 @@ def predict(run_id: uuid.UUID) -> Response:
     artifact's identity, scoped to the tenant: a deleted run or another tenant's is a 404
     at once), a second one to load it when not."""
     body = json_object()
+    config = current_app.config
+    dataio.check_samples(body.get("inputs"), "inputs", int(config["PREDICT_MAX_ROWS"]),
+                         int(config["DATASET_MAX_FEATURES"]))
     validate("PredictRequest", body)
-    max_rows = int(current_app.config["PREDICT_MAX_ROWS"])
-    if len(body["inputs"]) > max_rows:
-        raise validation_error("inputs", f"must have at most {max_rows} rows")
     inputs = dataio.tensor(body["inputs"], "inputs")
     which = body.get("which", "final")
     status, epoch, created_at = run_artifact(run_id, which)

@@ -62,6 +62,19 @@ def test_json_rows_and_features(sqlite_url: str) -> None:
     _field_error(client.post("/v1/datasets", json=images), 422, "inputs[0]", "4 values")
 
 
+def test_json_rows_are_counted_before_the_schema_walks_them(any_app: Flask) -> None:
+    any_app.config.update(DATASET_MAX_ROWS=4, DATASET_MAX_FEATURES=2)
+    client = any_app.test_client()
+    strings = {"name": "t", "inputs": [["a", "b"]] * 5, "targets": ["x"] * 4, "odd": 1}
+    resp = client.post("/v1/datasets", json=strings)
+    assert [e["path"] for e in resp.get_json()["errors"]] == ["inputs"]  # nothing else
+    wide = {"name": "t", "inputs": [["a", "b", "c"]], "targets": [0], "odd": 1}
+    resp = client.post("/v1/datasets", json=wide)
+    assert [e["path"] for e in resp.get_json()["errors"]] == ["inputs[0]"]
+    targets = {"name": "t", "inputs": [[0, 0]] * 4, "targets": [{}] * 5}
+    _field_error(client.post("/v1/datasets", json=targets), 422, "targets", "5 values; the limit")
+
+
 def test_generator_rows(sqlite_url: str) -> None:
     client = _app(sqlite_url, DATASET_MAX_ROWS=100).test_client()
     body = {"name": "g", "generator": {"kind": "xor", "n_samples": 101}}

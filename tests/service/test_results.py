@@ -373,7 +373,10 @@ def test_model_cache_is_bounded(sqlite_url: str) -> None:
         ({"inputs": [1, 2]}, "inputs[0]", "must be an array"),
         ({"inputs": [[1, 2]], "which": "checkpoint"}, "which", "must be one of"),
         ({"inputs": [[1, 2]], "extra": True}, "extra", "not a known field"),
-        ({"inputs": [[1, 2]] * 10_001}, "inputs", "at most 10000 rows"),
+        ({"inputs": [[1, 2]] * 10_001}, "inputs", "10001 samples; the limit is 10000"),
+        # counted before the schema walks every value, so it is the only error
+        ({"inputs": [["a"]] * 10_001, "x": 1}, "inputs", "10001 samples; the limit is 10000"),
+        ({"inputs": [[0] * 100_001]}, "inputs[0]", "100001 values per sample; the limit is"),
     ],
 )
 def test_predict_bad_inputs(client, run: dict, body: dict, path: str, message: str) -> None:  # noqa: ANN001
@@ -381,6 +384,8 @@ def test_predict_bad_inputs(client, run: dict, body: dict, path: str, message: s
     assert resp.status_code == 422, resp.get_json()
     errors = {e["path"]: e["message"] for e in resp.get_json()["errors"]}
     assert message in errors[path], errors
+    if "the limit" in message:
+        assert list(errors) == [path]
 
 
 def test_predict_with_best_weights(app: Flask, client, run: dict) -> None:  # noqa: ANN001
