@@ -83,6 +83,25 @@ def test_generator_rows(sqlite_url: str) -> None:
     _field_error(client.post("/v1/datasets", json=default), 422, "generator.n_samples")
 
 
+@pytest.mark.parametrize(("generator", "size"), [
+    ({"kind": "glyphs", "n_samples": 20}, 20 * (8 * 8 + 1) * 8),
+    ({"kind": "next_token", "n_samples": 10, "length": 64}, 10 * (64 + 64) * 8),
+])
+def test_a_generator_is_costed_before_it_is_made(any_app: Flask, monkeypatch, generator,
+                                                 size: int) -> None:  # noqa: ANN001
+    any_app.config["DATASET_MAX_BYTES"] = 10_000
+    client = any_app.test_client()
+    made = []
+    real = nn.generate
+    monkeypatch.setattr(nn, "generate", lambda **kw: made.append(kw) or real(**kw))
+    body = {"name": "g", "generator": generator}
+    _field_error(client.post("/v1/datasets", json=body), 413, "generator.n_samples",
+                 f"takes {size} bytes; the limit is 10000")
+    assert made == []
+    fits = {"name": "g", "generator": {**generator, "n_samples": 9}}
+    assert client.post("/v1/datasets", json=fits).status_code == 201 and len(made) == 1
+
+
 def test_stored_bytes_of_json(sqlite_url: str) -> None:
     client = _app(sqlite_url, DATASET_MAX_BYTES=1000).test_client()
     body = {"name": "t", "inputs": [[float(i), 1.0] for i in range(100)], "targets": [0, 1] * 50}
