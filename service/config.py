@@ -57,6 +57,11 @@ DEFAULTS: dict[str, object] = {
     "MODEL_CACHE_SIZE": 64,
     # Most input rows one POST /v1/runs/{id}/predict may send.
     "PREDICT_MAX_ROWS": 10_000,
+    # The memory one prediction may take in the API process (bytes), estimated from the model
+    # before anything is allocated: the samples are computed as many at a time as fit beside
+    # the answer; a model whose one sample, or an answer that, would not fit is a 422 at
+    # `inputs`.
+    "PREDICT_MAX_MEMORY_BYTES": 256 * 1024 * 1024,
     # Largest stored data set (its npz bytes; also bounds what an uploaded .npz may expand to,
     # counted as the float64 inputs and targets it becomes).
     "DATASET_MAX_BYTES": 256 * 1024 * 1024,

@@ -28,6 +28,9 @@ bp = Blueprint("results", __name__, url_prefix="/v1/runs/<uuid:run_id>")
 PHASES = ("pretrain", "train")
 MAX_POINTS = 100_000
 NPZ_TYPES = ("application/x-npz", "application/octet-stream")
+# What one number of a prediction's answer costs while it is written: a Python float in a list
+# (32 bytes) and its JSON text as a str and as bytes (about 2 x 20); measured about 74.
+ANSWER_BYTES_PER_VALUE = 80
 
 
 @bp.get("/epochs")
@@ -139,8 +142,26 @@ def predict(run_id: uuid.UUID) -> Response:
             status_now=status,
         )
     epoch, model = found
+    batch_size = _batch_size(model, len(inputs), int(config["PREDICT_MAX_MEMORY_BYTES"]))
     try:
-        result = model.predict(inputs)
+        result = model.predict(inputs, batch_size)
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None
     return json_response({"run_id": str(run_id), "which": which, "epoch": epoch, **result})
+
+
+def _batch_size(model: nn.Model, rows: int, limit: int) -> int:
+    """How many samples to compute at once for the prediction to stay within `limit` bytes
+    (PREDICT_MAX_MEMORY_BYTES) beside its answer; a 422 at `inputs`, before anything is
+    allocated, when one sample or the answer alone would be over it."""
+    per_sample = model.sample_bytes
+    answer = rows * model.result_values * ANSWER_BYTES_PER_VALUE
+    if per_sample > limit:
+        raise validation_error("inputs", f"one sample of this model takes about {per_sample} "
+                                         f"bytes to compute; the limit is {limit}")
+    if per_sample + answer > limit:
+        fits = (limit - per_sample) // (model.result_values * ANSWER_BYTES_PER_VALUE)
+        raise validation_error("inputs", f"the answer for {rows} rows would take about "
+                                         f"{answer} bytes; the limit is {limit}: send at most "
+                                         f"{fits} rows at a time")
+    return (limit - answer) // per_sample

@@ -339,6 +339,56 @@ def test_predict_outputs_that_overflow_are_a_422(any_app: Flask, any_client) -> 
     assert "overflow (are not finite) for rows 1, 2:" in resp.get_json()["detail"]
 
 
+@pytest.fixture
+def conv_run(any_app: Flask) -> tuple[Flask, dict, nn.Model]:
+    """An app whose predictions may take 256 KiB, and a succeeded run of a small CNN on 8 x 8
+    glyphs (about 32 KiB per sample to compute)."""
+    app = any_app
+    app.config["PREDICT_MAX_MEMORY_BYTES"] = 256 * 1024
+    client = app.test_client()
+    generator = {"kind": "glyphs", "n_samples": 30, "seed": 1}
+    dataset = client.post("/v1/datasets", json={"name": "g", "generator": generator}).get_json()
+    network = {"layers": [{"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": 1},
+                          {"type": "flatten"}, {"type": "dense", "units": 10,
+                                                "activation": "softmax"}]}
+    run = create_run(client, dataset["id"], network=network,
+                     training={"loss": "cross_entropy", "epochs": 0})
+    X, y = nn.generate(**{"n_samples": 30, **generator})
+    model = nn.train(nn.build(run["network"], run["training"], nn.describe(X, y)), X, y).model
+    finish_run(app, run["id"], epochs=0, artifacts={"final": model.to_npz()}, layers=(0, 2))
+    return app, run, model
+
+
+def test_predict_computes_within_its_memory_bound(conv_run, monkeypatch) -> None:  # noqa: ANN001
+    app, run, model = conv_run
+    sizes = []
+    real = nn.Model.predict
+    monkeypatch.setattr(nn.Model, "predict", lambda self, x, batch_size=None: (
+        sizes.append(batch_size) or real(self, x, batch_size)))
+    inputs = np.random.default_rng(2).normal(size=(40, 8, 8))
+    resp = app.test_client().post(f"/v1/runs/{run['id']}/predict",
+                                  json={"inputs": inputs.tolist()})
+    assert resp.status_code == 200, resp.get_json()
+    answer = 40 * model.result_values * 80
+    assert sizes == [(256 * 1024 - answer) // model.sample_bytes] and 1 < sizes[0] < 40
+    assert np.allclose(resp.get_json()["outputs"], real(model, inputs)["outputs"])
+
+
+def test_predict_refuses_what_would_not_fit(conv_run) -> None:  # noqa: ANN001
+    app, run, model = conv_run
+    url = f"/v1/runs/{run['id']}/predict"
+    app.config["PREDICT_MAX_MEMORY_BYTES"] = model.sample_bytes - 1
+    resp = app.test_client().post(url, json={"inputs": [[[0] * 8] * 8]})
+    assert problem_paths(resp) == ["inputs"]
+    assert f"one sample of this model takes about {model.sample_bytes} bytes" \
+        in resp.get_json()["detail"]
+    app.config["PREDICT_MAX_MEMORY_BYTES"] = model.sample_bytes + 10 * model.result_values * 80
+    resp = app.test_client().post(url, json={"inputs": [[[0] * 8] * 8] * 11})
+    assert problem_paths(resp) == ["inputs"]
+    assert "send at most 10 rows at a time" in resp.get_json()["detail"]
+    assert app.test_client().post(url, json={"inputs": [[[0] * 8] * 8] * 10}).status_code == 200
+
+
 def test_predict_uses_the_model_cache(app: Flask, client, run: dict) -> None:  # noqa: ANN001
     cache = app.extensions["model_cache"]
     url = f"/v1/runs/{run['id']}/predict"
