@@ -50,6 +50,11 @@ DEFAULTS: dict[str, object] = {
     "RUN_TIME_LIMIT_SECONDS": 3600,
     # Largest accepted request body (bytes).
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
+    # Largest memory a JSON body may take once parsed (bytes), estimated from its bytes before
+    # parsing (service/params.py: about 72 per array or object, 120 per key, 32 per value):
+    # Python's objects take 3 to 25 times the text, 1.6 GB for a 64 MB body of "[1],".
+    # Over it: 413.
+    "JSON_MAX_MEMORY_BYTES": 512 * 1024 * 1024,
     # Page size of list endpoints when ?limit= is not given, and its maximum.
     "PAGE_DEFAULT": 50,
     "PAGE_MAX": 1000,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from flask import Flask
 
 from service import create_app
 from service.errors import json_path
+from service.params import loads, parsed_size
 from tests.openapi_check import SpecCheckingClient, strict_json
 from tests.service.conftest import make_app
 
@@ -133,6 +136,33 @@ def test_body_too_large_is_413(sqlite_url: str) -> None:
     upload = {"name": "x", "file": (__import__("io").BytesIO(b"a,b\n" + b"1,2\n" * 500), "d.csv")}
     _problem(client.post("/v1/datasets", data=upload, content_type="multipart/form-data"),
              413, "payload_too_large")
+
+
+def test_a_json_body_too_large_to_parse_is_413_before_it_is_parsed(any_app: Flask) -> None:
+    any_app.config["JSON_MAX_MEMORY_BYTES"] = 10_000
+    client = any_app.test_client()
+    nested = b'{"name": "x", "inputs": [' + b"[1]," * 100  # not even finished
+    body = _problem(client.post("/v1/datasets", data=nested, content_type="application/json"),
+                    413, "payload_too_large")
+    assert f"would take about {parsed_size(nested)} bytes of memory" in body["detail"]
+    assert parsed_size(nested) > 10_000 > len(nested)
+    ok = {"name": "x", "inputs": [[0, 0], [0, 1], [1, 0], [1, 1]], "targets": [0, 1, 1, 0]}
+    assert client.post("/v1/datasets", json=ok).status_code == 201
+
+
+@pytest.mark.parametrize("item", [
+    b"[0,0]", b"[1]", b"[]", b"{}", b"0.5", b"1", b'"a"', b"[0.123456789,0.987654321]",
+    b"[[0],[1],[1],[0],[1],[0]]", b'{"a":[1.5,2.5]}', b'{"type":"dense","units":4}'])
+def test_the_parsed_size_of_a_json_body_is_estimated_from_above(item: bytes) -> None:
+    raw = b'{"inputs": [' + b",".join([item] * (200_000 // len(item))) + b"]}"
+    tracemalloc.start()
+    try:
+        parsed = loads(raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del parsed
+    assert 0.9 * peak <= parsed_size(raw) <= 3.5 * peak
 
 
 def test_unexpected_errors_are_logged_500_problems(app: Flask, monkeypatch, caplog) -> None:  # noqa: ANN001
