@@ -9,11 +9,14 @@ Query-parameter errors are 422s with the path `query.<name>`.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import re
+import threading
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, current_app, request
@@ -46,7 +49,30 @@ def loads(raw: bytes) -> Any:
     UTF-16 surrogates (ValueError)."""
     if b"\\u" in raw and _LONE_SURROGATE.search(raw):
         raise ValueError("a \\u escape encodes a lone UTF-16 surrogate, which is not text")
-    return json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+    with _collector_paused():
+        return json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+
+
+_parsing = 0
+_parsing_lock = threading.Lock()
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while any thread parses JSON: parsed JSON
+    holds no cycles, but each of its lists and dicts counts towards a collection, and those
+    collections took three quarters of the parse of a 1M-row data set (3.6 s of 4.2)."""
+    global _parsing
+    with _parsing_lock:
+        _parsing += 1
+        gc.disable()
+    try:
+        yield
+    finally:
+        with _parsing_lock:
+            _parsing -= 1
+            if _parsing == 0:
+                gc.enable()
 
 
 # What json.loads makes of a body, from its bytes: an array or object costs about 72 bytes (the
