@@ -18,7 +18,7 @@ from service import dataio, idempotency
 from service.api.common import fetch, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
-from service.errors import ApiError, validation_error
+from service.errors import ApiError, not_found, validation_error
 from service.models import Dataset, Run, new_id, utcnow
 from service.pagination import page
 from service.params import json_object
@@ -73,11 +73,13 @@ def delete(dataset_id: uuid.UUID) -> Response:
     if runs:
         raise _in_use(dataset.id, list(runs))
     try:
-        session.execute(sa.delete(Dataset).where(owned(Dataset), Dataset.id == dataset.id))
+        done = session.execute(sa.delete(Dataset).where(owned(Dataset), Dataset.id == dataset.id))
         session.commit()
     except IntegrityError:  # a run was created meanwhile (the foreign key is RESTRICT)
         session.rollback()
         raise _in_use(dataset.id, []) from None
+    if done.rowcount == 0:  # deleted meanwhile by another request: that one answered 204
+        raise not_found("data set", dataset.id)
     return Response(status=204)
 
 

@@ -93,18 +93,40 @@ def weights(run_id: uuid.UUID) -> Response:
     stored .npz bytes for ?format=npz or an Accept of application/x-npz / octet-stream."""
     which = arg_choice("which", artifacts.MODEL_KINDS, "final")
     media = _weights_media_type()
+    if media == "application/json":
+        status, found = _stored_model(run_id, which)
+        if found is None:
+            raise _no_weights(str(run_id), which, status)
+        layers = nn.weights_to_json(found[1].weights)["layers"]
+        return json_response({"run_id": str(run_id), "which": which, "epoch": found[0],
+                              "layers": layers})
     session = get_session()
     run = fetch(session, Run, run_id, "run")
-    row = artifacts.artifact(session, run.id, which)
+    row = artifacts.artifact(session, run.id, which, with_data=True)
     if row is None:
-        detail = f"run {run.id} has no {which} weights (it is {run.status})"
-        raise ApiError(404, "weights_not_available", detail)
-    if media != "application/json":
-        resp = Response(row.data, mimetype=media)
-        resp.headers["Content-Disposition"] = f'attachment; filename="run-{run.id}-{which}.npz"'
-        return resp
-    layers = nn.weights_to_json(artifacts.load(row).weights)["layers"]
-    return json_response({"run_id": run.id, "which": which, "epoch": row.epoch, "layers": layers})
+        raise _no_weights(run.id, which, fetch(session, Run, run_id, "run").status)
+    resp = Response(row.data, mimetype=media)
+    resp.headers["Content-Disposition"] = f'attachment; filename="run-{run.id}-{which}.npz"'
+    return resp
+
+
+def _no_weights(run_id: str, which: str, status: str) -> ApiError:
+    return ApiError(404, "weights_not_available",
+                    f"run {run_id} has no {which} weights (it is {status})")
+
+
+def _stored_model(run_id: uuid.UUID, which: str) -> tuple[str, tuple[int, nn.Model] | None]:
+    """The run's status and (epoch, Model) of its `which` weights, or None without them; a
+    404 when there is no such run, also when it is deleted while its weights are read. One
+    query when the model is cached (the run's status and the artifact's identity, scoped to
+    the tenant), a second one to load it when not."""
+    status, epoch, created_at = run_artifact(run_id, which)
+    if epoch is None:
+        return status, None
+    found = artifacts.model(str(run_id), which, epoch, created_at)
+    if found is None:  # gone since the first query: with the run (a 404 now), or replaced
+        status, _, _ = run_artifact(run_id, which)
+    return status, found
 
 
 def _weights_media_type() -> str:
@@ -124,9 +146,7 @@ def _weights_media_type() -> str:
 @bp.post("/predict")
 def predict(run_id: uuid.UUID) -> Response:
     """Outputs (and for classifiers labels and probabilities) from stored weights, computed
-    here without the queue. One query when the model is cached (the run's status and the
-    artifact's identity, scoped to the tenant: a deleted run or another tenant's is a 404
-    at once), a second one to load it when not."""
+    here without the queue (`_stored_model`: one query when the model is cached)."""
     body = json_object()
     config = current_app.config
     dataio.check_samples(body.get("inputs"), "inputs", int(config["PREDICT_MAX_ROWS"]),
@@ -134,8 +154,7 @@ def predict(run_id: uuid.UUID) -> Response:
     validate("PredictRequest", body)
     inputs = dataio.tensor(body["inputs"], "inputs")
     which = body.get("which", "final")
-    status, epoch, created_at = run_artifact(run_id, which)
-    found = None if epoch is None else artifacts.model(str(run_id), which, epoch, created_at)
+    status, found = _stored_model(run_id, which)
     if found is None:
         raise ApiError(
             409, "run_not_ready", f"run {run_id} has no {which} weights yet (it is {status})",

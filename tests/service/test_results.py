@@ -17,6 +17,7 @@ from tests.service.helpers import (
     create_run,
     create_xor_dataset,
     finish_run,
+    paused,
     problem_paths,
     set_status,
     trained_model,
@@ -446,3 +447,30 @@ def test_predict_with_best_weights(app: Flask, client, run: dict) -> None:  # no
                              data=trained_model(run, epochs=2).to_npz()))
     body = client.post(url, json={"inputs": [[0, 1]], "which": "best"}).get_json()
     assert body["which"] == "best" and body["epoch"] == 2
+
+
+# ---- reads racing a delete -------------------------------------------------------------------
+
+@pytest.mark.parametrize("query", ["?format=npz", "?format=json"])
+def test_weights_racing_a_delete_are_404(any_app: Flask, query: str) -> None:
+    """The run found (and for JSON its weights' identity), their bytes read next."""
+    client = any_app.test_client()
+    run = create_run(client, create_xor_dataset(client)["id"])
+    finish_run(any_app, run["id"], artifacts={"final": trained_model(run).to_npz()})
+    reader = any_app.test_client()
+    with paused(any_app, "FROM runs",
+                lambda: reader.get(f"/v1/runs/{run['id']}/weights{query}")) as answer:
+        assert client.delete(f"/v1/runs/{run['id']}").status_code == 204
+    assert answer[0].status_code == 404 and answer[0].get_json()["code"] == "not_found"
+
+
+def test_predict_racing_a_delete_is_404(any_app: Flask) -> None:
+    client = any_app.test_client()
+    run = create_run(client, create_xor_dataset(client)["id"])
+    finish_run(any_app, run["id"], artifacts={"final": trained_model(run).to_npz()})
+    reader = any_app.test_client()
+    url = f"/v1/runs/{run['id']}/predict"
+    with paused(any_app, "FROM runs", lambda: reader.post(url, json={"inputs": [[0, 1]]})) \
+            as answer:  # the run and its weights' identity read, the weights not yet loaded
+        assert client.delete(f"/v1/runs/{run['id']}").status_code == 204
+    assert answer[0].status_code == 404 and answer[0].get_json()["code"] == "not_found"
