@@ -6,7 +6,7 @@ The public API (docs/engine-api.md) is what this module re-exports; nothing else
 from .checkpoint import position as checkpoint_position
 from .data import DataInfo, describe
 from .errors import SpecError
-from .generators import generate
+from .generators import generate, generator_shapes
 from .model import Model, model_meta
 from .network import Weights
 from .spec import DEFAULTS, Plan, build
@@ -14,5 +14,5 @@ from .train import EpochReport, TrainResult, train
 from .weights import weights_from_json, weights_to_json
 
 __all__ = ["DEFAULTS", "DataInfo", "EpochReport", "Model", "Plan", "SpecError", "TrainResult",
-           "Weights", "build", "checkpoint_position", "describe", "generate", "model_meta",
-           "train", "weights_from_json", "weights_to_json"]
+           "Weights", "build", "checkpoint_position", "describe", "generate", "generator_shapes",
+           "model_meta", "train", "weights_from_json", "weights_to_json"]

@@ -98,10 +98,9 @@ def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def generate(kind: str, n_samples: int = 500, noise: float = 0, seed: int | None = None,
-             **params) -> tuple[np.ndarray, np.ndarray]:
-    """-> (X, y) float64 inputs and int64 labels; shapes per kind in the module docstring.
-    Bad args -> SpecError("generator.<field>")."""
+def _checked(kind, n_samples, noise, seed, params) -> dict:
+    """generate's arguments checked (SpecError("generator.<field>")) -> the kind's shape
+    parameters, defaults filled in."""
     if kind not in KINDS:
         raise SpecError("generator.kind", f"must be one of {', '.join(KINDS)}, not {kind!r}")
     if not _int(n_samples) or not 2 <= n_samples <= MAX_SAMPLES:
@@ -120,8 +119,30 @@ def generate(kind: str, n_samples: int = 500, noise: float = 0, seed: int | None
         lo, hi = LIMITS[key]
         if not _int(v) or not lo <= v <= hi:
             raise SpecError(f"generator.{key}", f"must be an integer in [{lo}, {hi}]")
+    return {**defaults, **params}
+
+
+def generate(kind: str, n_samples: int = 500, noise: float = 0, seed: int | None = None,
+             **params) -> tuple[np.ndarray, np.ndarray]:
+    """-> (X, y) float64 inputs and int64 labels; shapes per kind in the module docstring.
+    Bad args -> SpecError("generator.<field>")."""
+    shape_params = _checked(kind, n_samples, noise, seed, params)
     rng = np.random.default_rng(seed)
     if kind in PLAYGROUND_KINDS:
         return playground(kind, rng, n_samples, noise / 100)
-    X, y = _GENERATORS[kind](rng, n_samples, noise / 100, **{**defaults, **params})
+    X, y = _GENERATORS[kind](rng, n_samples, noise / 100, **shape_params)
     return X.astype(np.float64), y.astype(np.int64)
+
+
+def generator_shapes(kind: str, n_samples: int = 500, noise: float = 0,
+                     seed: int | None = None, **params) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The per-sample shapes (of X, of y) generate() would make with these arguments, known
+    without making anything (so a caller can cost a data set first). Bad args as generate."""
+    p = _checked(kind, n_samples, noise, seed, params)
+    if kind in PLAYGROUND_KINDS:
+        return (2,), ()
+    if kind == "glyphs":
+        return (p["size"], p["size"]), ()
+    if kind == "next_token":
+        return (p["length"],), (p["length"],)
+    return (p["length"], 1), ()                              # parity, max_position

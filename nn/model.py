@@ -1,11 +1,13 @@
 """A trained model: the normalised network, its weights and the meta needed to predict."""
 import io
 import json
+import math
 
 import numpy as np
 
 from .data import check_inputs, check_shape, standardize
-from .network import forward
+from .errors import SpecError
+from .network import evaluate
 from .spec import parse_network
 from .targets import decode
 from .weights import Weights, check_weights
@@ -24,14 +26,43 @@ class Model:
         self.layers = layers
         self.weights = check_weights(weights, layers, "weights", np.dtype(meta["dtype"]))
 
-    def predict(self, inputs) -> dict:
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes one sample takes while predict() computes it, an estimate from above: the
+        largest layer's forward pass (Layer.forward_values) in the model's dtype, and the
+        sample's input standardised (float64) and cast. predict(batch_size=B) then holds
+        about B times this beside its inputs and result."""
+        itemsize = np.dtype(self.meta["dtype"]).itemsize
+        inputs = math.prod(self.meta["input_shape"])
+        return max(layer.forward_values() for layer in self.layers) * itemsize \
+            + inputs * (8 + itemsize)
+
+    @property
+    def result_values(self) -> int:
+        """Numbers per sample in predict()'s result: the outputs, and for classifiers a label
+        and a row of probabilities (at least two) per output row."""
+        shape = self.layers[-1].out_shape                 # (K,) or (T, K)
+        n = math.prod(shape)
+        if self.meta["classes"] is not None:
+            n += math.prod(shape[:-1]) * (1 + max(shape[-1], 2))
+        return n
+
+    def predict(self, inputs, batch_size: int | None = None) -> dict:
         """Eval mode. -> {"outputs"} and, for classifiers, {"labels", "probabilities"}; with
-        outputs per time step, a label (and a probability row) per sample and step."""
+        outputs per time step, a label (and a probability row) per sample and step. With
+        batch_size the samples are computed that many at a time (the same answers, to rounding), so
+        that memory stays near batch_size x sample_bytes."""
         x = check_inputs(inputs)
         x = check_shape(x, self.meta["input_shape"])
         self.layers[0].check_inputs(x)
-        x = standardize(x, self.meta["standardize"]).astype(self.meta["dtype"])
-        out, _ = forward(self.layers, self.weights, x, train=False)
+        dtype = self.meta["dtype"]
+        out = np.empty((len(x), *self.layers[-1].out_shape), dtype=dtype)
+        step = batch_size or max(1, len(x))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in range(0, len(x), step):
+                batch = standardize(x[i:i + step], self.meta["standardize"]).astype(dtype)
+                out[i:i + step] = evaluate(self.layers, self.weights, batch)
+        check_finite(out)
         result = {"outputs": out.tolist()}
         classes = self.meta["classes"]
         if classes is not None:
@@ -70,6 +101,19 @@ class Model:
             raise
         except Exception as e:                     # zipfile, KeyError, TypeError, ...
             raise ValueError(f"not a model file: {e!r}") from None
+
+
+def check_finite(out: np.ndarray, shown: int = 10) -> None:
+    """SpecError("inputs") naming the samples whose outputs out (N, ...) overflowed: finite
+    weights and inputs can still drive a sum past float64's range (inputs of 1e308), and an
+    infinite or NaN output is neither JSON nor of use to anyone."""
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=tuple(range(1, out.ndim))))
+    if len(bad):
+        rows = ", ".join(map(str, bad[:shown])) + (f" and {len(bad) - shown} more"
+                                                   if len(bad) > shown else "")
+        raise SpecError("inputs", f"the outputs overflow (are not finite) for rows {rows}: "
+                                  f"these inputs are far outside the range the model was "
+                                  f"trained on")
 
 
 def model_meta(plan, standardizer: dict | None = None) -> dict:

@@ -29,6 +29,15 @@ def forward(layers: list[Layer], params: Weights, x: np.ndarray, *, train: bool,
     return x, caches
 
 
+def evaluate(layers: list[Layer], params: Weights, x: np.ndarray) -> np.ndarray:
+    """x: (N, *input_shape) -> out: (N, *output_shape), in eval mode, each layer's cache let
+    go as soon as it returns: the peak is one layer's (Layer.forward_values), not the sum of
+    every cache that training keeps for backward."""
+    for layer, p in zip(layers, params):
+        x, _ = layer.forward(x, p, train=False)
+    return x
+
+
 def backward(layers: list[Layer], dout: np.ndarray, caches: list, *, wrt_z: bool,
              traces: list[dict] | None = None) -> Weights:
     """dout: dL/d(output), or dL/dz of the output layer when wrt_z (fused losses) -> grads.

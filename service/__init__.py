@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask
 
 from service import config
+from service.serialize import StrictJSONProvider
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -14,7 +15,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     (service/config.py: a bad value raises SettingError, which ends a process at start)."""
     app = Flask(__name__, static_folder=None)  # a JSON API: no static files route
     app.config.from_mapping(config.load(test_config))
-    app.json.sort_keys = False  # keep the field order the serialisers and the spec use
+    app.json = StrictJSONProvider(app)
 
     from service import artifacts, auth, db, errors, logs, metrics, params
     from service.api import register_blueprints

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from flask import Flask, current_app
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, undefer
 
 import nn
 from service.cache import LRUCache
@@ -25,16 +25,12 @@ def init_app(app: Flask) -> None:
     app.extensions["model_cache"] = LRUCache(max(0, int(app.config["MODEL_CACHE_SIZE"])))
 
 
-def artifact(session: Session, run_id: str, kind: str) -> Artifact | None:
-    """The artifact row (its bytes stay deferred until read)."""
-    return session.get(Artifact, (run_id, kind))
-
-
-def load(row: Artifact) -> nn.Model:
-    """The artifact's bytes as a Model, from the cache when this exact artifact was loaded."""
-    key = (row.run_id, row.kind, row.epoch, row.created_at)
-    cache: LRUCache = current_app.extensions["model_cache"]
-    return cache.get(key, lambda: nn.Model.from_npz(row.data))
+def artifact(session: Session, run_id: str, kind: str, with_data: bool = False
+             ) -> Artifact | None:
+    """The artifact row, its bytes read in the same statement (`with_data`) or never: read
+    by a second statement, they would be gone if the run was deleted in between."""
+    data = undefer(Artifact.data) if with_data else defer(Artifact.data, raiseload=True)
+    return session.get(Artifact, (run_id, kind), options=[data], populate_existing=True)
 
 
 def model(run_id: str, kind: str, epoch: int, created_at: datetime

@@ -86,6 +86,11 @@ DEFAULTS: dict[str, object] = {
     "WORKER_MEMORY_LIMIT_BYTES": 4 * 1024**3,
     # Largest accepted request body (bytes).
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
+    # Largest memory a JSON body may take once parsed (bytes), estimated from its bytes before
+    # parsing (service/params.py: about 72 per array or object, 120 per key, 32 per value):
+    # Python's objects take 3 to 25 times the text, 1.6 GB for a 64 MB body of "[1],".
+    # Over it: 413.
+    "JSON_MAX_MEMORY_BYTES": 512 * 1024 * 1024,
     # Page size of list endpoints when ?limit= is not given, and its maximum.
     "PAGE_DEFAULT": 50,
     "PAGE_MAX": 1000,
@@ -93,6 +98,11 @@ DEFAULTS: dict[str, object] = {
     "MODEL_CACHE_SIZE": 64,
     # Most input rows one POST /v1/runs/{id}/predict may send.
     "PREDICT_MAX_ROWS": 10_000,
+    # The memory one prediction may take in the API process (bytes), estimated from the model
+    # before anything is allocated: the samples are computed as many at a time as fit beside
+    # the answer; a model whose one sample, or an answer that, would not fit is a 422 at
+    # `inputs`.
+    "PREDICT_MAX_MEMORY_BYTES": 256 * 1024 * 1024,
     # Largest stored data set (its npz bytes; also bounds what an uploaded .npz may expand to,
     # counted as the float64 inputs and targets it becomes).
     "DATASET_MAX_BYTES": 256 * 1024 * 1024,

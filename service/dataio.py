@@ -45,15 +45,20 @@ class Limits(NamedTuple):
                    int(config["DATASET_MAX_BYTES"]))
 
 
-def check_samples(samples: list[Any], path: str, limits: Limits) -> None:
-    """JSON samples within the row and feature limits (checked before they become arrays;
-    the first sample's shape stands for all, which tensor() then checks)."""
-    if len(samples) > limits.max_rows:
-        raise validation_error(path, f"has {len(samples)} samples; the limit is {limits.max_rows}")
+def check_samples(samples: Any, path: str, max_rows: int, max_features: int) -> None:
+    """JSON samples within the row and feature limits, from the outer length and the first
+    sample's shape alone: called before the body's schema is checked, which walks every
+    number (seconds for millions of rows), and before the samples become arrays (tensor()
+    checks that every sample has the first one's shape). Anything but a list is left to the
+    schema."""
+    if not isinstance(samples, list):
+        return
+    if len(samples) > max_rows:
+        raise validation_error(path, f"has {len(samples)} samples; the limit is {max_rows}")
     values = math.prod(_shape_of(samples[0])) if samples else 0
-    if values > limits.max_features:
+    if values > max_features:
         raise validation_error(
-            f"{path}[0]", f"has {values} values per sample; the limit is {limits.max_features}"
+            f"{path}[0]", f"has {values} values per sample; the limit is {max_features}"
         )
 
 

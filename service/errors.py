@@ -129,7 +129,7 @@ def problem(
     if errors is not None:
         body["errors"] = list(errors)
     body.update(extra)
-    resp = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    resp = Response(json.dumps(body, allow_nan=False), status=status, mimetype=PROBLEM_JSON)
     resp.headers.update(headers or {})
     return resp
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -84,16 +85,44 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line a record, `TIME LEVEL logger: message [k=v k=v]`, any traceback below it.
+
+    Values are written bare when they are plain tokens, else JSON-quoted, and control
+    characters in the message are escaped: a client's text (an X-Request-ID may be any
+    printable text, a path anything) can neither close the brackets and forge a field such as
+    `run_id`, nor start a line of its own."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        record.message = _CONTROL.sub(_escape, record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         fields = {**(_ids.get() or {}), **_extra(record)}
-        if not fields:
-            return line
-        head, sep, tail = line.partition("\n")  # a traceback stays below the fields
-        return head + " [" + " ".join(f"{k}={v}" for k, v in fields.items()) + "]" + sep + tail
+        if fields:
+            line += " [" + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items()) + "]"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
+# A value that needs no quotes: no space, bracket, '=', quote, backslash (and printable).
+_BARE = re.compile(r"[^\s\[\]=\"'\\]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return text if _BARE.fullmatch(text) and text.isprintable() else json.dumps(text)
 
 
 def _extra(record: logging.LogRecord) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
+from flask.json.provider import DefaultJSONProvider
+
 from service.models import (
     STAT_FIELDS,
     ApiKey,
@@ -38,6 +40,19 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON with `allow_nan=False`: every answer is strict JSON. The serialisers make
+    each float finite or null (`finite`, predictions refuse overflowing outputs); a value
+    that slips through is then a loud 500, not `NaN` or `Infinity` that a client's parser
+    rejects."""
+
+    sort_keys = False  # keep the field order the serialisers and the spec use
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(obj, **kwargs)
 
 
 def dataset_json(d: Dataset) -> dict[str, Any]:

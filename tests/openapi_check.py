@@ -8,7 +8,8 @@ content type is not documented for that status, or when the body does not match 
 documented schema (JSON Schema 2020-12, `$ref`s resolved inside the spec).
 `SpecCheckingClient` is a Flask test client that does this for every response it gets,
 finding the path template from the URL; `check_requests_response` does it for a
-`requests.Response` from a running server.
+`requests.Response` from a running server. JSON bodies are parsed strictly: NaN or Infinity
+anywhere fails the test.
 """
 
 from __future__ import annotations
@@ -92,11 +93,21 @@ def template_for(path: str) -> str | None:
     return None
 
 
+def _not_json(name: str) -> Any:
+    raise AssertionError(f"the answer holds {name}, which is not JSON")
+
+
+def strict_json(data: bytes | str) -> Any:
+    """json.loads that fails on NaN, Infinity and -Infinity (Python writes and reads them;
+    JSON and most clients' parsers do not)."""
+    return json.loads(data, parse_constant=_not_json)
+
+
 def _parse(content_type: str, data: bytes) -> Any:
     media = content_type.split(";")[0].strip()
     if media in BINARY_TYPES or not data:
         return data or None
-    return json.loads(data)
+    return strict_json(data)
 
 
 def check_response(method: str, path: str, status: int, content_type: str, data: bytes) -> None:
@@ -109,7 +120,7 @@ def check_response(method: str, path: str, status: int, content_type: str, data:
         return
     assert status in (404, 405), f"{method} {path} is not in openapi.yaml but answered {status}"
     assert content_type.startswith("application/problem+json"), content_type
-    errors = list(validator("#/components/schemas/Problem").iter_errors(json.loads(data)))
+    errors = list(validator("#/components/schemas/Problem").iter_errors(strict_json(data)))
     assert not errors, errors
 
 

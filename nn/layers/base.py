@@ -62,6 +62,14 @@ class Layer:
     def n_params(self) -> int:
         return sum(math.prod(s) for s in self.param_shapes().values())
 
+    def forward_values(self) -> int:
+        """Values per sample that one forward pass of this layer holds at its peak: its
+        input, its output, its cache and its temporaries. An estimate from above (checked
+        against measured peaks in tests/nn/test_layers.py), so that a caller can size batches
+        before allocating any. The default: the input, z, the output and one temporary of the
+        activation (or a copy of a non-contiguous input)."""
+        return math.prod(self.in_shape) + 3 * math.prod(self.out_shape)
+
     def decayed(self) -> tuple[str, ...]:
         return self.weight_keys if self.decay_keys is None else self.decay_keys
 

@@ -8,6 +8,7 @@ im2col: the windows are a strided view of xp, copied once into a (kh kw C, N Ho 
 that one matmul multiplies with W; backward reuses it, and col2im adds the windows'
 gradients back (nn/layers/windows.py).
 """
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -108,6 +109,15 @@ class Conv2D(Layer):
         c = image_shape(self.in_shape, self.kind, "")[0]
         return {"W": (self.spec["filters"], c, *self.spec["kernel_size"]),
                 "b": (self.spec["filters"],)}
+
+    def forward_values(self) -> int:
+        """The input and its contiguous copy, the padded input, im2col's (kh kw C, Ho Wo)
+        and z, a and a temporary of (F, Ho, Wo)."""
+        c, h, w = image_shape(self.in_shape, self.kind, "")
+        (kh, kw), (ph, pw) = self.spec["kernel_size"], self.spec["padding"]
+        positions = math.prod(self.out_shape[1:])
+        padded = c * (h + 2 * ph) * (w + 2 * pw) if ph or pw else 0
+        return 2 * c * h * w + padded + kh * kw * c * positions + 3 * math.prod(self.out_shape)
 
     def init(self, rng: np.random.Generator, dtype) -> Params:
         shape = self.param_shapes()["W"]

@@ -4,6 +4,8 @@
 
 params: {"gamma": (D,) starting at 1, "beta": (D,) starting at 0}. x: (N, ..., D) -> same shape.
 """
+import math
+
 import numpy as np
 
 from .. import fields as f
@@ -45,6 +47,10 @@ class LayerNorm(Layer):
     def init(self, rng, dtype):
         d = self.in_shape[-1]
         return {"gamma": np.ones(d, dtype=dtype), "beta": np.zeros(d, dtype=dtype)}
+
+    def forward_values(self) -> int:
+        """The input, x - mean, its square, xhat, gamma xhat and the output."""
+        return 6 * math.prod(self.in_shape)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, params, self.spec["eps"])

@@ -7,6 +7,8 @@ vectorised over every window. (Window-major with an argmax along a last axis of 
 runs its inner loop once per window, which for a 2 x 2 pool cost more than the convolution
 before it.)
 """
+import math
+
 import numpy as np
 
 from .windows import Pool, add_windows, windows
@@ -37,6 +39,10 @@ def backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, dict]:
 
 class MaxPool2D(Pool):
     kind = "maxpool2d"
+
+    def forward_values(self) -> int:
+        """The pool's, and each output's window copied (kh kw values per output)."""
+        return super().forward_values() + self.size[0] * self.size[1] * math.prod(self.out_shape)
 
     def forward(self, x, params, *, train, rng=None):
         out, cache = forward(self.images(x), self.size, self.stride)

@@ -7,6 +7,7 @@ return_sequences, else the last one h_T (N, H). Backpropagation through time wal
 dL/dh_t is the gradient from the output at t plus the one flowing back from h_{t+1}; its norm
 per time step is what the statistics report as grad_norm_by_time (the vanishing gradient).
 """
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -78,6 +79,12 @@ class Recurrent(Layer):
     REQUIRED = ("units",)
     weight_keys = ("Wx", "Wh")
     GATES = 1
+
+    def forward_values(self) -> int:
+        """The input, x Wx and x Wx + b for every step's gates at once, and the states (an
+        lstm's c_t, tanh c_t and h_t) of every step."""
+        T, _ = self.in_shape
+        return math.prod(self.in_shape) + (2 * self.GATES + 3) * T * self.spec["units"]
 
     @classmethod
     def _parse(cls, spec: dict, in_shape: Shape, path: str, extra: dict) -> "Recurrent":

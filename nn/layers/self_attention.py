@@ -56,6 +56,13 @@ def forward(x: np.ndarray, params: Params, heads: int = 1, causal: bool = False
     return out, AttentionCache(x, q, k, v, a, ctx, params)
 
 
+def forward_values(T: int, D: int, heads: int) -> int:
+    """Values per sample a forward pass holds at its peak beyond its input (N, T, D): q, k, v,
+    a temporary, the context and the output (6 T D), and the scores, their mask or softmax
+    temporary and the weights (3 h T^2)."""
+    return 6 * T * D + 3 * heads * T * T
+
+
 def backward(dout: np.ndarray, cache: AttentionCache, need_dx: bool = True
              ) -> tuple[np.ndarray | None, Params]:
     x, q, k, v, a, ctx, params = cache
@@ -116,6 +123,10 @@ class SelfAttention(Layer):
 
     def init(self, rng, dtype):
         return init_attention(self.in_shape[-1], self.spec["init"], rng, dtype)
+
+    def forward_values(self) -> int:
+        T, D = self.in_shape
+        return T * D + forward_values(T, D, self.spec["heads"])
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, params, self.spec["heads"], self.spec["causal"])

@@ -2,6 +2,8 @@
 mode "last": h_T (after a causal stack, the only position that has seen every token);
 "mean": the mean over time; "max": the max over time per feature. No parameters.
 """
+import math
+
 import numpy as np
 
 from .. import fields as f
@@ -42,6 +44,11 @@ class SequencePool(Layer):
         _, d = sequence_shape(in_shape, cls.kind, path)
         mode = f.choice(spec, "mode", path, MODES, cls.DEFAULTS["mode"])
         return cls({"type": cls.kind, "mode": mode}, in_shape, (d,))
+
+    def forward_values(self) -> int:
+        """The input and a copy (argmax over the time axis copies it), the indices and the
+        output."""
+        return 2 * math.prod(self.in_shape) + 2 * math.prod(self.out_shape)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, self.spec["mode"])

@@ -114,6 +114,14 @@ class TransformerEncoder(Layer):
             p[f"{tag}_gamma"], p[f"{tag}_beta"] = np.ones(D, dtype), np.zeros(D, dtype)
         return {k: p[k] for k in self.param_shapes()}
 
+    def forward_values(self) -> int:
+        """The input, the attention's peak, and what the block keeps beside it until it
+        returns: two layer norms' outputs and caches, x1, the feed-forward's z, a and a
+        temporary (3 T F) and its second layer's (10 T D in all besides attention)."""
+        T, D = self.in_shape
+        attention = self_attention.forward_values(T, D, self.spec["heads"])
+        return T * D + attention + 10 * T * D + 3 * T * self.spec["ff_units"]
+
     def forward(self, x, params, *, train, rng=None):
         s = self.spec
         return forward(x, params, s["heads"], s["causal"], s["activation"], s["norm"], self.EPS)

@@ -28,6 +28,9 @@ bp = Blueprint("results", __name__, url_prefix="/v1/runs/<uuid:run_id>")
 PHASES = ("pretrain", "train")
 MAX_POINTS = 100_000
 NPZ_TYPES = ("application/x-npz", "application/octet-stream")
+# What one number of a prediction's answer costs while it is written: a Python float in a list
+# (32 bytes) and its JSON text as a str and as bytes (about 2 x 20); measured about 74.
+ANSWER_BYTES_PER_VALUE = 80
 
 
 @bp.get("/epochs")
@@ -90,18 +93,40 @@ def weights(run_id: uuid.UUID) -> Response:
     stored .npz bytes for ?format=npz or an Accept of application/x-npz / octet-stream."""
     which = arg_choice("which", artifacts.MODEL_KINDS, "final")
     media = _weights_media_type()
+    if media == "application/json":
+        status, found = _stored_model(run_id, which)
+        if found is None:
+            raise _no_weights(str(run_id), which, status)
+        layers = nn.weights_to_json(found[1].weights)["layers"]
+        return json_response({"run_id": str(run_id), "which": which, "epoch": found[0],
+                              "layers": layers})
     session = get_session()
     run = fetch(session, Run, run_id, "run")
-    row = artifacts.artifact(session, run.id, which)
+    row = artifacts.artifact(session, run.id, which, with_data=True)
     if row is None:
-        detail = f"run {run.id} has no {which} weights (it is {run.status})"
-        raise ApiError(404, "weights_not_available", detail)
-    if media != "application/json":
-        resp = Response(row.data, mimetype=media)
-        resp.headers["Content-Disposition"] = f'attachment; filename="run-{run.id}-{which}.npz"'
-        return resp
-    layers = nn.weights_to_json(artifacts.load(row).weights)["layers"]
-    return json_response({"run_id": run.id, "which": which, "epoch": row.epoch, "layers": layers})
+        raise _no_weights(run.id, which, fetch(session, Run, run_id, "run").status)
+    resp = Response(row.data, mimetype=media)
+    resp.headers["Content-Disposition"] = f'attachment; filename="run-{run.id}-{which}.npz"'
+    return resp
+
+
+def _no_weights(run_id: str, which: str, status: str) -> ApiError:
+    return ApiError(404, "weights_not_available",
+                    f"run {run_id} has no {which} weights (it is {status})")
+
+
+def _stored_model(run_id: uuid.UUID, which: str) -> tuple[str, tuple[int, nn.Model] | None]:
+    """The run's status and (epoch, Model) of its `which` weights, or None without them; a
+    404 when there is no such run, also when it is deleted while its weights are read. One
+    query when the model is cached (the run's status and the artifact's identity, scoped to
+    the tenant), a second one to load it when not."""
+    status, epoch, created_at = run_artifact(run_id, which)
+    if epoch is None:
+        return status, None
+    found = artifacts.model(str(run_id), which, epoch, created_at)
+    if found is None:  # gone since the first query: with the run (a 404 now), or replaced
+        status, _, _ = run_artifact(run_id, which)
+    return status, found
 
 
 def _weights_media_type() -> str:
@@ -121,26 +146,41 @@ def _weights_media_type() -> str:
 @bp.post("/predict")
 def predict(run_id: uuid.UUID) -> Response:
     """Outputs (and for classifiers labels and probabilities) from stored weights, computed
-    here without the queue. One query when the model is cached (the run's status and the
-    artifact's identity, scoped to the tenant: a deleted run or another tenant's is a 404
-    at once), a second one to load it when not."""
+    here without the queue (`_stored_model`: one query when the model is cached)."""
     body = json_object()
+    config = current_app.config
+    dataio.check_samples(body.get("inputs"), "inputs", int(config["PREDICT_MAX_ROWS"]),
+                         int(config["DATASET_MAX_FEATURES"]))
     validate("PredictRequest", body)
-    max_rows = int(current_app.config["PREDICT_MAX_ROWS"])
-    if len(body["inputs"]) > max_rows:
-        raise validation_error("inputs", f"must have at most {max_rows} rows")
     inputs = dataio.tensor(body["inputs"], "inputs")
     which = body.get("which", "final")
-    status, epoch, created_at = run_artifact(run_id, which)
-    found = None if epoch is None else artifacts.model(str(run_id), which, epoch, created_at)
+    status, found = _stored_model(run_id, which)
     if found is None:
         raise ApiError(
             409, "run_not_ready", f"run {run_id} has no {which} weights yet (it is {status})",
             status_now=status,
         )
     epoch, model = found
+    batch_size = _batch_size(model, len(inputs), int(config["PREDICT_MAX_MEMORY_BYTES"]))
     try:
-        result = model.predict(inputs)
+        result = model.predict(inputs, batch_size)
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None
     return json_response({"run_id": str(run_id), "which": which, "epoch": epoch, **result})
+
+
+def _batch_size(model: nn.Model, rows: int, limit: int) -> int:
+    """How many samples to compute at once for the prediction to stay within `limit` bytes
+    (PREDICT_MAX_MEMORY_BYTES) beside its answer; a 422 at `inputs`, before anything is
+    allocated, when one sample or the answer alone would be over it."""
+    per_sample = model.sample_bytes
+    answer = rows * model.result_values * ANSWER_BYTES_PER_VALUE
+    if per_sample > limit:
+        raise validation_error("inputs", f"one sample of this model takes about {per_sample} "
+                                         f"bytes to compute; the limit is {limit}")
+    if per_sample + answer > limit:
+        fits = (limit - per_sample) // (model.result_values * ANSWER_BYTES_PER_VALUE)
+        raise validation_error("inputs", f"the answer for {rows} rows would take about "
+                                         f"{answer} bytes; the limit is {limit}: send at most "
+                                         f"{fits} rows at a time")
+    return (limit - answer) // per_sample

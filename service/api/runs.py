@@ -198,12 +198,15 @@ def _initial_weights(
         return None
     source = find(session, Run, source_id)
     row = artifacts.artifact(session, source_id, "final") if source is not None else None
-    if row is None:
+    found = None if row is None else artifacts.model(source_id, "final", row.epoch,
+                                                     row.created_at)
+    if found is None:
+        source = find(session, Run, source_id)  # again: it may have been deleted meanwhile
         why = "no run with this id" if source is None else (
             f"run {source_id} has no final weights (it is {source.status})"
         )
         raise validation_error("init_from_run", why)
-    as_json = nn.weights_to_json(artifacts.load(row).weights)
+    as_json = nn.weights_to_json(found[1].weights)
     return _spec_errors(nn.weights_from_json, as_json, plan, path="init_from_run")
 
 

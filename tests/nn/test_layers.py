@@ -1,6 +1,7 @@
 """The deep structures' layers: every backward against centred finite differences (float64),
 and the fast forward passes of convolution, pooling and attention against naive loops."""
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -304,3 +305,48 @@ def test_grad_norm_by_time_is_the_norm_of_dL_dh_t(kind):
         dh = (dout * (1 - out ** 2)) @ p["Wh"].T
         assert norms[-2] == pytest.approx(np.linalg.norm(dh))
     assert np.allclose(layer.backward(dout, cache)[0], dx)
+
+
+@pytest.mark.parametrize("spec,in_shape", [
+    ({"type": "dense", "units": 64, "activation": "sigmoid"}, (32,)),
+    ({"type": "dense", "units": 64, "activation": "tanh"}, (10, 32)),
+    ({"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": 1}, (3, 32, 32)),
+    ({"type": "conv2d", "filters": 64, "kernel_size": 5, "stride": 2, "activation": "sigmoid"},
+     (32, 32)),
+    ({"type": "maxpool2d", "pool_size": 3, "stride": 1}, (8, 32, 32)),
+    ({"type": "avgpool2d", "pool_size": 2}, (8, 32, 32)),
+    ({"type": "flatten"}, (8, 16, 16)),
+    ({"type": "dropout"}, (256,)),
+    ({"type": "rnn", "units": 32}, (20, 8)),
+    ({"type": "lstm", "units": 32, "return_sequences": True}, (20, 8)),
+    ({"type": "embedding", "vocab_size": 50, "dim": 32}, (20,)),
+    ({"type": "layer_norm"}, (20, 32)),
+    ({"type": "positional_encoding"}, (20, 32)),
+    ({"type": "sequence_pool", "mode": "max"}, (20, 32)),
+    ({"type": "self_attention", "heads": 4}, (40, 16)),
+    ({"type": "self_attention", "heads": 2, "causal": True}, (40, 16)),
+    ({"type": "transformer_encoder", "heads": 2}, (40, 16)),
+    ({"type": "transformer_encoder", "heads": 4, "causal": True, "norm": "post"}, (40, 16)),
+])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_forward_values_bound_the_memory_a_forward_pass_takes(spec, in_shape, contiguous):
+    """Measured (numpy's allocations are traced) on 64 samples, an input as a layer gets it
+    from the one before (a conv2d's output is a transposed view)."""
+    layer, n = bound(spec, in_shape), 64
+    rng = np.random.default_rng(0)
+    params = layer.init(rng, np.float64)
+    x = (rng.integers(0, 50, (n, *in_shape)).astype(float) if layer.kind == "embedding"
+         else rng.normal(size=(n, *in_shape)))
+    if not contiguous:
+        x = np.ascontiguousarray(np.moveaxis(x, 0, -1)).transpose(-1, *range(len(in_shape)))
+    tracemalloc.start()
+    try:
+        out, cache = layer.forward(x, params, train=False)
+        del out, cache
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    held = peak + x.nbytes                              # the input was there before
+    estimate = layer.forward_values() * n * 8
+    assert held <= estimate + 16384                     # a few small arrays of any size
+    assert estimate <= 5 * held                         # and not far off

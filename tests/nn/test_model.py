@@ -140,3 +140,28 @@ def test_bool_and_int_classes_round_trip():
         m = nn.Model.from_npz(nn.train(plan, X, y).model.to_npz())
         assert set(m.predict(X)["labels"]) <= set(y)
         assert json.dumps(m.predict(X))
+
+
+@pytest.mark.parametrize("layers,x_shape", [
+    ([{"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": 1}, {"type": "maxpool2d"},
+      {"type": "flatten"}, dense(3, "softmax")], (8, 8)),
+    ([{"type": "lstm", "units": 4, "return_sequences": True}, dense(3, "softmax")], (5, 2)),
+])
+def test_predict_in_batches_and_what_it_costs(layers, x_shape):
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(30, *x_shape)), rng.integers(0, 3, 30)
+    if len(x_shape) == 2 and x_shape[0] == 5:
+        y = rng.integers(0, 3, (30, 5))                 # a label per time step
+    plan = plan_for(layers, {"loss": "cross_entropy", "epochs": 1, "seed": 0}, X, y,
+                    "classification")
+    model = nn.train(plan, X, y).model
+    whole = model.predict(X)
+    for batch_size in (1, 7, 30, 100):
+        batched = model.predict(X, batch_size=batch_size)
+        assert batched.keys() == whole.keys() and batched["labels"] == whole["labels"]
+        assert np.allclose(batched["outputs"], whole["outputs"], rtol=1e-12, atol=0)
+    per_sample = np.array(whole["outputs"][0]).size + np.array(whole["labels"][0]).size \
+        + np.array(whole["probabilities"][0]).size
+    assert model.result_values == per_sample
+    largest = max(layer.forward_values() for layer in model.layers)
+    assert model.sample_bytes >= largest * 8 > 0

@@ -67,6 +67,7 @@ def test_new_generators_shapes_and_determinism(kind, params, x_shape, y_shape):
     assert not np.array_equal(X, nn.generate(kind, 200, 10, seed=5, **params)[0])
     info = nn.describe(X, y, "classification")
     assert info.input_shape == x_shape and info.target_shape == y_shape
+    assert nn.generator_shapes(kind, 200, 10, seed=4, **params) == (x_shape, y_shape)
 
 
 def test_generator_labels_follow_their_rules():
@@ -103,9 +104,16 @@ def test_generator_labels_follow_their_rules():
     ({"kind": "max_position", "noise": 60}, "generator.noise"),
 ])
 def test_new_generator_errors(kwargs, path):
-    with pytest.raises(nn.SpecError) as e:
-        nn.generate(**kwargs)
-    assert e.value.path == path
+    for fn in (nn.generate, nn.generator_shapes):
+        with pytest.raises(nn.SpecError) as e:
+            fn(**kwargs)
+        assert e.value.path == path
+
+
+@pytest.mark.parametrize("kind", ["xor", "circle", "gaussian", "spiral"])
+def test_playground_shapes(kind):
+    X, y = nn.generate(kind, 10, seed=1)
+    assert nn.generator_shapes(kind, 10) == (X.shape[1:], y.shape[1:]) == ((2,), ())
 
 
 def test_generator_defaults_are_published():

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from flask import Flask
+from sqlalchemy import event
 from flask.testing import FlaskClient
 
 import nn
@@ -106,3 +110,38 @@ def problem_paths(resp) -> list[str]:  # noqa: ANN001
     body = resp.get_json()
     assert resp.content_type == "application/problem+json", (resp.status_code, body)
     return [e["path"] for e in body.get("errors", [])]
+
+
+@contextmanager
+def paused(app: Flask, after: str, request: Callable[[], Any]) -> Iterator[list]:
+    """Run `request` in a thread of its own and hold that thread just after its first SQL
+    statement containing `after` has run (the row found, say), for the block: what the block
+    does (a delete through another client) happens between that statement and the next.
+    The block gets a list that holds `request`'s result once the block has ended."""
+    reached, resume = threading.Event(), threading.Event()
+    result: list = []
+
+    def hold(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+        if threading.current_thread() is worker and after in statement and not reached.is_set():
+            reached.set()
+            resume.wait(30)
+
+    def run() -> None:
+        try:
+            result.append(request())
+        except BaseException as e:  # noqa: BLE001 - shown by the test's assertion
+            result.append(e)
+        finally:
+            reached.set()
+
+    worker = threading.Thread(target=run)
+    engine = db.engine(app)
+    event.listen(engine, "after_cursor_execute", hold)
+    try:
+        worker.start()
+        assert reached.wait(30), f"no statement with {after!r} ran"
+        yield result
+    finally:
+        resume.set()
+        worker.join(30)
+        event.remove(engine, "after_cursor_execute", hold)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -11,7 +12,14 @@ from flask import Flask
 
 from service import dataio, db
 from service.models import Dataset
-from tests.service.helpers import create_run, create_xor_dataset, multipart, npz_bytes, problem_paths
+from tests.service.helpers import (
+    create_run,
+    create_xor_dataset,
+    multipart,
+    npz_bytes,
+    paused,
+    problem_paths,
+)
 
 TABLE = {"name": "xor-table", "inputs": [[0, 0], [0, 1], [1, 0], [1, 1]], "targets": [0, 1, 1, 0]}
 
@@ -358,6 +366,31 @@ def test_delete(any_client) -> None:  # noqa: ANN001
     assert resp.status_code == 204 and resp.get_data() == b""
     assert any_client.get(f"/v1/datasets/{dataset['id']}").status_code == 404
     assert any_client.delete(f"/v1/datasets/{dataset['id']}").status_code == 404
+
+
+def test_a_delete_racing_a_delete_is_404(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    url = f"/v1/datasets/{create_xor_dataset(any_client)['id']}"
+    other = any_app.test_client()
+    with paused(any_app, "FROM datasets", lambda: other.delete(url)) as answer:  # found
+        assert any_client.delete(url).status_code == 204
+    assert answer[0].status_code == 404 and answer[0].get_json()["code"] == "not_found"
+
+
+def test_concurrent_deletes_of_one_data_set(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    url = f"/v1/datasets/{create_xor_dataset(any_client)['id']}"
+    start, answers = threading.Barrier(6), []
+
+    def delete() -> None:
+        client = any_app.test_client()
+        start.wait()
+        answers.append(client.delete(url).status_code)
+
+    threads = [threading.Thread(target=delete) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers) == [204, 404, 404, 404, 404, 404]
 
 
 def test_delete_refused_while_any_run_uses_it(any_app: Flask, any_client) -> None:  # noqa: ANN001

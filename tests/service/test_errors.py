@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from flask import Flask
 
 from service import create_app
 from service.errors import json_path
-from tests.openapi_check import SpecCheckingClient
+from service.params import loads, parsed_size
+from tests.openapi_check import SpecCheckingClient, strict_json
 from tests.service.conftest import make_app
 
 
@@ -135,6 +138,57 @@ def test_body_too_large_is_413(sqlite_url: str) -> None:
              413, "payload_too_large")
 
 
+def test_a_json_body_too_large_to_parse_is_413_before_it_is_parsed(any_app: Flask) -> None:
+    any_app.config["JSON_MAX_MEMORY_BYTES"] = 10_000
+    client = any_app.test_client()
+    nested = b'{"name": "x", "inputs": [' + b"[1]," * 100  # not even finished
+    body = _problem(client.post("/v1/datasets", data=nested, content_type="application/json"),
+                    413, "payload_too_large")
+    assert f"would take about {parsed_size(nested)} bytes of memory" in body["detail"]
+    assert parsed_size(nested) > 10_000 > len(nested)
+    ok = {"name": "x", "inputs": [[0, 0], [0, 1], [1, 0], [1, 1]], "targets": [0, 1, 1, 0]}
+    assert client.post("/v1/datasets", json=ok).status_code == 201
+
+
+@pytest.mark.parametrize("item", [
+    b"[0,0]", b"[1]", b"[]", b"{}", b"0.5", b"1", b'"a"', b"[0.123456789,0.987654321]",
+    b"[[0],[1],[1],[0],[1],[0]]", b'{"a":[1.5,2.5]}', b'{"type":"dense","units":4}'])
+def test_the_parsed_size_of_a_json_body_is_estimated_from_above(item: bytes) -> None:
+    raw = b'{"inputs": [' + b",".join([item] * (200_000 // len(item))) + b"]}"
+    tracemalloc.start()
+    try:
+        parsed = loads(raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del parsed
+    assert 0.9 * peak <= parsed_size(raw) <= 3.5 * peak
+
+
+def test_the_garbage_collector_rests_while_json_is_parsed(monkeypatch) -> None:  # noqa: ANN001
+    """Parsed JSON holds no cycles; collections during a big parse cost three quarters of it."""
+    import gc
+    import threading
+
+    import service.params
+
+    seen, real = [], service.params._finite_float  # noqa: SLF001
+    monkeypatch.setattr(service.params, "_finite_float",
+                        lambda text: seen.append(gc.isenabled()) or real(text))
+    assert loads(b"[0.5, 1.5]") == [0.5, 1.5] and seen == [False, False]
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        loads(b"[0.5, 1e999]")
+    assert gc.isenabled()
+    threads = [threading.Thread(target=loads, args=(b"[" + b"[0.5]," * 20_000 + b"[1.5]]",))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert gc.isenabled() and True not in seen and len(seen) > 80_000
+
+
 def test_unexpected_errors_are_logged_500_problems(app: Flask, monkeypatch, caplog) -> None:  # noqa: ANN001
     import service.api.datasets
 
@@ -146,6 +200,20 @@ def test_unexpected_errors_are_logged_500_problems(app: Flask, monkeypatch, capl
     body = _problem(app.test_client().get("/v1/datasets"), 500, "internal_error")
     assert "secret" not in body["detail"]
     assert any(r.exc_info and "secret internals" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_a_non_finite_number_in_an_answer_is_a_500_not_invalid_json(
+        app: Flask, monkeypatch, caplog) -> None:  # noqa: ANN001
+    import service.api.datasets
+
+    client = app.test_client()
+    dataset = client.post("/v1/datasets", json={"name": "d", "generator": {"kind": "xor"}})
+    monkeypatch.setattr(service.api.datasets, "dataset_json", lambda d: {"x": float("nan")})
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    _problem(client.get(f"/v1/datasets/{dataset.get_json()['id']}"), 500, "internal_error")
+    assert any(r.exc_info and "not JSON compliant" in str(r.exc_info[1]) for r in caplog.records)
+    with pytest.raises(AssertionError, match="NaN"):  # and the suite's parser would catch it
+        strict_json(b'{"x": NaN}')
 
 
 def test_validation_errors_list_every_bad_field(client) -> None:  # noqa: ANN001

@@ -62,12 +62,44 @@ def test_json_rows_and_features(sqlite_url: str) -> None:
     _field_error(client.post("/v1/datasets", json=images), 422, "inputs[0]", "4 values")
 
 
+def test_json_rows_are_counted_before_the_schema_walks_them(any_app: Flask) -> None:
+    any_app.config.update(DATASET_MAX_ROWS=4, DATASET_MAX_FEATURES=2)
+    client = any_app.test_client()
+    strings = {"name": "t", "inputs": [["a", "b"]] * 5, "targets": ["x"] * 4, "odd": 1}
+    resp = client.post("/v1/datasets", json=strings)
+    assert [e["path"] for e in resp.get_json()["errors"]] == ["inputs"]  # nothing else
+    wide = {"name": "t", "inputs": [["a", "b", "c"]], "targets": [0], "odd": 1}
+    resp = client.post("/v1/datasets", json=wide)
+    assert [e["path"] for e in resp.get_json()["errors"]] == ["inputs[0]"]
+    targets = {"name": "t", "inputs": [[0, 0]] * 4, "targets": [{}] * 5}
+    _field_error(client.post("/v1/datasets", json=targets), 422, "targets", "5 values; the limit")
+
+
 def test_generator_rows(sqlite_url: str) -> None:
     client = _app(sqlite_url, DATASET_MAX_ROWS=100).test_client()
     body = {"name": "g", "generator": {"kind": "xor", "n_samples": 101}}
     _field_error(client.post("/v1/datasets", json=body), 422, "generator.n_samples", "<= 100")
     default = {"name": "g", "generator": {"kind": "xor"}}  # 500 samples by default
     _field_error(client.post("/v1/datasets", json=default), 422, "generator.n_samples")
+
+
+@pytest.mark.parametrize(("generator", "size"), [
+    ({"kind": "glyphs", "n_samples": 20}, 20 * (8 * 8 + 1) * 8),
+    ({"kind": "next_token", "n_samples": 10, "length": 64}, 10 * (64 + 64) * 8),
+])
+def test_a_generator_is_costed_before_it_is_made(any_app: Flask, monkeypatch, generator,
+                                                 size: int) -> None:  # noqa: ANN001
+    any_app.config["DATASET_MAX_BYTES"] = 10_000
+    client = any_app.test_client()
+    made = []
+    real = nn.generate
+    monkeypatch.setattr(nn, "generate", lambda **kw: made.append(kw) or real(**kw))
+    body = {"name": "g", "generator": generator}
+    _field_error(client.post("/v1/datasets", json=body), 413, "generator.n_samples",
+                 f"takes {size} bytes; the limit is 10000")
+    assert made == []
+    fits = {"name": "g", "generator": {**generator, "n_samples": 9}}
+    assert client.post("/v1/datasets", json=fits).status_code == 201 and len(made) == 1
 
 
 def test_stored_bytes_of_json(sqlite_url: str) -> None:

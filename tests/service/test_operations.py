@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import timedelta
 
 import pytest
@@ -105,3 +106,56 @@ def test_the_formats_carry_the_bound_ids() -> None:
     assert "run_id" not in json.loads(logs.JsonFormatter().format(record))  # unbound again
     with pytest.raises(ValueError, match="LOG_FORMAT"):
         logs.formatter("xml")
+
+
+# A text line's fields as a reader parses them: the bracketed block that ends the line, each
+# value bare or JSON-quoted.
+_FIELD = r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s\]"]+)'
+
+
+def _text_fields(line: str) -> dict[str, str]:
+    block = re.search(rf" \[((?:{_FIELD} ?)+)\]$", line)
+    assert block is not None, line
+    return {k: json.loads(v) if v.startswith('"') else v
+            for k, v in re.findall(_FIELD, block.group(1))}
+
+
+class _Lines(logging.Handler):
+    """Formats as a record is logged, while the request's ids are bound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logs.TextFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def test_a_request_id_cannot_forge_a_text_field(any_client: SpecCheckingClient) -> None:
+    handler = _Lines()
+    requests = logging.getLogger("service.requests")
+    requests.addHandler(handler)
+    requests.setLevel(logging.INFO)
+    forged = ["x] [run_id=evil", 'x" run_id=evil', "x run_id=evil"]
+    try:
+        for request_id in forged:
+            any_client.get("/v1/runs", headers={"X-Request-ID": request_id})
+        any_client.get("/v1/runs/x%0A2026-01-01 INFO worker.training: forged [run_id=evil]")
+    finally:
+        requests.removeHandler(handler)
+    *given, odd_path = handler.lines
+    for line, request_id in zip(given, forged, strict=True):
+        assert _text_fields(line)["request_id"] == request_id
+        assert "run_id" not in _text_fields(line)
+    assert "\n" not in odd_path and "run_id" not in _text_fields(odd_path)
+    assert "/v1/runs/x\\n2026" in odd_path  # the newline, escaped
+
+
+def test_plain_text_values_stay_bare() -> None:
+    record = logging.LogRecord("service.requests", logging.INFO, __file__, 1, "GET / 200", (),
+                               None)
+    record.duration_ms = 1.5
+    with logs.bound(request_id="abc-123.x:y/z"):
+        text = logs.TextFormatter().format(record)
+    assert text.endswith("[request_id=abc-123.x:y/z duration_ms=1.5]")

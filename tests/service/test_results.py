@@ -17,6 +17,7 @@ from tests.service.helpers import (
     create_run,
     create_xor_dataset,
     finish_run,
+    paused,
     problem_paths,
     set_status,
     trained_model,
@@ -310,17 +311,83 @@ def test_predict(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert body["run_id"] == run["id"] and body["which"] == "final" and body["epoch"] == 3
 
 
-def test_predict_regression_has_no_labels(app: Flask, client) -> None:  # noqa: ANN001
-    body = {"name": "r", "inputs": [[0.0], [1.0], [2.0], [3.0]], "targets": [0.5, 1.5, 2.5, 3.5]}
+def _regression_run(app: Flask, client) -> dict:  # noqa: ANN001
+    """A succeeded run of one linear unit, y = 10 x + 0.5, with final weights."""
+    body = {"name": "r", "inputs": [[0.0], [1.0], [2.0], [3.0]], "targets": [0.5, 10.5, 20.5, 30.5]}
     dataset = client.post("/v1/datasets", json=body).get_json()
     spec = {"layers": [{"type": "dense", "units": 1, "activation": "linear"}]}
-    run = create_run(client, dataset["id"], network=spec, training={"epochs": 2, "seed": 1})
+    run = create_run(client, dataset["id"], network=spec, training={"epochs": 0})
     plan = nn.build(run["network"], run["training"],
                     nn.describe(np.array(body["inputs"]), np.array(body["targets"])))
-    model = nn.train(plan, np.array(body["inputs"]), np.array(body["targets"])).model
+    weights = [{"W": np.array([[10.0]]), "b": np.array([0.5])}]
+    model = nn.train(plan, np.array(body["inputs"]), np.array(body["targets"]),
+                     initial_weights=weights).model
     finish_run(app, run["id"], epochs=2, artifacts={"final": model.to_npz()}, layers=(0,))
+    return run
+
+
+def test_predict_regression_has_no_labels(app: Flask, client) -> None:  # noqa: ANN001
+    run = _regression_run(app, client)
     result = client.post(f"/v1/runs/{run['id']}/predict", json={"inputs": [[4.0]]}).get_json()
     assert len(result["outputs"]) == 1 and "labels" not in result
+
+
+def test_predict_outputs_that_overflow_are_a_422(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    run = _regression_run(any_app, any_client)
+    inputs = [[4.0], [1e308], [-1e308], [1.0]]
+    resp = any_client.post(f"/v1/runs/{run['id']}/predict", json={"inputs": inputs})
+    assert problem_paths(resp) == ["inputs"] and resp.status_code == 422
+    assert "overflow (are not finite) for rows 1, 2:" in resp.get_json()["detail"]
+
+
+@pytest.fixture
+def conv_run(any_app: Flask) -> tuple[Flask, dict, nn.Model]:
+    """An app whose predictions may take 256 KiB, and a succeeded run of a small CNN on 8 x 8
+    glyphs (about 32 KiB per sample to compute)."""
+    app = any_app
+    app.config["PREDICT_MAX_MEMORY_BYTES"] = 256 * 1024
+    client = app.test_client()
+    generator = {"kind": "glyphs", "n_samples": 30, "seed": 1}
+    dataset = client.post("/v1/datasets", json={"name": "g", "generator": generator}).get_json()
+    network = {"layers": [{"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": 1},
+                          {"type": "flatten"}, {"type": "dense", "units": 10,
+                                                "activation": "softmax"}]}
+    run = create_run(client, dataset["id"], network=network,
+                     training={"loss": "cross_entropy", "epochs": 0})
+    X, y = nn.generate(**{"n_samples": 30, **generator})
+    model = nn.train(nn.build(run["network"], run["training"], nn.describe(X, y)), X, y).model
+    finish_run(app, run["id"], epochs=0, artifacts={"final": model.to_npz()}, layers=(0, 2))
+    return app, run, model
+
+
+def test_predict_computes_within_its_memory_bound(conv_run, monkeypatch) -> None:  # noqa: ANN001
+    app, run, model = conv_run
+    sizes = []
+    real = nn.Model.predict
+    monkeypatch.setattr(nn.Model, "predict", lambda self, x, batch_size=None: (
+        sizes.append(batch_size) or real(self, x, batch_size)))
+    inputs = np.random.default_rng(2).normal(size=(40, 8, 8))
+    resp = app.test_client().post(f"/v1/runs/{run['id']}/predict",
+                                  json={"inputs": inputs.tolist()})
+    assert resp.status_code == 200, resp.get_json()
+    answer = 40 * model.result_values * 80
+    assert sizes == [(256 * 1024 - answer) // model.sample_bytes] and 1 < sizes[0] < 40
+    assert np.allclose(resp.get_json()["outputs"], real(model, inputs)["outputs"])
+
+
+def test_predict_refuses_what_would_not_fit(conv_run) -> None:  # noqa: ANN001
+    app, run, model = conv_run
+    url = f"/v1/runs/{run['id']}/predict"
+    app.config["PREDICT_MAX_MEMORY_BYTES"] = model.sample_bytes - 1
+    resp = app.test_client().post(url, json={"inputs": [[[0] * 8] * 8]})
+    assert problem_paths(resp) == ["inputs"]
+    assert f"one sample of this model takes about {model.sample_bytes} bytes" \
+        in resp.get_json()["detail"]
+    app.config["PREDICT_MAX_MEMORY_BYTES"] = model.sample_bytes + 10 * model.result_values * 80
+    resp = app.test_client().post(url, json={"inputs": [[[0] * 8] * 8] * 11})
+    assert problem_paths(resp) == ["inputs"]
+    assert "send at most 10 rows at a time" in resp.get_json()["detail"]
+    assert app.test_client().post(url, json={"inputs": [[[0] * 8] * 8] * 10}).status_code == 200
 
 
 def test_predict_uses_the_model_cache(app: Flask, client, run: dict) -> None:  # noqa: ANN001
@@ -357,7 +424,10 @@ def test_model_cache_is_bounded(sqlite_url: str) -> None:
         ({"inputs": [1, 2]}, "inputs[0]", "must be an array"),
         ({"inputs": [[1, 2]], "which": "checkpoint"}, "which", "must be one of"),
         ({"inputs": [[1, 2]], "extra": True}, "extra", "not a known field"),
-        ({"inputs": [[1, 2]] * 10_001}, "inputs", "at most 10000 rows"),
+        ({"inputs": [[1, 2]] * 10_001}, "inputs", "10001 samples; the limit is 10000"),
+        # counted before the schema walks every value, so it is the only error
+        ({"inputs": [["a"]] * 10_001, "x": 1}, "inputs", "10001 samples; the limit is 10000"),
+        ({"inputs": [[0] * 100_001]}, "inputs[0]", "100001 values per sample; the limit is"),
     ],
 )
 def test_predict_bad_inputs(client, run: dict, body: dict, path: str, message: str) -> None:  # noqa: ANN001
@@ -365,6 +435,8 @@ def test_predict_bad_inputs(client, run: dict, body: dict, path: str, message: s
     assert resp.status_code == 422, resp.get_json()
     errors = {e["path"]: e["message"] for e in resp.get_json()["errors"]}
     assert message in errors[path], errors
+    if "the limit" in message:
+        assert list(errors) == [path]
 
 
 def test_predict_with_best_weights(app: Flask, client, run: dict) -> None:  # noqa: ANN001
@@ -375,3 +447,30 @@ def test_predict_with_best_weights(app: Flask, client, run: dict) -> None:  # no
                              data=trained_model(run, epochs=2).to_npz()))
     body = client.post(url, json={"inputs": [[0, 1]], "which": "best"}).get_json()
     assert body["which"] == "best" and body["epoch"] == 2
+
+
+# ---- reads racing a delete -------------------------------------------------------------------
+
+@pytest.mark.parametrize("query", ["?format=npz", "?format=json"])
+def test_weights_racing_a_delete_are_404(any_app: Flask, query: str) -> None:
+    """The run found (and for JSON its weights' identity), their bytes read next."""
+    client = any_app.test_client()
+    run = create_run(client, create_xor_dataset(client)["id"])
+    finish_run(any_app, run["id"], artifacts={"final": trained_model(run).to_npz()})
+    reader = any_app.test_client()
+    with paused(any_app, "FROM runs",
+                lambda: reader.get(f"/v1/runs/{run['id']}/weights{query}")) as answer:
+        assert client.delete(f"/v1/runs/{run['id']}").status_code == 204
+    assert answer[0].status_code == 404 and answer[0].get_json()["code"] == "not_found"
+
+
+def test_predict_racing_a_delete_is_404(any_app: Flask) -> None:
+    client = any_app.test_client()
+    run = create_run(client, create_xor_dataset(client)["id"])
+    finish_run(any_app, run["id"], artifacts={"final": trained_model(run).to_npz()})
+    reader = any_app.test_client()
+    url = f"/v1/runs/{run['id']}/predict"
+    with paused(any_app, "FROM runs", lambda: reader.post(url, json={"inputs": [[0, 1]]})) \
+            as answer:  # the run and its weights' identity read, the weights not yet loaded
+        assert client.delete(f"/v1/runs/{run['id']}").status_code == 204
+    assert answer[0].status_code == 404 and answer[0].get_json()["code"] == "not_found"

@@ -23,6 +23,7 @@ from tests.service.helpers import (
     create_run,
     create_xor_dataset,
     finish_run,
+    paused,
     problem_paths,
     set_status,
     trained_model,
@@ -268,6 +269,19 @@ def test_init_from_run(any_app: Flask, any_client) -> None:  # noqa: ANN001
     wider = _body(dataset["id"], init_from_run=source["id"],
                   network=_layers({"type": "dense", "units": 5}, OUT1))
     _422(any_client, wider, "init_from_run.layers[0].W", "shape (2, 5)")
+
+
+def test_init_from_run_racing_its_delete_is_422(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    source = create_run(any_client, dataset["id"])
+    finish_run(any_app, source["id"], artifacts={"final": trained_model(source).to_npz()})
+    creator = any_app.test_client()
+    body = _body(dataset["id"], init_from_run=source["id"])
+    with paused(any_app, "FROM artifacts", lambda: creator.post("/v1/runs", json=body)) \
+            as answer:  # the source's final weights found, their bytes read next
+        assert any_client.delete(f"/v1/runs/{source['id']}").status_code == 204
+    assert problem_paths(answer[0]) == ["init_from_run"]
+    assert "no run with this id" in answer[0].get_json()["detail"]
 
 
 # ---- listing ---------------------------------------------------------------------------------
