@@ -265,7 +265,8 @@ CHECKS: dict[str, Check] = {
                      "PREDICT_MAX_ROWS", "DATASET_MAX_BYTES", "DATASET_MAX_ROWS",
                      "DATASET_MAX_FEATURES", "RUN_MAX_LAYERS", "RUN_MAX_UNITS",
                      "RUN_MAX_PARAMS", "RUN_MAX_EPOCHS", "RUN_MAX_COMPUTE",
-                     "TENANT_MAX_ACTIVE_RUNS"), _COUNT),
+                     "TENANT_MAX_ACTIVE_RUNS", "JSON_MAX_MEMORY_BYTES",
+                     "PREDICT_MAX_MEMORY_BYTES"), _COUNT),
     "ADMIN_KEY": lambda v: None if len(v) >= ADMIN_KEY_MIN_CHARS else (
         f"at least {ADMIN_KEY_MIN_CHARS} characters, e.g. from `openssl rand -hex 32`"),
     "METRICS_PORT": _between(1, 65535),
