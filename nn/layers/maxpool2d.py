@@ -7,8 +7,11 @@ vectorised over every window. (Window-major with an argmax along a last axis of 
 runs its inner loop once per window, which for a 2 x 2 pool cost more than the convolution
 before it.)
 """
+import math
+
 import numpy as np
 
+from .base import Cost
 from .windows import Pool, add_windows, windows
 
 
@@ -37,6 +40,12 @@ def backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, dict]:
 
 class MaxPool2D(Pool):
     kind = "maxpool2d"
+
+    def cost(self) -> Cost:
+        """k = kh kw offsets of Qo outputs: the windows' copy and out kept; backward dout,
+        took and dwin (k Qo each), seen, and add_windows' tiles and dx."""
+        k, q = math.prod(self.size), math.prod(self.out_shape)
+        return Cost(0, k * q + q, 3 * k * q + 2 * q + math.prod(self.in_shape), 19)
 
     def forward(self, x, params, *, train, rng=None):
         out, cache = forward(self.images(x), self.size, self.stride)

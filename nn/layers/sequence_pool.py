@@ -5,7 +5,7 @@ mode "last": h_T (after a causal stack, the only position that has seen every to
 import numpy as np
 
 from .. import fields as f
-from .base import Layer, Shape, sequence_shape
+from .base import Cost, Layer, Shape, sequence_shape
 
 MODES = ("mean", "last", "max")
 
@@ -42,6 +42,12 @@ class SequencePool(Layer):
         _, d = sequence_shape(in_shape, cls.kind, path)
         mode = f.choice(spec, "mode", path, MODES, cls.DEFAULTS["mode"])
         return cls({"type": cls.kind, "mode": mode}, in_shape, (d,))
+
+    def cost(self) -> Cost:
+        """out and (max) its indices kept (int64: two values of float32); backward dout, dx
+        (T D), and a scaled copy (mean) or put_along_axis' index arrays (max)."""
+        T, d = self.in_shape
+        return Cost(0, 3 * d, T * d + 8 * d, 10)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, self.spec["mode"])
