@@ -35,9 +35,11 @@ value a pass allocates (the element-wise work: activations, derivatives, copies)
 training sample costs its forward multiply-adds three times (backward does twice the
 forward's), a validation sample once; each epoch also runs the statistics' probe batch
 forward and backward. REFERENCE is one core with one BLAS thread (the workers' setting) of
-the 2-core AMD EPYC (Zen 4) VM this project is benchmarked on, fitted by bench/budget.py
-(bench/BUDGET.md) and rounded towards faster, so that a run refused for time would surely
-have timed out there.
+the AMD EPYC (Zen 5, AVX-512) VM this project is benchmarked on: bench/budget.py's fit
+there divided by about 1.5 (its largest overestimate, 1.25x, and run-to-run noise), so that
+no workload of its 16 is overestimated (they come out at about 0.3 to 0.9 of their CPU
+time: bench/BUDGET.md); a run refused for time would have timed out there, and most that
+would time out by 3x are refused.
 """
 import math
 import sys
@@ -65,14 +67,14 @@ STATS_BYTES = 32          # per parameter: the statistics' float64 vectors (and 
 # Calls (Cost.calls' unit) of a training batch beyond its layers' (the loss's gradient,
 # slicing, gathering the gradients, polling), of each optimizer's step, of the perceptron's
 # sample, of the statistics' step and of an epoch's bookkeeping (metrics, the snapshot, the
-# report); and the microseconds of one on the machine nn/fastpath.py's cost model was
-# measured on, to read that model in calls.
+# report). nn/fastpath.py's cost model of the dense engine's steps is in microseconds of
+# the machine REFERENCE was fitted on, where a call took FASTPATH_US_PER_CALL.
 STEP_CALLS = 20
 OPTIMIZER_CALLS = {"sgd": 3, "momentum": 5, "adam": 13}
 PERCEPTRON_CALLS = 8
 STATS_CALLS = 40
 EPOCH_CALLS = 100
-US_PER_CALL = 0.35
+FASTPATH_US_PER_CALL = 0.35
 
 
 class Rates(NamedTuple):
@@ -87,7 +89,7 @@ class Rates(NamedTuple):
         return self.call * calls + (self.mac * macs + self.value * values) * itemsize / 8
 
 
-REFERENCE = Rates(call=3e-7, mac=1e-10, value=5e-10)
+REFERENCE = Rates(call=2.5e-7, mac=2.5e-11, value=5e-10)
 
 
 @dataclass(frozen=True)
@@ -266,11 +268,11 @@ def _batch_calls(plan: Plan, layers, training: dict) -> int:
         return PERCEPTRON_CALLS
     if not fastpath.applies(layers):
         return sum(l.cost().calls for l in layers) + STEP_CALLS + step
-    tiny, buffers = fastpath.step_us(layers)
+    tiny, buffers = (us / FASTPATH_US_PER_CALL for us in fastpath.step_us(layers))
     if fastpath.uses_tiny(layers, training["batch_size"], make_optimizer(training),
                           np.dtype(plan.training["dtype"])):
-        return round(tiny / US_PER_CALL)
-    return round(buffers / US_PER_CALL) + step
+        return round(tiny)
+    return round(buffers) + step
 
 
 def _pretrained(plan: Plan):

@@ -28,7 +28,7 @@ class AvgPool2D(Pool):
     def cost(self) -> Cost:
         """out kept; backward dout, its share, and add_windows' tiles (k Qo) and dx."""
         k, q = math.prod(self.size), math.prod(self.out_shape)
-        return Cost(0, q, 2 * q + k * q + math.prod(self.in_shape), 13)
+        return Cost(0, q, 2 * q + k * q + math.prod(self.in_shape), 18)
 
     def forward(self, x, params, *, train, rng=None):
         out, cache = forward(self.images(x), self.size, self.stride)

@@ -39,8 +39,8 @@ class Cost(NamedTuple):
       time, so a step needs the sum of `kept` and the largest `scratch`.
     calls: what a batch costs it besides, whatever its size: its NumPy calls forward and
       backward (a recurrent layer's at each of its T steps), counted from its code and
-      checked against their time (bench/budget.py; a call is about 0.3 us there, numpy's
-      per-call cost with Python's around it).
+      scaled to their time: a call is about 0.6 us of NumPy's per-call cost with Python's
+      around it (bench/BUDGET.md measures each type's).
     """
     macs: int
     kept: int

@@ -82,7 +82,7 @@ class Dense(Layer):
         temporaries of the activation's derivative, dz, and dx."""
         d, h = self.in_shape[-1], self.units
         p = math.prod(self.in_shape[:-1])
-        return Cost(p * d * h, 2 * p * h, 4 * p * h + p * d, 11)
+        return Cost(p * d * h, 2 * p * h, 4 * p * h + p * d, 17)
 
     def init(self, rng: np.random.Generator, dtype) -> Params:
         return init_dense(self.in_shape[-1], self.units, self.spec["init"], rng, dtype)

@@ -42,7 +42,7 @@ class Dropout(Layer):
         """mask and out kept; forward's float64 draws (two values of float32) and their
         comparison; backward dout and dx."""
         n = math.prod(self.in_shape)
-        return Cost(0, 2 * n, 3 * n, 2)
+        return Cost(0, 2 * n, 3 * n, 4)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, self.spec["drop_prob"], train=train, rng=rng)

@@ -45,7 +45,7 @@ class MaxPool2D(Pool):
         """k = kh kw offsets of Qo outputs: the windows' copy and out kept; backward dout,
         took and dwin (k Qo each), seen, and add_windows' tiles and dx."""
         k, q = math.prod(self.size), math.prod(self.out_shape)
-        return Cost(0, k * q + q, 3 * k * q + 2 * q + math.prod(self.in_shape), 19)
+        return Cost(0, k * q + q, 3 * k * q + 2 * q + math.prod(self.in_shape), 23)
 
     def forward(self, x, params, *, train, rng=None):
         out, cache = forward(self.images(x), self.size, self.stride)

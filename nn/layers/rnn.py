@@ -132,9 +132,9 @@ class RNN(Recurrent):
 
     def cost(self) -> Cost:
         """zs and hs kept; backward dout, dhs, dzs, h_prev (T H each), dx (T D) and a few
-        arrays of one step; some 10 calls a step, forward and backward."""
+        arrays of one step; some 11 calls a step, forward and backward."""
         (T, d), h = self.in_shape, self.spec["units"]
-        return Cost(self.macs(), 2 * T * h, 4 * T * h + T * d + 6 * h, 20 + 10 * T)
+        return Cost(self.macs(), 2 * T * h, 4 * T * h + T * d + 6 * h, 24 + 11 * T)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, params, self.activation, self.spec["return_sequences"])

@@ -87,7 +87,7 @@ def cost(T: int, D: int, heads: int) -> Cost:
     and eight (T, D) arrays (dout, dctx, dv, dq, dk, dx, a merged head gradient and its
     product)."""
     return Cost(4 * T * D * D + 2 * T * T * D, 5 * T * D + heads * T * T,
-                3 * heads * T * T + 8 * T * D, 95)
+                3 * heads * T * T + 8 * T * D, 72)
 
 
 def check_heads(heads: int, dim: int, path: str) -> None:

@@ -114,7 +114,7 @@ class TransformerEncoder(Layer):
         norm = layer_norm.cost(T * D, D)
         return Cost(attn.macs + 2 * T * D * F, attn.kept + 2 * norm.kept + 3 * T * D + 2 * T * F,
                     3 * T * D + max(4 * T * F + T * D, attn.scratch, norm.scratch),
-                    attn.calls + 2 * norm.calls + 30)
+                    attn.calls + 2 * norm.calls + 40)
 
     def init(self, rng, dtype):
         D, F = self.in_shape[-1], self.spec["ff_units"]
