@@ -80,7 +80,7 @@ FASTPATH_US_PER_CALL = 0.35
 class Rates(NamedTuple):
     """A machine's speed: seconds per call, per float64 multiply-add, per float64 value;
     float32 products and element-wise work go about twice as fast (twice the numbers per
-    vector instruction and per byte of memory traffic: bench/BUDGET.md measured 2.5x)."""
+    vector instruction and per byte of memory traffic: bench/BUDGET.md measured 2.3x)."""
     call: float
     mac: float
     value: float
@@ -96,9 +96,9 @@ REFERENCE = Rates(call=2.5e-7, mac=2.5e-11, value=5e-10)
 class Estimate:
     """memory_bytes: the peak. Over the whole run: multiply_adds; steps, the batches
     (validation chunks and probe passes too); calls (Cost.calls); values, those the passes
-    allocate; seconds on the REFERENCE machine. parts: the memory's
-    terms in bytes (module docstring), before the margin. layers: each layer's bytes of the
-    parameter and batch terms, in spec order (which layer makes a run large)."""
+    allocate; seconds on the REFERENCE machine. parts: the memory's terms in bytes (module
+    docstring), before the margin. layers: each layer's bytes of the parameter and batch
+    terms, in spec order (which layer makes a run large)."""
     memory_bytes: int
     multiply_adds: int
     steps: int
