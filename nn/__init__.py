@@ -3,6 +3,7 @@ backpropagation in pure NumPy.
 
 The public API (docs/engine-api.md) is what this module re-exports; nothing else is public.
 """
+from . import budget
 from .checkpoint import position as checkpoint_position
 from .data import DataInfo, describe
 from .errors import SpecError
@@ -14,5 +15,6 @@ from .train import EpochReport, TrainResult, train
 from .weights import weights_from_json, weights_to_json
 
 __all__ = ["DEFAULTS", "DataInfo", "EpochReport", "Model", "Plan", "SpecError", "TrainResult",
-           "Weights", "build", "checkpoint_position", "describe", "generate", "generator_shapes",
+           "Weights", "budget", "build", "checkpoint_position", "describe", "generate",
+           "generator_shapes",
            "model_meta", "train", "weights_from_json", "weights_to_json"]

@@ -94,12 +94,13 @@ def metrics(loss_name: str, activation: str, z: np.ndarray, t: np.ndarray,
 
 
 def measure(layers: list[Layer], loss_name: str, params: Weights, x: np.ndarray,
-            t: np.ndarray, y: np.ndarray | None) -> tuple[float | None, float | None]:
-    """Loss and accuracy in eval mode; (None, None) without samples."""
+            t: np.ndarray, y: np.ndarray | None, rows: int) -> tuple[float | None, float | None]:
+    """Loss and accuracy in eval mode, forward in chunks of `rows` samples (nn/budget.py's
+    eval_rows); (None, None) without samples."""
     if len(x) == 0:
         return None, None
-    _, caches = network.forward(layers, params, x, train=False)
-    return metrics(loss_name, layers[-1].activation, network.output_z(caches), t, y)
+    z = network.infer(layers, params, x, rows, z=True)
+    return metrics(loss_name, layers[-1].activation, z, t, y)
 
 
 def finite(*values) -> bool:

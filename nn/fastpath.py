@@ -57,18 +57,34 @@ MODE = "auto"                      # "auto" | "buffers" | "off"
 def engine(layers: list[Layer], loss: str, batch_size: int | None, optimizer,
            dtype) -> "DenseStack | None":
     """The fast engine for this net and training, or None for the general path."""
-    if MODE == "off" or not all(type(l) is Dense and len(l.in_shape) == 1 for l in layers):
+    if MODE == "off" or not applies(layers):
         return None
-    tiny = (MODE == "auto" and batch_size == 1 and TinyNet.applies(layers, optimizer, dtype)
-            and tiny_is_faster(layers))
+    tiny = MODE == "auto" and uses_tiny(layers, batch_size, optimizer, dtype)
     return DenseStack(layers, loss, TinyNet(layers, loss) if tiny else None)
 
 
-def tiny_is_faster(layers: list[Dense]) -> bool:
-    """Per-sample cost model (us per sample; see the module docstring)."""
+def applies(layers: list[Layer]) -> bool:
+    """Dense layers on (D,) inputs (the algorithm must be backprop too)."""
+    return all(type(l) is Dense and len(l.in_shape) == 1 for l in layers)
+
+
+def uses_tiny(layers: list[Dense], batch_size: int | None, optimizer, dtype) -> bool:
+    """Whether the engine trains in plain Python floats (tiny_is_faster)."""
+    return batch_size == 1 and TinyNet.applies(layers, optimizer, dtype) \
+        and tiny_is_faster(layers)
+
+
+def step_us(layers: list[Dense]) -> tuple[float, float]:
+    """Per-sample cost model (us per sample; see the module docstring): (plain Python
+    floats, the buffers)."""
     units = sum(l.units for l in layers)
     weights = sum(l.in_shape[0] * l.units for l in layers)
-    return 1.1 * len(layers) + 0.6 * units + 0.09 * weights < 5.5 * (len(layers) + 1)
+    return 1.1 * len(layers) + 0.6 * units + 0.09 * weights, 5.5 * (len(layers) + 1)
+
+
+def tiny_is_faster(layers: list[Dense]) -> bool:
+    tiny, buffers = step_us(layers)
+    return tiny < buffers
 
 
 def activate(name: str, z: np.ndarray, out: np.ndarray, row: np.ndarray) -> np.ndarray:

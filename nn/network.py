@@ -38,6 +38,25 @@ def evaluate(layers: list[Layer], params: Weights, x: np.ndarray) -> np.ndarray:
     return x
 
 
+def infer(layers: list[Layer], params: Weights, x: np.ndarray, rows: int, *,
+          z: bool = False) -> np.ndarray:
+    """Eval-mode forward over x (N, *input_shape) in chunks of `rows` samples -> the outputs
+    (N, *output_shape), or with z the output layer's pre-activations: the memory of one
+    chunk's activations, however large N (x itself without layers)."""
+    if not layers:
+        return x
+    result = None
+    for s in range(0, max(len(x), 1), rows):
+        out, caches = forward(layers, params, x[s:s + rows], train=False)
+        part = output_z(caches) if z else out
+        if len(part) == len(x):
+            return part
+        if result is None:
+            result = np.empty((len(x), *part.shape[1:]), part.dtype)
+        result[s:s + rows] = part
+    return result
+
+
 def backward(layers: list[Layer], dout: np.ndarray, caches: list, *, wrt_z: bool,
              traces: list[dict] | None = None) -> Weights:
     """dout: dL/d(output), or dL/dz of the output layer when wrt_z (fused losses) -> grads.

@@ -30,26 +30,17 @@ from time import perf_counter
 
 import numpy as np
 
-from . import checkpoint, fastpath, network
+from . import budget, checkpoint, fastpath, network
 from .checkpoint import TrainState
 from .epoch import EpochReport, backprop_epoch, finite, measure, metrics, weights_finite
 from .layers import Layer
-from .layers.dense import Dense
 from .losses import squared_error
 from .optim import make_optimizer
 from .prepare import Prepared
-from .spec import Plan, pretrained_layers
+from .spec import Plan, autoencoder, pretrained_layers
 from .stats import layer_stats
 
 LOSS = "squared_error"
-
-
-def _autoencoder(encoder: Layer) -> list[Layer]:
-    """[the encoder layer itself, its linear decoder back to the encoder's input size]."""
-    n_in, n_hidden = encoder.in_shape[-1], encoder.out_shape[-1]
-    decoder = Dense.parse({"units": n_in, "activation": "linear",
-                           "init": encoder.spec["init"]}, (n_hidden,), "decoder")
-    return [encoder, decoder]
 
 
 def _stats(ae: list[Layer], params: list, h: np.ndarray, index: int) -> list[dict]:
@@ -74,9 +65,12 @@ def run(plan: Plan, data: Prepared, state: TrainState, poll, on_epoch, checkpoin
     while state.pretrain_epoch < total:
         j = state.pretrain_epoch // per_layer
         index = hidden[j]
-        ae = _autoencoder(plan.layers[index])
-        below = (list(plan.layers[:index]), state.params[:index])
-        h, h_val = (network.forward(*below, x, train=False)[0] for x in (data.x, data.x_val))
+        ae = autoencoder(plan.layers[index])
+        below = list(plan.layers[:index])
+        rows = budget.eval_rows(below, budget.batch_rows(plan), data.x.dtype.itemsize)
+        h, h_val = (network.infer(below, state.params[:index], x, rows)
+                    for x in (data.x, data.x_val))
+        ae_rows = budget.eval_rows(ae, budget.batch_rows(plan), h.dtype.itemsize)
         opt = make_optimizer(settings)
         if state.decoder is None:                   # the layer's first epoch
             state.decoder = ae[1].init(np.random.default_rng([tr["seed"], 0, 3, index]),
@@ -96,7 +90,7 @@ def run(plan: Plan, data: Prepared, state: TrainState, poll, on_epoch, checkpoin
                 state.params[index], state.decoder = snapshot
                 return poll.answer, None
             train_loss, _ = metrics(LOSS, "linear", zbuf, xs, None)
-            val_loss, _ = measure(ae, LOSS, params, h_val, h_val, None)
+            val_loss, _ = measure(ae, LOSS, params, h_val, h_val, None, ae_rows)
             if not (finite(train_loss, val_loss) and weights_finite(params)):
                 state.params[index], state.decoder = snapshot
                 return "diverged", {"code": "diverged", "message": f"pretraining diverged at "

@@ -271,6 +271,15 @@ def pretrained_layers(layers: list[Layer] | tuple[Layer, ...]) -> list[int]:
     return [i for i, l in enumerate(layers[:-1]) if l.kind == "dense"]
 
 
+def autoencoder(encoder: Layer) -> list[Layer]:
+    """What pretraining trains for a layer: [the encoder layer itself, its linear decoder
+    back to the encoder's input size]."""
+    n_in, n_hidden = encoder.in_shape[-1], encoder.out_shape[-1]
+    decoder = LAYERS["dense"].parse({"units": n_in, "activation": "linear",
+                                     "init": encoder.spec["init"]}, (n_hidden,), "decoder")
+    return [encoder, decoder]
+
+
 def _check_pretrain(layers: list[Layer], training: dict, data: DataInfo) -> int:
     """-> the number of pretraining epochs (0 without pretraining)."""
     if "pretrain" not in training:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import checkpoint, fastpath, network, pretrain
+from . import budget, checkpoint, fastpath, network, pretrain
 from .checkpoint import TrainState
 from .epoch import EpochReport, backprop_epoch, copied, finite, measure, metrics, \
     weights_finite
@@ -67,8 +67,9 @@ class _Poll:
         return self.answer is not None
 
 
-def _evaluate(plan: Plan, params: Weights, x: np.ndarray, t: np.ndarray, y) -> tuple:
-    return measure(list(plan.layers), plan.training["loss"], params, x, t, y)
+def _evaluate(plan: Plan, params: Weights, x: np.ndarray, t: np.ndarray, y, rows: int
+              ) -> tuple:
+    return measure(list(plan.layers), plan.training["loss"], params, x, t, y, rows)
 
 
 def _probe_stats(stats: LayerStats, plan: Plan, params: Weights, x: np.ndarray,
@@ -104,9 +105,10 @@ def _track_best(state: TrainState, value: float, es: dict | None) -> None:
 
 def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
             on_epoch: Callable[[EpochReport], None] | None, checkpoint_every: int,
-            on_checkpoint: Callable[[int, bytes], None] | None
+            on_checkpoint: Callable[[int, bytes], None] | None, rows: int
             ) -> tuple[str | None, dict | None]:
-    """The training epochs left in state -> (interrupted reason, error)."""
+    """The training epochs left in state -> (interrupted reason, error); validation runs
+    forward in chunks of `rows` samples."""
     tr = plan.training
     layers = list(plan.layers)
     opt = make_optimizer(tr, [l.decayed() for l in layers])
@@ -143,7 +145,8 @@ def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
             return poll.answer, None
         ys = None if data.y is None else data.y[pick]
         train_loss, train_acc = metrics(tr["loss"], act, zbuf, ts, ys)
-        val_loss, val_acc = _evaluate(plan, state.params, data.x_val, data.t_val, data.y_val)
+        val_loss, val_acc = _evaluate(plan, state.params, data.x_val, data.t_val, data.y_val,
+                                      rows)
         if not (finite(train_loss, val_loss) and weights_finite(state.params)):
             state.params = snapshot
             return "diverged", {"code": "diverged", "message": f"training diverged at epoch "
@@ -191,6 +194,7 @@ def train(plan: Plan, inputs, targets, *,
     perceptron = tr["algorithm"] == "perceptron"
     monitor = "val_loss" if len(data.x_val) else "train_loss"
     poll = _Poll(should_stop)
+    rows = budget.eval_rows(layers, budget.batch_rows(plan), dtype.itemsize)
     interrupted: str | None = None
     error = None
     with np.errstate(all="ignore"):
@@ -199,11 +203,11 @@ def train(plan: Plan, inputs, targets, *,
                                               checkpoint_every, on_checkpoint)
         if interrupted is None:
             interrupted, error = _epochs(plan, data, state, poll, on_epoch, checkpoint_every,
-                                         on_checkpoint)
+                                         on_checkpoint, rows)
         if not state.last:                         # no epoch ran: measure the initial weights
-            train_loss, train_acc = _evaluate(plan, state.params, data.x, data.t, data.y)
+            train_loss, train_acc = _evaluate(plan, state.params, data.x, data.t, data.y, rows)
             val_loss, val_acc = _evaluate(plan, state.params, data.x_val, data.t_val,
-                                          data.y_val)
+                                          data.y_val, rows)
             state.last = {"train_loss": train_loss, "val_loss": val_loss,
                           "train_accuracy": train_acc, "val_accuracy": val_acc}
     stop_reason = interrupted or state.stop_reason

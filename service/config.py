@@ -72,7 +72,11 @@ DEFAULTS: dict[str, object] = {
     "REQUEUE_AFTER_SECONDS": 60,
     # A run that has been claimed this many times and still not finished fails (worker_lost).
     "MAX_ATTEMPTS": 3,
-    # Wall-clock limit of one run (seconds); over it the run fails with code "timeout".
+    # Wall-clock limit of one run (seconds); over it the run fails with code "timeout". A run
+    # whose estimated time is over it is refused up front (422 at training.epochs). The
+    # estimate (nn/budget.py) assumes a worker has a core of a current server CPU to itself,
+    # with one BLAS thread: the AMD EPYC (Zen 5) of bench/BUDGET.md, 40 G float64
+    # multiply-adds/s and 0.25 us per NumPy call, a little faster than measured there.
     "RUN_TIME_LIMIT_SECONDS": 3600,
     # Longest `GET /v1/runs/{id}?wait=` (seconds): a waiting request holds an API thread
     # (not a database connection) this long at most; more is a 422.
@@ -120,9 +124,12 @@ DEFAULTS: dict[str, object] = {
     "RUN_MAX_PARAMS": 5_000_000,
     # Most epochs (training.epochs, and training.pretrain.epochs per pretrained layer).
     "RUN_MAX_EPOCHS": 100_000,
-    # Largest estimated compute of a run: (training + pretraining epochs) x samples in the
-    # data set x parameters, about the multiply-adds of its forward passes.
-    "RUN_MAX_COMPUTE": 10**12,
+    # Largest estimated peak memory of a run in its worker (bytes): parameters, optimizer
+    # slots, gradients, checkpoints, one batch's activations and caches (the whole training
+    # split without batch_size), the data set as stored, decoded and copied (nn/budget.py).
+    # Over it POST /v1/runs answers 422 naming the field to change. A worker's memory limit
+    # (WORKER_MEMORY_LIMIT_BYTES) must be at least this plus a worker process's baseline.
+    "RUN_MAX_MEMORY_BYTES": 2 * 1024**3,
     # Runs one tenant may have queued, running or cancelling at once; past it POST /v1/runs
     # answers 429 too_many_runs with Retry-After.
     "TENANT_MAX_ACTIVE_RUNS": 20,
@@ -264,7 +271,7 @@ CHECKS: dict[str, Check] = {
     **dict.fromkeys(("MAX_ATTEMPTS", "MAX_CONTENT_LENGTH", "PAGE_DEFAULT", "PAGE_MAX",
                      "PREDICT_MAX_ROWS", "DATASET_MAX_BYTES", "DATASET_MAX_ROWS",
                      "DATASET_MAX_FEATURES", "RUN_MAX_LAYERS", "RUN_MAX_UNITS",
-                     "RUN_MAX_PARAMS", "RUN_MAX_EPOCHS", "RUN_MAX_COMPUTE",
+                     "RUN_MAX_PARAMS", "RUN_MAX_EPOCHS", "RUN_MAX_MEMORY_BYTES",
                      "TENANT_MAX_ACTIVE_RUNS", "JSON_MAX_MEMORY_BYTES",
                      "PREDICT_MAX_MEMORY_BYTES"), _COUNT),
     "ADMIN_KEY": lambda v: None if len(v) >= ADMIN_KEY_MIN_CHARS else (

@@ -8,17 +8,22 @@ where every default is filled in, so they cannot be dodged by leaving a field ou
 - RUN_MAX_UNITS: a layer's width (`units`, `filters`, `dim`, `ff_units`);
 - RUN_MAX_PARAMS: trainable parameters;
 - RUN_MAX_EPOCHS: `training.epochs`, and `training.pretrain.epochs` (per pretrained layer);
-- RUN_MAX_COMPUTE: the estimated compute,
-  (training epochs + pretraining epochs) x samples in the data set x parameters,
-  about the multiply-adds of the forward passes (a dense layer does one per weight per
-  sample); the backward pass costs about twice that again. A 422 at `training.epochs`,
-  the knob that is usually turned.
+- RUN_MAX_MEMORY_BYTES: the run's estimated peak memory in its worker (nn/budget.py's
+  estimate, plus the stored data set the worker reads before decoding it). The 422 names
+  the field to change: `training.batch_size` when a smaller batch fits (its message says
+  which), else the layer that needs the most (`network.layers[i].units` or its other width
+  field), or `dataset_id` when the data set itself is most of it;
+- RUN_TIME_LIMIT_SECONDS: a run whose estimated time on nn/budget.py's reference machine is
+  over the limit it would be stopped at is refused, at `training.epochs` (or
+  `training.pretrain.epochs` when pretraining takes most of it), with how many fit.
 
 Data-set limits (rows, values per sample, bytes) are service/dataio.py's `Limits`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,15 +37,23 @@ from service.models import ACTIVE_STATUSES, Run, Tenant
 WIDTHS = ("units", "filters", "dim", "ff_units")
 # Retry-After of a 429 too_many_runs: a guess at when a slot frees (runs take seconds to hours).
 RETRY_AFTER_SECONDS = 30
+# The stored data set as the worker reads it, before and while decoding it: the database
+# driver's copy and Python's bytes.
+STORED_COPIES = 2
 
 
-def compute(plan: nn.Plan, n_samples: int) -> int:
-    """The run's estimated compute (see the module docstring)."""
-    return (plan.epochs_total + plan.pretrain_epochs_total) * n_samples * plan.n_params
+def estimate(plan: nn.Plan, stored_bytes: int) -> nn.budget.Estimate:
+    """The run's estimate in its worker: the engine's, and the stored data set's bytes."""
+    est = nn.budget.estimate(plan)
+    extra = STORED_COPIES * stored_bytes
+    return dataclasses.replace(est, memory_bytes=est.memory_bytes + extra,
+                               parts={**est.parts, "stored": extra})
 
 
-def check_plan(plan: nn.Plan, n_samples: int, config: Mapping[str, Any]) -> None:
-    """A 422 naming every field over the limits."""
+def check_plan(plan: nn.Plan, stored_bytes: int, config: Mapping[str, Any]
+               ) -> nn.budget.Estimate:
+    """A 422 naming every field over the limits; else the run's estimate. stored_bytes:
+    the data set's stored size (Dataset.size_bytes)."""
     errors = []
     layers = plan.network["layers"]
     max_layers = int(config["RUN_MAX_LAYERS"])
@@ -66,17 +79,92 @@ def check_plan(plan: nn.Plan, n_samples: int, config: Mapping[str, Any]) -> None
     if pretrain and pretrain["epochs"] > max_epochs:
         errors.append(_error("training.pretrain.epochs",
                              f"is {pretrain['epochs']}; the limit is {max_epochs}"))
-    estimate, max_compute = compute(plan, n_samples), int(float(config["RUN_MAX_COMPUTE"]))
-    if estimate > max_compute:
-        epochs = plan.epochs_total + plan.pretrain_epochs_total
-        errors.append(_error(
-            "training.epochs",
-            f"the run's estimated compute, {epochs} epochs x {n_samples} samples x "
-            f"{plan.n_params} parameters = {estimate:.3g}, is over the limit of "
-            f"{max_compute:.3g}: use fewer epochs, a smaller network or fewer samples",
-        ))
+    if errors:                      # its estimate would only say again why it is too large
+        raise validation_errors(errors)
+    est = estimate(plan, stored_bytes)
+    max_memory = int(config["RUN_MAX_MEMORY_BYTES"])
+    if est.memory_bytes > max_memory:
+        errors.append(_memory_error(plan, est, stored_bytes, max_memory))
+    max_seconds = float(config["RUN_TIME_LIMIT_SECONDS"])
+    if max_seconds > 0 and est.seconds > max_seconds:
+        errors.append(_time_error(plan, est, max_seconds))
     if errors:
         raise validation_errors(errors)
+    return est
+
+
+def _memory_error(plan: nn.Plan, est: nn.budget.Estimate, stored_bytes: int, limit: int
+                  ) -> dict[str, str]:
+    """The field to change: the batch when a smaller one fits, else the largest layer, or
+    the data set when it is most of the peak."""
+    need = (f"the run would need about {_size(est.memory_bytes)} of memory at its peak; the "
+            f"limit is {_size(limit)} (RUN_MAX_MEMORY_BYTES)")
+    batch = nn.budget.batch_rows(plan)
+    if batch > 1 and _memory(plan, 1, stored_bytes) <= limit:
+        lo, hi = 1, batch                      # the largest batch that fits, by bisection
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if _memory(plan, mid, stored_bytes) <= limit else (lo, mid)
+        return _error("training.batch_size", f"{need}; a batch of {batch} samples takes "
+                                             f"{_size(est.parts['batch'])} of it: use a "
+                                             f"batch_size of at most {lo}")
+    data = est.parts["data"] + est.parts["stored"]
+    i = max(range(len(est.layers)), key=est.layers.__getitem__)
+    if data >= est.layers[i]:
+        return _error("dataset_id", f"{need}; the data set and its copies take "
+                                    f"{_size(data)} of it: use a smaller data set")
+    spec = plan.network["layers"][i]
+    field = next((f".{w}" for w in WIDTHS if w in spec), "")
+    return _error(f"network.layers[{i}]{field}",
+                  f"{need}; this {spec['type']} layer takes {_size(est.layers[i])} of it "
+                  f"(its parameters with their copies, and its activations for "
+                  f"{batch} samples)")
+
+
+def _memory(plan: nn.Plan, batch_size: int, stored_bytes: int) -> int:
+    return estimate(nn.budget.with_training(plan, batch_size=batch_size),
+                    stored_bytes).memory_bytes
+
+
+def _time_error(plan: nn.Plan, est: nn.budget.Estimate, limit: float) -> dict[str, str]:
+    """At training.epochs, with how many fit (the time is affine in the epochs), or at
+    training.pretrain.epochs when pretraining takes most of it."""
+    need = (f"the run would take about {_duration(est.seconds)} ({est.multiply_adds:.3g} "
+            f"multiply-adds in {est.steps:.3g} batches) on the reference machine; the limit "
+            f"is {_duration(limit)} (RUN_TIME_LIMIT_SECONDS)")
+    pretrain = plan.training.get("pretrain")
+    pretraining = pretrain is not None and 2 * nn.budget.estimate(
+        nn.budget.with_training(plan, pretrain=None)).seconds < est.seconds
+
+    def seconds(epochs: int) -> float:
+        change = {"pretrain": {**pretrain, "epochs": epochs}} if pretraining else \
+            {"epochs": epochs}
+        return nn.budget.estimate(nn.budget.with_training(plan, **change)).seconds
+
+    one, two = seconds(1), seconds(2)
+    fit = math.floor((limit - (2 * one - two)) / (two - one)) if two > one else 0
+    advice = f"at most {fit} epochs fit" if fit >= 1 else \
+        f"even one epoch takes about {_duration(one)}: use fewer samples or a smaller network"
+    return _error("training.pretrain.epochs" if pretraining else "training.epochs",
+                  f"{need}: {advice}")
+
+
+def _size(n: float) -> str:
+    """Bytes in binary units: 512 B, 3.2 MiB, 75.0 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _duration(seconds: float) -> str:
+    """12 s, 4.5 minutes, 20.3 hours."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} minutes"
+    return f"{seconds / 3600:.1f} hours"
 
 
 def check_active_runs(session: Session, tenant_id: str, config: Mapping[str, Any]) -> None:

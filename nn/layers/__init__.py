@@ -3,7 +3,7 @@ backward -> (dx, grads), and a Layer class (nn/layers/base.py) that the registry
 its spec "type" to. Adding a layer type is adding a module and a line here.
 """
 from .avgpool2d import AvgPool2D
-from .base import Layer
+from .base import Cost, Layer
 from .conv2d import Conv2D
 from .dense import Dense
 from .dropout import Dropout
@@ -22,4 +22,4 @@ LAYERS: dict[str, type[Layer]] = {cls.kind: cls for cls in (
     Dense, Dropout, Conv2D, MaxPool2D, AvgPool2D, Flatten, RNN, LSTM, Embedding, SequencePool,
     SelfAttention, LayerNorm, PositionalEncoding, TransformerEncoder)}
 
-__all__ = ["LAYERS", "Layer"]
+__all__ = ["LAYERS", "Cost", "Layer"]

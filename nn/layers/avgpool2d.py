@@ -1,8 +1,11 @@
 """Average pooling: out[n, c, i, j] = mean of the pool_size window at (i sh, j sw) of channel c.
 x: (N, C, H, W) -> (N, C, Ho, Wo); no parameters.
 """
+import math
+
 import numpy as np
 
+from .base import Cost
 from .windows import Pool, add_windows, windows
 
 
@@ -21,6 +24,11 @@ def backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, dict]:
 
 class AvgPool2D(Pool):
     kind = "avgpool2d"
+
+    def cost(self) -> Cost:
+        """out kept; backward dout, its share, and add_windows' tiles (k Qo) and dx."""
+        k, q = math.prod(self.size), math.prod(self.out_shape)
+        return Cost(0, q, 2 * q + k * q + math.prod(self.in_shape), 18)
 
     def forward(self, x, params, *, train, rng=None):
         out, cache = forward(self.images(x), self.size, self.stride)

@@ -8,7 +8,7 @@ the spec parser, the weights checks and the statistics never ask which type a la
 The registry of types is nn/layers/__init__.py.
 """
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -21,6 +21,31 @@ Shape = tuple[int, ...]
 Params = dict[str, np.ndarray]
 
 MAX_UNITS = 100_000          # units, filters, dims: the same bound as a dense layer's units
+
+
+class Cost(NamedTuple):
+    """What one sample costs a layer in a training step of the layer-by-layer path (counts
+    of values, not bytes; nn/budget.py turns them into a run's estimate). Counted from the
+    module's own code, rounded up where NumPy may or may not make a temporary, with a
+    boolean or an index array counted as one value.
+
+    macs: forward multiply-adds (the matrix products: every output position of a
+      convolution, every time step of a sequence, attention's T x T scores; 0 for layers
+      that only move, compare or scale values). A backward pass does about twice as many.
+    kept: values the layer allocates in forward and keeps until backward (its output and
+      its cache's own arrays; the input it keeps is the layer before's output).
+    scratch: values alive at once beyond those while the layer runs forward or backward
+      (temporaries, the incoming gradient and the dx it returns): only one layer runs at a
+      time, so a step needs the sum of `kept` and the largest `scratch`.
+    calls: what a batch costs it besides, whatever its size: its NumPy calls forward and
+      backward (a recurrent layer's at each of its T steps), counted from its code and
+      scaled to their time: a call is about 0.6 us of NumPy's per-call cost with Python's
+      around it (bench/BUDGET.md measures each type's).
+    """
+    macs: int
+    kept: int
+    scratch: int
+    calls: int
 
 
 class Layer:
@@ -69,6 +94,12 @@ class Layer:
         before allocating any. The default: the input, z, the output and one temporary of the
         activation (or a copy of a non-contiguous input)."""
         return math.prod(self.in_shape) + 3 * math.prod(self.out_shape)
+
+    def cost(self) -> Cost:
+        """Per sample (Cost). This default fits a layer without products that makes its
+        output in a call and, backward, a dx beside the incoming gradient in another."""
+        n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        return Cost(0, n_out, n_in + n_out, 2)
 
     def decayed(self) -> tuple[str, ...]:
         return self.weight_keys if self.decay_keys is None else self.decay_keys

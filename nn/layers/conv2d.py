@@ -17,7 +17,8 @@ from .. import fields as f
 from ..activations import ACTIVATIONS
 from ..errors import SpecError
 from ..init import default_init, init_weights
-from .base import MAX_UNITS, Layer, Params, Shape, activation, bias, image_shape, init_spec, pair
+from .base import (MAX_UNITS, Cost, Layer, Params, Shape, activation, bias, image_shape,
+                   init_spec, pair)
 from .windows import add_windows, out_size, windows
 
 
@@ -118,6 +119,18 @@ class Conv2D(Layer):
         positions = math.prod(self.out_shape[1:])
         padded = c * (h + 2 * ph) * (w + 2 * pw) if ph or pw else 0
         return 2 * c * h * w + padded + kh * kw * c * positions + 3 * math.prod(self.out_shape)
+    def cost(self) -> Cost:
+        """Q = Ho Wo output positions, each a product over K = kh kw C inputs: cols, z and a
+        kept; backward the incoming da, the derivative's two temporaries, dz and its (F, N Q)
+        copy, dcols, the padded dxp and the dx copied out of it (forward's padded input is
+        smaller than those). Some 55 calls, and padding's."""
+        c, h, w = image_shape(self.in_shape, self.kind, "")
+        f, ho, wo = self.out_shape
+        (kh, kw), (ph, pw) = self.spec["kernel_size"], self.spec["padding"]
+        k, q = kh * kw * c, ho * wo
+        return Cost(f * k * q, k * q + 2 * f * q,
+                    5 * f * q + k * q + c * (h + 2 * ph) * (w + 2 * pw) + c * h * w,
+                    55 + (45 if ph or pw else 0))        # np.pad costs as much as 45
 
     def init(self, rng: np.random.Generator, dtype) -> Params:
         shape = self.param_shapes()["W"]

@@ -5,6 +5,7 @@ applies at every time step (the matmul acts on the last axis) -> (N, T, H). The 
 part of the layer because the spec puts it there; ``backward_z`` starts from dL/dz for the
 fused softmax/sigmoid + cross-entropy gradients.
 """
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from ..activations import ACTIVATIONS
 from ..errors import SpecError
 from ..init import default_init, init_dense
-from .base import Layer, Params, Shape, activation, init_spec, units
+from .base import Cost, Layer, Params, Shape, activation, init_spec, units
 
 
 class DenseCache(NamedTuple):
@@ -75,6 +76,13 @@ class Dense(Layer):
 
     def param_shapes(self) -> dict[str, Shape]:
         return {"W": (self.in_shape[-1], self.units), "b": (self.units,)}
+
+    def cost(self) -> Cost:
+        """P positions (1, or T time steps): z and a kept; backward the incoming da, two
+        temporaries of the activation's derivative, dz, and dx."""
+        d, h = self.in_shape[-1], self.units
+        p = math.prod(self.in_shape[:-1])
+        return Cost(p * d * h, 2 * p * h, 4 * p * h + p * d, 17)
 
     def init(self, rng: np.random.Generator, dtype) -> Params:
         return init_dense(self.in_shape[-1], self.units, self.spec["init"], rng, dtype)

@@ -3,10 +3,12 @@ probability keep = 1 - drop_prob and dropped (set to 0) otherwise; when recognis
 mode) nothing is dropped and every activation is scaled by keep, so its expected value matches
 training. Works on any shape (each value its own unit). No parameters: params and grads are {}.
 """
+import math
+
 import numpy as np
 
 from .. import fields as f
-from .base import Layer, Shape
+from .base import Cost, Layer, Shape
 
 
 def forward(x: np.ndarray, drop_prob: float, *, train: bool,
@@ -35,6 +37,12 @@ class Dropout(Layer):
         prob = f.number(spec, "drop_prob", path, cls.DEFAULTS["drop_prob"],
                         lo=0, hi=1, hi_open=True)
         return cls({"type": cls.kind, "drop_prob": prob}, in_shape, in_shape)
+
+    def cost(self) -> Cost:
+        """mask and out kept; forward's float64 draws (two values of float32) and their
+        comparison; backward dout and dx."""
+        n = math.prod(self.in_shape)
+        return Cost(0, 2 * n, 3 * n, 4)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, self.spec["drop_prob"], train=train, rng=rng)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import fields as f
 from ..errors import SpecError
-from .base import Layer, Params, Shape, init_spec, matrix, shape_error, units
+from .base import Cost, Layer, Params, Shape, init_spec, matrix, shape_error, units
 
 MAX_VOCAB = 1_000_000
 
@@ -57,6 +57,12 @@ class Embedding(Layer):
 
     def init(self, rng, dtype):
         return {"E": matrix(self.param_shapes()["E"], self.spec["init"], rng, dtype)}
+
+    def cost(self) -> Cost:
+        """The ids as indices and the rows looked up kept; backward the incoming gradient
+        (dE is a parameter-sized gradient, and there is no dx)."""
+        T, dim = self.in_shape[0], self.spec["dim"]
+        return Cost(0, T + T * dim, T * dim, 5)
 
     def check_inputs(self, x, path="inputs"):
         check_ids(x, self.spec["vocab_size"], path)

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .base import Layer, Shape
+from .base import Cost, Layer, Shape
 
 
 def forward(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -22,6 +22,12 @@ class Flatten(Layer):
     @classmethod
     def parse(cls, spec: dict, in_shape: Shape, path: str) -> "Flatten":
         return cls({"type": cls.kind}, in_shape, (math.prod(in_shape),))
+
+    def cost(self) -> Cost:
+        """A copy when its input is a transposed view (conv2d's output), else none; backward
+        reshapes dout."""
+        n = math.prod(self.in_shape)
+        return Cost(0, n, n, 1)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from .. import fields as f
-from .base import Layer, Params, Shape
+from .base import Cost, Layer, Params, Shape
 
 
 def forward(x: np.ndarray, params: Params, eps: float = 1e-5) -> tuple[np.ndarray, tuple]:
@@ -30,6 +30,12 @@ def backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, Params]:
     return dx, grads
 
 
+def cost(n: int, d: int) -> Cost:
+    """n values per sample in rows of d: xhat, out and inv (one per row) kept; backward
+    dout, g, and four temporaries of the derivative's terms."""
+    return Cost(0, 2 * n + n // d, 6 * n + 2 * (n // d), 35)
+
+
 class LayerNorm(Layer):
     kind = "layer_norm"
     DEFAULTS = {"eps": 1e-5}
@@ -43,6 +49,9 @@ class LayerNorm(Layer):
 
     def param_shapes(self) -> dict[str, Shape]:
         return {"gamma": (self.in_shape[-1],), "beta": (self.in_shape[-1],)}
+
+    def cost(self) -> Cost:
+        return cost(math.prod(self.in_shape), self.in_shape[-1])
 
     def init(self, rng, dtype):
         d = self.in_shape[-1]

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..activations import sigmoid
-from .base import Params, Shape
+from .base import Cost, Params, Shape
 from .rnn import Recurrent
 
 
@@ -110,6 +110,13 @@ class LSTM(Recurrent):
         h = self.spec["units"]
         params["b"][h:2 * h] = 1.0                  # the forget gate starts open
         return params
+
+    def cost(self) -> Cost:
+        """gates (4 T H), cs, tcs, hs kept; backward dout, dhs, da (4 T H), h_prev, dx
+        (T D) and the arrays of one step; some 60 calls a step, forward and backward (the
+        gates' slices and splits)."""
+        (T, d), h = self.in_shape, self.spec["units"]
+        return Cost(self.macs(), 7 * T * h, 7 * T * h + T * d + 15 * h, 32 + 60 * T)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, params, self.spec["return_sequences"])

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from .base import Cost
 from .windows import Pool, add_windows, windows
 
 
@@ -43,6 +44,12 @@ class MaxPool2D(Pool):
     def forward_values(self) -> int:
         """The pool's, and each output's window copied (kh kw values per output)."""
         return super().forward_values() + self.size[0] * self.size[1] * math.prod(self.out_shape)
+
+    def cost(self) -> Cost:
+        """k = kh kw offsets of Qo outputs: the windows' copy and out kept; backward dout,
+        took and dwin (k Qo each), seen, and add_windows' tiles and dx."""
+        k, q = math.prod(self.size), math.prod(self.out_shape)
+        return Cost(0, k * q + q, 3 * k * q + 2 * q + math.prod(self.in_shape), 23)
 
     def forward(self, x, params, *, train, rng=None):
         out, cache = forward(self.images(x), self.size, self.stride)

@@ -8,7 +8,7 @@ P ~ U(-0.1, 0.1) at the start. x: (N, T, D) -> (N, T, D).
 import numpy as np
 
 from .. import fields as f
-from .base import Layer, Params, Shape, sequence_shape
+from .base import Cost, Layer, Params, Shape, sequence_shape
 
 MODES = ("sinusoidal", "learned")
 
@@ -54,6 +54,11 @@ class PositionalEncoding(Layer):
 
     def init(self, rng, dtype):
         return {"P": rng.uniform(-0.1, 0.1, self.in_shape).astype(dtype)} if self.learned else {}
+
+    def cost(self) -> Cost:
+        """out kept; backward passes dout on as dx."""
+        n = self.in_shape[0] * self.in_shape[1]
+        return Cost(0, n, n, 1)
 
     def forward(self, x, params, *, train, rng=None):
         P = params["P"] if self.learned else self.table.astype(x.dtype, copy=False)

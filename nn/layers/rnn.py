@@ -14,7 +14,8 @@ import numpy as np
 
 from .. import fields as f
 from ..activations import ACTIVATIONS
-from .base import Layer, Params, Shape, activation, bias, init_spec, matrix, sequence_shape, units
+from .base import (Cost, Layer, Params, Shape, activation, bias, init_spec, matrix,
+                   sequence_shape, units)
 
 ACTIVATIONS_RNN = ("tanh", "sigmoid", "relu", "linear")
 
@@ -106,6 +107,11 @@ class Recurrent(Layer):
                 "Wh": matrix(shapes["Wh"], init, rng, dtype),
                 "b": bias(shapes["b"][0], init, rng, dtype)}
 
+    def macs(self) -> int:
+        """x_t Wx + h_{t-1} Wh at each of the T steps."""
+        (T, d), h = self.in_shape, self.spec["units"]
+        return T * (d + h) * self.GATES * h
+
     def _bptt(self, dout, cache, need_dx: bool) -> tuple[np.ndarray | None, Params, np.ndarray]:
         """-> dx, grads, ||dL/dh_t|| per step: the module's bptt()."""
         raise NotImplementedError
@@ -130,6 +136,12 @@ class RNN(Recurrent):
     def parse(cls, spec: dict, in_shape: Shape, path: str) -> "RNN":
         act = activation(spec, path, cls.DEFAULTS["activation"], ACTIVATIONS_RNN)
         return cls._parse(spec, in_shape, path, {"activation": act})
+
+    def cost(self) -> Cost:
+        """zs and hs kept; backward dout, dhs, dzs, h_prev (T H each), dx (T D) and a few
+        arrays of one step; some 11 calls a step, forward and backward."""
+        (T, d), h = self.in_shape, self.spec["units"]
+        return Cost(self.macs(), 2 * T * h, 4 * T * h + T * d + 6 * h, 24 + 11 * T)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, params, self.activation, self.spec["return_sequences"])

@@ -15,7 +15,7 @@ import numpy as np
 from .. import fields as f
 from ..activations import softmax
 from ..errors import SpecError
-from .base import Layer, Params, Shape, bias, init_spec, matrix, sequence_shape
+from .base import Cost, Layer, Params, Shape, bias, init_spec, matrix, sequence_shape
 
 KEYS = ("Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo", "bo")
 
@@ -87,6 +87,16 @@ def backward(dout: np.ndarray, cache: AttentionCache, need_dx: bool = True
     return dx, {key: grads[key] for key in KEYS}
 
 
+def cost(T: int, D: int, heads: int) -> Cost:
+    """Per sample: the four (T, D) x (D, D) projections and, per head, the T x T scores and
+    their weighted sum of values (2 T^2 D in all). q, k, v, ctx, out (T D each) and the
+    weights a (h T T) kept; backward the scores' gradient and two temporaries of its size,
+    and eight (T, D) arrays (dout, dctx, dv, dq, dk, dx, a merged head gradient and its
+    product)."""
+    return Cost(4 * T * D * D + 2 * T * T * D, 5 * T * D + heads * T * T,
+                3 * heads * T * T + 8 * T * D, 72)
+
+
 def check_heads(heads: int, dim: int, path: str) -> None:
     if dim % heads:
         raise SpecError(f"{path}.heads", f"{heads} heads do not divide the input dimension "
@@ -120,6 +130,9 @@ class SelfAttention(Layer):
     def param_shapes(self) -> dict[str, Shape]:
         D = self.in_shape[-1]
         return {key: ((D, D) if key[0] == "W" else (D,)) for key in KEYS}
+
+    def cost(self) -> Cost:
+        return cost(*self.in_shape, self.spec["heads"])
 
     def init(self, rng, dtype):
         return init_attention(self.in_shape[-1], self.spec["init"], rng, dtype)

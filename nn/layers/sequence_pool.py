@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import fields as f
-from .base import Layer, Shape, sequence_shape
+from .base import Cost, Layer, Shape, sequence_shape
 
 MODES = ("mean", "last", "max")
 
@@ -49,6 +49,12 @@ class SequencePool(Layer):
         """The input and a copy (argmax over the time axis copies it), the indices and the
         output."""
         return 2 * math.prod(self.in_shape) + 2 * math.prod(self.out_shape)
+
+    def cost(self) -> Cost:
+        """out and (max) its indices kept (int64: two values of float32); backward dout, dx
+        (T D), and a scaled copy (mean) or put_along_axis' index arrays (max)."""
+        T, d = self.in_shape
+        return Cost(0, 3 * d, T * d + 8 * d, 10)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, self.spec["mode"])

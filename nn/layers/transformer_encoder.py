@@ -15,7 +15,7 @@ import numpy as np
 from .. import fields as f
 from ..activations import ACTIVATIONS
 from . import dense, layer_norm, self_attention
-from .base import MAX_UNITS, Layer, Params, Shape, bias, init_spec, matrix, sequence_shape
+from .base import MAX_UNITS, Cost, Layer, Params, Shape, bias, init_spec, matrix, sequence_shape
 
 NORMS = ("pre", "post")
 FF_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a not in ("step", "softmax"))
@@ -103,6 +103,18 @@ class TransformerEncoder(Layer):
         attn = {k: ((D, D) if k[0] == "W" else (D,)) for k in self_attention.KEYS}
         return {**attn, "ln1_gamma": (D,), "ln1_beta": (D,), "W1": (D, F), "b1": (F,),
                 "W2": (F, D), "b2": (D,), "ln2_gamma": (D,), "ln2_beta": (D,)}
+
+    def cost(self) -> Cost:
+        """The attention's, two layer norms', and the feed-forward's 2 T D F multiply-adds;
+        kept besides theirs: x1, u and its z (T F each), y, out. Backward carries dout and
+        the residual's gradient beside the largest of its stages (the feed-forward's dx, the
+        activation's temporaries and dz, T F each), and a sum."""
+        (T, D), F = self.in_shape, self.spec["ff_units"]
+        attn = self_attention.cost(T, D, self.spec["heads"])
+        norm = layer_norm.cost(T * D, D)
+        return Cost(attn.macs + 2 * T * D * F, attn.kept + 2 * norm.kept + 3 * T * D + 2 * T * F,
+                    3 * T * D + max(4 * T * F + T * D, attn.scratch, norm.scratch),
+                    attn.calls + 2 * norm.calls + 40)
 
     def init(self, rng, dtype):
         D, F = self.in_shape[-1], self.spec["ff_units"]

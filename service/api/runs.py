@@ -47,7 +47,7 @@ def create() -> Response:
     if body.get("init_from_run") is not None:
         source_id = parse_uuid(body["init_from_run"], "init_from_run")
     session = get_session()
-    plan = _plan(session, dataset_id, body)
+    plan, estimate = _plan(session, dataset_id, body)
     weights = _initial_weights(session, body, plan, source_id)
     run = Run(
         id=new_id(),
@@ -67,7 +67,10 @@ def create() -> Response:
         if weights is not None:
             data = nn.Model(plan.network, weights, nn.model_meta(plan)).to_npz()
             session.add(Artifact(run_id=run.id, kind="initial", epoch=0, data=data))
-        response = json_response(run_json(run), 202, f"/v1/runs/{run.id}")
+        created = {**run_json(run), "estimate": {"memory_bytes": estimate.memory_bytes,
+                                                 "multiply_adds": estimate.multiply_adds,
+                                                 "seconds": round(estimate.seconds, 3)}}
+        response = json_response(created, 202, f"/v1/runs/{run.id}")
         replay = idempotency.commit(session, response)
     except IntegrityError:  # the data set was deleted since _plan read it
         session.rollback()
@@ -175,16 +178,17 @@ def _reload(session: Session, ident: str) -> Run | None:
 
 # ---- creation ------------------------------------------------------------------------------
 
-def _plan(session: Session, dataset_id: str, body: dict[str, Any]) -> nn.Plan:
-    """Build the plan against the data set: every spec error is a 422 naming its field."""
+def _plan(session: Session, dataset_id: str, body: dict[str, Any]
+          ) -> tuple[nn.Plan, nn.budget.Estimate]:
+    """Build the plan against the data set and estimate it: every spec error and every limit
+    passed is a 422 naming its field."""
     dataset = find(session, Dataset, dataset_id, undefer(Dataset.data))
     if dataset is None:
         raise validation_error("dataset_id", "no data set with this id")
     inputs, targets = dataio.decode(dataset.data)
     info = nn.describe(inputs, targets, dataset.task)
     plan = _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
-    limits.check_plan(plan, dataset.n_samples, current_app.config)
-    return plan
+    return plan, limits.check_plan(plan, dataset.size_bytes, current_app.config)
 
 
 def _initial_weights(

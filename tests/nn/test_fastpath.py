@@ -352,7 +352,7 @@ def test_engine_gradients_pass_a_finite_difference_check(case, xor_data):
     _, grads, _ = engine.probe(params, x, t)
     for p, g in zip(params, grads):
         for key in ("W", "b"):
-            numeric = numerical_gradient(lambda: measure(net, loss, params, x, t, None)[0],
+            numeric = numerical_gradient(lambda: measure(net, loss, params, x, t, None, len(x))[0],
                                          p[key])
             scale = np.abs(numeric).max()
             assert np.abs(g[key] - numeric).max() <= 1e-7 * scale + 1e-10, (case, key)

@@ -35,9 +35,9 @@ def test_every_default_has_a_type_and_passes_its_checks() -> None:
 def test_values_take_their_defaults_types() -> None:
     got = config.load(environ={
         "BACKPROP_LEASE_SECONDS": " 45 ", "BACKPROP_FLUSH_SECONDS": "2",
-        "BACKPROP_RUN_MAX_COMPUTE": "1e13", "BACKPROP_QUEUE": "007",
+        "BACKPROP_RUN_MAX_MEMORY_BYTES": "1e13", "BACKPROP_QUEUE": "007",
         "BACKPROP_ADMIN_KEY": "1" * 40, "BACKPROP_BROKER_KEYPREFIX": ""})
-    assert (got["LEASE_SECONDS"], got["FLUSH_SECONDS"], got["RUN_MAX_COMPUTE"]) == (45, 2.0, 10**13)
+    assert (got["LEASE_SECONDS"], got["FLUSH_SECONDS"], got["RUN_MAX_MEMORY_BYTES"]) == (45, 2.0, 10**13)
     assert type(got["LEASE_SECONDS"]) is int and type(got["FLUSH_SECONDS"]) is float
     assert (got["QUEUE"], got["ADMIN_KEY"], got["BROKER_KEYPREFIX"]) == ("007", "1" * 40, "")
     assert config.load(environ={"BACKPROP_ADMIN_KEY": ""})["ADMIN_KEY"] is None  # empty: unset

@@ -2,7 +2,7 @@
 
 Data sets: rows, values per sample, stored bytes (JSON, generator, CSV read row by row, NPZ
 checked from its .npy headers before anything is allocated); runs: layers, widths,
-parameters, epochs, estimated compute; a tenant's active runs (429).
+parameters, epochs, the estimated peak memory and time; a tenant's active runs (429).
 """
 
 from __future__ import annotations
@@ -267,24 +267,117 @@ def test_epochs_and_pretrain_epochs(sqlite_url: str) -> None:
     _field_error(resp, 422, "training.pretrain.epochs", "the limit is 50")
 
 
-def test_estimated_compute(sqlite_url: str) -> None:
-    # XOR with 40 samples: 2*4+4 + 4+1 = 17 parameters; 1000 epochs = 680000.
-    client = _app(sqlite_url, RUN_MAX_COMPUTE=680_000).test_client()
-    dataset = create_xor_dataset(client, n_samples=40)["id"]
-    assert _run(client, dataset, epochs=1000).status_code == 202
-    message = _field_error(_run(client, dataset, epochs=1001), 422, "training.epochs",
-                           "1001 epochs x 40 samples x 17 parameters")
-    assert "limit of 6.8e+05" in message
-    resp = _run(client, dataset, epochs=900, pretrain={"epochs": 101})  # 900 + 101 x 1 layer
-    _field_error(resp, 422, "training.epochs", "1001 epochs")
+# ---- runs: the memory and time they would take --------------------------------------------
+
+def _upload_npz(client, inputs: np.ndarray, targets: np.ndarray) -> str:  # noqa: ANN001
+    resp = _upload(client, npz_bytes(inputs=inputs, targets=targets), "d.npz")
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()["id"]
 
 
-def test_compute_formula() -> None:
-    inputs, targets = nn.generate("xor", 40, 0, 1)
-    info = nn.describe(inputs, targets)
-    plan = nn.build(XOR_NETWORK, {**XOR_TRAINING, "epochs": 7, "pretrain": {"epochs": 3}}, info)
-    assert plan.n_params == 17 and plan.pretrain_epochs_total == 3
-    assert limits.compute(plan, 40) == (7 + 3) * 40 * 17
+WIDE_RELU = {"layers": [{"type": "dense", "units": 10_000, "activation": "relu"},
+                        {"type": "dense", "units": 1, "activation": "linear"}]}
+
+
+def test_a_full_batch_too_large_names_the_batch_size(any_client) -> None:  # noqa: ANN001
+    """Issue 17's: a million two-feature rows, 10,000 ReLU units, the whole data set as one
+    batch: some 75 GiB for one (N, 10000) array, and it used to be accepted."""
+    rng = np.random.default_rng(1)
+    dataset = _upload_npz(any_client, rng.normal(size=(1_000_000, 2)),
+                          rng.normal(size=1_000_000))
+    resp = _run(any_client, dataset, WIDE_RELU, batch_size=None, epochs=1,
+                validation_fraction=0)
+    message = _field_error(resp, 422, "training.batch_size", "GiB of memory at its peak")
+    assert "the limit is 2.0 GiB (RUN_MAX_MEMORY_BYTES)" in message
+    need = float(message.split("need about ")[1].split(" GiB")[0])
+    assert need > 4 * 75                    # z, a, and their gradients at least
+    fits = int(message.split("a batch_size of at most ")[1])
+    assert 1 < fits < 10_000
+    assert _run(any_client, dataset, WIDE_RELU, batch_size=fits, epochs=1,
+                validation_fraction=0).status_code == 202
+    _field_error(_run(any_client, dataset, WIDE_RELU, batch_size=fits + 1, epochs=1,
+                      validation_fraction=0), 422, "training.batch_size")
+
+
+def test_a_conv_run_that_would_take_hours_is_refused(any_client) -> None:  # noqa: ANN001
+    """Issue 17's: one image, a convolution over its 96,100 positions, 100,000 epochs (some 3
+    hours on the reference machine). The old estimate, epochs x samples x parameters, was
+    4.8e8, far under its limit of 1e12."""
+    image = np.random.default_rng(1).normal(size=(316, 316)).round(3).tolist()
+    resp = any_client.post("/v1/datasets", json={"name": "one image", "inputs": [image],
+                                                 "targets": [0.5]})
+    assert resp.status_code == 201, resp.get_json()
+    cnn = {"layers": [{"type": "conv2d", "filters": 64, "kernel_size": 7},
+                      {"type": "avgpool2d", "pool_size": 62}, {"type": "flatten"},
+                      {"type": "dense", "units": 1, "activation": "linear"}]}
+    body = {"dataset_id": resp.get_json()["id"], "network": cnn,
+            "training": {"epochs": 100_000, "batch_size": 1}}
+    resp = any_client.post("/v1/runs", json=body)
+    message = _field_error(resp, 422, "training.epochs", "hours")
+    macs = 100_000 * 3 * 2 * (64 * 7 * 7 * 310 * 310 + 64 * 5 * 5)   # the probe: same image
+    assert f"({macs:.3g} multiply-adds" in message
+    assert "the limit is 60.0 minutes (RUN_TIME_LIMIT_SECONDS)" in message
+    fits = int(message.split("at most ")[1].split(" epochs fit")[0])
+    assert 1 <= fits < 100_000
+    body["training"]["epochs"] = fits
+    created = any_client.post("/v1/runs", json=body)
+    assert created.status_code == 202, created.get_json()
+    assert created.get_json()["estimate"]["seconds"] <= 3600
+    body["training"]["epochs"] = fits + 1
+    _field_error(any_client.post("/v1/runs", json=body), 422, "training.epochs")
+
+
+def test_a_run_answers_with_its_estimate(any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client, n_samples=40)["id"]
+    resp = _run(any_client, dataset, epochs=10)
+    assert resp.status_code == 202
+    estimate = resp.get_json()["estimate"]
+    assert set(estimate) == {"memory_bytes", "multiply_adds", "seconds"}
+    # 20 training samples and a probe of them forward and backward, 20 validation forward
+    assert estimate["multiply_adds"] == 10 * (3 * 12 * (20 + 20) + 12 * 20)
+    assert 0 < estimate["seconds"] < 1 and 40 * 2 * 8 < estimate["memory_bytes"] < 2**22
+
+
+def test_the_layer_that_takes_the_memory_is_named(any_app: Flask) -> None:
+    any_app.config["RUN_MAX_MEMORY_BYTES"] = 64 * 2**20
+    client = any_app.test_client()
+    dataset = create_xor_dataset(client)["id"]
+    wide = {"layers": [{"type": "dense", "units": 8}, {"type": "dense", "units": 2000},
+                       {"type": "dense", "units": 2000}, {"type": "dense", "units": 1}]}
+    resp = _run(client, dataset, wide, optimizer={"type": "adam"})     # 4 million weights
+    _field_error(resp, 422, "network.layers[2].units", "this dense layer takes")
+    image = client.post("/v1/datasets", json={"name": "g", "generator": {
+        "kind": "glyphs", "n_samples": 20, "size": 32, "seed": 1}}).get_json()["id"]
+    cnn = {"layers": [{"type": "conv2d", "filters": 512, "kernel_size": 5, "padding": 2},
+                      {"type": "maxpool2d", "pool_size": 32}, {"type": "flatten"},
+                      {"type": "dense", "units": 10, "activation": "softmax"}]}
+    resp = _run(client, image, cnn, loss="cross_entropy", batch_size=1)   # 512 x 32 x 32
+    _field_error(resp, 422, "network.layers[0].filters", "this conv2d layer takes")
+
+
+def test_a_data_set_too_large_for_the_memory_is_named(any_app: Flask) -> None:
+    any_app.config["RUN_MAX_MEMORY_BYTES"] = 8 * 2**20
+    client = any_app.test_client()
+    dataset = create_xor_dataset(client, n_samples=100_000)["id"]
+    resp = _run(client, dataset, validation_fraction=0.1, batch_size=1, epochs=1)
+    _field_error(resp, 422, "dataset_id", "the data set and its copies take")
+
+
+def test_pretraining_that_takes_the_time_names_its_epochs(any_app: Flask) -> None:
+    any_app.config["RUN_TIME_LIMIT_SECONDS"] = 5
+    client = any_app.test_client()
+    dataset = create_xor_dataset(client, n_samples=2000)["id"]
+    resp = _run(client, dataset, epochs=1, pretrain={"epochs": 5000})
+    message = _field_error(resp, 422, "training.pretrain.epochs", "the limit is 5 s")
+    fits = int(message.split("at most ")[1].split(" epochs fit")[0])
+    assert _run(client, dataset, epochs=1, pretrain={"epochs": fits}).status_code == 202
+
+
+def test_the_estimate_counts_the_stored_data_set() -> None:
+    x, y = nn.generate("xor", 40, 0, 1)
+    plan = nn.build(XOR_NETWORK, XOR_TRAINING, nn.describe(x, y))
+    engine = nn.budget.estimate(plan).memory_bytes
+    assert limits.estimate(plan, 10**6).memory_bytes == engine + limits.STORED_COPIES * 10**6
 
 
 def test_limits_are_settings() -> None:
@@ -292,8 +385,8 @@ def test_limits_are_settings() -> None:
 
     for name in ("DATASET_MAX_ROWS", "DATASET_MAX_FEATURES", "DATASET_MAX_BYTES",
                  "RUN_MAX_LAYERS", "RUN_MAX_UNITS", "RUN_MAX_PARAMS", "RUN_MAX_EPOCHS",
-                 "RUN_MAX_COMPUTE", "TENANT_MAX_ACTIVE_RUNS", "MAX_CONTENT_LENGTH",
-                 "PREDICT_MAX_ROWS", "IDEMPOTENCY_TTL_SECONDS"):
+                 "RUN_MAX_MEMORY_BYTES", "RUN_TIME_LIMIT_SECONDS", "TENANT_MAX_ACTIVE_RUNS",
+                 "MAX_CONTENT_LENGTH", "PREDICT_MAX_ROWS", "IDEMPOTENCY_TTL_SECONDS"):
         assert isinstance(DEFAULTS[name], int) and DEFAULTS[name] > 0, name
 
 
@@ -330,9 +423,10 @@ def test_concurrent_creations_respect_the_limit(any_app: Flask, monkeypatch) -> 
     both_checked = threading.Barrier(2, timeout=10)
     check_plan = limits.check_plan
 
-    def meet(*args: Any, **kwargs: Any) -> None:  # both past validation, then both create
-        check_plan(*args, **kwargs)
+    def meet(*args: Any, **kwargs: Any) -> Any:  # both past validation, then both create
+        estimate = check_plan(*args, **kwargs)
         both_checked.wait()
+        return estimate
 
     monkeypatch.setattr(limits, "check_plan", meet)
     statuses: list[int] = []

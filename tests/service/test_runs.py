@@ -54,6 +54,8 @@ def test_create_run(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert run["training"]["optimizer"] == {"type": "sgd", "learning_rate": 0.5,
                                             "momentum": 0.0, "nesterov": False}
     assert run["training"]["early_stopping"] is None and run["training"]["dtype"] == "float64"
+    # the same run, but for the estimate made as it was submitted (not stored)
+    assert set(run.pop("estimate")) == {"memory_bytes", "multiply_adds", "seconds"}
     assert any_client.get(f"/v1/runs/{run['id']}").get_json() == run
     with db.session_scope(any_app) as session:
         row = session.get(Run, run["id"])
