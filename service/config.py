@@ -77,6 +77,9 @@ DEFAULTS: dict[str, object] = {
     # Largest estimated compute of a run: (training + pretraining epochs) x samples in the
     # data set x parameters, about the multiply-adds of its forward passes.
     "RUN_MAX_COMPUTE": 10**12,
+    # Statistics epochs one run keeps per phase at most: every epoch up to a threshold, then
+    # fewer and fewer (service/statstore.py); a run with no more epochs keeps them all.
+    "RUN_MAX_STATS_EPOCHS": 2000,
     # Runs one tenant may have queued, running or cancelling at once; past it POST /v1/runs
     # answers 429 too_many_runs with Retry-After.
     "TENANT_MAX_ACTIVE_RUNS": 20,

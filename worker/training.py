@@ -62,6 +62,7 @@ class Claimed:
     training: dict
     resume_phase: str  # where the stored checkpoint was taken; ("pretrain", 0) without one
     resume_epoch: int
+    thinned_after: int | None  # the run's statistics thinning (service/statstore.py)
 
 
 def train_run(run_id: str) -> str:
@@ -94,7 +95,7 @@ def _claim_and_train(run_id: str) -> str:
         ).one_or_none() or START
         lease.forget_after(session, run_id, resume_phase, resume_epoch)
         claimed = Claimed(run_id, run.dataset_id, run.network, run.training, resume_phase,
-                          resume_epoch)
+                          resume_epoch, run.stats_thinned_after)
         held = Lease(run_id, token, cfg["LEASE_SECONDS"], cfg["FLUSH_SECONDS"],
                      cfg["CHECKPOINT_SECONDS"],
                      deadline(run.started_at, cfg["RUN_TIME_LIMIT_SECONDS"]),
@@ -105,7 +106,8 @@ def _claim_and_train(run_id: str) -> str:
              "pretraining " if resume_phase == "pretrain" and resume_epoch else "", resume_epoch)
     train = resume_phase == "train"
     progress = Progress(held, epoch=resume_epoch if train else 0,
-                        pretrained=0 if train else resume_epoch)
+                        pretrained=0 if train else resume_epoch,
+                        thinned_after=claimed.thinned_after)
     try:
         try:
             result = _train(claimed, progress)

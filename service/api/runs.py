@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
 import nn
-from service import artifacts, dataio, idempotency, limits
+from service import artifacts, dataio, idempotency, limits, statstore
 from service.api.common import fetch, find, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
@@ -55,6 +55,7 @@ def create() -> Response:
         training=plan.training,
         init_from_run_id=source_id,
         epochs_total=plan.epochs_total,
+        stats_thinned_after=_thinned_after(plan),
     )
     try:
         session.add(run)
@@ -159,6 +160,15 @@ def _plan(session: Session, dataset_id: str, body: dict[str, Any]) -> nn.Plan:
     plan = _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
     limits.check_plan(plan, dataset.n_samples, current_app.config)
     return plan
+
+
+def _thinned_after(plan: nn.Plan) -> int | None:
+    """The run's statistics thinning, fixed now: each phase keeps at most
+    RUN_MAX_STATS_EPOCHS statistics epochs (service/statstore.py)."""
+    if not plan.training["stats"]:
+        return None
+    epochs = max(plan.epochs_total, plan.pretrain_epochs_total)
+    return statstore.thinned_after(epochs, int(current_app.config["RUN_MAX_STATS_EPOCHS"]))
 
 
 def _initial_weights(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 import nn
-from service import db
+from service import db, statstore
 from service.models import Artifact, Run
 from tests.service.helpers import (
     XOR_NETWORK,
@@ -69,6 +69,24 @@ def test_training_is_optional(client) -> None:  # noqa: ANN001
     resp = client.post("/v1/runs", json={"dataset_id": dataset["id"], "network": XOR_NETWORK})
     assert resp.status_code == 202
     assert resp.get_json()["training"]["epochs"] == nn.DEFAULTS["training"]["epochs"]
+
+
+def test_statistics_thinning_is_fixed_when_the_run_is_made(app: Flask, client) -> None:  # noqa: ANN001
+    """Each phase keeps at most RUN_MAX_STATS_EPOCHS statistics epochs: a run with no more
+    epochs keeps them all (null); the longer phase, pretraining or training, sets T."""
+    dataset = create_xor_dataset(client)
+
+    def thinned(**training: object) -> int | None:
+        return create_run(client, dataset["id"],
+                          training={**XOR_TRAINING, **training})["stats_thinned_after"]
+
+    assert thinned(epochs=2000) is None
+    assert thinned(epochs=5000) == statstore.thinned_after(5000, 2000) == 916
+    assert thinned(epochs=5000, stats=False) is None
+    assert thinned(epochs=10, pretrain={"epochs": 1500}) == statstore.thinned_after(1500, 2000)
+    app.config["RUN_MAX_STATS_EPOCHS"] = 100
+    assert thinned(epochs=1000) == statstore.thinned_after(1000, 100) == 28
+    assert thinned(epochs=10, pretrain={"epochs": 200}) == statstore.thinned_after(200, 100)
 
 
 def test_publish_after_commit(app: Flask, client, published: list[str]) -> None:  # noqa: ANN001
@@ -376,7 +394,7 @@ def test_delete_cascades(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert any_client.delete(f"/v1/runs/{run['id']}").status_code == 204
     assert any_client.get(f"/v1/runs/{run['id']}").status_code == 404
     with db.engine(any_app).connect() as conn:
-        for table in ("epochs", "layer_stats", "artifacts"):
+        for table in ("epochs", "epoch_stats", "artifacts"):
             assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar() == 0, table
 
 
