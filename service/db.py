@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, current_app, g
+import sqlalchemy as sa
 from sqlalchemy import Executable, Row, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
@@ -140,6 +141,18 @@ def session_scope(app: Flask | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def table_bytes(conn: sa.Connection) -> dict[str, int]:
+    """Bytes each table takes on disk, with its indexes: SQLite's pages of its b-trees
+    (dbstat), PostgreSQL's pg_total_relation_size (heap, indexes, TOAST, free-space maps)."""
+    if conn.dialect.name == "sqlite":
+        return dict(conn.execute(sa.text(
+            "SELECT m.tbl_name, sum(d.pgsize) FROM dbstat d JOIN sqlite_master m "
+            "ON m.name = d.name GROUP BY m.tbl_name")).all())
+    return dict(conn.execute(sa.text(
+        "SELECT relname, pg_total_relation_size(oid) FROM pg_class WHERE relkind = 'r' "
+        "AND relnamespace = current_schema()::regnamespace")).all())
 
 
 def alembic_config(url: str):  # noqa: ANN201 - alembic.config.Config

@@ -237,6 +237,53 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(*weights) for k in a)
 
 
+# ---- what a long run stores -------------------------------------------------------------------
+
+# The issue's demo (#19): XOR, four hidden layers of four sigmoid units, 80 samples an epoch.
+DEMO_NET = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"}] * 4
+            + [{"type": "dense", "units": 1, "activation": "sigmoid"}]}
+DEMO_EPOCHS = 100_000
+# What a database may hold after the demo. On PostgreSQL the epoch rows, every one kept,
+# take 20 MB by themselves (about 200 bytes each, 75 of them the 36-character run id, in the
+# row and in its key's index), and the total is about 22 MB (bench/STORAGE.md).
+DEMO_BYTES = {"sqlite": 20_000_000, "postgresql": 23_000_000}
+
+
+def test_the_demo_of_100000_epochs_stores_at_most_20_mb(app: Flask, db_url: str) -> None:
+    """The demo with its statistics thinned as a run of 100,000 epochs thins them: the
+    worker trains 1,200 epochs, then the other 98,800 epochs' rows are written as its
+    flushes would write them (500 epochs a flush, the last epoch's figures again: every
+    epoch's rows have the same size); the rows are those the rule keeps, and the database
+    grows by at most the bound, data set, run and weights included. (bench/storage.py
+    trains all 100,000: bench/STORAGE.md.)"""
+    backend = "sqlite" if db_url.startswith("sqlite") else "postgresql"
+    app.config.update(FLUSH_SECONDS=1.0, CHECKPOINT_SECONDS=10.0)  # as deployed
+    with db.engine().connect() as conn:
+        empty = db.table_bytes(conn)
+    thinned_after, trained = statstore.thinned_after(DEMO_EPOCHS, 2000), 1200
+    run_id = add_run(add_dataset("xor", 100), DEMO_NET,
+                     {"epochs": trained, "validation_fraction": 0.2},
+                     stats_thinned_after=thinned_after)
+    assert train_run(run_id) == "succeeded"
+    assert (thinned_after, _count(EpochStats, run_id)) == (402, 402 + 201 + 99)
+    with db.session_scope() as session:
+        last = session.get(Epoch, (run_id, "train", trained))
+        stats = statstore.rows(session.get(EpochStats, (run_id, "train", trained)))
+    for start in range(trained + 1, DEMO_EPOCHS + 1, 500):
+        reports = [nn.EpochReport(e, "train", last.train_loss, last.val_loss,
+                                  last.train_accuracy, last.val_accuracy, last.duration_s,
+                                  last.learning_rate, stats)
+                   for e in range(start, min(start + 500, DEMO_EPOCHS + 1))]
+        with db.session_scope() as session:
+            write_epochs(session, run_id, reports, thinned_after=thinned_after)
+    assert _count(Epoch, run_id) == DEMO_EPOCHS
+    assert _count(EpochStats, run_id) == statstore.kept_count(DEMO_EPOCHS, thinned_after) == 1999
+    with db.engine().connect() as conn:
+        grown = {t: n - empty.get(t, 0) for t, n in db.table_bytes(conn).items()}
+    assert grown["epoch_stats"] <= 1999 * 5 * 150  # at most 150 bytes a layer and epoch
+    assert sum(grown.values()) <= DEMO_BYTES[backend], grown
+
+
 # ---- the deep structures: per-array statistics, pretraining ---------------------------------
 
 LSTM_NET = {"layers": [{"type": "lstm", "units": 4},
