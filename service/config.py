@@ -83,6 +83,10 @@ DEFAULTS: dict[str, object] = {
     # Runs one tenant may have queued, running or cancelling at once; past it POST /v1/runs
     # answers 429 too_many_runs with Retry-After.
     "TENANT_MAX_ACTIVE_RUNS": 20,
+    # Bytes one tenant may store: data sets, weights (initial, checkpoints, final, best) and
+    # runs' rows, as GET /v1/usage counts them (service/usage.py). Past it, creating a data
+    # set or a run answers 403 quota_exceeded; a run training meanwhile finishes. 0: no quota.
+    "TENANT_MAX_STORED_BYTES": 10 * 1024**3,
     # ---- tenancy ------------------------------------------------------------------------
     # The administrator's key (Authorization: Bearer <it>) for /v1/admin/*: tenants and their
     # API keys. None disables the admin endpoints (keys can still be made with

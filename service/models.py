@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -187,6 +188,9 @@ class Run(Base):
     # Statistics are kept for every epoch up to this one, then thinned (service/statstore.py);
     # None: for every epoch.
     stats_thinned_after: Mapped[Optional[int]] = mapped_column(Integer)
+    # What its epoch and statistics rows count toward the tenant's stored bytes, kept by the
+    # worker that writes them (service/usage.py).
+    rows_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (
         # A tenant's list, newest first (and every lookup by tenant).

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import command
 
 import nn
-from service import db
+from service import db, usage
 from service.models import STAT_FIELDS, Base
 from service.serialize import finite
 from tests.service.conftest import make_app
@@ -242,6 +242,9 @@ def test_statistics_are_packed_and_answered_as_before(url: str) -> None:
                     "created_at, epochs_total, epochs_completed, cancel_requested, attempts) "
                     "VALUES (:id, 't1', 'd1', 'succeeded', '{}', '{}', :now, 4, 4, false, 1)"),
                     {"id": run, "now": now})
+                conn.execute(sa.text("INSERT INTO epochs (run_id, phase, epoch, duration_s) "
+                                     "VALUES (:run, :phase, :epoch, 0.1)"),
+                             [{"run": run, "phase": r.phase, "epoch": r.epoch} for r in reports])
                 conn.execute(sa.insert(old), [  # as 0004's worker wrote them
                     {"run_id": run, "phase": r.phase, "epoch": r.epoch, "layer": s["layer"],
                      "name": s["name"], **{f: s.get(f) for f in STAT_FIELDS},
@@ -266,6 +269,12 @@ def test_statistics_are_packed_and_answered_as_before(url: str) -> None:
                                "0:lstm_0:Wx,Wh,b:8;1:dense_1:W*,b"}
             thinned = conn.execute(sa.text("SELECT stats_thinned_after FROM runs")).scalars()
             assert list(thinned) == [None, None]  # every epoch stays
+            counted = dict(conn.execute(sa.text("SELECT id, rows_bytes FROM runs")).all())
+            stats = conn.execute(sa.text("SELECT run_id, layout, figures FROM epoch_stats"))
+            for run_id, layout, figures in stats:  # what they count toward the quota
+                counted[run_id] -= usage.STATS_ROW_BYTES + len(layout) + len(figures)
+            assert counted == {run: len(reports) * usage.EPOCH_ROW_BYTES
+                               for run, reports in runs.items()}
         command.downgrade(cfg, "0004")
         with engine.connect() as conn:
             back = conn.execute(sa.select(old).order_by(old.c.run_id, old.c.phase, old.c.epoch,

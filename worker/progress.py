@@ -2,7 +2,8 @@
 
 Epochs can take microseconds, so rows are buffered and written by a flush at most every
 FLUSH_SECONDS: one short transaction that renews the lease (fenced by its token), inserts the
-buffered epoch and statistics rows, stores a due checkpoint and reads the cancel flag back.
+buffered epoch and statistics rows, records what the run's rows count toward its tenant's
+stored bytes (service/usage.py), stores a due checkpoint and reads the cancel flag back.
 `should_stop` answers from what the last flush saw and flushes when one is due, so a long
 epoch still renews the lease (the engine asks about every 0.25 s within an epoch).
 
@@ -69,7 +70,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import nn
-from service import statstore
+from service import statstore, usage
 from service.db import connection_lost, session_scope
 from service.models import Artifact, Epoch, EpochStats, utcnow
 from service.serialize import finite
@@ -148,6 +149,7 @@ class Progress:
     epoch: int  # the last completed training epoch (the resume point at the start)
     pretrained: int = 0  # the last completed pretraining epoch (likewise)
     thinned_after: int | None = None  # the run's statistics thinning (service/statstore.py)
+    epoch_rows: int = 0  # the run's epoch rows in the database, as of the last flush
     buffer: list[nn.EpochReport] = field(default_factory=list)
     # Calibration: the checkpoint interval in epochs (None while measuring).
     every: int | None = None
@@ -256,6 +258,7 @@ class Progress:
         self.lease.fence(session, self.epoch)
         write_epochs(session, self.lease.run_id, self.buffer, replace=self._retry,
                      thinned_after=self.thinned_after)
+        usage.record_rows(session, self.lease.run_id, self.epoch_rows + len(self.buffer))
         if self.state is not None and self.stored < self._state_at <= self.position:
             phase, epoch = self._state_at
             put_artifact(session, self.lease.run_id, "checkpoint", epoch, self.state,
@@ -264,6 +267,7 @@ class Progress:
         return None
 
     def written(self, checkpoint: Position | None) -> None:
+        self.epoch_rows += len(self.buffer)
         self.buffer = []
         self._retry = False
         self._last_flush = monotonic()

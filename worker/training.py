@@ -28,7 +28,7 @@ from sqlalchemy.orm import undefer
 import nn
 from service import dataio, logs
 from service.db import connection_lost, session_scope
-from service.models import Artifact, Dataset, Run, utcnow
+from service.models import Artifact, Dataset, Epoch, Run, utcnow
 from service.queue import publish_run
 from service.serialize import finite
 from worker import lease
@@ -63,6 +63,7 @@ class Claimed:
     resume_phase: str  # where the stored checkpoint was taken; ("pretrain", 0) without one
     resume_epoch: int
     thinned_after: int | None  # the run's statistics thinning (service/statstore.py)
+    epoch_rows: int  # its epoch rows, once those past the checkpoint are deleted
 
 
 def train_run(run_id: str) -> str:
@@ -94,8 +95,10 @@ def _claim_and_train(run_id: str) -> str:
             .where(Artifact.run_id == run_id, Artifact.kind == "checkpoint")
         ).one_or_none() or START
         lease.forget_after(session, run_id, resume_phase, resume_epoch)
+        epoch_rows = session.scalar(sa.select(sa.func.count()).select_from(Epoch)
+                                    .where(Epoch.run_id == run_id))
         claimed = Claimed(run_id, run.dataset_id, run.network, run.training, resume_phase,
-                          resume_epoch, run.stats_thinned_after)
+                          resume_epoch, run.stats_thinned_after, epoch_rows)
         held = Lease(run_id, token, cfg["LEASE_SECONDS"], cfg["FLUSH_SECONDS"],
                      cfg["CHECKPOINT_SECONDS"],
                      deadline(run.started_at, cfg["RUN_TIME_LIMIT_SECONDS"]),
@@ -107,7 +110,7 @@ def _claim_and_train(run_id: str) -> str:
     train = resume_phase == "train"
     progress = Progress(held, epoch=resume_epoch if train else 0,
                         pretrained=0 if train else resume_epoch,
-                        thinned_after=claimed.thinned_after)
+                        thinned_after=claimed.thinned_after, epoch_rows=claimed.epoch_rows)
     try:
         try:
             result = _train(claimed, progress)

@@ -11,6 +11,8 @@ Create Date: 2026-11-29 10:00:00.000000
   float64 of the float32 stored).
 - runs.stats_thinned_after: the epoch past which the run's statistics are thinned; null for
   every run made before (their statistics are converted, none deleted).
+- runs.rows_bytes: what the run's epoch and statistics rows count toward its tenant's
+  stored bytes (service/usage.py), counted here for the runs there are.
 
 Why (issue #19): a layer's statistics took about 820 bytes an epoch (639 of them the JSON),
 so a run of 100,000 epochs stored 450 MB; packed they take about 100 (bench/STORAGE.md).
@@ -26,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from service import statstore
+from service import statstore, usage
 from service.models import STAT_FIELDS
 
 revision: str = '0005'
@@ -56,12 +58,18 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('stats_thinned_after', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('rows_bytes', sa.BigInteger(), server_default='0', nullable=False))
 
     conn = op.get_bind()
     packed = ({**dict(zip(KEY, key)), **dict(zip(('layout', 'figures'), statstore.pack(
         [_engine_row(r) for r in rows])))} for key, rows in _epochs(conn, layer_stats, ('layer',)))
     _insert(conn, epoch_stats, packed)
     op.drop_table('layer_stats')
+    runs, epochs = sa.table('runs', sa.column('id'), sa.column('rows_bytes')), sa.table(
+        'epochs', sa.column('run_id'))
+    epoch_rows = sa.select(sa.func.count()).where(epochs.c.run_id == runs.c.id).scalar_subquery()
+    conn.execute(sa.update(runs).values(
+        rows_bytes=usage.EPOCH_ROW_BYTES * epoch_rows + usage.stats_bytes(runs.c.id)))
 
 
 def downgrade() -> None:
@@ -82,6 +90,7 @@ def downgrade() -> None:
                                 _epochs(conn, epoch_stats, ()) for row in statstore.rows(stored)))
     op.drop_table('epoch_stats')
     with op.batch_alter_table('runs', schema=None) as batch_op:
+        batch_op.drop_column('rows_bytes')
         batch_op.drop_column('stats_thinned_after')
 
 

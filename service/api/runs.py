@@ -64,6 +64,8 @@ def create() -> Response:
         if weights is not None:
             data = nn.Model(plan.network, weights, nn.model_meta(plan)).to_npz()
             session.add(Artifact(run_id=run.id, kind="initial", epoch=0, data=data))
+            session.flush()
+        limits.check_stored_bytes(session, run.tenant_id, current_app.config)
         response = json_response(run_json(run), 202, f"/v1/runs/{run.id}")
         replay = idempotency.commit(session, response)
     except IntegrityError:  # the data set was deleted since _plan read it

@@ -165,8 +165,12 @@ def _param(template: str) -> str:
 
 @pytest.mark.parametrize(("method", "template"), [op for op in TENANT if "{" not in op[1]])
 def test_collections_show_only_ones_own(any_client, other: dict, method: str, template: str) -> None:  # noqa: ANN001
-    """Lists never show B's rows; bodies that name B's rows are refused as naming nothing."""
-    if method == "GET":
+    """Lists never show B's rows, usage never counts them; bodies that name B's rows are
+    refused as naming nothing."""
+    if template == "/v1/usage":
+        assert any_client.get(template).get_json()["counts"] == {"datasets": 0, "runs": 0}
+        assert other["client"].get(template).get_json()["counts"] == {"datasets": 1, "runs": 1}
+    elif method == "GET":
         resp = any_client.get(template)
         assert resp.status_code == 200
         assert other["dataset_id"] not in resp.get_data(as_text=True)

@@ -122,6 +122,7 @@ def test_a_flush_that_fails_on_its_connection_is_written_by_the_next(
     assert _stats(run_id) == _stats(reference) == _thinned(60, 8)
     assert _stats(run_id)[-6:] == [28, 32, 40, 48, 56, 60]
     assert _losses(run_id) == _losses(reference)
+    assert run.rows_bytes == get_run(reference).rows_bytes  # counted once
 
 
 @pytest.mark.parametrize("broken", [1, 3], ids=["final", "final-and-the-checks"])

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 import nn
-from service import dataio, db, statstore
+from service import dataio, db, statstore, usage
 from service.db import connection_lost
 from service.models import (
     PARAM_STAT_FIELDS,
@@ -84,6 +84,27 @@ def test_xor_trains_and_everything_is_stored(make_run: Callable[..., str]) -> No
     assert set(stored) == {"final"}  # the checkpoint is dropped once the run succeeded
     model = nn.Model.from_npz(stored["final"])
     assert len(model.predict([[1.0, 1.0]])["labels"]) == 1
+    assert run.rows_bytes == _rows_bytes(run_id) > 30 * usage.EPOCH_ROW_BYTES
+
+
+def _rows_bytes(run_id: str) -> int:
+    """What the run's rows count toward its tenant's stored bytes, counted afresh."""
+    with db.session_scope() as session:
+        stats = session.execute(sa.select(EpochStats.layout, EpochStats.figures)
+                                .where(EpochStats.run_id == run_id)).all()
+    return _count(Epoch, run_id) * usage.EPOCH_ROW_BYTES + sum(
+        usage.STATS_ROW_BYTES + len(layout) + len(figures) for layout, figures in stats)
+
+
+def test_a_run_past_its_tenants_quota_trains_on(
+    app: Flask, make_run: Callable[..., str],
+) -> None:
+    """The quota refuses new data sets and runs; a run in training finishes, and its rows
+    are counted."""
+    app.config["TENANT_MAX_STORED_BYTES"] = 1
+    run_id = make_run(training={"epochs": 30})
+    assert train_run(run_id) == "succeeded"
+    assert get_run(run_id).rows_bytes == _rows_bytes(run_id) > 1
 
 
 def test_many_tiny_epochs_are_written_in_few_transactions(
@@ -228,6 +249,7 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(
     run, ref = get_run(run_id), get_run(reference)
     assert run.attempts == 2 and run.metrics == ref.metrics
     assert _losses(run_id) == _losses(reference)  # every epoch once, the same numbers
+    assert run.rows_bytes == ref.rows_bytes == _rows_bytes(run_id)  # what they count, too
     reports, _ = _engine_reports(reference)  # statistics: the same epochs, the same numbers
     assert _stored_stats(run_id) == _stored_stats(reference) == _expected_stats(
         _thinned(reports, 20))
