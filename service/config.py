@@ -87,6 +87,10 @@ DEFAULTS: dict[str, object] = {
     # runs' rows, as GET /v1/usage counts them (service/usage.py). Past it, creating a data
     # set or a run answers 403 quota_exceeded; a run training meanwhile finishes. 0: no quota.
     "TENANT_MAX_STORED_BYTES": 10 * 1024**3,
+    # Finished runs older than this (seconds since finished_at) are deleted, with their rows
+    # and weights, by the reconciler, unless pinned (PATCH /v1/runs/{id}) or named by a
+    # model alias. 0: kept until deleted by hand.
+    "RUN_RETENTION_SECONDS": 0,
     # ---- tenancy ------------------------------------------------------------------------
     # The administrator's key (Authorization: Bearer <it>) for /v1/admin/*: tenants and their
     # API keys. None disables the admin endpoints (keys can still be made with

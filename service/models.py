@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
@@ -185,6 +186,8 @@ class Run(Base):
     worker: Mapped[Optional[str]] = mapped_column(String(200))
     # When the task message was last published (the reconciler republishes stale ones).
     published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    # Kept whatever its age (worker/retention.py).
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Statistics are kept for every epoch up to this one, then thinned (service/statstore.py);
     # None: for every epoch.
     stats_thinned_after: Mapped[Optional[int]] = mapped_column(Integer)
@@ -197,6 +200,8 @@ class Run(Base):
         Index("ix_runs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         # A tenant's active runs (the TENANT_MAX_ACTIVE_RUNS check).
         Index("ix_runs_tenant_id_status", "tenant_id", "status"),
+        # The oldest finished runs first (retention: worker/retention.py).
+        Index("ix_runs_finished_at", "finished_at"),
     )
 
     def __repr__(self) -> str:

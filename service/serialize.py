@@ -79,6 +79,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "attempts": run.attempts,
         "heartbeat_at": timestamp(run.heartbeat_at),
         "stats_thinned_after": run.stats_thinned_after,
+        "pinned": bool(run.pinned),
         "links": {
             "self": base,
             "dataset": f"/v1/datasets/{run.dataset_id}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,30 @@ def test_existing_rows_go_to_the_default_tenant(url: str) -> None:
         command.downgrade(cfg, "0001")
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT id FROM runs")).scalars().all() == ["r1"]
+    finally:
+        engine.dispose()
+
+
+def test_an_sqlite_database_made_before_auto_vacuum_takes_it(tmp_path: Path) -> None:
+    """New databases are made with auto_vacuum=INCREMENTAL (service/db.py); one made before
+    takes it at its next migration (VACUUM rewrites it once), and can give space back."""
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("CREATE TABLE leftover (x)")
+    raw.execute("INSERT INTO leftover VALUES (zeroblob(1000000))")
+    raw.commit()
+    assert raw.execute("PRAGMA auto_vacuum").fetchone() == (0,)
+    raw.close()
+    db.upgrade(f"sqlite:///{path}")
+    engine = db.make_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            assert conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() == db.INCREMENTAL
+            conn.exec_driver_sql("DROP TABLE leftover")
+        assert db.free_pages(engine) >= 1_000_000 // 4096
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
     finally:
         engine.dispose()
 

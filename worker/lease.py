@@ -137,8 +137,9 @@ def settle_abandoned(session: Session, *, now: datetime, max_attempts: int,
                      run_id: str | None = None) -> int:
     """End abandoned runs that must not be trained again; how many.
 
-    A cancelling run whose worker died ends cancelled (its last checkpoint is kept); a run
-    that has already been claimed `max_attempts` times fails with "worker_lost". `run_id`
+    A cancelling run whose worker died ends cancelled; a run that has already been claimed
+    `max_attempts` times fails with "worker_lost" (the reconciler then drops their
+    checkpoints: worker/retention.py). `run_id`
     limits it to one run (a message for it arrived); None means every run (the reconciler).
     """
     expired = Run.lease_expires_at < at(now)

@@ -215,7 +215,8 @@ def _finish(progress: Progress, result: nn.TrainResult | None, *, status: str,
     """The last fenced transaction: remaining rows, weights, outcome; the lease released.
 
     A cancel requested meanwhile wins (cancelling -> cancelled); the weights are kept either
-    way. The checkpoint is dropped once the run succeeded, kept when it may be continued.
+    way. The checkpoint is dropped: a finished run is never trained again (a new run may
+    start from its final weights, init_from_run).
     A connection error is tried again every FLUSH_SECONDS while the lease may still be ours;
     each try first asks whether the failed COMMIT went through after all (its answer lost),
     and that question, when it fails on its connection too, is asked again the same way.
@@ -263,10 +264,9 @@ def _final_writes(session: sa.orm.Session, run_id: str, token: str,
             put_artifact(session, run_id, "best", result.best_epoch or 0,
                          result.best_model.to_npz())
         values.update(metrics=finite(result.metrics), epochs_completed=result.epochs_completed)
-    if values["status"] == "succeeded":
-        session.execute(sa.delete(Artifact).where(
-            Artifact.run_id == run_id, Artifact.kind == "checkpoint"),
-            execution_options=lease.NO_SYNC)
+    session.execute(sa.delete(Artifact).where(
+        Artifact.run_id == run_id, Artifact.kind == "checkpoint"),
+        execution_options=lease.NO_SYNC)
     lease.release(session, run_id, token, now=utcnow(), **values)
 
 

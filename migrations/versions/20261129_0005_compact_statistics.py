@@ -1,4 +1,4 @@
-"""statistics packed one row per epoch, and thinned
+"""statistics packed one row per epoch, and thinned; rows counted; runs pinned
 
 Revision ID: 0005
 Revises: 0004
@@ -13,6 +13,8 @@ Create Date: 2026-11-29 10:00:00.000000
   every run made before (their statistics are converted, none deleted).
 - runs.rows_bytes: what the run's epoch and statistics rows count toward its tenant's
   stored bytes (service/usage.py), counted here for the runs there are.
+- runs.pinned: a pinned run is kept whatever its age (retention: worker/retention.py), which
+  takes the oldest finished runs first (ix_runs_finished_at).
 
 Why (issue #19): a layer's statistics took about 820 bytes an epoch (639 of them the JSON),
 so a run of 100,000 epochs stored 450 MB; packed they take about 100 (bench/STORAGE.md).
@@ -59,6 +61,8 @@ def upgrade() -> None:
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('stats_thinned_after', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('rows_bytes', sa.BigInteger(), server_default='0', nullable=False))
+        batch_op.add_column(sa.Column('pinned', sa.Boolean(), server_default=sa.false(), nullable=False))
+        batch_op.create_index('ix_runs_finished_at', ['finished_at'], unique=False)
 
     conn = op.get_bind()
     packed = ({**dict(zip(KEY, key)), **dict(zip(('layout', 'figures'), statstore.pack(
@@ -90,6 +94,8 @@ def downgrade() -> None:
                                 _epochs(conn, epoch_stats, ()) for row in statstore.rows(stored)))
     op.drop_table('epoch_stats')
     with op.batch_alter_table('runs', schema=None) as batch_op:
+        batch_op.drop_index('ix_runs_finished_at')
+        batch_op.drop_column('pinned')
         batch_op.drop_column('rows_bytes')
         batch_op.drop_column('stats_thinned_after')
 

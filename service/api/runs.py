@@ -1,4 +1,4 @@
-"""/v1/runs: create (validate, store, enqueue), list, describe, cancel, delete.
+"""/v1/runs: create (validate, store, enqueue), list, describe, update, cancel, delete.
 
 Status changes made here are compare-and-set UPDATEs (`... WHERE id = :id AND status =
 :old`), so they can never overwrite a worker's concurrent claim or finish.
@@ -96,6 +96,23 @@ def list_() -> Response:
 @bp.get("/<uuid:run_id>")
 def get(run_id: uuid.UUID) -> Response:
     return json_response(run_json(fetch(get_session(), Run, run_id, "run")))
+
+
+@bp.patch("/<uuid:run_id>")
+def update(run_id: uuid.UUID) -> Response:
+    """Sets the fields the body names (RunUpdate: each is the run's column of that name),
+    whatever the run's status."""
+    body = json_object()
+    validate("RunUpdate", body)
+    session = get_session()
+    done = session.execute(
+        sa.update(Run).where(owned(Run), Run.id == str(run_id)).values(**body),
+        execution_options={"synchronize_session": False},
+    )
+    if done.rowcount == 0:
+        raise not_found("run", str(run_id))
+    session.commit()
+    return json_response(run_json(fetch(session, Run, run_id, "run")))
 
 
 @bp.delete("/<uuid:run_id>")

@@ -377,6 +377,34 @@ def test_cancel_never_overwrites_a_concurrent_claim(app: Flask, client, monkeypa
     assert body["status"] == "cancelling"  # not "cancelled": the claim was not overwritten
 
 
+def test_pin_and_unpin(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    assert run["pinned"] is False
+    url = f"/v1/runs/{run['id']}"
+    for pinned in (True, True, False):
+        resp = any_client.patch(url, json={"pinned": pinned})
+        assert resp.status_code == 200 and resp.get_json()["pinned"] is pinned
+        assert {k: v for k, v in resp.get_json().items() if k != "pinned"} == {
+            k: v for k, v in run.items() if k != "pinned"}  # nothing else changes
+    finish_run(any_app, run["id"])
+    assert any_client.patch(url, json={"pinned": True}).get_json()["status"] == "succeeded"
+    assert any_client.get(url).get_json()["pinned"] is True
+    missing = any_client.patch(f"/v1/runs/{uuid.uuid4()}", json={"pinned": True})
+    assert missing.status_code == 404 and missing.get_json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize(("body", "path"), [
+    ({}, ""), ({"pinned": "yes"}, "pinned"), ({"pinned": None}, "pinned"),
+    ({"status": "succeeded"}, "status"), ({"pinned": True, "epochs_total": 3}, "epochs_total"),
+])
+def test_patch_refuses_what_it_cannot_set(client, body: dict, path: str) -> None:  # noqa: ANN001
+    run = create_run(client, create_xor_dataset(client)["id"])
+    resp = client.patch(f"/v1/runs/{run['id']}", json=body)
+    assert resp.status_code == 422 and problem_paths(resp) == [path], resp.get_json()
+    assert client.get(f"/v1/runs/{run['id']}").get_json() == run
+
+
 @pytest.mark.parametrize("status", ["queued", "running", "cancelling"])
 def test_delete_active_is_409(app: Flask, client, status: str) -> None:  # noqa: ANN001
     dataset = create_xor_dataset(client)

@@ -52,6 +52,7 @@ PUBLIC, ADMIN, TENANT = _operations("public"), _operations("admin"), _operations
 # A valid body for the operations that need one (so that only the id can be wrong).
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/runs/{run_id}/predict"): {"inputs": [[1.0, 1.0]]},
+    ("PATCH", "/v1/runs/{run_id}"): {"pinned": True},
     ("POST", "/v1/admin/tenants"): {"name": "someone"},
 }
 
@@ -144,7 +145,7 @@ def _unchanged(other: dict[str, Any]) -> None:
     b = other["client"]
     assert b.get(f"/v1/datasets/{other['dataset_id']}").status_code == 200
     run = b.get(f"/v1/runs/{other['run_id']}").get_json()
-    assert run["status"] == "succeeded" and not run["cancel_requested"]
+    assert run["status"] == "succeeded" and not run["cancel_requested"] and not run["pinned"]
 
 
 @pytest.mark.parametrize(("method", "template"), [op for op in TENANT if "{" in op[1]])
