@@ -12,8 +12,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Flask, current_app, g
 import sqlalchemy as sa
+from flask import Flask, current_app, g
 from sqlalchemy import Executable, Row, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError

@@ -115,10 +115,6 @@ def check_active_runs(session: Session, tenant_id: str, config: Mapping[str, Any
         )
 
 
-def _error(path: str, message: str) -> dict[str, str]:
-    return {"path": path, "message": message}
-
-
 def check_stored_bytes(session: Session, tenant_id: str, config: Mapping[str, Any]) -> None:
     """A 403 quota_exceeded when the tenant's stored bytes (service/usage.py), counting what
     is being created (flushed; see lock_tenant), are over TENANT_MAX_STORED_BYTES (0: no
@@ -136,3 +132,8 @@ def check_stored_bytes(session: Session, tenant_id: str, config: Mapping[str, An
             f"{limit}: delete runs or data sets first (GET /v1/usage)",
             quota="stored_bytes", limit=limit, used=used,
         )
+
+
+def _error(path: str, message: str) -> dict[str, str]:
+    return {"path": path, "message": message}
+

@@ -135,6 +135,17 @@ def test_no_default_tenant_without_existing_rows(sqlite_url: str) -> None:
         engine.dispose()
 
 
+def _tenant_and_dataset(conn: sa.Connection, tenant: str, now: str) -> None:
+    """Tenant 't1', named `tenant`, and its data set 'd1' (any revision from 0002 on)."""
+    conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', :name, :now)"),
+                 {"name": tenant, "now": now})
+    conn.execute(sa.text(
+        "INSERT INTO datasets (id, tenant_id, name, created_at, n_samples, input_shape, task, "
+        "target_dim, sha256, source, size_bytes, data) VALUES ('d1', 't1', 'old', :now, 4, "
+        "'[2]', 'classification', 1, :sha, '{}', 3, :data)"),
+        {"now": now, "sha": "0" * 64, "data": b"npz"})
+
+
 def test_checkpoints_get_a_phase_and_pretraining_ones_go_on_downgrade(url: str) -> None:
     """0003: every checkpoint stored before it was taken while training ("train"); going
     back to 0002 deletes pretraining checkpoints (older workers would take their epoch for
@@ -149,13 +160,7 @@ def test_checkpoints_get_a_phase_and_pretraining_ones_go_on_downgrade(url: str) 
         "'running', '{}', '{}', :now, 9, 0, false, 1)")
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) "
-                                 "VALUES ('t1', 'old', :now)"), {"now": now})
-            conn.execute(sa.text(
-                "INSERT INTO datasets (id, tenant_id, name, created_at, n_samples, input_shape, "
-                "task, target_dim, sha256, source, size_bytes, data) VALUES ('d1', 't1', 'old', "
-                ":now, 4, '[2]', 'classification', 1, :sha, '{}', 3, :data)"),
-                {"now": now, "sha": "0" * 64, "data": b"npz"})
+            _tenant_and_dataset(conn, "old", now)
             for run in ("r1", "r2"):
                 conn.execute(sa.text(insert_run), {"id": run, "now": now})
             conn.execute(sa.text("INSERT INTO artifacts (run_id, kind, epoch, created_at, data) "
@@ -254,13 +259,7 @@ def test_statistics_are_packed_and_answered_as_before(url: str) -> None:
                    sa.column("grad_norm_by_time", sa.JSON), sa.column("params", sa.JSON))
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) "
-                                 "VALUES ('t1', 'test', :now)"), {"now": now})
-            conn.execute(sa.text(
-                "INSERT INTO datasets (id, tenant_id, name, created_at, n_samples, input_shape, "
-                "task, target_dim, sha256, source, size_bytes, data) VALUES ('d1', 't1', 'old', "
-                ":now, 4, '[2]', 'classification', 1, :sha, '{}', 3, :data)"),
-                {"now": now, "sha": "0" * 64, "data": b"npz"})
+            _tenant_and_dataset(conn, "test", now)
             for run, reports in runs.items():
                 conn.execute(sa.text(
                     "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, "

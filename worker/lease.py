@@ -139,8 +139,8 @@ def settle_abandoned(session: Session, *, now: datetime, max_attempts: int,
 
     A cancelling run whose worker died ends cancelled; a run that has already been claimed
     `max_attempts` times fails with "worker_lost" (the reconciler then drops their
-    checkpoints: worker/retention.py). `run_id`
-    limits it to one run (a message for it arrived); None means every run (the reconciler).
+    checkpoints: worker/retention.py). `run_id` limits it to one run (a message for it
+    arrived); None means every run (the reconciler).
     """
     expired = Run.lease_expires_at < at(now)
     one = [Run.id == run_id] if run_id is not None else []
