@@ -54,6 +54,7 @@ import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 import nn  # noqa: E402
+from service import statstore  # noqa: E402
 from common import RESULTS, ROOT, command, machine, median, percentile, table, verdict, \
     warn_overrides, write_section  # noqa: E402
 
@@ -300,8 +301,9 @@ def main(argv: list[str] | None = None) -> None:
             rows = api.items(f"/v1/runs/{run['id']}/epochs")
             n_epochs = len(rows)
             outside.append(worker_s[-1] - sum(r["duration_s"] for r in rows))
-            n_stats = api.count(f"/v1/runs/{run['id']}/layer-stats")
-            rows_ok &= (n_epochs, n_stats) == (epochs, len(NETWORK["layers"]) * epochs)
+            n_stats = api.count(f"/v1/runs/{run['id']}/layer-stats")  # thinned past 2000
+            kept = statstore.kept_count(epochs, run["stats_thinned_after"])
+            rows_ok &= (n_epochs, n_stats) == (epochs, len(NETWORK["layers"]) * kept)
             served = api.call("GET", f"/v1/runs/{run['id']}/weights", 200)["layers"]
             same &= served == nn.weights_to_json(result.weights)["layers"]
         run_id = run["id"]

@@ -43,6 +43,8 @@ def run_migrations_online() -> None:
                     raise RuntimeError(f"the migration broke foreign keys: {broken[:10]}")
         if sqlite:
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            db.enable_auto_vacuum(connection)
+            connection.commit()
     engine.dispose()
 
 

@@ -130,9 +130,20 @@ DEFAULTS: dict[str, object] = {
     # Over it POST /v1/runs answers 422 naming the field to change. A worker's memory limit
     # (WORKER_MEMORY_LIMIT_BYTES) must be at least this plus a worker process's baseline.
     "RUN_MAX_MEMORY_BYTES": 2 * 1024**3,
+    # Statistics epochs one run keeps per phase at most: every epoch up to a threshold, then
+    # fewer and fewer (service/statstore.py); a run with no more epochs keeps them all.
+    "RUN_MAX_STATS_EPOCHS": 2000,
     # Runs one tenant may have queued, running or cancelling at once; past it POST /v1/runs
     # answers 429 too_many_runs with Retry-After.
     "TENANT_MAX_ACTIVE_RUNS": 20,
+    # Bytes one tenant may store: data sets, weights (initial, checkpoints, final, best) and
+    # runs' rows, as GET /v1/usage counts them (service/usage.py). Past it, creating a data
+    # set or a run answers 403 quota_exceeded; a run training meanwhile finishes. 0: no quota.
+    "TENANT_MAX_STORED_BYTES": 10 * 1024**3,
+    # Finished runs older than this (seconds since finished_at) are deleted, with their rows
+    # and weights, by the reconciler, unless pinned (PATCH /v1/runs/{id}) or named by a
+    # model alias. 0: kept until deleted by hand.
+    "RUN_RETENTION_SECONDS": 0,
     # ---- tenancy ------------------------------------------------------------------------
     # The administrator's key (Authorization: Bearer <it>) for /v1/admin/*: tenants and their
     # API keys. None disables the admin endpoints (keys can still be made with
@@ -265,15 +276,15 @@ CHECKS: dict[str, Check] = {
                      "METRICS_WINDOW_SECONDS"), _POSITIVE),
     # 0 means "each epoch", "no limit" or "no cache"
     **dict.fromkeys(("FLUSH_SECONDS", "CHECKPOINT_SECONDS", "API_STATEMENT_TIMEOUT_SECONDS",
-                     "API_KEY_CACHE_SECONDS", "MODEL_CACHE_SIZE", "WORKER_MEMORY_LIMIT_BYTES"),
-                    _NATURAL),
+                     "API_KEY_CACHE_SECONDS", "MODEL_CACHE_SIZE", "WORKER_MEMORY_LIMIT_BYTES",
+                     "TENANT_MAX_STORED_BYTES", "RUN_RETENTION_SECONDS"), _NATURAL),
     # sizes and counts
     **dict.fromkeys(("MAX_ATTEMPTS", "MAX_CONTENT_LENGTH", "PAGE_DEFAULT", "PAGE_MAX",
                      "PREDICT_MAX_ROWS", "DATASET_MAX_BYTES", "DATASET_MAX_ROWS",
                      "DATASET_MAX_FEATURES", "RUN_MAX_LAYERS", "RUN_MAX_UNITS",
                      "RUN_MAX_PARAMS", "RUN_MAX_EPOCHS", "RUN_MAX_MEMORY_BYTES",
                      "TENANT_MAX_ACTIVE_RUNS", "JSON_MAX_MEMORY_BYTES",
-                     "PREDICT_MAX_MEMORY_BYTES"), _COUNT),
+                     "PREDICT_MAX_MEMORY_BYTES", "RUN_MAX_STATS_EPOCHS"), _COUNT),
     "ADMIN_KEY": lambda v: None if len(v) >= ADMIN_KEY_MIN_CHARS else (
         f"at least {ADMIN_KEY_MIN_CHARS} characters, e.g. from `openssl rand -hex 32`"),
     "METRICS_PORT": _between(1, 65535),

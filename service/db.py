@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask, current_app, g
 from sqlalchemy import Executable, Row, create_engine, event
 from sqlalchemy.engine import Engine
@@ -32,6 +33,9 @@ def make_engine(url: str, config: Mapping[str, Any] = DEFAULTS) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
             cur = dbapi_conn.cursor()
+            # Deleted rows' pages can go back to the file system (free_pages). Only a new,
+            # empty file takes it, so it comes first; older ones: enable_auto_vacuum().
+            cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
             cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
@@ -140,6 +144,49 @@ def session_scope(app: Flask | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def table_bytes(conn: sa.Connection) -> dict[str, int]:
+    """Bytes each table takes on disk, with its indexes: SQLite's pages of its b-trees
+    (dbstat), PostgreSQL's pg_total_relation_size (heap, indexes, TOAST, free-space maps)."""
+    if conn.dialect.name == "sqlite":
+        return dict(conn.execute(sa.text(
+            "SELECT m.tbl_name, sum(d.pgsize) FROM dbstat d JOIN sqlite_master m "
+            "ON m.name = d.name GROUP BY m.tbl_name")).all())
+    return dict(conn.execute(sa.text(
+        "SELECT relname, pg_total_relation_size(oid) FROM pg_class WHERE relkind = 'r' "
+        "AND relnamespace = current_schema()::regnamespace")).all())
+
+
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+
+
+def enable_auto_vacuum(conn: sa.Connection) -> None:
+    """SQLite: make a database made before it had auto_vacuum=INCREMENTAL (new ones get it
+    when they are made) able to give space back: VACUUM rewrites the file once, taking the
+    setting, and returns what its deleted rows left free. Outside a transaction (the
+    migrations call it after theirs); a no-op once done, and on PostgreSQL."""
+    if conn.dialect.name != "sqlite":
+        return
+    if conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() != INCREMENTAL:
+        conn.exec_driver_sql("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.exec_driver_sql("VACUUM")
+
+
+def free_pages(engine: Engine) -> int:
+    """SQLite: give the file's free pages (left by deleted rows) back to the file system;
+    how many there were. PostgreSQL: 0 (autovacuum makes dead rows' space reusable; VACUUM
+    FULL or pg_repack return it: README.md, "Storage").
+
+    PRAGMA incremental_vacuum frees one page per step of its statement, so it is run as a
+    script, which steps it to the end."""
+    if engine.dialect.name != "sqlite":
+        return 0
+    with engine.connect() as conn:
+        free = conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
+        if free:
+            conn.connection.driver_connection.executescript("PRAGMA incremental_vacuum;")
+    return free
 
 
 def alembic_config(url: str):  # noqa: ANN201 - alembic.config.Config

@@ -1,4 +1,5 @@
-"""What one run may ask for, and how many runs a tenant may have going at once.
+"""What one run may ask for, how many runs a tenant may have going at once, and how much it
+may store.
 
 The engine has its own fixed bounds (100 layers, 20 million parameters, 100000 epochs);
 these are the service's, configurable (service/config.py) and checked on the built plan,
@@ -17,7 +18,9 @@ where every default is filled in, so they cannot be dodged by leaving a field ou
   over the limit it would be stopped at is refused, at `training.epochs` (or
   `training.pretrain.epochs` when pretraining takes most of it), with how many fit.
 
-Data-set limits (rows, values per sample, bytes) are service/dataio.py's `Limits`.
+Data-set limits (rows, values per sample, bytes) are service/dataio.py's `Limits`. A tenant's
+stored bytes (data sets, weights, rows) are capped by TENANT_MAX_STORED_BYTES
+(check_stored_bytes; service/usage.py counts them).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import nn
+from service import usage
 from service.errors import ApiError, validation_errors
 from service.models import ACTIVE_STATUSES, Run, Tenant
 
@@ -167,20 +171,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} hours"
 
 
-def check_active_runs(session: Session, tenant_id: str, config: Mapping[str, Any]) -> None:
-    """A 429 when the tenant already has TENANT_MAX_ACTIVE_RUNS queued, running or cancelling
-    runs, counting the one being created.
-
-    Call it inside the transaction that creates the run, after the run's row is flushed: on
-    PostgreSQL the tenant's row is locked here, so concurrent creations by one tenant count
-    one after the other; on SQLite the flush took the database's one write lock.
-    """
-    # FOR NO KEY UPDATE: serialises this tenant's run creations without waiting for the
-    # KEY SHARE locks that inserting rows referencing the tenant take (FOR UPDATE would, and
-    # two creations would deadlock).
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Serialise what one tenant creates: call it inside the creating transaction, after the
+    new rows are flushed. On PostgreSQL the tenant's row is locked here, so concurrent
+    creations by one tenant count one after the other; on SQLite the flush took the
+    database's one write lock."""
+    # FOR NO KEY UPDATE: serialises this tenant's creations without waiting for the KEY SHARE
+    # locks that inserting rows referencing the tenant take (FOR UPDATE would, and two
+    # creations would deadlock).
     session.execute(
         sa.select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)
     )
+
+
+def check_active_runs(session: Session, tenant_id: str, config: Mapping[str, Any]) -> None:
+    """A 429 when the tenant already has TENANT_MAX_ACTIVE_RUNS queued, running or cancelling
+    runs, counting the one being created (flushed; see lock_tenant)."""
+    lock_tenant(session, tenant_id)
     limit = int(config["TENANT_MAX_ACTIVE_RUNS"])
     active = session.scalar(
         sa.select(sa.func.count()).select_from(Run)
@@ -196,5 +203,25 @@ def check_active_runs(session: Session, tenant_id: str, config: Mapping[str, Any
         )
 
 
+def check_stored_bytes(session: Session, tenant_id: str, config: Mapping[str, Any]) -> None:
+    """A 403 quota_exceeded when the tenant's stored bytes (service/usage.py), counting what
+    is being created (flushed; see lock_tenant), are over TENANT_MAX_STORED_BYTES (0: no
+    quota). A run counts its initial weights here; its rows and weights come as it trains,
+    and a run that crosses the quota is not stopped: the next creation is refused."""
+    limit = int(config["TENANT_MAX_STORED_BYTES"])
+    if limit <= 0:
+        return
+    lock_tenant(session, tenant_id)
+    used = usage.stored(session, tenant_id).total
+    if used > limit:
+        raise ApiError(
+            403, "quota_exceeded",
+            f"this tenant would store {used} bytes; its quota (TENANT_MAX_STORED_BYTES) is "
+            f"{limit}: delete runs or data sets first (GET /v1/usage)",
+            quota="stored_bytes", limit=limit, used=used,
+        )
+
+
 def _error(path: str, message: str) -> dict[str, str]:
     return {"path": path, "message": message}
+

@@ -1,8 +1,8 @@
 """The data model. The run row is the truth about a job; the broker only carries wake-ups.
 
-Per-epoch rows and layer-statistics rows (with their per-array statistics in a JSON column)
-have natural primary keys (run, phase, epoch[, layer]), so a row can be written at most once
-whatever the worker does.
+Per-epoch rows and statistics rows (every layer's, packed, in one row per epoch) have natural
+primary keys (run, phase, epoch), so a row can be written at most once whatever the worker
+does.
 
 Tenancy: every data set and run belongs to a tenant (`tenant_id`); epochs, statistics and
 artifacts belong to a run and are reached only through it. API keys belong to a tenant and
@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
@@ -184,12 +186,22 @@ class Run(Base):
     worker: Mapped[Optional[str]] = mapped_column(String(200))
     # When the task message was last published (the reconciler republishes stale ones).
     published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    # Kept whatever its age (worker/retention.py).
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Statistics are kept for every epoch up to this one, then thinned (service/statstore.py);
+    # None: for every epoch.
+    stats_thinned_after: Mapped[Optional[int]] = mapped_column(Integer)
+    # What its epoch and statistics rows count toward the tenant's stored bytes, kept by the
+    # worker that writes them (service/usage.py).
+    rows_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (
         # A tenant's list, newest first (and every lookup by tenant).
         Index("ix_runs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         # A tenant's active runs (the TENANT_MAX_ACTIVE_RUNS check).
         Index("ix_runs_tenant_id_status", "tenant_id", "status"),
+        # The oldest finished runs first (retention: worker/retention.py).
+        Index("ix_runs_finished_at", "finished_at"),
     )
 
     def __repr__(self) -> str:
@@ -216,8 +228,8 @@ class Epoch(Base):
         return f"<Epoch {self.run_id} {self.phase} {self.epoch} loss={self.train_loss}>"
 
 
-# The statistics of one weight array (an entry of LayerStat.params), then those of a layer's
-# row.
+# The statistics of one weight array (an entry of a layer-stats row's `params`), then those
+# of a layer's row, in the order service/statstore.py stores them.
 PARAM_STAT_FIELDS = (
     "grad_mean_abs", "grad_norm", "grad_max_abs", "grad_std",
     "weight_mean_abs", "weight_norm", "weight_max_abs", "weight_std",
@@ -225,42 +237,22 @@ PARAM_STAT_FIELDS = (
 STAT_FIELDS = (*PARAM_STAT_FIELDS, "act_mean", "act_saturated_fraction", "act_dead_fraction")
 
 
-class WeightStats:
-    """The columns PARAM_STAT_FIELDS: statistics of weight arrays and of their gradients on
-    the probe batch (grad_* None for the perceptron)."""
+class EpochStats(Base):
+    """Every layer's statistics in one epoch of a run, packed (service/statstore.py has the
+    form, and the rule that decides which epochs keep a row)."""
 
-    grad_mean_abs: Mapped[Optional[float]] = mapped_column(Float)
-    grad_norm: Mapped[Optional[float]] = mapped_column(Float)
-    grad_max_abs: Mapped[Optional[float]] = mapped_column(Float)
-    grad_std: Mapped[Optional[float]] = mapped_column(Float)
-    weight_mean_abs: Mapped[Optional[float]] = mapped_column(Float)
-    weight_norm: Mapped[Optional[float]] = mapped_column(Float)
-    weight_max_abs: Mapped[Optional[float]] = mapped_column(Float)
-    weight_std: Mapped[Optional[float]] = mapped_column(Float)
-
-
-class LayerStat(WeightStats, Base):
-    __tablename__ = "layer_stats"
+    __tablename__ = "epoch_stats"
 
     run_id: Mapped[str] = mapped_column(
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
     )
     phase: Mapped[str] = mapped_column(String(20), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100))
-    act_mean: Mapped[Optional[float]] = mapped_column(Float)
-    act_saturated_fraction: Mapped[Optional[float]] = mapped_column(Float)
-    act_dead_fraction: Mapped[Optional[float]] = mapped_column(Float)
-    # rnn and lstm: [||dL/dh_t|| for t = 1..T]; None for other layers.
-    grad_norm_by_time: Mapped[Optional[list]] = mapped_column(JSON)
-    # Each weight array's statistics, in the layer's order: [{"param": "W", **PARAM_STAT_FIELDS},
-    # ...], as GET .../layer-stats returns them. (A JSON column, not a row per array: one row
-    # per layer and epoch is what PostgreSQL writes fastest; migration 0004.)
-    params: Mapped[Optional[list]] = mapped_column(JSON)
+    layout: Mapped[str] = mapped_column(Text)  # e.g. "0:dense_0:W*,b;1:dense_1:W*,b"
+    figures: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (or float64) numbers
 
     def __repr__(self) -> str:
-        return f"<LayerStat {self.run_id} {self.phase} {self.epoch} layer={self.layer}>"
+        return f"<EpochStats {self.run_id} {self.phase} {self.epoch} {self.layout!r}>"
 
 
 class Artifact(Base):

@@ -8,15 +8,7 @@ from typing import Any
 
 from flask.json.provider import DefaultJSONProvider
 
-from service.models import (
-    STAT_FIELDS,
-    ApiKey,
-    Dataset,
-    Epoch,
-    LayerStat,
-    Run,
-    Tenant,
-)
+from service.models import ApiKey, Dataset, Epoch, Run, Tenant
 
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 EPOCH_FIELDS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate")
@@ -101,6 +93,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "cancel_requested": bool(run.cancel_requested),
         "attempts": run.attempts,
         "heartbeat_at": timestamp(run.heartbeat_at),
+        "stats_thinned_after": run.stats_thinned_after,
+        "pinned": bool(run.pinned),
         "links": {
             "self": base,
             "dataset": f"/v1/datasets/{run.dataset_id}",
@@ -117,17 +111,6 @@ def epoch_json(e: Epoch) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": e.epoch, "phase": e.phase, "layer": e.layer}
     row.update({f: finite(getattr(e, f)) for f in EPOCH_FIELDS})
     row["duration_s"] = finite(e.duration_s)
-    return row
-
-
-def layer_stat_json(s: LayerStat, detail: bool = True) -> dict[str, Any]:
-    """The row's statistics; with `detail` also those of each weight array and, for recurrent
-    layers, the gradient norm by time step."""
-    row: dict[str, Any] = {"epoch": s.epoch, "phase": s.phase, "layer": s.layer, "name": s.name}
-    row.update({f: finite(getattr(s, f)) for f in STAT_FIELDS})
-    if detail:
-        row["params"] = finite(s.params or [])
-        row["grad_norm_by_time"] = finite(s.grad_norm_by_time)
     return row
 
 

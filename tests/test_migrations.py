@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from service import db
-from service.models import Base
+import nn
+from service import db, usage
+from service.models import STAT_FIELDS, Base
+from service.serialize import finite
+from tests.service.conftest import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,6 +101,30 @@ def test_existing_rows_go_to_the_default_tenant(url: str) -> None:
         engine.dispose()
 
 
+def test_an_sqlite_database_made_before_auto_vacuum_takes_it(tmp_path: Path) -> None:
+    """New databases are made with auto_vacuum=INCREMENTAL (service/db.py); one made before
+    takes it at its next migration (VACUUM rewrites it once), and can give space back."""
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("CREATE TABLE leftover (x)")
+    raw.execute("INSERT INTO leftover VALUES (zeroblob(1000000))")
+    raw.commit()
+    assert raw.execute("PRAGMA auto_vacuum").fetchone() == (0,)
+    raw.close()
+    db.upgrade(f"sqlite:///{path}")
+    engine = db.make_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            assert conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() == db.INCREMENTAL
+            conn.exec_driver_sql("DROP TABLE leftover")
+        assert db.free_pages(engine) >= 1_000_000 // 4096
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
+    finally:
+        engine.dispose()
+
+
 def test_no_default_tenant_without_existing_rows(sqlite_url: str) -> None:
     command.upgrade(db.alembic_config(sqlite_url), "head")
     engine = db.make_engine(sqlite_url)
@@ -102,6 +133,17 @@ def test_no_default_tenant_without_existing_rows(sqlite_url: str) -> None:
             assert conn.execute(sa.text("SELECT count(*) FROM tenants")).scalar() == 0
     finally:
         engine.dispose()
+
+
+def _tenant_and_dataset(conn: sa.Connection, tenant: str, now: str) -> None:
+    """Tenant 't1', named `tenant`, and its data set 'd1' (any revision from 0002 on)."""
+    conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', :name, :now)"),
+                 {"name": tenant, "now": now})
+    conn.execute(sa.text(
+        "INSERT INTO datasets (id, tenant_id, name, created_at, n_samples, input_shape, task, "
+        "target_dim, sha256, source, size_bytes, data) VALUES ('d1', 't1', 'old', :now, 4, "
+        "'[2]', 'classification', 1, :sha, '{}', 3, :data)"),
+        {"now": now, "sha": "0" * 64, "data": b"npz"})
 
 
 def test_checkpoints_get_a_phase_and_pretraining_ones_go_on_downgrade(url: str) -> None:
@@ -118,13 +160,7 @@ def test_checkpoints_get_a_phase_and_pretraining_ones_go_on_downgrade(url: str) 
         "'running', '{}', '{}', :now, 9, 0, false, 1)")
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) "
-                                 "VALUES ('t1', 'old', :now)"), {"now": now})
-            conn.execute(sa.text(
-                "INSERT INTO datasets (id, tenant_id, name, created_at, n_samples, input_shape, "
-                "task, target_dim, sha256, source, size_bytes, data) VALUES ('d1', 't1', 'old', "
-                ":now, 4, '[2]', 'classification', 1, :sha, '{}', 3, :data)"),
-                {"now": now, "sha": "0" * 64, "data": b"npz"})
+            _tenant_and_dataset(conn, "old", now)
             for run in ("r1", "r2"):
                 conn.execute(sa.text(insert_run), {"id": run, "now": now})
             conn.execute(sa.text("INSERT INTO artifacts (run_id, kind, epoch, created_at, data) "
@@ -133,8 +169,7 @@ def test_checkpoints_get_a_phase_and_pretraining_ones_go_on_downgrade(url: str) 
             conn.execute(sa.text(
                 "INSERT INTO layer_stats (run_id, phase, epoch, layer, name) "
                 "VALUES ('r1', 'train', 1, 0, 'dense_0')"))
-        command.upgrade(cfg, "head")
-        command.check(cfg)
+        command.upgrade(cfg, "0004")  # (0005 packs the statistics: see its own test)
         with engine.begin() as conn:
             assert conn.execute(sa.text("SELECT phase FROM artifacts")).scalars().all() == ["train"]
             assert conn.execute(sa.text(
@@ -150,7 +185,7 @@ def test_checkpoints_get_a_phase_and_pretraining_ones_go_on_downgrade(url: str) 
                     "INSERT INTO param_stats (run_id, phase, epoch, layer, param, position, "
                     "weight_norm) VALUES ('r1', 'train', 1, 0, :param, :position, 1.5)"),
                     {"param": param, "position": position})
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "0004")
         with engine.connect() as conn:
             params = conn.execute(sa.text("SELECT params FROM layer_stats")).scalar()
             params = json.loads(params) if isinstance(params, str) else params
@@ -166,5 +201,111 @@ def test_checkpoints_get_a_phase_and_pretraining_ones_go_on_downgrade(url: str) 
             kept = conn.execute(sa.text("SELECT run_id, epoch FROM artifacts")).all()
             assert [tuple(row) for row in kept] == [("r1", 4)]
             assert conn.execute(sa.text("SELECT count(*) FROM layer_stats")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+# ---- 0005: statistics packed one row per epoch ----------------------------------------------
+
+DEEP = {"layers": [{"type": "dense", "units": 3, "activation": "sigmoid"},
+                   {"type": "dense", "units": 3, "activation": "relu"},
+                   {"type": "dense", "units": 1, "activation": "sigmoid"}]}
+LSTM = {"layers": [{"type": "lstm", "units": 3},
+                   {"type": "dense", "units": 2, "activation": "softmax"}]}
+
+
+def _reports(kind: str, network: dict, training: dict) -> list[nn.EpochReport]:
+    """What the engine reports for a real run (a few epochs)."""
+    inputs, targets = nn.generate(kind, 40, 0, 1)
+    plan = nn.build(network, {"epochs": 4, "seed": 1, **training}, nn.describe(inputs, targets))
+    reports: list[nn.EpochReport] = []
+    nn.train(plan, inputs, targets, on_epoch=reports.append)
+    return sorted(reports, key=lambda r: (r.phase, r.epoch))
+
+
+def _as_float32(value: Any) -> Any:
+    """A figure as float32 storage gives it back: the shortest decimal of its float32."""
+    if isinstance(value, float):
+        return float(str(np.float32(value))) if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_as_float32(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_float32(v) for k, v in value.items()}
+    return value
+
+
+def test_statistics_are_packed_and_answered_as_before(url: str) -> None:
+    """Rows written in 0004's form by real runs (dense layers with pretraining, an lstm with
+    its gradient norm by time) are packed by 0005, and GET .../layer-stats answers what it
+    answered before, each figure as its float32; back to 0004 they are those figures."""
+    cfg = db.alembic_config(url)
+    command.upgrade(cfg, "0004")
+    dense, lstm = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+    runs = {dense: _reports("xor", DEEP, {"pretrain": {"epochs": 2}}),
+            lstm: _reports("parity", LSTM, {"loss": "cross_entropy", "batch_size": 8})}
+    runs[dense][-1].layer_stats[0]["grad_norm"] = float("nan")  # stored as null
+    before = {run: [{"epoch": r.epoch, "phase": r.phase, "layer": s["layer"], "name": s["name"],
+                     **{f: finite(s.get(f)) for f in STAT_FIELDS},
+                     "params": finite(s["params"]),
+                     "grad_norm_by_time": finite(s.get("grad_norm_by_time"))}
+                    for r in reports for s in r.layer_stats]
+              for run, reports in runs.items()}
+    assert {r["phase"] for r in before[dense]} == {"pretrain", "train"}
+    assert before[lstm][0]["grad_norm_by_time"] is not None
+    engine = db.make_engine(url)
+    now = "2026-11-29 00:00:00+00:00"
+    old = sa.table("layer_stats", *(sa.column(k) for k in ("run_id", "phase", "epoch", "layer",
+                                                           "name", *STAT_FIELDS)),
+                   sa.column("grad_norm_by_time", sa.JSON), sa.column("params", sa.JSON))
+    try:
+        with engine.begin() as conn:
+            _tenant_and_dataset(conn, "test", now)
+            for run, reports in runs.items():
+                conn.execute(sa.text(
+                    "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, "
+                    "created_at, epochs_total, epochs_completed, cancel_requested, attempts) "
+                    "VALUES (:id, 't1', 'd1', 'succeeded', '{}', '{}', :now, 4, 4, false, 1)"),
+                    {"id": run, "now": now})
+                conn.execute(sa.text("INSERT INTO epochs (run_id, phase, epoch, duration_s) "
+                                     "VALUES (:run, :phase, :epoch, 0.1)"),
+                             [{"run": run, "phase": r.phase, "epoch": r.epoch} for r in reports])
+                conn.execute(sa.insert(old), [  # as 0004's worker wrote them
+                    {"run_id": run, "phase": r.phase, "epoch": r.epoch, "layer": s["layer"],
+                     "name": s["name"], **{f: s.get(f) for f in STAT_FIELDS},
+                     "grad_norm_by_time": finite(s.get("grad_norm_by_time")),
+                     "params": finite(s["params"])} for r in reports for s in r.layer_stats])
+        command.upgrade(cfg, "head")
+        app = make_app(url, migrate=False)
+        client = app.test_client()
+        for run, rows in before.items():
+            resp = client.get(f"/v1/runs/{run}/layer-stats?limit=1000")
+            assert resp.status_code == 200, resp.get_json()
+            answer = resp.get_json()["items"]
+            assert answer == _as_float32(rows), run
+        db.engine(app).dispose()
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM epoch_stats")).scalar() == sum(
+                len(reports) for reports in runs.values())  # one row per epoch
+            layouts = set(conn.execute(sa.text("SELECT layout FROM epoch_stats")).scalars())
+            assert layouts == {"0:dense_0:W*,b", "1:dense_1:W*,b",  # pretraining, one a row
+                               "0:dense_0:W*,b;1:dense_1:W*,b;2:dense_2:W*,b",
+                               "0:dense_0:W,b;1:dense_1:W*,b;2:dense_2:W*,b",  # the NaN one
+                               "0:lstm_0:Wx,Wh,b:8;1:dense_1:W*,b"}
+            thinned = conn.execute(sa.text("SELECT stats_thinned_after FROM runs")).scalars()
+            assert list(thinned) == [None, None]  # every epoch stays
+            counted = dict(conn.execute(sa.text("SELECT id, rows_bytes FROM runs")).all())
+            stats = conn.execute(sa.text("SELECT run_id, layout, figures FROM epoch_stats"))
+            for run_id, layout, figures in stats:  # what they count toward the quota
+                counted[run_id] -= usage.STATS_ROW_BYTES + len(layout) + len(figures)
+            assert counted == {run: len(reports) * usage.EPOCH_ROW_BYTES
+                               for run, reports in runs.items()}
+        command.downgrade(cfg, "0004")
+        with engine.connect() as conn:
+            back = conn.execute(sa.select(old).order_by(old.c.run_id, old.c.phase, old.c.epoch,
+                                                        old.c.layer)).mappings().all()
+        expected = [{"run_id": run, **{k: v for k, v in row.items() if k != "epoch" and
+                                       k != "phase"}, "phase": row["phase"], "epoch": row["epoch"]}
+                    for run, rows in before.items() for row in _as_float32(rows)]
+        assert [dict(r) for r in back] == expected
     finally:
         engine.dispose()

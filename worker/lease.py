@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service.models import Epoch, LayerStat, Run, UTCDateTime
+from service.models import Epoch, EpochStats, Run, UTCDateTime
 
 # ORM-enabled UPDATEs without looking for matching objects in the session (there are none).
 NO_SYNC = {"synchronize_session": False}
@@ -85,15 +85,14 @@ def fence(session: Session, run_id: str, token: str, *, now: datetime,
 
 
 def forget_after(session: Session, run_id: str, phase: str, epoch: int) -> None:
-    """Delete the epoch and layer-stat rows (with their per-array statistics)
-    past the position (phase, epoch) of the checkpoint the run resumes from, in run order:
-    every pretraining epoch comes before training epoch 1, so ("pretrain", p) keeps
-    pretraining epochs 1..p only, and ("train", e) every pretraining epoch and training
-    epochs 1..e. What a dead worker flushed after its last checkpoint goes; the resumed run
-    writes it again, each row exactly once. ("pretrain", 0): no checkpoint, nothing kept.
-    Call it fenced, right after the claim."""
+    """Delete the epoch and statistics rows past the position (phase, epoch) of the
+    checkpoint the run resumes from, in run order: every pretraining epoch comes before
+    training epoch 1, so ("pretrain", p) keeps pretraining epochs 1..p only, and ("train", e)
+    every pretraining epoch and training epochs 1..e. What a dead worker flushed after its
+    last checkpoint goes; the resumed run writes it again, each row exactly once.
+    ("pretrain", 0): no checkpoint, nothing kept. Call it fenced, right after the claim."""
     kept = {"pretrain": epoch, "train": 0} if phase == "pretrain" else {"train": epoch}
-    for table in (Epoch, LayerStat):
+    for table in (Epoch, EpochStats):
         session.execute(
             sa.delete(table).where(table.run_id == run_id, sa.or_(*(
                 sa.and_(table.phase == p, table.epoch > e) for p, e in kept.items()))),
@@ -138,9 +137,10 @@ def settle_abandoned(session: Session, *, now: datetime, max_attempts: int,
                      run_id: str | None = None) -> int:
     """End abandoned runs that must not be trained again; how many.
 
-    A cancelling run whose worker died ends cancelled (its last checkpoint is kept); a run
-    that has already been claimed `max_attempts` times fails with "worker_lost". `run_id`
-    limits it to one run (a message for it arrived); None means every run (the reconciler).
+    A cancelling run whose worker died ends cancelled; a run that has already been claimed
+    `max_attempts` times fails with "worker_lost" (the reconciler then drops their
+    checkpoints: worker/retention.py). `run_id` limits it to one run (a message for it
+    arrived); None means every run (the reconciler).
     """
     expired = Run.lease_expires_at < at(now)
     one = [Run.id == run_id] if run_id is not None else []

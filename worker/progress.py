@@ -2,7 +2,8 @@
 
 Epochs can take microseconds, so rows are buffered and written by a flush at most every
 FLUSH_SECONDS: one short transaction that renews the lease (fenced by its token), inserts the
-buffered epoch and layer-stat rows, stores a due checkpoint and reads the cancel flag back.
+buffered epoch and statistics rows, records what the run's rows count toward its tenant's
+stored bytes (service/usage.py), stores a due checkpoint and reads the cancel flag back.
 `should_stop` answers from what the last flush saw and flushes when one is due, so a long
 epoch still renews the lease (the engine asks about every 0.25 s within an epoch).
 
@@ -13,11 +14,12 @@ run: SQLAlchemy's parameter processing and PostgreSQL executing one INSERT per r
 write_epochs builds plain tuples once and, on PostgreSQL, sends them with COPY ... FROM STDIN
 in binary format, in the same fenced transaction (SQLite keeps an executemany INSERT of the
 same tuples). What PostgreSQL does per row was then most of the rest (inserting it, and
-checking its foreign key), so the per-array statistics are a JSON column of their layer's
-row (migration 0004): as a row per array each (4 more rows per epoch here), a flush of 460
-such epochs cost about 120 us per epoch; as JSON about 80, a third of it encoding the JSON.
-Numbers are written as they are: float columns may hold NaN or infinities (the API answers
-null for them), JSON may not (_json_dumps turns them into null only when it must).
+checking its foreign key): as a row per weight array (4 more rows per epoch here), a flush
+of 460 such epochs cost about 120 us per epoch; with the arrays as JSON in their layer's row
+about 80, a third of it encoding the JSON. Now an epoch's statistics are one packed row
+(service/statstore.py), written only for the epochs the run's thinning rule keeps (and the
+latest), so most epochs bring a single row. Numbers are written as they are: float columns
+may hold NaN or infinities (the API answers null for them).
 
 The flush stays synchronous, in the training thread: a background writer could hide only
 PostgreSQL's share (and on these 2 cores PostgreSQL working beside the training slows it
@@ -58,27 +60,19 @@ came within twice that (the run then resumes from its last stored checkpoint).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from time import monotonic
-from typing import Any
 
 import sqlalchemy as sa
-from psycopg.types.json import set_json_dumps
 from sqlalchemy.orm import Session
 
 import nn
+from service import statstore, usage
 from service.db import connection_lost, session_scope
-from service.models import (
-    STAT_FIELDS,
-    Artifact,
-    Epoch,
-    LayerStat,
-    utcnow,
-)
+from service.models import Artifact, Epoch, EpochStats, utcnow
 from service.serialize import finite
 from worker import lease, shutdown
 
@@ -154,6 +148,8 @@ class Progress:
     lease: Lease
     epoch: int  # the last completed training epoch (the resume point at the start)
     pretrained: int = 0  # the last completed pretraining epoch (likewise)
+    thinned_after: int | None = None  # the run's statistics thinning (service/statstore.py)
+    epoch_rows: int = 0  # the run's epoch rows in the database, as of the last flush
     buffer: list[nn.EpochReport] = field(default_factory=list)
     # Calibration: the checkpoint interval in epochs (None while measuring).
     every: int | None = None
@@ -260,7 +256,9 @@ class Progress:
         the position of the checkpoint it stored, or None. The buffer is kept until the
         transaction commits, so a failed one loses no row: the next one writes it."""
         self.lease.fence(session, self.epoch)
-        write_epochs(session, self.lease.run_id, self.buffer, replace=self._retry)
+        write_epochs(session, self.lease.run_id, self.buffer, replace=self._retry,
+                     thinned_after=self.thinned_after)
+        usage.record_rows(session, self.lease.run_id, self.epoch_rows + len(self.buffer))
         if self.state is not None and self.stored < self._state_at <= self.position:
             phase, epoch = self._state_at
             put_artifact(session, self.lease.run_id, "checkpoint", epoch, self.state,
@@ -269,6 +267,7 @@ class Progress:
         return None
 
     def written(self, checkpoint: Position | None) -> None:
+        self.epoch_rows += len(self.buffer)
         self.buffer = []
         self._retry = False
         self._last_flush = monotonic()
@@ -279,15 +278,20 @@ class Progress:
 # The columns write_epochs fills, in the order of its row tuples.
 EPOCH_COLUMNS = ("run_id", "phase", "epoch", "layer", "train_loss", "val_loss",
                  "train_accuracy", "val_accuracy", "learning_rate", "duration_s")
-STAT_COLUMNS = ("run_id", "phase", "epoch", "layer", "name", *STAT_FIELDS,
-                "grad_norm_by_time", "params")
+STAT_COLUMNS = ("run_id", "phase", "epoch", "layout", "figures")
 
 
 def write_epochs(session: Session, run_id: str, reports: list[nn.EpochReport], *,
-                 replace: bool = False) -> None:
-    """Insert the epoch rows and their layer-stat rows (bulk; the primary keys forbid a
-    second copy of any row). `replace` first deletes any stored copy of these rows: after a
-    COMMIT that failed on its connection, which may have gone through.
+                 replace: bool = False, thinned_after: int | None = None) -> None:
+    """Insert the epoch rows, and the statistics rows of the epochs the thinning rule keeps
+    (`thinned_after`: service/statstore.py) and of each phase's latest epoch, whose previous
+    latest goes unless the rule keeps it (bulk; the primary keys forbid a second copy of any
+    row). `replace` first deletes any stored copy of these rows: after a COMMIT that failed
+    on its connection, which may have gone through.
+
+    The previous latest is epoch first - 1 of the phase's first epoch here: flushes are
+    contiguous, and a resumed run starts right after its checkpoint, whose epoch's rows were
+    written with it (the rows past it were deleted at the claim).
 
     On PostgreSQL the rows go in by COPY (see the module docstring), elsewhere by an
     executemany INSERT; the same tuples either way."""
@@ -296,25 +300,37 @@ def write_epochs(session: Session, run_id: str, reports: list[nn.EpochReport], *
     if replace:
         for phase in {r.phase for r in reports}:
             numbers = [r.epoch for r in reports if r.phase == phase]
-            for table in (Epoch, LayerStat):
+            for table in (Epoch, EpochStats):
                 session.execute(sa.delete(table).where(
                     table.run_id == run_id, table.phase == phase,
                     table.epoch.between(min(numbers), max(numbers))),
                     execution_options=lease.NO_SYNC)
+    first: dict[str, int] = {}
+    latest: dict[str, int] = {}
+    for r in reports:
+        if r.layer_stats:
+            first.setdefault(r.phase, r.epoch)
+            latest[r.phase] = r.epoch
+    for phase, epoch in first.items():
+        if epoch > 1 and not statstore.kept(epoch - 1, thinned_after):
+            session.execute(sa.delete(EpochStats).where(
+                EpochStats.run_id == run_id, EpochStats.phase == phase,
+                EpochStats.epoch == epoch - 1), execution_options=lease.NO_SYNC)
     # Numbers go as they are: a float column may hold NaN or an infinity (SQLite keeps NaN as
-    # NULL; the API answers null for both), a JSON one may not (see _json_dumps).
+    # NULL; the API answers null for both).
     epochs = [
         (run_id, r.phase, r.epoch, r.layer, r.train_loss, r.val_loss, r.train_accuracy,
          r.val_accuracy, r.learning_rate, r.duration_s)
         for r in reports
     ]
     stats = [
-        (run_id, r.phase, r.epoch, s["layer"], s["name"], *[s.get(k) for k in STAT_FIELDS],
-         s.get("grad_norm_by_time"), s.get("params", []))
-        for r in reports for s in r.layer_stats
+        (run_id, r.phase, r.epoch, *statstore.pack(r.layer_stats))
+        for r in reports if r.layer_stats and (
+            statstore.kept(r.epoch, thinned_after) or r.epoch == latest[r.phase])
     ]
     insert = _copy if session.get_bind().dialect.name == "postgresql" else _insert
-    for table, columns, rows in ((Epoch, EPOCH_COLUMNS, epochs), (LayerStat, STAT_COLUMNS, stats)):
+    for table, columns, rows in ((Epoch, EPOCH_COLUMNS, epochs),
+                                 (EpochStats, STAT_COLUMNS, stats)):
         if rows:
             insert(session, table.__table__, columns, rows)
 
@@ -324,19 +340,9 @@ def _insert(session: Session, table: sa.Table, columns: tuple[str, ...],
     session.execute(sa.insert(table), [dict(zip(columns, finite(row))) for row in rows])
 
 
-_strict_json = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-
-
-def _json_dumps(value: Any) -> str:
-    """JSON for PostgreSQL, which refuses NaN and infinities: as null (finite())."""
-    try:
-        return _strict_json(value)
-    except ValueError:
-        return _strict_json(finite(value))
-
-
 # COPY's binary format needs each column's PostgreSQL type (to pick psycopg's dumper).
-COPY_TYPES = ((sa.JSON, "json"), (sa.Integer, "int4"), (sa.Float, "float8"), (sa.String, "text"))
+COPY_TYPES = ((sa.LargeBinary, "bytea"), (sa.Integer, "int4"), (sa.Float, "float8"),
+              (sa.String, "text"))
 
 
 def _copy_type(column: sa.Column) -> str:
@@ -357,7 +363,6 @@ def _copy(session: Session, table: sa.Table, columns: tuple[str, ...],
     sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
     try:
         with raw.cursor() as cursor:
-            set_json_dumps(_json_dumps, cursor)
             with cursor.copy(sql) as copy:
                 copy.set_types(types)
                 for row in rows:

@@ -10,7 +10,8 @@ beat, a manual run) are harmless, and a message it publishes twice is dropped by
   republished;
 - running runs whose lease expired are republished once per expiry (and again every
   REQUEUE_AFTER_SECONDS while no worker takes them): the next worker's claim takes the run
-  over and resumes it from its checkpoint.
+  over and resumes it from its checkpoint;
+- old finished runs, and finished runs' checkpoints, are deleted (worker/retention.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from flask import current_app
 from service.db import connection_lost, session_scope
 from service.models import Run, utcnow
 from service.queue import send_run
-from worker import lease
+from worker import lease, retention
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def reconcile() -> dict[str, int]:
             raise
         log.warning("reconcile: the database is unreachable (%s); trying again next pass",
                     type(exc).__name__)
-        return {"settled": 0, "republished": 0}
+        return {"settled": 0, "republished": 0, "deleted": 0, "checkpoints": 0, "pages": 0}
 
 
 def _pass() -> dict[str, int]:
@@ -67,7 +68,11 @@ def _pass() -> dict[str, int]:
             republished += 1
     if settled or republished:
         log.info("reconcile: %d settled, %d republished", settled, republished)
-    return {"settled": settled, "republished": republished}
+    swept = retention.sweep(now, cfg)
+    if swept["deleted"] or swept["checkpoints"]:
+        log.info("reconcile: deleted %d old runs and %d checkpoints of finished runs",
+                 swept["deleted"], swept["checkpoints"])
+    return {"settled": settled, "republished": republished, **swept}
 
 
 def _due(now: datetime, requeue_after: float, max_attempts: int) -> sa.ColumnElement[bool]:

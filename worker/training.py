@@ -30,7 +30,7 @@ from sqlalchemy.orm import undefer
 import nn
 from service import dataio, logs
 from service.db import connection_lost, session_scope
-from service.models import Artifact, Dataset, Run, utcnow
+from service.models import Artifact, Dataset, Epoch, Run, utcnow
 from service.queue import publish_run
 from service.serialize import finite
 from worker import lease, memory
@@ -66,6 +66,8 @@ class Claimed:
     training: dict
     resume_phase: str  # where the stored checkpoint was taken; ("pretrain", 0) without one
     resume_epoch: int
+    thinned_after: int | None  # the run's statistics thinning (service/statstore.py)
+    epoch_rows: int  # its epoch rows, once those past the checkpoint are deleted
 
 
 def train_run(run_id: str) -> str:
@@ -104,8 +106,10 @@ def _claim_and_train(run_id: str) -> str:
             .where(Artifact.run_id == run_id, Artifact.kind == "checkpoint")
         ).one_or_none() or START
         lease.forget_after(session, run_id, resume_phase, resume_epoch)
+        epoch_rows = session.scalar(sa.select(sa.func.count()).select_from(Epoch)
+                                    .where(Epoch.run_id == run_id))
         claimed = Claimed(run_id, run.dataset_id, run.network, run.training, resume_phase,
-                          resume_epoch)
+                          resume_epoch, run.stats_thinned_after, epoch_rows)
         held = Lease(run_id, token, cfg["LEASE_SECONDS"], cfg["FLUSH_SECONDS"],
                      cfg["CHECKPOINT_SECONDS"],
                      deadline(run.started_at, cfg["RUN_TIME_LIMIT_SECONDS"]),
@@ -116,7 +120,8 @@ def _claim_and_train(run_id: str) -> str:
              "pretraining " if resume_phase == "pretrain" and resume_epoch else "", resume_epoch)
     train = resume_phase == "train"
     progress = Progress(held, epoch=resume_epoch if train else 0,
-                        pretrained=0 if train else resume_epoch)
+                        pretrained=0 if train else resume_epoch,
+                        thinned_after=claimed.thinned_after, epoch_rows=claimed.epoch_rows)
     try:
         try:
             result = _train(claimed, progress)
@@ -247,7 +252,8 @@ def _finish(progress: Progress, result: nn.TrainResult | None, *, status: str,
     """The last fenced transaction: remaining rows, weights, outcome; the lease released.
 
     A cancel requested meanwhile wins (cancelling -> cancelled); the weights are kept either
-    way. The checkpoint is dropped once the run succeeded, kept when it may be continued.
+    way. The checkpoint is dropped: a finished run is never trained again (a new run may
+    start from its final weights, init_from_run).
     A connection error is tried again every FLUSH_SECONDS while the lease may still be ours;
     each try first asks whether the failed COMMIT went through after all (its answer lost),
     and that question, when it fails on its connection too, is asked again the same way.
@@ -295,10 +301,9 @@ def _final_writes(session: sa.orm.Session, run_id: str, token: str,
             put_artifact(session, run_id, "best", result.best_epoch or 0,
                          result.best_model.to_npz())
         values.update(metrics=finite(result.metrics), epochs_completed=result.epochs_completed)
-    if values["status"] == "succeeded":
-        session.execute(sa.delete(Artifact).where(
-            Artifact.run_id == run_id, Artifact.kind == "checkpoint"),
-            execution_options=lease.NO_SYNC)
+    session.execute(sa.delete(Artifact).where(
+        Artifact.run_id == run_id, Artifact.kind == "checkpoint"),
+        execution_options=lease.NO_SYNC)
     lease.release(session, run_id, token, now=utcnow(), **values)
 
 

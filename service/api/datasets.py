@@ -19,6 +19,7 @@ from service.api.common import fetch, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
 from service.errors import ApiError, not_found, validation_error
+from service.limits import check_stored_bytes
 from service.models import Dataset, Run, new_id, utcnow
 from service.pagination import page
 from service.params import json_object
@@ -42,6 +43,12 @@ def create() -> Response:
     dataset = _dataset(incoming)
     session = get_session()
     session.add(dataset)
+    session.flush()  # counted by the quota (limits.lock_tenant)
+    try:
+        check_stored_bytes(session, dataset.tenant_id, current_app.config)
+    except ApiError:
+        session.rollback()
+        raise
     response = json_response(dataset_json(dataset), 201, f"/v1/datasets/{dataset.id}")
     replay = idempotency.commit(session, response)
     return replay if replay is not None else response

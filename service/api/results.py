@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Any
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy.orm import defer
-from sqlalchemy.sql.base import ExecutableOption
+from sqlalchemy.orm import Session
 
 import nn
-from service import artifacts, dataio
+from service import artifacts, dataio, statstore
 from service.api.common import fetch, json_response, run_artifact
 from service.db import get_session
 from service.errors import ApiError, validation_error
-from service.models import Epoch, LayerStat, Run
-from service.pagination import Key, cursor_prefix, downsample_filter, page, page_limit
+from service.models import Epoch, EpochStats, Run
+from service.pagination import (
+    Key,
+    cursor_prefix,
+    decode_cursor,
+    downsample_filter,
+    encode_cursor,
+    page,
+    page_limit,
+    request_cursor,
+)
 from service.params import arg_choice, arg_int, json_object
 from service.schemas import validate
-from service.serialize import epoch_json, layer_stat_json
+from service.serialize import epoch_json
 
 bp = Blueprint("results", __name__, url_prefix="/v1/runs/<uuid:run_id>")
 
@@ -32,36 +38,58 @@ NPZ_TYPES = ("application/x-npz", "application/octet-stream")
 # (32 bytes) and its JSON text as a str and as bytes (about 2 x 20); measured about 74.
 ANSWER_BYTES_PER_VALUE = 80
 
+# The last sort key of a layer-stats cursor: a layer within its stored epoch.
+LAYER_KEY = sa.column("layer", sa.Integer())
+
 
 @bp.get("/epochs")
 def epochs(run_id: uuid.UUID) -> Response:
     keys = (Epoch.phase, Epoch.epoch)
-    return _series(run_id, Epoch, keys, epoch_json, [])
+    session = get_session()
+    where, limit = _series(session, run_id, Epoch, keys, [])
+    stmt = sa.select(Epoch).where(*where)
+    return json_response(page(session, stmt, keys, epoch_json, limit=limit))
 
 
 @bp.get("/layer-stats")
 def layer_stats(run_id: uuid.UUID) -> Response:
-    """?detail=false leaves out each row's `params` and `grad_norm_by_time` (not read)."""
-    keys = (LayerStat.phase, LayerStat.epoch, LayerStat.layer)
+    """A page of layer rows, unpacked from the stored epochs (one row per epoch holds every
+    layer: service/statstore.py). ?layer keeps the epochs holding that layer, then the
+    layer's rows; ?detail=false leaves out each row's `params` and `grad_norm_by_time`."""
+    keys = (EpochStats.phase, EpochStats.epoch, LAYER_KEY)
     layer = arg_int("layer", None, 0)
     detail = arg_choice("detail", ("true", "false"), "true") == "true"
-    where = [] if layer is None else [LayerStat.layer == layer]
-    load = [] if detail else [defer(LayerStat.params), defer(LayerStat.grad_norm_by_time)]
-    return _series(run_id, LayerStat, keys, partial(layer_stat_json, detail=detail), where,
-                   load)
+    where = [] if layer is None else [statstore.has_layer(EpochStats.layout, layer)]
+    session = get_session()
+    where, limit = _series(session, run_id, EpochStats, keys, where)
+    cursor = request_cursor()
+    after = decode_cursor(cursor, keys) if cursor else None
+    if after is not None:
+        where.append(sa.tuple_(EpochStats.phase, EpochStats.epoch) >= sa.tuple_(
+            sa.literal(after[0]), sa.literal(after[1])))
+    # The cursor's own epoch may have no row left; every later epoch has one at least.
+    stored = session.scalars(sa.select(EpochStats).where(*where)
+                             .order_by(EpochStats.phase, EpochStats.epoch).limit(limit + 2))
+    rows = [row for stats in stored for row in statstore.rows(stats, detail)
+            if (layer is None or row["layer"] == layer)
+            and (after is None or (row["phase"], row["epoch"], row["layer"]) > after)]
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor([rows[-1]["phase"], rows[-1]["epoch"], rows[-1]["layer"]])
+    return json_response({"items": rows, "next_cursor": next_cursor})
 
 
 def _series(
+    session: Session,
     run_id: uuid.UUID,
-    entity: type[Epoch] | type[LayerStat],
+    entity: type[Epoch] | type[EpochStats],
     keys: Sequence[Key],
-    serialize: Callable[[Any], dict[str, Any]],
     where: list[sa.ColumnElement[bool]],
-    load: Sequence[ExecutableOption] = (),
-) -> Response:
-    """One page of a run's (phase, epoch, ...) rows: ?phase, ?from_epoch, ?to_epoch,
-    ?max_points (evenly spaced epochs per phase, first and last kept), ?limit, ?cursor."""
-    session = get_session()
+) -> tuple[list[sa.ColumnElement[bool]], int]:
+    """The WHERE clause of a page of a run's (phase, epoch, ...) rows, and its size:
+    ?phase, ?from_epoch, ?to_epoch, ?max_points (evenly spaced epochs per phase, first and
+    last kept), ?limit (?cursor is the caller's)."""
     run = fetch(session, Run, run_id, "run")
     phase = arg_choice("phase", PHASES)
     first = arg_int("from_epoch", None, 0)
@@ -77,14 +105,13 @@ def _series(
         where.append(entity.epoch >= first)
     if last is not None:
         where.append(entity.epoch <= last)
-    stmt = sa.select(entity).where(*where).options(*load)
     if max_points is not None:
         groups = sa.select(entity.phase, entity.epoch).where(*where).distinct()
         after = cursor_prefix(keys, 2)
-        stmt = stmt.where(
+        where.append(
             downsample_filter(session, groups, max_points, entity.phase, entity.epoch, after, limit)
         )
-    return json_response(page(session, stmt, keys, serialize, limit=limit))
+    return where, limit
 
 
 @bp.get("/weights")

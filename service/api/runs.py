@@ -1,4 +1,4 @@
-"""/v1/runs: create (validate, store, enqueue), list, describe, cancel, delete.
+"""/v1/runs: create (validate, store, enqueue), list, describe, update, cancel, delete.
 
 Status changes made here are compare-and-set UPDATEs (`... WHERE id = :id AND status =
 :old`), so they can never overwrite a worker's concurrent claim or finish.
@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
 import nn
-from service import artifacts, dataio, idempotency, limits
+from service import artifacts, dataio, idempotency, limits, statstore
 from service.api.common import fetch, find, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
@@ -59,6 +59,7 @@ def create() -> Response:
         training=plan.training,
         init_from_run_id=source_id,
         epochs_total=plan.epochs_total,
+        stats_thinned_after=_thinned_after(plan),
     )
     try:
         session.add(run)
@@ -67,6 +68,8 @@ def create() -> Response:
         if weights is not None:
             data = nn.Model(plan.network, weights, nn.model_meta(plan)).to_npz()
             session.add(Artifact(run_id=run.id, kind="initial", epoch=0, data=data))
+            session.flush()
+        limits.check_stored_bytes(session, run.tenant_id, current_app.config)
         created = {**run_json(run), "estimate": {"memory_bytes": estimate.memory_bytes,
                                                  "multiply_adds": estimate.multiply_adds,
                                                  "seconds": round(estimate.seconds, 3)}}
@@ -122,6 +125,23 @@ def _wait_finished(session: Session, ident: str, deadline: float) -> None:
         status = session.scalar(sa.select(Run.status).where(owned(Run), Run.id == ident))
         if status is None or status in FINISHED_STATUSES:
             return
+
+
+@bp.patch("/<uuid:run_id>")
+def update(run_id: uuid.UUID) -> Response:
+    """Sets the fields the body names (RunUpdate: each is the run's column of that name),
+    whatever the run's status."""
+    body = json_object()
+    validate("RunUpdate", body)
+    session = get_session()
+    done = session.execute(
+        sa.update(Run).where(owned(Run), Run.id == str(run_id)).values(**body),
+        execution_options={"synchronize_session": False},
+    )
+    if done.rowcount == 0:
+        raise not_found("run", str(run_id))
+    session.commit()
+    return json_response(run_json(fetch(session, Run, run_id, "run")))
 
 
 @bp.delete("/<uuid:run_id>")
@@ -189,6 +209,15 @@ def _plan(session: Session, dataset_id: str, body: dict[str, Any]
     info = nn.describe(inputs, targets, dataset.task)
     plan = _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
     return plan, limits.check_plan(plan, dataset.size_bytes, current_app.config)
+
+
+def _thinned_after(plan: nn.Plan) -> int | None:
+    """The run's statistics thinning, fixed now: each phase keeps at most
+    RUN_MAX_STATS_EPOCHS statistics epochs (service/statstore.py)."""
+    if not plan.training["stats"]:
+        return None
+    epochs = max(plan.epochs_total, plan.pretrain_epochs_total)
+    return statstore.thinned_after(epochs, int(current_app.config["RUN_MAX_STATS_EPOCHS"]))
 
 
 def _initial_weights(

@@ -17,6 +17,7 @@ import requests
 import sqlalchemy as sa
 
 import nn
+from service import statstore
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, free_port
 from tests.e2e import flow
 from tests.e2e.compose import command, environment, healthcheck
@@ -86,12 +87,15 @@ def test_the_whole_flow(api: flow.Api, procs: Procs) -> None:
 def test_a_killed_worker_loses_nothing(pg_url: str, redis_prefix: str, procs: Procs) -> None:
     """SIGKILL the worker mid-run: a second worker takes the run over when its lease
     expires and resumes from the checkpoint. Cancelled once it has trained on, the run has
-    every epoch exactly once and exactly the weights of an unbroken run of as many epochs.
-    (A run that trains until it is cancelled, so that the kill comes mid-run however fast
-    the machine trains.)"""
+    every epoch exactly once and exactly the weights of an unbroken run of as many epochs,
+    and its statistics are thinned as an unbroken run's are (past epoch 2: the powers of 2,
+    and the last). (A run that trains until it is cancelled, so that the kill comes mid-run
+    however fast the machine trains.)"""
     api = deploy(procs, pg_url, redis_prefix, LEASE_SECONDS=2, RECONCILE_SECONDS=1,
-                 CHECKPOINT_SECONDS=1)
-    run_id = flow.start_run(api, flow.create_xor(api), training={"epochs": 100_000})["id"]
+                 CHECKPOINT_SECONDS=1, RUN_MAX_STATS_EPOCHS=20)
+    run = flow.start_run(api, flow.create_xor(api), training={"epochs": 100_000})
+    run_id, thinned_after = run["id"], run["stats_thinned_after"]
+    assert thinned_after == statstore.thinned_after(100_000, 20) == 2
     engine = sa.create_engine(pg_url)
     try:
         stored = procs.wait_for("a checkpoint", lambda: _checkpoint_epoch(engine, run_id),
@@ -113,6 +117,10 @@ def test_a_killed_worker_loses_nothing(pg_url: str, redis_prefix: str, procs: Pr
     assert (done["status"], done["attempts"]) == ("cancelled", 2), done
     trained = done["epochs_completed"]
     assert flow.epoch_numbers(api, run_id) == list(range(1, trained + 1))  # each exactly once
+    stats = api.get(f"/v1/runs/{run_id}/layer-stats", params={"layer": 0, "limit": 1000})
+    kept = [e for e in range(1, trained + 1) if statstore.kept(e, thinned_after)]
+    assert [s["epoch"] for s in stats["items"]] == kept + ([] if kept[-1] == trained
+                                                           else [trained])
 
     inputs, targets = nn.generate("xor", 500, 0, 1)
     plan = nn.build(flow.XOR_NET, {**flow.XOR_TRAINING, "epochs": trained},

@@ -14,8 +14,8 @@ from sqlalchemy import event
 from flask.testing import FlaskClient
 
 import nn
-from service import db
-from service.models import STAT_FIELDS, Artifact, Epoch, LayerStat, Run, utcnow
+from service import db, statstore
+from service.models import STAT_FIELDS, Artifact, Epoch, EpochStats, Run, utcnow
 
 XOR_NETWORK = {
     "layers": [
@@ -79,11 +79,12 @@ def finish_run(
             session.add(Epoch(run_id=run_id, phase="train", epoch=e, train_loss=1.0 / e,
                               val_loss=1.5 / e, train_accuracy=0.5, val_accuracy=None,
                               learning_rate=0.5, duration_s=0.01))
-            for layer in layers:
-                stats = {f: float(e + layer) for f in STAT_FIELDS}
-                stats["act_dead_fraction"] = None
-                session.add(LayerStat(run_id=run_id, phase="train", epoch=e, layer=layer,
-                                      name=f"dense_{layer}", **stats))
+            rows = [{"layer": layer, "name": f"dense_{layer}",
+                     **{f: float(e + layer) for f in STAT_FIELDS}, "act_dead_fraction": None}
+                    for layer in layers]
+            layout, figures = statstore.pack(rows)
+            session.add(EpochStats(run_id=run_id, phase="train", epoch=e, layout=layout,
+                                   figures=figures))
         for kind, data in (artifacts or {}).items():
             session.add(Artifact(run_id=run_id, kind=kind, epoch=epochs, data=data))
 

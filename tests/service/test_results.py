@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from flask import Flask
 
 import nn
-from service import db
-from service.models import PARAM_STAT_FIELDS, STAT_FIELDS, Artifact, Epoch, LayerStat
+from service import db, statstore
+from service.models import PARAM_STAT_FIELDS, STAT_FIELDS, Artifact, Epoch, EpochStats
 from service.pagination import evenly_spaced
 from tests.service.helpers import (
     create_run,
@@ -187,9 +187,9 @@ def test_layer_stats_bad_layer(client, run: dict) -> None:  # noqa: ANN001
     assert resp.status_code == 422 and problem_paths(resp) == ["query.detail"]
 
 
-def _layer_stats(app: Flask) -> int:
+def _stored_epochs(app: Flask) -> int:
     with db.session_scope(app) as session:
-        return session.scalar(sa.select(sa.func.count()).select_from(LayerStat))
+        return session.scalar(sa.select(sa.func.count()).select_from(EpochStats))
 
 
 def _recurrent_stats(app: Flask, run_id: str, epochs: int) -> None:
@@ -198,13 +198,14 @@ def _recurrent_stats(app: Flask, run_id: str, epochs: int) -> None:
     layers = ((0, "lstm_0", ("Wx", "Wh", "b")), (1, "dense_1", ("W", "b")))
     with db.session_scope(app) as session:
         for e in range(1, epochs + 1):
-            for layer, name, arrays in layers:
-                by_time = [e, 0.5, None] if layer == 0 else None
-                params = [{"param": param, **dict.fromkeys(PARAM_STAT_FIELDS, e + i / 10),
-                           "grad_std": None} for i, param in enumerate(arrays)]
-                session.add(LayerStat(run_id=run_id, phase="train", epoch=e, layer=layer,
-                                      name=name, grad_norm_by_time=by_time, params=params,
-                                      **dict.fromkeys(STAT_FIELDS, 1.0)))
+            rows = [{"layer": layer, "name": name, **dict.fromkeys(STAT_FIELDS, 1.0),
+                     "grad_norm_by_time": [e, 0.5, None] if layer == 0 else None,
+                     "params": [{"param": param, **dict.fromkeys(PARAM_STAT_FIELDS, e + i / 10),
+                                 "grad_std": None} for i, param in enumerate(arrays)]}
+                    for layer, name, arrays in layers]
+            layout, figures = statstore.pack(rows)
+            session.add(EpochStats(run_id=run_id, phase="train", epoch=e, layout=layout,
+                                   figures=figures))
 
 
 def test_layer_stats_per_array_and_by_time(any_app: Flask, any_client) -> None:  # noqa: ANN001
@@ -232,10 +233,45 @@ def test_layer_stats_per_array_and_by_time(any_app: Flask, any_client) -> None: 
     assert brief[2] == {k: v for k, v in lstm.items() if k not in ("params", "grad_norm_by_time")}
     assert _items(any_client, f"{url}?max_points=2&layer=0&detail=true") == [rows[0], rows[4]]
 
-    assert _layer_stats(any_app) == 3 * 2
+    assert _stored_epochs(any_app) == 3  # an epoch's layers in one row
     set_status(any_app, run["id"], "succeeded")
     assert any_client.delete(f"/v1/runs/{run['id']}").status_code == 204
-    assert _layer_stats(any_app) == 0
+    assert _stored_epochs(any_app) == 0
+
+
+def test_layer_stats_by_layer_across_layouts(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    """Pretraining epochs hold the one layer they pretrain (layer 0, then 1), training epochs
+    all three: ?layer keeps the epochs holding it, ?max_points picks among those, and pages
+    of any size, breaking epochs anywhere, add up to the whole."""
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    with db.session_scope(any_app) as session:
+        for phase, epochs, layers in (("pretrain", 6, None), ("train", 4, (0, 1, 2))):
+            for e in range(1, epochs + 1):
+                rows = [{"layer": layer, "name": f"dense_{layer}", "grad_norm": e + layer / 10}
+                        for layer in (layers or ((e - 1) // 3,))]
+                layout, figures = statstore.pack(rows)
+                session.add(EpochStats(run_id=run["id"], phase=phase, epoch=e, layout=layout,
+                                       figures=figures))
+    url = f"/v1/runs/{run['id']}/layer-stats"
+    every = [(r["phase"], r["epoch"], r["layer"], r["grad_norm"]) for r in _items(any_client, url)]
+    assert every[:6] == [("pretrain", e, (e - 1) // 3, e + (e - 1) // 3 / 10) for e in range(1, 7)]
+    assert every[6:9] == [("train", 1, 0, 1.0), ("train", 1, 1, 1.1), ("train", 1, 2, 1.2)]
+    assert len(every) == 6 + 4 * 3
+    one = [(r["phase"], r["epoch"]) for r in _items(any_client, f"{url}?layer=1")]
+    assert one == [("pretrain", 4), ("pretrain", 5), ("pretrain", 6)] + [
+        ("train", e) for e in range(1, 5)]
+    assert [r["epoch"] for r in _items(any_client, f"{url}?layer=1&phase=pretrain&max_points=2")
+            ] == [4, 6]
+    assert _items(any_client, f"{url}?layer=2&phase=pretrain") == []
+    assert _items(any_client, f"{url}?layer=12") == []
+    for limit in (1, 2, 4, 5):
+        rows, _ = _all_pages(any_client, url, limit)
+        assert [(r["phase"], r["epoch"], r["layer"], r["grad_norm"]) for r in rows] == every
+        rows, _ = _all_pages(any_client, f"{url}?layer=1&max_points=3", limit)
+        assert [(r["phase"], r["epoch"]) for r in rows] == [
+            ("pretrain", 4), ("pretrain", 5), ("pretrain", 6), ("train", 1), ("train", 3),
+            ("train", 4)]
 
 
 # ---- weights -----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 import nn
-from service import db
+from service import db, statstore
 from service.models import Artifact, Run
 from tests.service.helpers import (
     XOR_NETWORK,
@@ -74,6 +74,24 @@ def test_training_is_optional(client) -> None:  # noqa: ANN001
     resp = client.post("/v1/runs", json={"dataset_id": dataset["id"], "network": XOR_NETWORK})
     assert resp.status_code == 202
     assert resp.get_json()["training"]["epochs"] == nn.DEFAULTS["training"]["epochs"]
+
+
+def test_statistics_thinning_is_fixed_when_the_run_is_made(app: Flask, client) -> None:  # noqa: ANN001
+    """Each phase keeps at most RUN_MAX_STATS_EPOCHS statistics epochs: a run with no more
+    epochs keeps them all (null); the longer phase, pretraining or training, sets T."""
+    dataset = create_xor_dataset(client)
+
+    def thinned(**training: object) -> int | None:
+        return create_run(client, dataset["id"],
+                          training={**XOR_TRAINING, **training})["stats_thinned_after"]
+
+    assert thinned(epochs=2000) is None
+    assert thinned(epochs=5000) == statstore.thinned_after(5000, 2000) == 916
+    assert thinned(epochs=5000, stats=False) is None
+    assert thinned(epochs=10, pretrain={"epochs": 1500}) == statstore.thinned_after(1500, 2000)
+    app.config["RUN_MAX_STATS_EPOCHS"] = 100
+    assert thinned(epochs=1000) == statstore.thinned_after(1000, 100) == 28
+    assert thinned(epochs=10, pretrain={"epochs": 200}) == statstore.thinned_after(200, 100)
 
 
 def test_publish_after_commit(app: Flask, client, published: list[str]) -> None:  # noqa: ANN001
@@ -420,6 +438,34 @@ def test_cancel_never_overwrites_a_concurrent_claim(app: Flask, client, monkeypa
     assert body["status"] == "cancelling"  # not "cancelled": the claim was not overwritten
 
 
+def test_pin_and_unpin(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    assert run["pinned"] is False
+    url = f"/v1/runs/{run['id']}"
+    for pinned in (True, True, False):
+        resp = any_client.patch(url, json={"pinned": pinned})
+        assert resp.status_code == 200 and resp.get_json()["pinned"] is pinned
+        assert {k: v for k, v in resp.get_json().items() if k != "pinned"} == {
+            k: v for k, v in run.items() if k != "pinned"}  # nothing else changes
+    finish_run(any_app, run["id"])
+    assert any_client.patch(url, json={"pinned": True}).get_json()["status"] == "succeeded"
+    assert any_client.get(url).get_json()["pinned"] is True
+    missing = any_client.patch(f"/v1/runs/{uuid.uuid4()}", json={"pinned": True})
+    assert missing.status_code == 404 and missing.get_json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize(("body", "path"), [
+    ({}, ""), ({"pinned": "yes"}, "pinned"), ({"pinned": None}, "pinned"),
+    ({"status": "succeeded"}, "status"), ({"pinned": True, "epochs_total": 3}, "epochs_total"),
+])
+def test_patch_refuses_what_it_cannot_set(client, body: dict, path: str) -> None:  # noqa: ANN001
+    run = create_run(client, create_xor_dataset(client)["id"])
+    resp = client.patch(f"/v1/runs/{run['id']}", json=body)
+    assert resp.status_code == 422 and problem_paths(resp) == [path], resp.get_json()
+    assert client.get(f"/v1/runs/{run['id']}").get_json() == run
+
+
 @pytest.mark.parametrize("status", ["queued", "running", "cancelling"])
 def test_delete_active_is_409(app: Flask, client, status: str) -> None:  # noqa: ANN001
     dataset = create_xor_dataset(client)
@@ -437,7 +483,7 @@ def test_delete_cascades(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert any_client.delete(f"/v1/runs/{run['id']}").status_code == 204
     assert any_client.get(f"/v1/runs/{run['id']}").status_code == 404
     with db.engine(any_app).connect() as conn:
-        for table in ("epochs", "layer_stats", "artifacts"):
+        for table in ("epochs", "epoch_stats", "artifacts"):
             assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar() == 0, table
 
 

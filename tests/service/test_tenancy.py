@@ -53,6 +53,7 @@ PUBLIC, ADMIN, TENANT = _operations("public"), _operations("admin"), _operations
 # A valid body for the operations that need one (so that only the id can be wrong).
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/runs/{run_id}/predict"): {"inputs": [[1.0, 1.0]]},
+    ("PATCH", "/v1/runs/{run_id}"): {"pinned": True},
     ("POST", "/v1/admin/tenants"): {"name": "someone"},
 }
 
@@ -145,7 +146,7 @@ def _unchanged(other: dict[str, Any]) -> None:
     b = other["client"]
     assert b.get(f"/v1/datasets/{other['dataset_id']}").status_code == 200
     run = b.get(f"/v1/runs/{other['run_id']}").get_json()
-    assert run["status"] == "succeeded" and not run["cancel_requested"]
+    assert run["status"] == "succeeded" and not run["cancel_requested"] and not run["pinned"]
 
 
 @pytest.mark.parametrize(("method", "template"), [op for op in TENANT if "{" in op[1]])
@@ -166,8 +167,12 @@ def _param(template: str) -> str:
 
 @pytest.mark.parametrize(("method", "template"), [op for op in TENANT if "{" not in op[1]])
 def test_collections_show_only_ones_own(any_client, other: dict, method: str, template: str) -> None:  # noqa: ANN001
-    """Lists never show B's rows; bodies that name B's rows are refused as naming nothing."""
-    if method == "GET":
+    """Lists never show B's rows, usage never counts them; bodies that name B's rows are
+    refused as naming nothing."""
+    if template == "/v1/usage":
+        assert any_client.get(template).get_json()["counts"] == {"datasets": 0, "runs": 0}
+        assert other["client"].get(template).get_json()["counts"] == {"datasets": 1, "runs": 1}
+    elif method == "GET":
         resp = any_client.get(template)
         assert resp.status_code == 200
         assert other["dataset_id"] not in resp.get_data(as_text=True)

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from service import db
-from service.models import Artifact, Epoch, LayerStat, utcnow
+from service import db, statstore
+from service.models import Artifact, Epoch, EpochStats, utcnow
 from tests.worker.rows import get_run, set_run
 from worker import progress as progress_module
 from worker import shutdown
@@ -43,10 +43,17 @@ def _losses(run_id: str) -> list[float]:
                                     .where(Epoch.run_id == run_id).order_by(Epoch.epoch)))
 
 
-def _stats(run_id: str) -> int:
+def _stats(run_id: str) -> list[int]:
+    """The epochs that have a statistics row."""
     with db.session_scope() as session:
-        return session.scalar(sa.select(sa.func.count()).select_from(LayerStat)
-                              .where(LayerStat.run_id == run_id))
+        return list(session.scalars(sa.select(EpochStats.epoch)
+                                    .where(EpochStats.run_id == run_id).order_by(EpochStats.epoch)))
+
+
+def _thinned(epochs: int, thinned_after: int) -> list[int]:
+    """The statistics epochs a run of `epochs` keeps: the rule's, and the last."""
+    kept = [e for e in range(1, epochs + 1) if statstore.kept(e, thinned_after)]
+    return kept if kept[-1] == epochs else [*kept, epochs]
 
 
 def _checkpoint_epoch(run_id: str) -> int | None:
@@ -99,19 +106,23 @@ def test_a_flush_that_fails_on_its_connection_is_written_by_the_next(
 
     FLUSH_SECONDS=0 makes every epoch flush, so the broken COMMITs (those after the claim's,
     the data load's and the first flush's) are flushes 2-5 of 60, however fast the machine
-    trains. (With fewer flushes they could reach the final COMMIT: the next test.)"""
+    trains. (With fewer flushes they could reach the final COMMIT: the next test.) The
+    statistics are thinned past epoch 8: each flush replaces the latest epoch's row, and a
+    flush written again replaces it once."""
     app.config.update(FLUSH_SECONDS=0)
-    reference = make_run(training=TRAINING)
+    reference = make_run(training=TRAINING, stats_thinned_after=8)
     assert train_run(reference) == "succeeded"
-    run_id = make_run(training=TRAINING)
+    run_id = make_run(training=TRAINING, stats_thinned_after=8)
     failures = broken_commits(4, applied=applied)
     assert train_run(run_id) == "succeeded"
     assert len(failures) == 4
     run = get_run(run_id)
     assert (run.attempts, run.epochs_completed) == (1, 60)
     assert _epochs(run_id) == list(range(1, 61))
-    assert _stats(run_id) == 2 * 60
+    assert _stats(run_id) == _stats(reference) == _thinned(60, 8)
+    assert _stats(run_id)[-6:] == [28, 32, 40, 48, 56, 60]
     assert _losses(run_id) == _losses(reference)
+    assert run.rows_bytes == get_run(reference).rows_bytes  # counted once
 
 
 @pytest.mark.parametrize("broken", [1, 3], ids=["final", "final-and-the-checks"])
@@ -175,7 +186,7 @@ def test_a_commit_that_fails_on_its_connection_anywhere_loses_nothing(
             armed.append(broken_commits(1, applied=applied, after=0))
         return answer
 
-    run_id = make_run(training={"epochs": 30})
+    run_id = make_run(training={"epochs": 30}, stats_thinned_after=8)
     with monkeypatch.context() as mp:
         mp.setattr(module, name, arm_around)
         if outcome == "raises":
@@ -192,7 +203,7 @@ def test_a_commit_that_fails_on_its_connection_anywhere_loses_nothing(
     run = get_run(run_id)
     assert (run.status, run.attempts) == ("succeeded", attempts[applied])
     assert _epochs(run_id) == list(range(1, 31))
-    assert _stats(run_id) == 2 * 30
+    assert _stats(run_id) == _thinned(30, 8)
 
 
 def test_a_database_gone_for_a_whole_lease_gives_the_run_up_to_be_resumed(

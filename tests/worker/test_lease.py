@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 import nn
 from service import db
-from service.models import Epoch, LayerStat, utcnow
+from service.models import Epoch, EpochStats, utcnow
 from tests.worker.rows import get_run, in_context, set_run
 from worker import lease
 from worker.progress import Lease, Progress
@@ -37,7 +37,7 @@ def _report(epoch: int) -> nn.EpochReport:
 def _rows(run_id: str) -> int:
     with db.session_scope() as session:
         return sum(session.scalar(sa.select(sa.func.count()).select_from(t)
-                                  .where(t.run_id == run_id)) for t in (Epoch, LayerStat))
+                                  .where(t.run_id == run_id)) for t in (Epoch, EpochStats))
 
 
 def test_a_queued_run_is_claimed_once(make_run: Callable[..., str]) -> None:

@@ -85,7 +85,8 @@ def test_runs_that_must_not_run_again_are_settled(make_run: Callable[..., str]) 
                           lease_token="a", lease_expires_at=expired)
     exhausted = make_run(status="running", attempts=3, lease_token="b",
                          lease_expires_at=expired)
-    assert reconcile() == {"settled": 2, "republished": 0}
+    swept = reconcile()
+    assert (swept["settled"], swept["republished"], swept["deleted"]) == (2, 0, 0)
     assert get_run(cancelling).status == "cancelled"
     assert (get_run(exhausted).status, get_run(exhausted).error_code) == ("failed", "worker_lost")
     assert sent() == []

@@ -14,14 +14,14 @@ import sqlalchemy as sa
 from flask import Flask
 
 import nn
-from service import dataio, db
+from service import dataio, db, statstore, usage
 from service.db import connection_lost
 from service.models import (
     PARAM_STAT_FIELDS,
     Artifact,
     Dataset,
     Epoch,
-    LayerStat,
+    EpochStats,
     utcnow,
 )
 from tests.worker.rows import add_dataset, add_run, get_run, in_context, set_run
@@ -79,11 +79,32 @@ def test_xor_trains_and_everything_is_stored(make_run: Callable[..., str]) -> No
     assert run.metrics["epochs_completed"] == 30 and run.metrics["train_loss"] > 0
     assert run.lease_token is None and run.finished_at >= run.started_at
     assert _count(Epoch, run_id) == 30
-    assert _count(LayerStat, run_id) == 30 * 2  # one row per dense layer per epoch
+    assert _count(EpochStats, run_id) == 30  # every layer of an epoch in one row
     stored = _artifacts(run_id)
     assert set(stored) == {"final"}  # the checkpoint is dropped once the run succeeded
     model = nn.Model.from_npz(stored["final"])
     assert len(model.predict([[1.0, 1.0]])["labels"]) == 1
+    assert run.rows_bytes == _rows_bytes(run_id) > 30 * usage.EPOCH_ROW_BYTES
+
+
+def _rows_bytes(run_id: str) -> int:
+    """What the run's rows count toward its tenant's stored bytes, counted afresh."""
+    with db.session_scope() as session:
+        stats = session.execute(sa.select(EpochStats.layout, EpochStats.figures)
+                                .where(EpochStats.run_id == run_id)).all()
+    return _count(Epoch, run_id) * usage.EPOCH_ROW_BYTES + sum(
+        usage.STATS_ROW_BYTES + len(layout) + len(figures) for layout, figures in stats)
+
+
+def test_a_run_past_its_tenants_quota_trains_on(
+    app: Flask, make_run: Callable[..., str],
+) -> None:
+    """The quota refuses new data sets and runs; a run in training finishes, and its rows
+    are counted."""
+    app.config["TENANT_MAX_STORED_BYTES"] = 1
+    run_id = make_run(training={"epochs": 30})
+    assert train_run(run_id) == "succeeded"
+    assert get_run(run_id).rows_bytes == _rows_bytes(run_id) > 1
 
 
 def test_many_tiny_epochs_are_written_in_few_transactions(
@@ -103,7 +124,7 @@ def test_many_tiny_epochs_are_written_in_few_transactions(
         numbers = session.scalars(sa.select(Epoch.epoch).where(Epoch.run_id == run_id)
                                   .order_by(Epoch.epoch)).all()
     assert numbers == list(range(1, epochs + 1))
-    assert _count(LayerStat, run_id) == 2 * epochs
+    assert _count(EpochStats, run_id) == epochs
 
 
 def test_cancel_stops_a_running_run_and_keeps_its_weights(
@@ -202,10 +223,10 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(
     make_run: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     training = {"epochs": 150, "validation_fraction": 0.2}
-    reference = make_run(training=training)
+    reference = make_run(training=training, stats_thinned_after=20)
     assert train_run(reference) == "succeeded"
 
-    run_id = make_run(training=training)
+    run_id = make_run(training=training, stats_thinned_after=20)
     on_epoch = Progress.on_epoch
 
     def dies_after_a_checkpoint(self: Progress, report: nn.EpochReport) -> None:
@@ -228,8 +249,61 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(
     run, ref = get_run(run_id), get_run(reference)
     assert run.attempts == 2 and run.metrics == ref.metrics
     assert _losses(run_id) == _losses(reference)  # every epoch once, the same numbers
+    assert run.rows_bytes == ref.rows_bytes == _rows_bytes(run_id)  # what they count, too
+    reports, _ = _engine_reports(reference)  # statistics: the same epochs, the same numbers
+    assert _stored_stats(run_id) == _stored_stats(reference) == _expected_stats(
+        _thinned(reports, 20))
+    assert [e for _, e, layer, _ in _stored_stats(run_id)[0] if layer == 0][-4:] == [
+        128, 136, 144, 150]
     weights = [nn.Model.from_npz(_artifacts(r)["final"]).weights for r in (run_id, reference)]
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(*weights) for k in a)
+
+
+# ---- what a long run stores -------------------------------------------------------------------
+
+# The issue's demo (#19): XOR, four hidden layers of four sigmoid units, 80 samples an epoch.
+DEMO_NET = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"}] * 4
+            + [{"type": "dense", "units": 1, "activation": "sigmoid"}]}
+DEMO_EPOCHS = 100_000
+# What a database may hold after the demo. On PostgreSQL the epoch rows, every one kept,
+# take 20 MB by themselves (about 200 bytes each, 75 of them the 36-character run id, in the
+# row and in its key's index), and the total is about 22 MB (bench/STORAGE.md).
+DEMO_BYTES = {"sqlite": 20_000_000, "postgresql": 23_000_000}
+
+
+def test_the_demo_of_100000_epochs_stores_at_most_20_mb(app: Flask, db_url: str) -> None:
+    """The demo with its statistics thinned as a run of 100,000 epochs thins them: the
+    worker trains 1,200 epochs, then the other 98,800 epochs' rows are written as its
+    flushes would write them (500 epochs a flush, the last epoch's figures again: every
+    epoch's rows have the same size); the rows are those the rule keeps, and the database
+    grows by at most the bound, data set, run and weights included. (bench/storage.py
+    trains all 100,000: bench/STORAGE.md.)"""
+    backend = "sqlite" if db_url.startswith("sqlite") else "postgresql"
+    app.config.update(FLUSH_SECONDS=1.0, CHECKPOINT_SECONDS=10.0)  # as deployed
+    with db.engine().connect() as conn:
+        empty = db.table_bytes(conn)
+    thinned_after, trained = statstore.thinned_after(DEMO_EPOCHS, 2000), 1200
+    run_id = add_run(add_dataset("xor", 100), DEMO_NET,
+                     {"epochs": trained, "validation_fraction": 0.2},
+                     stats_thinned_after=thinned_after)
+    assert train_run(run_id) == "succeeded"
+    assert (thinned_after, _count(EpochStats, run_id)) == (402, 402 + 201 + 99)
+    with db.session_scope() as session:
+        last = session.get(Epoch, (run_id, "train", trained))
+        stats = statstore.rows(session.get(EpochStats, (run_id, "train", trained)))
+    for start in range(trained + 1, DEMO_EPOCHS + 1, 500):
+        reports = [nn.EpochReport(e, "train", last.train_loss, last.val_loss,
+                                  last.train_accuracy, last.val_accuracy, last.duration_s,
+                                  last.learning_rate, stats)
+                   for e in range(start, min(start + 500, DEMO_EPOCHS + 1))]
+        with db.session_scope() as session:
+            write_epochs(session, run_id, reports, thinned_after=thinned_after)
+    assert _count(Epoch, run_id) == DEMO_EPOCHS
+    assert _count(EpochStats, run_id) == statstore.kept_count(DEMO_EPOCHS, thinned_after) == 1999
+    with db.engine().connect() as conn:
+        grown = {t: n - empty.get(t, 0) for t, n in db.table_bytes(conn).items()}
+    assert grown["epoch_stats"] <= 1999 * 5 * 150  # at most 150 bytes a layer and epoch
+    assert sum(grown.values()) <= DEMO_BYTES[backend], grown
 
 
 # ---- the deep structures: per-array statistics, pretraining ---------------------------------
@@ -259,30 +333,38 @@ def _engine_reports(run_id: str) -> tuple[list[nn.EpochReport], nn.TrainResult]:
 
 
 def _stored_stats(run_id: str) -> tuple[list[tuple], list[tuple]]:
-    """(phase, epoch, layer, grad_norm_by_time) of every layer-stat row, and (phase, epoch,
-    layer, param, *statistics) of every per-array row, in order."""
+    """(phase, epoch, layer, grad_norm_by_time) of every stored layer row, and (phase, epoch,
+    layer, param, *statistics) of every per-array entry, in order."""
     with db.session_scope() as session:
-        layers = session.execute(
-            sa.select(LayerStat.phase, LayerStat.epoch, LayerStat.layer,
-                      LayerStat.grad_norm_by_time)
-            .where(LayerStat.run_id == run_id)
-            .order_by(LayerStat.phase, LayerStat.epoch, LayerStat.layer)).all()
-        params = session.execute(
-            sa.select(LayerStat.phase, LayerStat.epoch, LayerStat.layer, LayerStat.params)
-            .where(LayerStat.run_id == run_id)
-            .order_by(LayerStat.phase, LayerStat.epoch, LayerStat.layer)).all()
-    return [tuple(r) for r in layers], [
-        (*r[:3], p["param"], *(p.get(f) for f in PARAM_STAT_FIELDS)) for r in params
-        for p in r.params]
+        rows = [row for stats in session.scalars(
+            sa.select(EpochStats).where(EpochStats.run_id == run_id)
+            .order_by(EpochStats.phase, EpochStats.epoch)) for row in statstore.rows(stats)]
+    return [(r["phase"], r["epoch"], r["layer"], r["grad_norm_by_time"]) for r in rows], [
+        (r["phase"], r["epoch"], r["layer"], p["param"], *(p[f] for f in PARAM_STAT_FIELDS))
+        for r in rows for p in r["params"]]
+
+
+def _float32(value: float | None) -> float | None:
+    """A figure as stored (float32, read back as its shortest decimal; NaN as null)."""
+    return None if value is None or not np.isfinite(value) else float(str(np.float32(value)))
 
 
 def _expected_stats(reports: list[nn.EpochReport]) -> tuple[list[tuple], list[tuple]]:
     ordered = sorted(reports, key=lambda r: (r.phase, r.epoch))
-    layers = [(r.phase, r.epoch, s["layer"], s.get("grad_norm_by_time"))
+    layers = [(r.phase, r.epoch, s["layer"], s.get("grad_norm_by_time") and
+               [_float32(v) for v in s["grad_norm_by_time"]])
               for r in ordered for s in r.layer_stats]
-    params = [(r.phase, r.epoch, s["layer"], p["param"], *(p[f] for f in PARAM_STAT_FIELDS))
+    params = [(r.phase, r.epoch, s["layer"], p["param"],
+               *(_float32(p[f]) for f in PARAM_STAT_FIELDS))
               for r in ordered for s in r.layer_stats for p in s["params"]]
     return layers, params
+
+
+def _thinned(reports: list[nn.EpochReport], thinned_after: int) -> list[nn.EpochReport]:
+    """The reports whose statistics a run keeps: the rule's, and each phase's last."""
+    last = {r.phase: r.epoch for r in reports}
+    return [r for r in reports
+            if statstore.kept(r.epoch, thinned_after) or r.epoch == last[r.phase]]
 
 
 def test_an_lstm_run_stores_per_array_stats_and_the_gradient_norm_by_time(app: Flask) -> None:
@@ -351,8 +433,42 @@ def test_rows_cut_off_from_their_connection_are_a_connection_error(
     assert connection_lost(caught.value) and caught.value.statement.startswith("COPY")
     with db.session_scope() as session:
         write_epochs(session, run_id, [report])
-    assert (_count(Epoch, run_id), _count(LayerStat, run_id)) == (1, 1)
+    assert (_count(Epoch, run_id), _count(EpochStats, run_id)) == (1, 1)
     assert _stored_stats(run_id)[1] == [("train", 1, 0, "W", *[None] * 8)]
+
+
+def test_statistics_past_the_threshold_keep_the_rules_epochs_and_the_latest(
+    make_run: Callable[..., str],
+) -> None:
+    """Past T = 4: every 2nd epoch up to 8, every 4th up to 16, ...; each flush's latest
+    epoch of a phase is kept until the next flush replaces it, also when that flush comes
+    after a resume (the latest is then the checkpoint's epoch) or is written again after an
+    ambiguous COMMIT; pretraining's last epoch stays."""
+    run_id = make_run()
+    row = {"layer": 0, "name": "dense_0", "params": [{"param": "W"}, {"param": "b"}]}
+
+    def flush(phase: str, epochs: range, *, replace: bool = False) -> list[tuple[str, int]]:
+        reports = [nn.EpochReport(e, phase, 0.5, None, None, None, 0.01, 0.5, [row])
+                   for e in epochs]
+        with db.session_scope() as session:
+            write_epochs(session, run_id, reports, replace=replace, thinned_after=4)
+        with db.session_scope() as session:
+            return [tuple(k) for k in session.execute(
+                sa.select(EpochStats.phase, EpochStats.epoch).where(EpochStats.run_id == run_id)
+                .order_by(EpochStats.phase, EpochStats.epoch))]
+
+    assert [statstore.kept(e, 4) for e in range(1, 18)] == [
+        True] * 4 + [False, True, False, True] + [False, False, False, True] * 2 + [False]
+    pre = [("pretrain", 1), ("pretrain", 2), ("pretrain", 3)]
+    assert flush("pretrain", range(1, 4)) == pre
+    assert flush("train", range(1, 6)) == pre + [("train", e) for e in (1, 2, 3, 4, 5)]
+    kept = pre + [("train", e) for e in (1, 2, 3, 4, 6, 8)]
+    assert flush("train", range(6, 10)) == [*kept, ("train", 9)]
+    with db.session_scope() as session:  # a new worker resumes from a checkpoint at 9
+        lease.forget_after(session, run_id, "train", 9)
+    assert flush("train", range(10, 12)) == [*kept, ("train", 11)]
+    assert flush("train", range(10, 12), replace=True) == [*kept, ("train", 11)]
+    assert flush("train", range(12, 18)) == [*kept, ("train", 12), ("train", 16), ("train", 17)]
 
 
 def test_forgetting_after_a_checkpoint_follows_the_phases(make_run: Callable[..., str]) -> None:
@@ -397,14 +513,15 @@ def test_a_pretrained_run_resumes_where_it_stopped(
     dataset = add_dataset("gaussian", 100)
     with monkeypatch.context() as mp:
         mp.setattr(progress_module, "CALIBRATE_SECONDS", 0.0)  # a calibration stop at once,
-        reference = add_run(dataset, DEEP_NET, PRETRAINED)    # while pretraining
+        reference = add_run(dataset, DEEP_NET, PRETRAINED,    # while pretraining
+                            stats_thinned_after=4)
         assert train_run(reference) == "succeeded"
     reports, alone = _engine_reports(reference)
-    assert _stored_stats(reference) == _expected_stats(reports)
+    assert _stored_stats(reference) == _expected_stats(_thinned(reports, 4))
     weights = nn.Model.from_npz(_artifacts(reference)["final"]).weights
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(weights, alone.weights) for k in a)
 
-    run_id = add_run(dataset, DEEP_NET, PRETRAINED)
+    run_id = add_run(dataset, DEEP_NET, PRETRAINED, stats_thinned_after=4)
     app.config.update(FLUSH_SECONDS=0, CHECKPOINT_SECONDS=0)  # rows and a checkpoint each epoch
     on_epoch = Progress.on_epoch
 
