@@ -11,6 +11,8 @@ a scale, a mask, a padding), which moves outputs by 1e-2 or more.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from nn.layers import LAYERS, Layer
 from nn.layers.rnn import ACTIVATIONS_RNN
 from nn.spec import parse_network
 from service import onnx_export
+from tests.procs import ROOT
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -177,3 +180,17 @@ def test_a_layer_without_an_exporter_is_named() -> None:
         onnx_export.to_onnx(model)
     assert e.value.path == "network.layers[1]"
     assert str(e.value) == "network.layers[1] (mystery) has no ONNX export"
+
+
+def test_the_readme_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README.md's "ONNX export" Python block on an XOR network's file: predict's labels."""
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", readme[readme.index("### ONNX export"):], re.S)
+    model = model_of([dense(4, "sigmoid"), dense(1, "sigmoid")], (2,), classes=[0, 1])
+    model.weights = [{"W": np.eye(2, 4), "b": np.zeros(4)},      # label 1 where x1 > 0
+                     {"W": np.array([[10.0], [0], [0], [0]]), "b": np.array([-5.0])}]
+    (tmp_path / "xor.onnx").write_bytes(onnx_export.to_onnx(model).SerializeToString())
+    monkeypatch.chdir(tmp_path)
+    names: dict[str, Any] = {}
+    exec(snippet.group(1), names)  # noqa: S102 - the README's own code
+    assert names["labels"] == model.predict(names["inputs"])["labels"] == [1, 1, 0, 0]
