@@ -67,11 +67,15 @@ class Graph:
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> str | list[str]:
-        """One node; -> its output's name (a list of names for outputs > 1)."""
+    def ops(self, op_type: str, *inputs: str, outputs: int, **attrs) -> list[str]:
+        """One node with several outputs; -> their names."""
         names = [self._name(op_type) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
-        return names[0] if outputs == 1 else names
+        return names
+
+    def op(self, op_type: str, *inputs: str, **attrs) -> str:
+        """One node; -> its output's name."""
+        return self.ops(op_type, *inputs, outputs=1, **attrs)[0]
 
 
 # -- activations: z -> f(z), as nn/activations.py defines them -------------------------------
@@ -149,8 +153,8 @@ def _recurrent(g: Graph, x: str, layer: Layer, p: Params, op_type: str,
     W, R = g.const(gates(p["Wx"]).T[None], "W"), g.const(gates(p["Wh"]).T[None], "R")
     b = gates(p["b"])
     B = g.const(np.concatenate([b, np.zeros_like(b)])[None], "B")
-    y, y_h = g.op(op_type, g.op("Transpose", x, perm=[1, 0, 2]), W, R, B, outputs=2,
-                  hidden_size=H, **attrs)
+    y, y_h = g.ops(op_type, g.op("Transpose", x, perm=[1, 0, 2]), W, R, B, outputs=2,
+                   hidden_size=H, **attrs)
     if layer.spec["return_sequences"]:                         # Y (T, 1, N, H) -> (N, T, H)
         return g.op("Transpose", g.op("Squeeze", y, g.const([1], "axes", np.int64)),
                     perm=[1, 0, 2])

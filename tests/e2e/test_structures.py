@@ -5,10 +5,9 @@ API, and their stored weights answering predictions on held-out inputs, also as 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
-
-import json
 
 import numpy as np
 import onnxruntime as ort

@@ -180,6 +180,10 @@ def test_a_layer_without_an_exporter_is_named() -> None:
         onnx_export.to_onnx(model)
     assert e.value.path == "network.layers[1]"
     assert str(e.value) == "network.layers[1] (mystery) has no ONNX export"
+    model.layers[0].spec["activation"] = "swish"               # nor nn's activations
+    with pytest.raises(onnx_export.NotExportable, match=r"^network.layers\[0\] \(dense with "
+                                                        r"activation swish\)"):
+        onnx_export.to_onnx(model)
 
 
 def test_the_readme_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
