@@ -23,7 +23,8 @@ from werkzeug.datastructures import Headers
 
 from service.schemas import spec, validator
 
-BINARY_TYPES = {"application/x-npz", "application/octet-stream", "application/yaml", "text/plain"}
+BINARY_TYPES = {"application/x-npz", "application/octet-stream", "application/onnx",
+                "application/yaml", "text/plain"}
 
 
 def _pointer(*parts: str) -> str:

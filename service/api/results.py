@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import Session
 
 import nn
-from service import artifacts, dataio, statstore
+from service import artifacts, dataio, onnx_export, statstore
 from service.api.common import fetch, json_response, run_artifact
 from service.db import get_session
 from service.errors import ApiError, validation_error
@@ -117,9 +117,12 @@ def _series(
 @bp.get("/weights")
 def weights(run_id: uuid.UUID) -> Response:
     """JSON {"layers": [...]} (the shape POST /v1/runs accepts as initial_weights), or the
-    stored .npz bytes for ?format=npz or an Accept of application/x-npz / octet-stream."""
+    stored .npz bytes for ?format=npz or an Accept of application/x-npz / octet-stream, or
+    the network as an ONNX model for ?format=onnx or Accept: application/onnx."""
     which = arg_choice("which", artifacts.MODEL_KINDS, "final")
     media = _weights_media_type()
+    if media == onnx_export.MEDIA_TYPE:
+        return _onnx(run_id, which)
     if media == "application/json":
         status, found = _stored_model(run_id, which)
         if found is None:
@@ -134,6 +137,23 @@ def weights(run_id: uuid.UUID) -> Response:
         raise _no_weights(run.id, which, fetch(session, Run, run_id, "run").status)
     resp = Response(row.data, mimetype=media)
     resp.headers["Content-Disposition"] = f'attachment; filename="run-{run.id}-{which}.npz"'
+    return resp
+
+
+def _onnx(run_id: uuid.UUID, which: str) -> Response:
+    """The model as ONNX (service/onnx_export.py); 406 `not_exportable` naming the first
+    layer that has no ONNX form."""
+    status, found = _stored_model(run_id, which)
+    if found is None:
+        raise _no_weights(str(run_id), which, status)
+    epoch, model = found
+    try:
+        proto = onnx_export.to_onnx(model, f"run {run_id} ({which} weights, epoch {epoch})")
+    except onnx_export.NotExportable as e:
+        raise ApiError(406, "not_exportable", f"{e}; ask for application/json or "
+                                              "application/x-npz", layer=e.path) from None
+    resp = Response(proto.SerializeToString(), mimetype=onnx_export.MEDIA_TYPE)
+    resp.headers["Content-Disposition"] = f'attachment; filename="run-{run_id}-{which}.onnx"'
     return resp
 
 
@@ -157,15 +177,18 @@ def _stored_model(run_id: uuid.UUID, which: str) -> tuple[str, tuple[int, nn.Mod
 
 
 def _weights_media_type() -> str:
-    fmt = arg_choice("format", ("json", "npz"))
+    fmt = arg_choice("format", ("json", "npz", "onnx"))
     if fmt is not None:
-        return "application/json" if fmt == "json" else NPZ_TYPES[0]
+        return {"json": "application/json", "npz": NPZ_TYPES[0],
+                "onnx": onnx_export.MEDIA_TYPE}[fmt]
     if "Accept" not in request.headers:
         return "application/json"
-    best = request.accept_mimetypes.best_match(("application/json", *NPZ_TYPES))
+    best = request.accept_mimetypes.best_match(("application/json", *NPZ_TYPES,
+                                                onnx_export.MEDIA_TYPE))
     if best is None:
         raise ApiError(
-            406, "not_acceptable", "weights are served as application/json or application/x-npz"
+            406, "not_acceptable", "weights are served as application/json, application/x-npz "
+                                   "or application/onnx"
         )
     return best
 

@@ -1,14 +1,16 @@
 """The deep structures end to end: `backprop up` (SQLite, its real worker), a CNN, an LSTM, a
 causal Transformer and a pretrained deep sigmoid stack created, trained and read through the
-API, and their stored weights answering predictions on held-out inputs."""
+API, and their stored weights answering predictions on held-out inputs, also as ONNX."""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 import nn
 from service import cli
@@ -158,6 +160,21 @@ def test_structures_trained_by_a_worker_answer_through_the_api(
     held_out, truth = nn.generate("gaussian", 500, 30, seed=5)
     assert np.mean(_labels(api, runs["pretrained"], held_out) == truth) >= 0.85
     assert np.mean(_labels(api, runs["plain"], held_out) == truth) <= 0.65
+
+    # Each as ONNX (Accept: application/onnx) in onnxruntime: predict's outputs, in float32.
+    for name, inputs in (("cnn", nn.generate("glyphs", 20, 10, seed=6)[0]),
+                         ("lstm", nn.generate("parity", 20, 0, seed=6, length=6)[0]),
+                         ("transformer", nn.generate("next_token", 20, 0, seed=6, length=8,
+                                                     vocab_size=8)[0]),
+                         ("pretrained", nn.generate("gaussian", 20, 30, seed=6)[0])):
+        onnx_model = api.call("GET", f"/v1/runs/{runs[name]}/weights", 200,
+                              headers={"Accept": "application/onnx"}).content
+        session = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
+        shape = json.loads(session.get_modelmeta().custom_metadata_map["input_shape"])
+        x = np.asarray(inputs, dtype=np.float32).reshape(-1, *shape)
+        expected = api.post(f"/v1/runs/{runs[name]}/predict", {"inputs": inputs.tolist()})
+        np.testing.assert_allclose(session.run(["outputs"], {"inputs": x})[0],
+                                   expected["outputs"], rtol=1e-5, atol=1e-5, err_msg=name)
 
     # Inputs of the wrong shape for each structure: a 422 naming the field.
     for name, wrong in (("cnn", np.zeros((1, 64))), ("lstm", np.zeros((1, 5))),

@@ -5,15 +5,17 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 
 import nn
-from service import db, statstore
+from service import db, onnx_export, statstore
 from service.models import PARAM_STAT_FIELDS, STAT_FIELDS, Artifact, Epoch, EpochStats
 from service.pagination import evenly_spaced
 from tests.service.helpers import (
+    XOR_TRAINING,
     create_run,
     create_xor_dataset,
     finish_run,
@@ -315,6 +317,59 @@ def test_weights_not_acceptable(client, run: dict) -> None:  # noqa: ANN001
     assert resp.status_code == 406 and resp.get_json()["code"] == "not_acceptable"
 
 
+def test_weights_onnx_answers_as_predict(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    """A trained, standardised run's ONNX model in onnxruntime: predict's outputs, to the
+    float32 graph's rounding (tests/service/test_onnx_export.py: 1e-5)."""
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"],
+                     training={**XOR_TRAINING, "standardize": True})
+    url = f"/v1/runs/{run['id']}/weights"
+    resp = any_client.get(url, headers={"Accept": "application/onnx"})
+    assert resp.status_code == 404 and resp.get_json()["code"] == "weights_not_available"
+    model = trained_model(run, epochs=20)
+    assert model.meta["standardize"] is not None
+    finish_run(any_app, run["id"], epochs=20, artifacts={"final": model.to_npz()})
+    resp = any_client.get(url, headers={"Accept": "application/onnx"})
+    assert resp.status_code == 200 and resp.mimetype == "application/onnx"
+    assert resp.headers["Content-Disposition"] == \
+        f'attachment; filename="run-{run["id"]}-final.onnx"'
+    assert any_client.get(f"{url}?format=onnx").get_data() == resp.get_data()
+    session = ort.InferenceSession(resp.get_data(), providers=["CPUExecutionProvider"])
+    inputs = np.random.default_rng(0).normal(0, 1.5, (50, 2))
+    (outputs,) = session.run(["outputs"], {"inputs": inputs.astype(np.float32)})
+    expected = any_client.post(f"/v1/runs/{run['id']}/predict",
+                               json={"inputs": inputs.tolist()}).get_json()["outputs"]
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["classes"] == "[0, 1]" and meta["task"] == "classification"
+
+
+def test_weights_onnx_by_accept(client, run: dict) -> None:  # noqa: ANN001
+    url = f"/v1/runs/{run['id']}/weights"
+    for accept, media in (("application/onnx", "application/onnx"),
+                          ("application/json;q=0.5, application/onnx", "application/onnx"),
+                          ("application/onnx;q=0.5, application/json", "application/json")):
+        resp = client.get(url, headers={"Accept": accept})
+        assert resp.status_code == 200 and resp.mimetype == media, accept
+    assert client.get(f"{url}?format=onnx", headers={"Accept": "application/json"}).mimetype \
+        == "application/onnx"
+    refused = client.get(url, headers={"Accept": "text/html"}).get_json()
+    assert "application/onnx" in refused["detail"]
+
+
+def test_weights_onnx_not_exportable_names_the_layer(
+    client, run: dict, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    """Every nn layer type exports today: a dense layer without its exporter stands in for
+    a future type that would not."""
+    monkeypatch.delitem(onnx_export.EXPORTERS, "dense")
+    resp = client.get(f"/v1/runs/{run['id']}/weights?format=onnx")
+    assert resp.status_code == 406
+    problem = resp.get_json()
+    assert problem["code"] == "not_exportable" and problem["layer"] == "network.layers[0]"
+    assert problem["detail"].startswith("network.layers[0] (dense) has no ONNX export")
+
+
 def test_weights_which(app: Flask, client, run: dict) -> None:  # noqa: ANN001
     url = f"/v1/runs/{run['id']}/weights"
     resp = client.get(f"{url}?which=best")
@@ -487,7 +542,7 @@ def test_predict_with_best_weights(app: Flask, client, run: dict) -> None:  # no
 
 # ---- reads racing a delete -------------------------------------------------------------------
 
-@pytest.mark.parametrize("query", ["?format=npz", "?format=json"])
+@pytest.mark.parametrize("query", ["?format=npz", "?format=json", "?format=onnx"])
 def test_weights_racing_a_delete_are_404(any_app: Flask, query: str) -> None:
     """The run found (and for JSON its weights' identity), their bytes read next."""
     client = any_app.test_client()
