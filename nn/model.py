@@ -7,7 +7,7 @@ import numpy as np
 
 from .data import check_inputs, check_shape, standardize
 from .errors import SpecError
-from .network import evaluate
+from .network import evaluate, infer_values
 from .spec import parse_network
 from .targets import decode
 from .weights import Weights, check_weights
@@ -29,13 +29,12 @@ class Model:
     @property
     def sample_bytes(self) -> int:
         """Bytes one sample takes while predict() computes it, an estimate from above: the
-        largest layer's forward pass (Layer.forward_values) in the model's dtype, and the
-        sample's input standardised (float64) and cast. predict(batch_size=B) then holds
-        about B times this beside its inputs and result."""
+        peak of its eval-mode forward pass (network.infer_values) in the model's dtype, and
+        the sample's input standardised (float64) and cast. predict(batch_size=B) then
+        holds about B times this beside its inputs and result."""
         itemsize = np.dtype(self.meta["dtype"]).itemsize
         inputs = math.prod(self.meta["input_shape"])
-        return max(layer.forward_values() for layer in self.layers) * itemsize \
-            + inputs * (8 + itemsize)
+        return infer_values(self.layers) * itemsize + inputs * (8 + itemsize)
 
     @property
     def result_values(self) -> int:

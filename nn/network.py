@@ -31,11 +31,18 @@ def forward(layers: list[Layer], params: Weights, x: np.ndarray, *, train: bool,
 
 def evaluate(layers: list[Layer], params: Weights, x: np.ndarray) -> np.ndarray:
     """x: (N, *input_shape) -> out: (N, *output_shape), in eval mode, each layer's cache let
-    go as soon as it returns: the peak is one layer's (Layer.forward_values), not the sum of
-    every cache that training keeps for backward."""
+    go as soon as it returns: the peak is one layer's (infer_values), not the sum of every
+    cache that training keeps for backward."""
     for layer, p in zip(layers, params):
         x, _ = layer.forward(x, p, train=False)
     return x
+
+
+def infer_values(layers: list[Layer] | tuple[Layer, ...]) -> int:
+    """Values per sample at the peak of an eval-mode forward pass over layers that lets each
+    cache go as soon as its layer returns: the largest Cost.infer (one layer runs at a
+    time, and holds its input and output)."""
+    return max((layer.cost().infer for layer in layers), default=0)
 
 
 def infer(layers: list[Layer], params: Weights, x: np.ndarray, rows: int, *,
