@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from service.errors import validation_error
+from service.errors import size, validation_error
 
 MAX_LABEL_CHARS = 200
 INT64_MAX = 2**63 - 1
@@ -205,7 +205,7 @@ def from_csv(
         lines.append(line)
         if len(values) * values.itemsize > limits.max_bytes:
             raise validation_error(
-                "file", f"line {line}: the inputs take more than {limits.max_bytes} bytes"
+                "file", f"line {line}: the inputs take more than {size(limits.max_bytes)}"
             )
     if not labels:
         raise validation_error("file", "has a header row but no data rows")
@@ -349,8 +349,8 @@ def _check_npz(headers: dict[str, NpyHeader], limits: Limits) -> None:
         stored += math.prod(shape) * _stored_itemsize(name, dtype)
     if stored > limits.max_bytes:
         raise validation_error(
-            "file", f"the arrays are larger than {limits.max_bytes} bytes once stored "
-                    f"(about {stored} bytes)",
+            "file", f"the arrays are larger than {size(limits.max_bytes)} once stored "
+                    f"(about {size(stored)})",
         )
 
 

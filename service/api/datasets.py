@@ -18,7 +18,7 @@ from service import dataio, idempotency
 from service.api.common import fetch, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
-from service.errors import ApiError, not_found, validation_error
+from service.errors import ApiError, not_found, size, validation_error
 from service.models import Dataset, Run, new_id, utcnow
 from service.pagination import page
 from service.params import json_object
@@ -147,11 +147,12 @@ def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
     return Incoming(body["name"], "classification", inputs, targets, source)
 
 
-def _check_stored_size(size: int, field: str) -> None:
-    """A 413 naming `field` when a data set of `size` stored bytes is over DATASET_MAX_BYTES."""
+def _check_stored_size(stored: int, field: str) -> None:
+    """A 413 naming `field` when a data set of `stored` bytes is over DATASET_MAX_BYTES."""
     limit = int(current_app.config["DATASET_MAX_BYTES"])
-    if size > limit:
-        detail = f"the data set takes {size} bytes; the limit is {limit}"
+    if stored > limit:
+        detail = f"the data set takes {size(stored)}; the limit is {size(limit)} " \
+                 f"(DATASET_MAX_BYTES)"
         errors = [{"path": field, "message": detail}]
         raise ApiError(413, "payload_too_large", detail, errors=errors)
 

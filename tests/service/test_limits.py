@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 
 import nn
-from service import limits
+from service import errors, limits
 from tests.service.conftest import add_tenant, make_app
 from tests.service.helpers import (
     XOR_NETWORK,
@@ -96,7 +96,7 @@ def test_a_generator_is_costed_before_it_is_made(any_app: Flask, monkeypatch, ge
     monkeypatch.setattr(nn, "generate", lambda **kw: made.append(kw) or real(**kw))
     body = {"name": "g", "generator": generator}
     _field_error(client.post("/v1/datasets", json=body), 413, "generator.n_samples",
-                 f"takes {size} bytes; the limit is 10000")
+                 f"takes {errors.size(size)}; the limit is 9.8 KiB (DATASET_MAX_BYTES)")
     assert made == []
     fits = {"name": "g", "generator": {**generator, "n_samples": 9}}
     assert client.post("/v1/datasets", json=fits).status_code == 201 and len(made) == 1
@@ -105,7 +105,8 @@ def test_a_generator_is_costed_before_it_is_made(any_app: Flask, monkeypatch, ge
 def test_stored_bytes_of_json(sqlite_url: str) -> None:
     client = _app(sqlite_url, DATASET_MAX_BYTES=1000).test_client()
     body = {"name": "t", "inputs": [[float(i), 1.0] for i in range(100)], "targets": [0, 1] * 50}
-    _field_error(client.post("/v1/datasets", json=body), 413, "inputs", "the limit is 1000")
+    _field_error(client.post("/v1/datasets", json=body), 413, "inputs",
+                 "the limit is 1000 B (DATASET_MAX_BYTES)")
 
 
 # ---- CSV -----------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def test_csv_feature_and_byte_limits(sqlite_url: str) -> None:
     _field_error(_upload(client, b"a,b,c,d,y\n1,2,3,4,0\n2,3,4,5,1\n"), 422, "file",
                  "4 feature columns; the limit is 3")
     rows = b"".join(b"%d,%d,%d,%d\n" % (i, i, i, i % 2) for i in range(40))  # 3 x 8 bytes a row
-    _field_error(_upload(client, b"a,b,c,y\n" + rows), 422, "file", "more than 800 bytes")
+    _field_error(_upload(client, b"a,b,c,y\n" + rows), 422, "file", "more than 800 B")
 
 
 def test_csv_non_finite_numbers(client) -> None:  # noqa: ANN001
@@ -207,7 +208,8 @@ def test_npz_rows_features_and_stored_size(sqlite_url: str, never_read: None) ->
     # of labels is 32 kB of bytes, but 128 kB once stored as unicode.
     labels = np.array([b"a" * 4000, b"b" * 4000] * 4)
     npz = npz_bytes(inputs=np.zeros((8, 4), dtype=np.int8), targets=labels)
-    _field_error(_upload(client, npz, "s.npz"), 422, "file", "larger than 20000 bytes once stored")
+    _field_error(_upload(client, npz, "s.npz"), 422, "file",
+                 "larger than 19.5 KiB once stored (about 125.2 KiB)")
 
 
 def test_npz_non_finite_numbers(client) -> None:  # noqa: ANN001
