@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import secrets
 import uuid
@@ -138,8 +137,10 @@ def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
     }
     try:
         # Costed before it is made: a glyphs set over the limit took 1.6 GB to find out.
-        per_sample = sum(math.prod(s) for s in nn.generator_shapes(**params))
-        _check_stored_size(n_samples * per_sample * 8, "generator.n_samples")  # 8-byte values
+        x_shape, y_shape = nn.generator_shapes(**params)
+        arrays = {"inputs": dataio.NpyHeader((n_samples, *x_shape), np.dtype(np.float64)),
+                  "targets": dataio.NpyHeader((n_samples, *y_shape), np.dtype(np.int64))}
+        _check_stored_size(dataio.stored_bytes(arrays), "generator.n_samples")
         inputs, targets = nn.generate(**params)
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None

@@ -89,17 +89,22 @@ def test_generator_rows(sqlite_url: str) -> None:
 ])
 def test_a_generator_is_costed_before_it_is_made(any_app: Flask, monkeypatch, generator,
                                                  size: int) -> None:  # noqa: ANN001
-    any_app.config["DATASET_MAX_BYTES"] = 10_000
     client = any_app.test_client()
     made = []
     real = nn.generate
     monkeypatch.setattr(nn, "generate", lambda **kw: made.append(kw) or real(**kw))
     body = {"name": "g", "generator": generator}
+    any_app.config["DATASET_MAX_BYTES"] = size - 1
     _field_error(client.post("/v1/datasets", json=body), 413, "generator.n_samples",
-                 f"takes {errors.size(size)}; the limit is 9.8 KiB (DATASET_MAX_BYTES)")
+                 f"takes {errors.size(size)}; the limit is {errors.size(size - 1)} "
+                 f"(DATASET_MAX_BYTES)")
     assert made == []
+    # its arrays fit: it is made, and then its stored npz (headers too) is over the limit
+    any_app.config["DATASET_MAX_BYTES"] = size
+    _field_error(client.post("/v1/datasets", json=body), 413, "generator.n_samples")
+    assert len(made) == 1
     fits = {"name": "g", "generator": {**generator, "n_samples": 9}}
-    assert client.post("/v1/datasets", json=fits).status_code == 201 and len(made) == 1
+    assert client.post("/v1/datasets", json=fits).status_code == 201 and len(made) == 2
 
 
 def test_stored_bytes_of_json(sqlite_url: str) -> None:
