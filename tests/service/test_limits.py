@@ -72,7 +72,10 @@ def test_json_rows_are_counted_before_the_schema_walks_them(any_app: Flask) -> N
     resp = client.post("/v1/datasets", json=wide)
     assert [e["path"] for e in resp.get_json()["errors"]] == ["inputs[0]"]
     targets = {"name": "t", "inputs": [[0, 0]] * 4, "targets": [{}] * 5}
-    _field_error(client.post("/v1/datasets", json=targets), 422, "targets", "5 values; the limit")
+    _field_error(client.post("/v1/datasets", json=targets), 422, "targets", "5 samples; the limit")
+    wide_targets = {"name": "t", "inputs": [[0, 0]] * 4, "targets": [[0, 1, 2]] * 4}
+    _field_error(client.post("/v1/datasets", json=wide_targets), 422, "targets[0]",
+                 "3 values per sample; the limit is 2")
 
 
 def test_generator_rows(sqlite_url: str) -> None:
