@@ -133,8 +133,7 @@ class RNN(Recurrent):
     def cost(self) -> Cost:
         """zs and hs kept; backward dout, dhs, dzs, h_prev (T H each), dx (T D) and a few
         arrays of one step; some 11 calls a step, forward and backward. Eval: the input,
-        x Wx and x Wx + b for every step at once, and hs, with two more (T, H) arrays as
-        an lstm's count has (5 T H)."""
+        and x Wx and x Wx + b for every step at once and hs, rounded up to 5 T H."""
         (T, d), h = self.in_shape, self.spec["units"]
         return Cost(self.macs(), 2 * T * h, 4 * T * h + T * d + 6 * h, 24 + 11 * T,
                     T * d + 5 * T * h)
