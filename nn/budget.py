@@ -16,7 +16,7 @@ batch's activations (one batch, or the whole training split without batch_size),
 validation chunk's, the epoch's metrics over every training output, preparing the data, and
 a pretrained layer's autoencoder with its inputs; then MARGIN and OVERHEAD_BYTES on top.
 The dense engine keeps its batches' buffers from the first to the end of training, beside
-the validation chunks and the metrics.
+the validation chunks.
 
 - parameters: the weights and gradients laid flat, the gradients as backward returns them,
   the epoch's snapshot (kept to roll a diverged epoch back), the optimizer's slots (SGD
@@ -228,7 +228,7 @@ def _memory(plan: Plan) -> tuple[dict[str, int], tuple[int, ...]]:
         "batch": batch,
         "validation": engine + chunk * (infer_values(layers) + n_in) * s,
         # the epoch's loss over every output; the probe's activations for the statistics
-        "metrics": engine + 3 * n_train * n_out * s
+        "metrics": 3 * n_train * n_out * s
         + r.probe * sum(math.prod(l.out_shape) for l in layers) * 8,
         # the float64 inputs standardised, the training rows their statistics come from,
         # and the cast and split copies made of them; or the labels as Python lists

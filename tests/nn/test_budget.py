@@ -155,7 +155,7 @@ CASES = {
     "pretraining": ("gaussian", 4000, {}, [dense(128), dense(64), dense(1)],
                     {"batch_size": 100, "epochs": 1, "validation_fraction": 0.2,
                      "pretrain": {"epochs": 2, "optimizer": {"type": "adam"}}}),
-    # each layer's inputs are made once the layer below has let go of its arrays
+    # each layer's inputs are made once the autoencoder below has let go of its arrays
     "pretraining-deep": ("gaussian", 4000, {}, [dense(128), dense(128), dense(128), dense(1)],
                          {"batch_size": 100, "epochs": 1, "validation_fraction": 0.2,
                           "pretrain": {"epochs": 2, "optimizer": {"type": "adam"}}}),
