@@ -3,17 +3,20 @@ the seconds they take on the reference machine, from the plan alone (no data, no
 
 Each layer says what one sample costs it (nn/layers/base.py's Cost: forward multiply-adds,
 the values it keeps from forward to backward, the values it needs besides while it runs,
-and its calls per batch); this module combines them with the plan: the data set's size and
-split, the batch, the dtype, the optimizer's slots, the validation passes, the statistics'
-probe, checkpoints, pretraining. The memory is an upper bound of what `describe`, `build`
-and `train` allocate at their peak, the caller's arrays of the data set included
-(tests/nn/test_budget.py measures real runs against it: within 1.1x to 2x); what the caller
-holds besides (a stored blob, say) is the caller's to add.
+its calls per batch, and the values of an eval-mode forward pass); this module combines
+them with the plan: the data set's size and split, the batch, the dtype, the optimizer's
+slots, the validation passes, the statistics' probe, checkpoints, pretraining. The memory
+is an upper bound of what `describe`, `build` and `train` allocate at their peak, the
+caller's arrays of the data set included (tests/nn/test_budget.py measures real runs
+against it: within 1.1x to 2x); what the caller holds besides (a stored blob, say) is the
+caller's to add.
 
 Peak memory = parameters + data + the largest of what exists only at times: a training
 batch's activations (one batch, or the whole training split without batch_size), a
 validation chunk's, the epoch's metrics over every training output, preparing the data, and
 a pretrained layer's autoencoder with its inputs; then MARGIN and OVERHEAD_BYTES on top.
+The dense engine keeps its batches' buffers from the first to the end of training, beside
+the validation chunks.
 
 - parameters: the weights and gradients laid flat, the gradients as backward returns them,
   the epoch's snapshot (kept to roll a diverged epoch back), the optimizer's slots (SGD
@@ -26,7 +29,8 @@ a pretrained layer's autoencoder with its inputs; then MARGIN and OVERHEAD_BYTES
   copies of them; the epoch's outputs (for its loss); the epoch's shuffled inputs when
   they are copied at once (nn/epoch.py's COPY_BYTES); the dense engine's rows and targets.
 - validation (and the initial metrics with `epochs: 0`) runs forward in chunks of at least
-  a batch and at most EVAL_BYTES (eval_rows()), so it never needs much more than training.
+  a batch and at most EVAL_BYTES at the pass's peak (eval_rows()), so it never needs much
+  more than training.
 
 Time (Rates): a cost per call (the per-batch costs of Python and NumPy, which dominate
 per-sample SGD on small nets: each layer's calls, the loop's and the optimizer's per batch,
@@ -52,6 +56,7 @@ from . import fastpath
 from .data import split_counts
 from .epoch import COPY_BYTES
 from .layers import Cost, Layer
+from .network import infer_values
 from .optim import make_optimizer
 from .spec import Plan, autoencoder, pretrained_layers
 from .stats import probe_size
@@ -126,9 +131,10 @@ def batch_rows(plan: Plan) -> int:
 
 def eval_rows(layers: list[Layer] | tuple[Layer, ...], batch: int, itemsize: int) -> int:
     """Samples per forward pass of an evaluation over many (validation, metrics of the
-    initial weights, pretraining's inputs): as many as EVAL_BYTES holds, and at least a
-    training batch (which fits, since training runs)."""
-    return max(batch, EVAL_BYTES // max(1, _per_row([l.cost() for l in layers]) * itemsize))
+    initial weights, pretraining's inputs): as many as EVAL_BYTES holds at the pass's peak
+    (network.infer_values), and at least a training batch (which fits, since training
+    runs)."""
+    return max(batch, EVAL_BYTES // max(1, infer_values(layers) * itemsize))
 
 
 def with_training(plan: Plan, **changes) -> Plan:
@@ -213,12 +219,14 @@ def _memory(plan: Plan) -> tuple[dict[str, int], tuple[int, ...]]:
             * _fast_per_row(layers, s)
     else:                     # a batch forward and backward, with its rows and targets
         batch = max(b, r.probe) * (_per_row(r.costs) + n_in + 2 * t_cols) * s
+    # what the dense engine keeps from its first batch to the end of training
+    engine = batch if fast and plan.epochs_total else 0
     chunk = min(max(n_val, n if plan.epochs_total == 0 else 0), eval_rows(layers, b, s))
     parts = {
         "parameters": plan.n_params * per_param,
         "data": resident,
         "batch": batch,
-        "validation": chunk * (_per_row(r.costs) + n_in) * s,
+        "validation": engine + chunk * (infer_values(layers) + n_in) * s,
         # the epoch's loss over every output; the probe's activations for the statistics
         "metrics": 3 * n_train * n_out * s
         + r.probe * sum(math.prod(l.out_shape) for l in layers) * 8,
@@ -285,8 +293,9 @@ def _pretraining_memory(plan: Plan, r: _Run, slots: int) -> int:
     """The largest pretrained layer's bytes beyond the parameters and data. For layer l
     with input size D: its input over the training and validation splits (the data itself
     for the first layer), made by a chunked forward pass of the layers below; then each
-    epoch's shuffled copy and outputs, and the autoencoder's batches or the metrics (D
-    values per sample each); the decoder with copies as the parameters'."""
+    epoch's shuffled copy and outputs (D values per sample each), the dense engine's
+    buffers, and the metrics over every output (two temporaries of D values per sample) or
+    a validation chunk; the decoder with copies as the parameters'."""
     if not plan.training.get("pretrain"):
         return 0
     s, b, n_train = r.itemsize, r.batch, r.n_train
@@ -295,9 +304,10 @@ def _pretraining_memory(plan: Plan, r: _Run, slots: int) -> int:
         d = ae[0].in_shape[0]
         inputs = r.n * d * s if below else 0
         rows = min(eval_rows(below, b, s), n_train) if below else 0
-        forward = rows * _per_row([l.cost() for l in below]) * s
+        forward = rows * infer_values(below) * s
         batch = (b + n_train % b + r.probe) * _fast_per_row(ae, s)
-        epoch = 2 * n_train * d * s + max(batch, n_train * d * s)
+        validation = min(r.n_val, eval_rows(ae, b, s)) * infer_values(ae) * s
+        epoch = 2 * n_train * d * s + batch + max(2 * n_train * d * s, validation)
         decoder = ae[1].n_params * (8 + 2 * slots) * s
         peak = max(peak, inputs + max(forward, epoch) + decoder)
     return peak

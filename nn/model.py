@@ -7,7 +7,7 @@ import numpy as np
 
 from .data import check_inputs, check_shape, standardize
 from .errors import SpecError
-from .network import evaluate
+from .network import infer, infer_values
 from .spec import parse_network
 from .targets import decode
 from .weights import Weights, check_weights
@@ -29,13 +29,12 @@ class Model:
     @property
     def sample_bytes(self) -> int:
         """Bytes one sample takes while predict() computes it, an estimate from above: the
-        largest layer's forward pass (Layer.forward_values) in the model's dtype, and the
-        sample's input standardised (float64) and cast. predict(batch_size=B) then holds
-        about B times this beside its inputs and result."""
+        peak of its eval-mode forward pass (network.infer_values) in the model's dtype, and
+        the sample's input standardised (float64) and cast. predict(batch_size=B) then
+        holds about B times this beside its inputs and result."""
         itemsize = np.dtype(self.meta["dtype"]).itemsize
         inputs = math.prod(self.meta["input_shape"])
-        return max(layer.forward_values() for layer in self.layers) * itemsize \
-            + inputs * (8 + itemsize)
+        return infer_values(self.layers) * itemsize + inputs * (8 + itemsize)
 
     @property
     def result_values(self) -> int:
@@ -56,12 +55,9 @@ class Model:
         x = check_shape(x, self.meta["input_shape"])
         self.layers[0].check_inputs(x)
         dtype = self.meta["dtype"]
-        out = np.empty((len(x), *self.layers[-1].out_shape), dtype=dtype)
-        step = batch_size or max(1, len(x))
         with np.errstate(over="ignore", invalid="ignore"):
-            for i in range(0, len(x), step):
-                batch = standardize(x[i:i + step], self.meta["standardize"]).astype(dtype)
-                out[i:i + step] = evaluate(self.layers, self.weights, batch)
+            out = infer(self.layers, self.weights, x, batch_size, prepare=lambda chunk:
+                        standardize(chunk, self.meta["standardize"]).astype(dtype))
         check_finite(out)
         result = {"outputs": out.tolist()}
         classes = self.meta["classes"]

@@ -3,6 +3,8 @@
 Weights = list[dict[str, ndarray]], one dict per layer in spec order ({} for layers without
 parameters). Layers are nn/layers' Layer objects; nothing here asks which type a layer is.
 """
+from collections.abc import Callable
+
 import numpy as np
 
 from .layers import Layer
@@ -29,32 +31,39 @@ def forward(layers: list[Layer], params: Weights, x: np.ndarray, *, train: bool,
     return x, caches
 
 
-def evaluate(layers: list[Layer], params: Weights, x: np.ndarray) -> np.ndarray:
-    """x: (N, *input_shape) -> out: (N, *output_shape), in eval mode, each layer's cache let
-    go as soon as it returns: the peak is one layer's (Layer.forward_values), not the sum of
-    every cache that training keeps for backward."""
-    for layer, p in zip(layers, params):
-        x, _ = layer.forward(x, p, train=False)
-    return x
-
-
-def infer(layers: list[Layer], params: Weights, x: np.ndarray, rows: int, *,
-          z: bool = False) -> np.ndarray:
-    """Eval-mode forward over x (N, *input_shape) in chunks of `rows` samples -> the outputs
-    (N, *output_shape), or with z the output layer's pre-activations: the memory of one
-    chunk's activations, however large N (x itself without layers)."""
+def infer(layers: list[Layer], params: Weights, x: np.ndarray, rows: int | None = None, *,
+          z: bool = False, prepare: Callable[[np.ndarray], np.ndarray] | None = None
+          ) -> np.ndarray:
+    """Eval-mode forward over x (N, *input_shape) in chunks of `rows` samples (all at once
+    without) -> the outputs (N, *output_shape), or with z the output layer's
+    pre-activations; x itself without layers. Each layer's cache is let go as soon as the
+    layer returns (the output layer's kept for z), so a chunk's peak is its rows times
+    infer_values(layers), however large N. prepare, when given, makes each chunk of x into
+    the first layer's input."""
     if not layers:
         return x
     result = None
+    rows = rows or max(len(x), 1)
     for s in range(0, max(len(x), 1), rows):
-        out, caches = forward(layers, params, x[s:s + rows], train=False)
-        part = output_z(caches) if z else out
+        part = x[s:s + rows] if prepare is None else prepare(x[s:s + rows])
+        for layer, p in zip(layers[:-1], params):
+            part = layer.forward(part, p, train=False)[0]      # [0]: the cache goes at once
+        part, cache = layers[-1].forward(part, params[-1], train=False)
+        if z:
+            part = output_z([cache])
+        del cache                                  # not held through the next chunk
         if len(part) == len(x):
             return part
         if result is None:
             result = np.empty((len(x), *part.shape[1:]), part.dtype)
         result[s:s + rows] = part
     return result
+
+
+def infer_values(layers: list[Layer] | tuple[Layer, ...]) -> int:
+    """Values per sample at the peak of infer() over layers: the largest Cost.infer (one
+    layer runs at a time, and holds its input and output)."""
+    return max((layer.cost().infer for layer in layers), default=0)
 
 
 def backward(layers: list[Layer], dout: np.ndarray, caches: list, *, wrt_z: bool,

@@ -109,4 +109,5 @@ def run(plan: Plan, data: Prepared, state: TrainState, poll, on_epoch, checkpoin
                 on_checkpoint(0, checkpoint.dump(state, data.fingerprint))
             if (p < total or plan.epochs_total > 0) and poll(force=True):
                 return poll.answer, None
+        del h, h_val, xs, zbuf, fast        # before the next layer's inputs are made
     return None, None

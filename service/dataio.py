@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from service.errors import validation_error
+from service.errors import size, validation_error
 
 MAX_LABEL_CHARS = 200
 INT64_MAX = 2**63 - 1
@@ -205,7 +205,7 @@ def from_csv(
         lines.append(line)
         if len(values) * values.itemsize > limits.max_bytes:
             raise validation_error(
-                "file", f"line {line}: the inputs take more than {limits.max_bytes} bytes"
+                "file", f"line {line}: the inputs take more than {size(limits.max_bytes)}"
             )
     if not labels:
         raise validation_error("file", "has a header row but no data rows")
@@ -334,7 +334,6 @@ def _npy_header(archive: zipfile.ZipFile, name: str) -> NpyHeader:
 
 def _check_npz(headers: dict[str, NpyHeader], limits: Limits) -> None:
     """Rows, values per sample and stored size (inputs as float64) within the limits."""
-    stored = 0
     for name, (shape, dtype) in headers.items():
         rows, per_sample = (shape[0], math.prod(shape[1:])) if shape else (1, 1)
         if rows > limits.max_rows:
@@ -346,12 +345,19 @@ def _check_npz(headers: dict[str, NpyHeader], limits: Limits) -> None:
                 "file", f"{name} has {per_sample} values per sample; the limit is "
                         f"{limits.max_features}",
             )
-        stored += math.prod(shape) * _stored_itemsize(name, dtype)
+    stored = stored_bytes(headers)
     if stored > limits.max_bytes:
         raise validation_error(
-            "file", f"the arrays are larger than {limits.max_bytes} bytes once stored "
-                    f"(about {stored} bytes)",
+            "file", f"the arrays are larger than {size(limits.max_bytes)} once stored "
+                    f"(about {size(stored)})",
         )
+
+
+def stored_bytes(arrays: Mapping[str, NpyHeader]) -> int:
+    """The stored size of the data of arrays `inputs` and `targets` of these shapes and
+    dtypes (the npz's headers aside), known before any of them is made or read."""
+    return sum(math.prod(shape) * _stored_itemsize(name, dtype)
+               for name, (shape, dtype) in arrays.items())
 
 
 def _stored_itemsize(name: str, dtype: np.dtype) -> int:

@@ -106,6 +106,15 @@ def not_found(what: str, ident: str) -> ApiError:
     return ApiError(404, "not_found", f"no {what} with id {ident}")
 
 
+def size(n: float) -> str:
+    """Bytes as a message shows them, in binary units: 512 B, 3.2 MiB, 75.0 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
 def problem(
     status: int,
     code: str,

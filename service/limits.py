@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 import nn
 from service import usage
-from service.errors import ApiError, validation_errors
+from service.errors import ApiError, size, validation_errors
 from service.models import ACTIVE_STATUSES, Run, Tenant
 
 WIDTHS = ("units", "filters", "dim", "ff_units")
@@ -101,8 +101,8 @@ def _memory_error(plan: nn.Plan, est: nn.budget.Estimate, stored_bytes: int, lim
                   ) -> dict[str, str]:
     """The field to change: the batch when a smaller one fits, else the largest layer, or
     the data set when it is most of the peak."""
-    need = (f"the run would need about {_size(est.memory_bytes)} of memory at its peak; the "
-            f"limit is {_size(limit)} (RUN_MAX_MEMORY_BYTES)")
+    need = (f"the run would need about {size(est.memory_bytes)} of memory at its peak; the "
+            f"limit is {size(limit)} (RUN_MAX_MEMORY_BYTES)")
     batch = nn.budget.batch_rows(plan)
     if batch > 1 and _memory(plan, 1, stored_bytes) <= limit:
         lo, hi = 1, batch                      # the largest batch that fits, by bisection
@@ -110,17 +110,17 @@ def _memory_error(plan: nn.Plan, est: nn.budget.Estimate, stored_bytes: int, lim
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if _memory(plan, mid, stored_bytes) <= limit else (lo, mid)
         return _error("training.batch_size", f"{need}; a batch of {batch} samples takes "
-                                             f"{_size(est.parts['batch'])} of it: use a "
+                                             f"{size(est.parts['batch'])} of it: use a "
                                              f"batch_size of at most {lo}")
     data = est.parts["data"] + est.parts["stored"]
     i = max(range(len(est.layers)), key=est.layers.__getitem__)
     if data >= est.layers[i]:
         return _error("dataset_id", f"{need}; the data set and its copies take "
-                                    f"{_size(data)} of it: use a smaller data set")
+                                    f"{size(data)} of it: use a smaller data set")
     spec = plan.network["layers"][i]
     field = next((f".{w}" for w in WIDTHS if w in spec), "")
     return _error(f"network.layers[{i}]{field}",
-                  f"{need}; this {spec['type']} layer takes {_size(est.layers[i])} of it "
+                  f"{need}; this {spec['type']} layer takes {size(est.layers[i])} of it "
                   f"(its parameters with their copies, and its activations for "
                   f"{batch} samples)")
 
@@ -151,15 +151,6 @@ def _time_error(plan: nn.Plan, est: nn.budget.Estimate, limit: float) -> dict[st
         f"even one epoch takes about {_duration(one)}: use fewer samples or a smaller network"
     return _error("training.pretrain.epochs" if pretraining else "training.epochs",
                   f"{need}: {advice}")
-
-
-def _size(n: float) -> str:
-    """Bytes in binary units: 512 B, 3.2 MiB, 75.0 GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def _duration(seconds: float) -> str:

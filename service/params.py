@@ -21,7 +21,7 @@ from typing import Any
 
 from flask import Flask, current_app, request
 
-from service.errors import ApiError, validation_error, validation_errors
+from service.errors import ApiError, size, validation_error, validation_errors
 from service.schemas import query_parameters
 
 _INT = re.compile(r"[+-]?[0-9]{1,18}")
@@ -105,11 +105,12 @@ def json_body() -> Any:
     """The request's JSON body: 415 for another content type, 400 "invalid_json" if malformed."""
     require_json()
     raw = request.get_data(cache=True)
-    size, limit = parsed_size(raw), int(current_app.config["JSON_MAX_MEMORY_BYTES"])
-    if size > limit:
-        raise ApiError(413, "payload_too_large", f"the JSON body would take about {size} bytes "
-                       f"of memory once read; the limit is {limit}: send fewer values (a large "
-                       f"data set as an .npz or CSV upload)")
+    need, limit = parsed_size(raw), int(current_app.config["JSON_MAX_MEMORY_BYTES"])
+    if need > limit:
+        raise ApiError(413, "payload_too_large", f"the JSON body would take about {size(need)} "
+                       f"of memory once read; the limit is {size(limit)} "
+                       f"(JSON_MAX_MEMORY_BYTES): send fewer values (a large data set as an "
+                       f".npz or CSV upload)")
     try:
         return loads(raw)
     except RecursionError:

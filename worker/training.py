@@ -30,6 +30,7 @@ from sqlalchemy.orm import undefer
 import nn
 from service import dataio, logs
 from service.db import connection_lost, session_scope
+from service.errors import size
 from service.models import Artifact, Dataset, Epoch, Run, utcnow
 from service.queue import publish_run
 from service.serialize import finite
@@ -156,7 +157,7 @@ def _out_of_memory(progress: Progress, detail: str) -> str:
     saying what to change, and the process gives back what the run left."""
     memory.release()
     limit = current_app.config["WORKER_MEMORY_LIMIT_BYTES"]
-    allowed = (f"a run may take {limit / 2**30:.3g} GiB (WORKER_MEMORY_LIMIT_BYTES)" if limit
+    allowed = (f"a run may take {size(limit)} (WORKER_MEMORY_LIMIT_BYTES)" if limit
                else "the machine has no more")
     message = (f"the run ran out of memory ({detail}); {allowed}: use a smaller "
                "training.batch_size (null is the whole data set at once), fewer or narrower "

@@ -26,9 +26,10 @@ class AvgPool2D(Pool):
     kind = "avgpool2d"
 
     def cost(self) -> Cost:
-        """out kept; backward dout, its share, and add_windows' tiles (k Qo) and dx."""
-        k, q = math.prod(self.size), math.prod(self.out_shape)
-        return Cost(0, q, 2 * q + k * q + math.prod(self.in_shape), 18)
+        """out kept; backward dout, its share, and add_windows' tiles (k Qo) and dx. Eval:
+        the input and its contiguous copy, and out."""
+        k, q, n = math.prod(self.size), math.prod(self.out_shape), math.prod(self.in_shape)
+        return Cost(0, q, 2 * q + k * q + n, 18, 2 * n + q)
 
     def forward(self, x, params, *, train, rng=None):
         out, cache = forward(self.images(x), self.size, self.stride)

@@ -24,10 +24,11 @@ MAX_UNITS = 100_000          # units, filters, dims: the same bound as a dense l
 
 
 class Cost(NamedTuple):
-    """What one sample costs a layer in a training step of the layer-by-layer path (counts
-    of values, not bytes; nn/budget.py turns them into a run's estimate). Counted from the
-    module's own code, rounded up where NumPy may or may not make a temporary, with a
-    boolean or an index array counted as one value.
+    """What one sample costs a layer in a training step of the layer-by-layer path, and in
+    an eval-mode forward pass (counts of values, not bytes; nn/budget.py turns them into a
+    run's estimate, nn/model.py into a prediction's). Counted from the module's own code,
+    rounded up where NumPy may or may not make a temporary, with a boolean or an index
+    array counted as one value.
 
     macs: forward multiply-adds (the matrix products: every output position of a
       convolution, every time step of a sequence, attention's T x T scores; 0 for layers
@@ -41,11 +42,16 @@ class Cost(NamedTuple):
       backward (a recurrent layer's at each of its T steps), counted from its code and
       scaled to their time: a call is about 0.6 us of NumPy's per-call cost with Python's
       around it (bench/BUDGET.md measures each type's).
+    infer: values alive at the peak of one eval-mode forward pass of the layer, its cache
+      let go once it returns (nn/network.py's infer): its input, its output, its cache and
+      its temporaries. Only one layer runs at a time, so an evaluation needs the largest
+      (network.infer_values); checked against measured peaks in tests/nn/test_layers.py.
     """
     macs: int
     kept: int
     scratch: int
     calls: int
+    infer: int
 
 
 class Layer:
@@ -87,19 +93,11 @@ class Layer:
     def n_params(self) -> int:
         return sum(math.prod(s) for s in self.param_shapes().values())
 
-    def forward_values(self) -> int:
-        """Values per sample that one forward pass of this layer holds at its peak: its
-        input, its output, its cache and its temporaries. An estimate from above (checked
-        against measured peaks in tests/nn/test_layers.py), so that a caller can size batches
-        before allocating any. The default: the input, z, the output and one temporary of the
-        activation (or a copy of a non-contiguous input)."""
-        return math.prod(self.in_shape) + 3 * math.prod(self.out_shape)
-
     def cost(self) -> Cost:
         """Per sample (Cost). This default fits a layer without products that makes its
         output in a call and, backward, a dx beside the incoming gradient in another."""
         n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
-        return Cost(0, n_out, n_in + n_out, 2)
+        return Cost(0, n_out, n_in + n_out, 2, plain_infer(self))
 
     def decayed(self) -> tuple[str, ...]:
         return self.weight_keys if self.decay_keys is None else self.decay_keys
@@ -131,6 +129,12 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.in_shape} -> {self.out_shape}>"
+
+
+def plain_infer(layer: Layer) -> int:
+    """Cost.infer of a layer that makes its output in a call or two: its input, z, its
+    output and one temporary of the activation (or a copy of a non-contiguous input)."""
+    return math.prod(layer.in_shape) + 3 * math.prod(layer.out_shape)
 
 
 def shape_error(path: str, kind: str, need: str, got: Shape, hint: str = "") -> SpecError:

@@ -111,26 +111,21 @@ class Conv2D(Layer):
         return {"W": (self.spec["filters"], c, *self.spec["kernel_size"]),
                 "b": (self.spec["filters"],)}
 
-    def forward_values(self) -> int:
-        """The input and its contiguous copy, the padded input, im2col's (kh kw C, Ho Wo)
-        and z, a and a temporary of (F, Ho, Wo)."""
-        c, h, w = image_shape(self.in_shape, self.kind, "")
-        (kh, kw), (ph, pw) = self.spec["kernel_size"], self.spec["padding"]
-        positions = math.prod(self.out_shape[1:])
-        padded = c * (h + 2 * ph) * (w + 2 * pw) if ph or pw else 0
-        return 2 * c * h * w + padded + kh * kw * c * positions + 3 * math.prod(self.out_shape)
     def cost(self) -> Cost:
         """Q = Ho Wo output positions, each a product over K = kh kw C inputs: cols, z and a
         kept; backward the incoming da, the derivative's two temporaries, dz and its (F, N Q)
         copy, dcols, the padded dxp and the dx copied out of it (forward's padded input is
-        smaller than those). Some 55 calls, and padding's."""
+        smaller than those). Some 55 calls, and padding's. Eval: the input and its contiguous
+        copy, the padded input, cols, and z, a and a temporary of (F, Ho, Wo)."""
         c, h, w = image_shape(self.in_shape, self.kind, "")
         f, ho, wo = self.out_shape
         (kh, kw), (ph, pw) = self.spec["kernel_size"], self.spec["padding"]
         k, q = kh * kw * c, ho * wo
+        padded = c * (h + 2 * ph) * (w + 2 * pw) if ph or pw else 0
         return Cost(f * k * q, k * q + 2 * f * q,
                     5 * f * q + k * q + c * (h + 2 * ph) * (w + 2 * pw) + c * h * w,
-                    55 + (45 if ph or pw else 0))        # np.pad costs as much as 45
+                    55 + (45 if ph or pw else 0),        # np.pad costs as much as 45
+                    2 * c * h * w + padded + k * q + 3 * f * q)
 
     def init(self, rng: np.random.Generator, dtype) -> Params:
         shape = self.param_shapes()["W"]

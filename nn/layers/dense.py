@@ -13,7 +13,7 @@ import numpy as np
 from ..activations import ACTIVATIONS
 from ..errors import SpecError
 from ..init import default_init, init_dense
-from .base import Cost, Layer, Params, Shape, activation, init_spec, units
+from .base import Cost, Layer, Params, Shape, activation, init_spec, plain_infer, units
 
 
 class DenseCache(NamedTuple):
@@ -82,7 +82,7 @@ class Dense(Layer):
         temporaries of the activation's derivative, dz, and dx."""
         d, h = self.in_shape[-1], self.units
         p = math.prod(self.in_shape[:-1])
-        return Cost(p * d * h, 2 * p * h, 4 * p * h + p * d, 17)
+        return Cost(p * d * h, 2 * p * h, 4 * p * h + p * d, 17, plain_infer(self))
 
     def init(self, rng: np.random.Generator, dtype) -> Params:
         return init_dense(self.in_shape[-1], self.units, self.spec["init"], rng, dtype)

@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import fields as f
 from ..errors import SpecError
-from .base import Cost, Layer, Params, Shape, init_spec, matrix, shape_error, units
+from .base import (Cost, Layer, Params, Shape, init_spec, matrix, plain_infer, shape_error,
+                   units)
 
 MAX_VOCAB = 1_000_000
 
@@ -62,7 +63,7 @@ class Embedding(Layer):
         """The ids as indices and the rows looked up kept; backward the incoming gradient
         (dE is a parameter-sized gradient, and there is no dx)."""
         T, dim = self.in_shape[0], self.spec["dim"]
-        return Cost(0, T + T * dim, T * dim, 5)
+        return Cost(0, T + T * dim, T * dim, 5, plain_infer(self))
 
     def check_inputs(self, x, path="inputs"):
         check_ids(x, self.spec["vocab_size"], path)

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .base import Cost, Layer, Shape
+from .base import Cost, Layer, Shape, plain_infer
 
 
 def forward(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -27,7 +27,7 @@ class Flatten(Layer):
         """A copy when its input is a transposed view (conv2d's output), else none; backward
         reshapes dout."""
         n = math.prod(self.in_shape)
-        return Cost(0, n, n, 1)
+        return Cost(0, n, n, 1, plain_infer(self))
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x)

@@ -114,9 +114,11 @@ class LSTM(Recurrent):
     def cost(self) -> Cost:
         """gates (4 T H), cs, tcs, hs kept; backward dout, dhs, da (4 T H), h_prev, dx
         (T D) and the arrays of one step; some 60 calls a step, forward and backward (the
-        gates' slices and splits)."""
+        gates' slices and splits). Eval: the input, x Wx and x Wx + b for every step's
+        gates at once (4 T H each), and cs, tcs and hs."""
         (T, d), h = self.in_shape, self.spec["units"]
-        return Cost(self.macs(), 7 * T * h, 7 * T * h + T * d + 15 * h, 32 + 60 * T)
+        return Cost(self.macs(), 7 * T * h, 7 * T * h + T * d + 15 * h, 32 + 60 * T,
+                    T * d + 11 * T * h)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, params, self.spec["return_sequences"])

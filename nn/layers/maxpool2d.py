@@ -41,15 +41,12 @@ def backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, dict]:
 class MaxPool2D(Pool):
     kind = "maxpool2d"
 
-    def forward_values(self) -> int:
-        """The pool's, and each output's window copied (kh kw values per output)."""
-        return super().forward_values() + self.size[0] * self.size[1] * math.prod(self.out_shape)
-
     def cost(self) -> Cost:
         """k = kh kw offsets of Qo outputs: the windows' copy and out kept; backward dout,
-        took and dwin (k Qo each), seen, and add_windows' tiles and dx."""
-        k, q = math.prod(self.size), math.prod(self.out_shape)
-        return Cost(0, k * q + q, 3 * k * q + 2 * q + math.prod(self.in_shape), 23)
+        took and dwin (k Qo each), seen, and add_windows' tiles and dx. Eval: the input and
+        its contiguous copy, the windows' copy and out."""
+        k, q, n = math.prod(self.size), math.prod(self.out_shape), math.prod(self.in_shape)
+        return Cost(0, k * q + q, 3 * k * q + 2 * q + n, 23, 2 * n + k * q + q)
 
     def forward(self, x, params, *, train, rng=None):
         out, cache = forward(self.images(x), self.size, self.stride)

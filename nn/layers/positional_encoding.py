@@ -8,7 +8,7 @@ P ~ U(-0.1, 0.1) at the start. x: (N, T, D) -> (N, T, D).
 import numpy as np
 
 from .. import fields as f
-from .base import Cost, Layer, Params, Shape, sequence_shape
+from .base import Cost, Layer, Params, Shape, plain_infer, sequence_shape
 
 MODES = ("sinusoidal", "learned")
 
@@ -58,7 +58,7 @@ class PositionalEncoding(Layer):
     def cost(self) -> Cost:
         """out kept; backward passes dout on as dx."""
         n = self.in_shape[0] * self.in_shape[1]
-        return Cost(0, n, n, 1)
+        return Cost(0, n, n, 1, plain_infer(self))
 
     def forward(self, x, params, *, train, rng=None):
         P = params["P"] if self.learned else self.table.astype(x.dtype, copy=False)

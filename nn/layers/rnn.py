@@ -7,7 +7,6 @@ return_sequences, else the last one h_T (N, H). Backpropagation through time wal
 dL/dh_t is the gradient from the output at t plus the one flowing back from h_{t+1}; its norm
 per time step is what the statistics report as grad_norm_by_time (the vanishing gradient).
 """
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -81,12 +80,6 @@ class Recurrent(Layer):
     weight_keys = ("Wx", "Wh")
     GATES = 1
 
-    def forward_values(self) -> int:
-        """The input, x Wx and x Wx + b for every step's gates at once, and the states (an
-        lstm's c_t, tanh c_t and h_t) of every step."""
-        T, _ = self.in_shape
-        return math.prod(self.in_shape) + (2 * self.GATES + 3) * T * self.spec["units"]
-
     @classmethod
     def _parse(cls, spec: dict, in_shape: Shape, path: str, extra: dict) -> "Recurrent":
         T, _ = sequence_shape(in_shape, cls.kind, path)
@@ -139,9 +132,11 @@ class RNN(Recurrent):
 
     def cost(self) -> Cost:
         """zs and hs kept; backward dout, dhs, dzs, h_prev (T H each), dx (T D) and a few
-        arrays of one step; some 11 calls a step, forward and backward."""
+        arrays of one step; some 11 calls a step, forward and backward. Eval: the input,
+        and x Wx and x Wx + b for every step at once and hs, rounded up to 5 T H."""
         (T, d), h = self.in_shape, self.spec["units"]
-        return Cost(self.macs(), 2 * T * h, 4 * T * h + T * d + 6 * h, 24 + 11 * T)
+        return Cost(self.macs(), 2 * T * h, 4 * T * h + T * d + 6 * h, 24 + 11 * T,
+                    T * d + 5 * T * h)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, params, self.activation, self.spec["return_sequences"])

@@ -56,13 +56,6 @@ def forward(x: np.ndarray, params: Params, heads: int = 1, causal: bool = False
     return out, AttentionCache(x, q, k, v, a, ctx, params)
 
 
-def forward_values(T: int, D: int, heads: int) -> int:
-    """Values per sample a forward pass holds at its peak beyond its input (N, T, D): q, k, v,
-    a temporary, the context and the output (6 T D), and the scores, their mask or softmax
-    temporary and the weights (3 h T^2)."""
-    return 6 * T * D + 3 * heads * T * T
-
-
 def backward(dout: np.ndarray, cache: AttentionCache, need_dx: bool = True
              ) -> tuple[np.ndarray | None, Params]:
     x, q, k, v, a, ctx, params = cache
@@ -92,9 +85,10 @@ def cost(T: int, D: int, heads: int) -> Cost:
     their weighted sum of values (2 T^2 D in all). q, k, v, ctx, out (T D each) and the
     weights a (h T T) kept; backward the scores' gradient and two temporaries of its size,
     and eight (T, D) arrays (dout, dctx, dv, dq, dk, dx, a merged head gradient and its
-    product)."""
+    product). Eval: the input, q, k, v, a temporary, ctx and out (7 T D), and the scores,
+    their mask or softmax temporary and the weights (3 h T^2)."""
     return Cost(4 * T * D * D + 2 * T * T * D, 5 * T * D + heads * T * T,
-                3 * heads * T * T + 8 * T * D, 72)
+                3 * heads * T * T + 8 * T * D, 72, 7 * T * D + 3 * heads * T * T)
 
 
 def check_heads(heads: int, dim: int, path: str) -> None:
@@ -136,10 +130,6 @@ class SelfAttention(Layer):
 
     def init(self, rng, dtype):
         return init_attention(self.in_shape[-1], self.spec["init"], rng, dtype)
-
-    def forward_values(self) -> int:
-        T, D = self.in_shape
-        return T * D + forward_values(T, D, self.spec["heads"])
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, params, self.spec["heads"], self.spec["causal"])

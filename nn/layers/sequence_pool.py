@@ -2,8 +2,6 @@
 mode "last": h_T (after a causal stack, the only position that has seen every token);
 "mean": the mean over time; "max": the max over time per feature. No parameters.
 """
-import math
-
 import numpy as np
 
 from .. import fields as f
@@ -45,16 +43,12 @@ class SequencePool(Layer):
         mode = f.choice(spec, "mode", path, MODES, cls.DEFAULTS["mode"])
         return cls({"type": cls.kind, "mode": mode}, in_shape, (d,))
 
-    def forward_values(self) -> int:
-        """The input and a copy (argmax over the time axis copies it), the indices and the
-        output."""
-        return 2 * math.prod(self.in_shape) + 2 * math.prod(self.out_shape)
-
     def cost(self) -> Cost:
         """out and (max) its indices kept (int64: two values of float32); backward dout, dx
-        (T D), and a scaled copy (mean) or put_along_axis' index arrays (max)."""
+        (T D), and a scaled copy (mean) or put_along_axis' index arrays (max). Eval: the
+        input and a copy (argmax over the time axis copies it), the indices and out."""
         T, d = self.in_shape
-        return Cost(0, 3 * d, T * d + 8 * d, 10)
+        return Cost(0, 3 * d, T * d + 8 * d, 10, 2 * T * d + 2 * d)
 
     def forward(self, x, params, *, train, rng=None):
         return forward(x, self.spec["mode"])

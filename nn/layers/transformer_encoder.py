@@ -108,13 +108,16 @@ class TransformerEncoder(Layer):
         """The attention's, two layer norms', and the feed-forward's 2 T D F multiply-adds;
         kept besides theirs: x1, u and its z (T F each), y, out. Backward carries dout and
         the residual's gradient beside the largest of its stages (the feed-forward's dx, the
-        activation's temporaries and dz, T F each), and a sum."""
+        activation's temporaries and dz, T F each), and a sum. Eval: the attention's peak
+        (its input included), and what the block keeps beside it until it returns: two
+        layer norms' outputs and caches, x1, the feed-forward's z, a and a temporary (3 T F)
+        and its second layer's (10 T D in all besides attention)."""
         (T, D), F = self.in_shape, self.spec["ff_units"]
         attn = self_attention.cost(T, D, self.spec["heads"])
         norm = layer_norm.cost(T * D, D)
         return Cost(attn.macs + 2 * T * D * F, attn.kept + 2 * norm.kept + 3 * T * D + 2 * T * F,
                     3 * T * D + max(4 * T * F + T * D, attn.scratch, norm.scratch),
-                    attn.calls + 2 * norm.calls + 40)
+                    attn.calls + 2 * norm.calls + 40, attn.infer + 10 * T * D + 3 * T * F)
 
     def init(self, rng, dtype):
         D, F = self.in_shape[-1], self.spec["ff_units"]
@@ -125,14 +128,6 @@ class TransformerEncoder(Layer):
         for tag in ("ln1", "ln2"):
             p[f"{tag}_gamma"], p[f"{tag}_beta"] = np.ones(D, dtype), np.zeros(D, dtype)
         return {k: p[k] for k in self.param_shapes()}
-
-    def forward_values(self) -> int:
-        """The input, the attention's peak, and what the block keeps beside it until it
-        returns: two layer norms' outputs and caches, x1, the feed-forward's z, a and a
-        temporary (3 T F) and its second layer's (10 T D in all besides attention)."""
-        T, D = self.in_shape
-        attention = self_attention.forward_values(T, D, self.spec["heads"])
-        return T * D + attention + 10 * T * D + 3 * T * self.spec["ff_units"]
 
     def forward(self, x, params, *, train, rng=None):
         s = self.spec

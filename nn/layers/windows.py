@@ -3,8 +3,6 @@ input (no copy), and its adjoint, which adds each window's
 gradient back onto the pixels it covers (a loop over the kh x kw kernel offsets, never over
 pixels: each offset is one strided slice of the image). Also the spec parser both pools share.
 """
-import math
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -79,10 +77,6 @@ class Pool(Layer):
     @property
     def stride(self) -> tuple[int, int]:
         return tuple(self.spec["stride"])
-
-    def forward_values(self) -> int:
-        """The input and its contiguous copy, and the output."""
-        return 2 * math.prod(self.in_shape) + math.prod(self.out_shape)
 
     def images(self, x: np.ndarray) -> np.ndarray:
         """(N, *in_shape) -> (N, C, H, W)."""

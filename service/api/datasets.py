@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import secrets
 import uuid
@@ -18,7 +17,7 @@ from service import dataio, idempotency
 from service.api.common import fetch, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
-from service.errors import ApiError, not_found, validation_error
+from service.errors import ApiError, not_found, size, validation_error
 from service.limits import check_stored_bytes
 from service.models import Dataset, Run, new_id, utcnow
 from service.pagination import page
@@ -116,11 +115,8 @@ def _from_json(limits: dataio.Limits) -> Incoming:
     if "generator" in body:
         validate("DatasetFromGenerator", body)
         return _generate(body, limits)
-    dataio.check_samples(body.get("inputs"), "inputs", limits.max_rows, limits.max_features)
-    targets = body.get("targets")
-    if isinstance(targets, list) and len(targets) > limits.max_rows:
-        raise validation_error("targets", f"has {len(targets)} values; the limit is "
-                                          f"{limits.max_rows}")
+    for field in ("inputs", "targets"):     # as an .npz upload's arrays are
+        dataio.check_samples(body.get(field), field, limits.max_rows, limits.max_features)
     validate("DatasetFromArrays", body)
     inputs = dataio.tensor(body["inputs"], "inputs")
     targets = dataio.targets_array(body["targets"])
@@ -145,8 +141,10 @@ def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
     }
     try:
         # Costed before it is made: a glyphs set over the limit took 1.6 GB to find out.
-        per_sample = sum(math.prod(s) for s in nn.generator_shapes(**params))
-        _check_stored_size(n_samples * per_sample * 8, "generator.n_samples")  # 8-byte values
+        x_shape, y_shape = nn.generator_shapes(**params)
+        arrays = {"inputs": dataio.NpyHeader((n_samples, *x_shape), np.dtype(np.float64)),
+                  "targets": dataio.NpyHeader((n_samples, *y_shape), np.dtype(np.int64))}
+        _check_stored_size(dataio.stored_bytes(arrays), "generator.n_samples")
         inputs, targets = nn.generate(**params)
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None
@@ -154,11 +152,12 @@ def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
     return Incoming(body["name"], "classification", inputs, targets, source)
 
 
-def _check_stored_size(size: int, field: str) -> None:
-    """A 413 naming `field` when a data set of `size` stored bytes is over DATASET_MAX_BYTES."""
+def _check_stored_size(stored: int, field: str) -> None:
+    """A 413 naming `field` when a data set of `stored` bytes is over DATASET_MAX_BYTES."""
     limit = int(current_app.config["DATASET_MAX_BYTES"])
-    if size > limit:
-        detail = f"the data set takes {size} bytes; the limit is {limit}"
+    if stored > limit:
+        detail = f"the data set takes {size(stored)}; the limit is {size(limit)} " \
+                 f"(DATASET_MAX_BYTES)"
         errors = [{"path": field, "message": detail}]
         raise ApiError(413, "payload_too_large", detail, errors=errors)
 

@@ -13,7 +13,7 @@ import nn
 from service import artifacts, dataio, onnx_export, statstore
 from service.api.common import fetch, json_response, run_artifact
 from service.db import get_session
-from service.errors import ApiError, validation_error
+from service.errors import ApiError, size, validation_error
 from service.models import Epoch, EpochStats, Run
 from service.pagination import (
     Key,
@@ -225,12 +225,13 @@ def _batch_size(model: nn.Model, rows: int, limit: int) -> int:
     allocated, when one sample or the answer alone would be over it."""
     per_sample = model.sample_bytes
     answer = rows * model.result_values * ANSWER_BYTES_PER_VALUE
+    allowed = f"the limit is {size(limit)} (PREDICT_MAX_MEMORY_BYTES)"
     if per_sample > limit:
-        raise validation_error("inputs", f"one sample of this model takes about {per_sample} "
-                                         f"bytes to compute; the limit is {limit}")
+        raise validation_error("inputs", f"one sample of this model takes about "
+                                         f"{size(per_sample)} to compute; {allowed}")
     if per_sample + answer > limit:
         fits = (limit - per_sample) // (model.result_values * ANSWER_BYTES_PER_VALUE)
         raise validation_error("inputs", f"the answer for {rows} rows would take about "
-                                         f"{answer} bytes; the limit is {limit}: send at most "
-                                         f"{fits} rows at a time")
+                                         f"{size(answer)}; {allowed}: send at most {fits} "
+                                         f"rows at a time")
     return (limit - answer) // per_sample

@@ -329,7 +329,7 @@ def test_grad_norm_by_time_is_the_norm_of_dL_dh_t(kind):
     ({"type": "transformer_encoder", "heads": 4, "causal": True, "norm": "post"}, (40, 16)),
 ])
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_forward_values_bound_the_memory_a_forward_pass_takes(spec, in_shape, contiguous):
+def test_cost_infer_bounds_the_memory_an_eval_forward_pass_takes(spec, in_shape, contiguous):
     """Measured (numpy's allocations are traced) on 64 samples, an input as a layer gets it
     from the one before (a conv2d's output is a transposed view)."""
     layer, n = bound(spec, in_shape), 64
@@ -347,6 +347,6 @@ def test_forward_values_bound_the_memory_a_forward_pass_takes(spec, in_shape, co
     finally:
         tracemalloc.stop()
     held = peak + x.nbytes                              # the input was there before
-    estimate = layer.forward_values() * n * 8
+    estimate = layer.cost().infer * n * 8
     assert held <= estimate + 16384                     # a few small arrays of any size
     assert estimate <= 5 * held                         # and not far off

@@ -163,5 +163,5 @@ def test_predict_in_batches_and_what_it_costs(layers, x_shape):
     per_sample = np.array(whole["outputs"][0]).size + np.array(whole["labels"][0]).size \
         + np.array(whole["probabilities"][0]).size
     assert model.result_values == per_sample
-    largest = max(layer.forward_values() for layer in model.layers)
+    largest = max(layer.cost().infer for layer in model.layers)
     assert model.sample_bytes >= largest * 8 > 0

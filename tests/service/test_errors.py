@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 
 from service import create_app
-from service.errors import json_path
+from service.errors import json_path, size
 from service.params import loads, parsed_size
 from tests.openapi_check import SpecCheckingClient, strict_json
 from tests.service.conftest import make_app
@@ -144,7 +144,8 @@ def test_a_json_body_too_large_to_parse_is_413_before_it_is_parsed(any_app: Flas
     nested = b'{"name": "x", "inputs": [' + b"[1]," * 100  # not even finished
     body = _problem(client.post("/v1/datasets", data=nested, content_type="application/json"),
                     413, "payload_too_large")
-    assert f"would take about {parsed_size(nested)} bytes of memory" in body["detail"]
+    assert f"would take about {size(parsed_size(nested))} of memory once read; the limit is " \
+        f"9.8 KiB (JSON_MAX_MEMORY_BYTES)" in body["detail"]
     assert parsed_size(nested) > 10_000 > len(nested)
     ok = {"name": "x", "inputs": [[0, 0], [0, 1], [1, 0], [1, 1]], "targets": [0, 1, 1, 0]}
     assert client.post("/v1/datasets", json=ok).status_code == 201

@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 
 import nn
-from service import limits
+from service import errors, limits
 from tests.service.conftest import add_tenant, make_app
 from tests.service.helpers import (
     XOR_NETWORK,
@@ -72,7 +72,10 @@ def test_json_rows_are_counted_before_the_schema_walks_them(any_app: Flask) -> N
     resp = client.post("/v1/datasets", json=wide)
     assert [e["path"] for e in resp.get_json()["errors"]] == ["inputs[0]"]
     targets = {"name": "t", "inputs": [[0, 0]] * 4, "targets": [{}] * 5}
-    _field_error(client.post("/v1/datasets", json=targets), 422, "targets", "5 values; the limit")
+    _field_error(client.post("/v1/datasets", json=targets), 422, "targets", "5 samples; the limit")
+    wide_targets = {"name": "t", "inputs": [[0, 0]] * 4, "targets": [[0, 1, 2]] * 4}
+    _field_error(client.post("/v1/datasets", json=wide_targets), 422, "targets[0]",
+                 "3 values per sample; the limit is 2")
 
 
 def test_generator_rows(sqlite_url: str) -> None:
@@ -89,23 +92,29 @@ def test_generator_rows(sqlite_url: str) -> None:
 ])
 def test_a_generator_is_costed_before_it_is_made(any_app: Flask, monkeypatch, generator,
                                                  size: int) -> None:  # noqa: ANN001
-    any_app.config["DATASET_MAX_BYTES"] = 10_000
     client = any_app.test_client()
     made = []
     real = nn.generate
     monkeypatch.setattr(nn, "generate", lambda **kw: made.append(kw) or real(**kw))
     body = {"name": "g", "generator": generator}
+    any_app.config["DATASET_MAX_BYTES"] = size - 1
     _field_error(client.post("/v1/datasets", json=body), 413, "generator.n_samples",
-                 f"takes {size} bytes; the limit is 10000")
+                 f"takes {errors.size(size)}; the limit is {errors.size(size - 1)} "
+                 f"(DATASET_MAX_BYTES)")
     assert made == []
+    # its arrays fit: it is made, and then its stored npz (headers too) is over the limit
+    any_app.config["DATASET_MAX_BYTES"] = size
+    _field_error(client.post("/v1/datasets", json=body), 413, "generator.n_samples")
+    assert len(made) == 1
     fits = {"name": "g", "generator": {**generator, "n_samples": 9}}
-    assert client.post("/v1/datasets", json=fits).status_code == 201 and len(made) == 1
+    assert client.post("/v1/datasets", json=fits).status_code == 201 and len(made) == 2
 
 
 def test_stored_bytes_of_json(sqlite_url: str) -> None:
     client = _app(sqlite_url, DATASET_MAX_BYTES=1000).test_client()
     body = {"name": "t", "inputs": [[float(i), 1.0] for i in range(100)], "targets": [0, 1] * 50}
-    _field_error(client.post("/v1/datasets", json=body), 413, "inputs", "the limit is 1000")
+    _field_error(client.post("/v1/datasets", json=body), 413, "inputs",
+                 "the limit is 1000 B (DATASET_MAX_BYTES)")
 
 
 # ---- CSV -----------------------------------------------------------------------------------
@@ -124,7 +133,7 @@ def test_csv_feature_and_byte_limits(sqlite_url: str) -> None:
     _field_error(_upload(client, b"a,b,c,d,y\n1,2,3,4,0\n2,3,4,5,1\n"), 422, "file",
                  "4 feature columns; the limit is 3")
     rows = b"".join(b"%d,%d,%d,%d\n" % (i, i, i, i % 2) for i in range(40))  # 3 x 8 bytes a row
-    _field_error(_upload(client, b"a,b,c,y\n" + rows), 422, "file", "more than 800 bytes")
+    _field_error(_upload(client, b"a,b,c,y\n" + rows), 422, "file", "more than 800 B")
 
 
 def test_csv_non_finite_numbers(client) -> None:  # noqa: ANN001
@@ -207,7 +216,8 @@ def test_npz_rows_features_and_stored_size(sqlite_url: str, never_read: None) ->
     # of labels is 32 kB of bytes, but 128 kB once stored as unicode.
     labels = np.array([b"a" * 4000, b"b" * 4000] * 4)
     npz = npz_bytes(inputs=np.zeros((8, 4), dtype=np.int8), targets=labels)
-    _field_error(_upload(client, npz, "s.npz"), 422, "file", "larger than 20000 bytes once stored")
+    _field_error(_upload(client, npz, "s.npz"), 422, "file",
+                 "larger than 19.5 KiB once stored (about 125.2 KiB)")
 
 
 def test_npz_non_finite_numbers(client) -> None:  # noqa: ANN001

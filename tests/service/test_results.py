@@ -12,6 +12,7 @@ from flask import Flask
 
 import nn
 from service import db, onnx_export, statstore
+from service.errors import size
 from service.models import PARAM_STAT_FIELDS, STAT_FIELDS, Artifact, Epoch, EpochStats
 from service.pagination import evenly_spaced
 from tests.service.helpers import (
@@ -472,7 +473,8 @@ def test_predict_refuses_what_would_not_fit(conv_run) -> None:  # noqa: ANN001
     app.config["PREDICT_MAX_MEMORY_BYTES"] = model.sample_bytes - 1
     resp = app.test_client().post(url, json={"inputs": [[[0] * 8] * 8]})
     assert problem_paths(resp) == ["inputs"]
-    assert f"one sample of this model takes about {model.sample_bytes} bytes" \
+    assert f"one sample of this model takes about {size(model.sample_bytes)} to compute; " \
+        f"the limit is {size(model.sample_bytes - 1)} (PREDICT_MAX_MEMORY_BYTES)" \
         in resp.get_json()["detail"]
     app.config["PREDICT_MAX_MEMORY_BYTES"] = model.sample_bytes + 10 * model.result_values * 80
     resp = app.test_client().post(url, json={"inputs": [[[0] * 8] * 8] * 11})

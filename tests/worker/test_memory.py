@@ -44,7 +44,7 @@ def test_a_run_past_the_limit_fails_and_the_process_goes_on(
     run = get_run(wide)
     assert (run.status, run.error_code, run.lease_token) == ("failed", "out_of_memory", None)
     assert "Unable to allocate" in run.error_message  # numpy's words: how much, what shape
-    assert "0.0625 GiB (WORKER_MEMORY_LIMIT_BYTES)" in run.error_message
+    assert "a run may take 64.0 MiB (WORKER_MEMORY_LIMIT_BYTES)" in run.error_message
     assert "training.batch_size" in run.error_message  # what to change
 
     after = (memory.address_space(), _resident())
