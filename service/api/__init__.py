@@ -1,4 +1,4 @@
-"""One blueprint per resource: data sets, runs (and their results), health, admin."""
+"""One blueprint per resource: data sets, runs (and their results), webhooks, health, admin."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from service.api import admin, datasets, health, results, runs
+    from service.api import admin, datasets, health, results, runs, webhooks
 
-    for module in (datasets, runs, results, health, admin):
+    for module in (datasets, runs, results, webhooks, health, admin):
         app.register_blueprint(module.bp)
