@@ -324,7 +324,7 @@ class Webhook(Base):
 
 class WebhookDelivery(Base):
     """One event to send to one webhook: the outbox. Written in the transaction that made
-    the event happen (events.emit), then sent, and retried, by the webhook worker.
+    the event happen (service.webhooks.emit), then sent, and retried, by the webhook worker.
 
     `body` is the exact JSON sent every time, and `event_id` the `webhook-id` header of
     every attempt. `attempts` counts the attempts begun (it fences their results);

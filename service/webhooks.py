@@ -17,8 +17,8 @@ signatures, space-separated, and a receiver that verifies with either secret acc
 
 Secrets are stored as they are: a signature needs the secret itself, so a hash will not do,
 and encrypting it would need a key kept outside the database (a setting), which the service
-does not have. Whoever reads the database can forge deliveries; a tenant that fears so
-rotates the secret with a grace period of 0.
+does not have. Whoever reads the database can forge deliveries: after a leak of it (or of a
+backup), every secret is rotated with a grace period of 0.
 
 URLs. Only http and https, without credentials in them. A host that resolves to anything
 but public unicast addresses (loopback, private, link-local such as the cloud metadata
@@ -165,6 +165,18 @@ def rotate(hook: Webhook, grace_seconds: int, now: datetime) -> str:
         if grace_seconds > 0 else None
     hook.secret = new_secret()
     return hook.secret
+
+
+def disable(session: Session, hook: Webhook, now: datetime, reason: str) -> None:
+    """Send `hook` nothing more: disabled, saying why, and its pending deliveries failed
+    (an attempt in flight then finds its delivery no longer pending)."""
+    hook.disabled_at, hook.disabled_reason = now, reason
+    session.execute(
+        sa.update(WebhookDelivery)
+        .where(WebhookDelivery.webhook_id == hook.id, WebhookDelivery.status == "pending")
+        .values(status="failed", next_attempt_at=None, locked_until=None, finished_at=now),
+        execution_options={"synchronize_session": False},
+    )
 
 
 # ---- safe URLs -------------------------------------------------------------------------------

@@ -38,8 +38,15 @@ from sqlalchemy.orm import Session
 from service.db import session_scope
 from service.models import Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from service.serialize import timestamp
-from service.webhooks import Refused, Resolver, Target, check_url, signed_headers, \
-    signing_secrets
+from service.webhooks import (
+    Refused,
+    Resolver,
+    Target,
+    check_url,
+    disable,
+    signed_headers,
+    signing_secrets,
+)
 from worker.lease import NO_SYNC, at
 
 log = logging.getLogger(__name__)
@@ -167,26 +174,13 @@ def _record(session: Session, delivery_id: str, claimed: Claimed, answer: Answer
     disable_after = timedelta(seconds=float(cfg["WEBHOOK_DISABLE_AFTER_SECONDS"]))
     if answer.error is not None and hook.disabled_at is None \
             and hook.failing_since <= now - disable_after:
-        _disable(session, hook, now, answer.error)
+        disable(session, hook, now, (
+            f"every delivery attempt failed from {timestamp(hook.failing_since)} to "
+            f"{timestamp(now)} (the last: {answer.error}); PATCH it with "
+            '{"disabled": false} to send events again'))
+        log.warning("webhook %s: disabled: %s", hook.id, hook.disabled_reason)
         outcome = "failed"
     return outcome
-
-
-def _disable(session: Session, hook: Webhook, now: datetime, last_error: str) -> None:
-    """The endpoint has failed for WEBHOOK_DISABLE_AFTER_SECONDS: disabled, saying why, and
-    its pending deliveries fail (an attempt in flight finds its delivery no longer pending)."""
-    hook.disabled_at = now
-    hook.disabled_reason = (
-        f"every delivery attempt failed from {timestamp(hook.failing_since)} to "
-        f"{timestamp(now)} (the last: {last_error}); PATCH it with "
-        '{"disabled": false} to send events again')
-    session.execute(
-        sa.update(WebhookDelivery)
-        .where(WebhookDelivery.webhook_id == hook.id, WebhookDelivery.status == "pending")
-        .values(status="failed", next_attempt_at=None, locked_until=None, finished_at=now),
-        execution_options=NO_SYNC,
-    )
-    log.warning("webhook %s: disabled: %s", hook.id, hook.disabled_reason)
 
 
 def backoff(failures: int, first: float, most: float) -> float:

@@ -21,7 +21,7 @@ from service.pagination import page
 from service.params import arg_choices, json_object
 from service.schemas import validate
 from service.serialize import delivery_json, webhook_json
-from service.webhooks import GRACE_SECONDS, Refused, check_url, new_secret, rotate
+from service.webhooks import GRACE_SECONDS, Refused, check_url, disable, new_secret, rotate
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
 
@@ -72,7 +72,7 @@ def update(webhook_id: uuid.UUID) -> Response:
     if body.get("disabled") is False:
         hook.disabled_at = hook.disabled_reason = hook.failing_since = None
     elif body.get("disabled") is True and hook.disabled_at is None:
-        hook.disabled_at, hook.disabled_reason = utcnow(), "disabled by a PATCH"
+        disable(session, hook, utcnow(), "disabled by a PATCH")
     session.commit()
     return json_response(webhook_json(hook))
 

@@ -159,9 +159,15 @@ def test_cancelling_a_queued_run_records_its_event(any_app: Flask, any_client: A
 
 
 def test_disabling_and_enabling(any_client: Any) -> None:
-    made = _create(any_client)
+    """Disabled by a PATCH, a webhook's pending deliveries fail (nothing more is sent)."""
+    made = _create(any_client, events=["*"])
+    run = create_run(any_client, create_xor_dataset(any_client)["id"])
+    any_client.post(f"/v1/runs/{run['id']}/cancel")
+    log = f"/v1/webhooks/{made['id']}/deliveries"
+    assert [d["status"] for d in any_client.get(log).get_json()["items"]] == ["pending"]
     off = any_client.patch(f"/v1/webhooks/{made['id']}", json={"disabled": True}).get_json()
     assert off["disabled"] is True and off["disabled_reason"] == "disabled by a PATCH"
+    assert [d["status"] for d in any_client.get(log).get_json()["items"]] == ["failed"]
     on = any_client.patch(f"/v1/webhooks/{made['id']}", json={"disabled": False}).get_json()
     assert (on["disabled"], on["disabled_at"], on["disabled_reason"]) == (False, None, None)
 
