@@ -2,9 +2,10 @@
 
     backprop up [--host 127.0.0.1] [--port 8000] [--workers 1]
         The embedded default: migrate the configured database (SQLite under ./var unless
-        BACKPROP_DATABASE_URL says otherwise), then run the API (gunicorn), a Celery worker
-        and the reconciler's beat as child processes, until Ctrl-C or SIGTERM; a child that
-        dies is started again. Their logs go to ./var/logs/{api,worker,beat}.log; the
+        BACKPROP_DATABASE_URL says otherwise), then run the API (gunicorn), a Celery worker,
+        the webhook worker and the reconciler's beat as child processes, until Ctrl-C or
+        SIGTERM; a child that dies is started again. Their logs go to
+        ./var/logs/{api,worker,webhooks,beat}.log; the
         terminal gets only the URL, the API key of the tenant "local" (made on the first
         start and kept in LOCAL_KEY_FILE, ./var/api-key, mode 0600, so that every start can
         print it) and how to stop, and a line when a child dies.
@@ -14,7 +15,8 @@
         A new API key for the tenant NAME (made if it does not exist), printed once on
         stdout (KEY=$(backprop create-key --tenant me)); only its SHA-256 is stored.
 
-The child commands are built here (`api_command`, `worker_command`, `beat_command`);
+The child commands are built here (`api_command`, `worker_command`,
+`webhook_worker_command`, `beat_command`);
 docker-compose.yml runs the same ones, and tests/e2e checks that it does. Workers (`up`'s and
 `backprop worker`) get one BLAS thread unless the environment says otherwise (`worker_env`),
 as docker-compose.yml's workers do.
@@ -78,6 +80,14 @@ def worker_command(concurrency: int = 1) -> list[str]:
     # and mingle would add a second to every start.
     return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--loglevel",
             "INFO", "--concurrency", str(concurrency), "--without-gossip", "--without-mingle"]
+
+
+def webhook_worker_command() -> list[str]:
+    # Deliveries wait on the network, not the CPU: threads of one process send several at
+    # once (worker/webhook_worker.py), under a name of their own beside the training worker.
+    return [sys.executable, "-m", "celery", "-A", "worker.webhook_worker", "worker",
+            "--loglevel", "INFO", "--pool", "threads", "--concurrency", "8", "--hostname",
+            "webhooks@%h", "--without-gossip", "--without-mingle"]
 
 
 def beat_command() -> list[str]:
@@ -208,6 +218,7 @@ def up(host: str, port: int, workers: int) -> int:
     print(f"backprop: starting (database {database}, logs in {_shown(log_dir)}/)", flush=True)
     commands = (("api", api_command(host, port, app.config["METRICS_PORT"]), None),
                 ("worker", worker_command(workers), worker_env()),
+                ("webhooks", webhook_worker_command(), None),
                 ("beat", beat_command(), None))
     children = [Child(name, command, env, os.path.join(log_dir, f"{name}.log"))
                 for name, command, env in commands]

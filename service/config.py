@@ -158,6 +158,26 @@ DEFAULTS: dict[str, object] = {
     "API_KEY_CACHE_SECONDS": 5,
     # How long an Idempotency-Key's first answer is replayed (seconds); older keys are purged.
     "IDEMPOTENCY_TTL_SECONDS": 24 * 3600,
+    # ---- webhooks (service/webhooks.py, worker/webhooks.py) ----------------------------------
+    # Webhook URLs that resolve to loopback, private, link-local (cloud metadata), shared or
+    # reserved addresses are refused, at creation and again at each delivery (after DNS
+    # resolution, connecting to the address checked). true: allowed (local setups, tests).
+    "WEBHOOK_ALLOW_PRIVATE_NETWORKS": False,
+    # One delivery attempt's whole time: connecting, sending, and the answer's status line
+    # (seconds); past it the attempt failed.
+    "WEBHOOK_TIMEOUT_SECONDS": 5.0,
+    # Retries after a failed attempt: the first after about this long (seconds), each next
+    # one 4 times later, at most WEBHOOK_RETRY_MAX_SECONDS apart (each +-20% at random), until
+    # WEBHOOK_RETRY_FOR_SECONDS after the event: then the delivery has failed.
+    "WEBHOOK_RETRY_FIRST_SECONDS": 5.0,
+    "WEBHOOK_RETRY_MAX_SECONDS": 4 * 3600.0,
+    "WEBHOOK_RETRY_FOR_SECONDS": 24 * 3600.0,
+    # An endpoint whose every attempt failed for this long (seconds) is disabled: it says so
+    # (disabled_reason), is sent nothing more, and a PATCH enables it again.
+    "WEBHOOK_DISABLE_AFTER_SECONDS": 24 * 3600.0,
+    # How often beat sends the webhook dispatcher, which sends the deliveries that are due
+    # (retries, and those whose message was lost) to the webhook worker (seconds).
+    "WEBHOOK_DISPATCH_SECONDS": 2.0,
     # ---- operations ---------------------------------------------------------------------
     # Log lines of every process (API, gunicorn, worker, beat): "json" (one object a line,
     # with ts, level, logger, message and run_id / dataset_id / request_id where known; set
@@ -273,7 +293,10 @@ CHECKS: dict[str, Check] = {
     **dict.fromkeys(("DATABASE_CONNECT_TIMEOUT_SECONDS", "DATABASE_KEEPALIVE_SECONDS",
                      "LEASE_SECONDS", "RECONCILE_SECONDS", "REQUEUE_AFTER_SECONDS",
                      "RUN_TIME_LIMIT_SECONDS", "RUN_WAIT_MAX_SECONDS", "IDEMPOTENCY_TTL_SECONDS",
-                     "METRICS_WINDOW_SECONDS"), _POSITIVE),
+                     "METRICS_WINDOW_SECONDS", "WEBHOOK_TIMEOUT_SECONDS",
+                     "WEBHOOK_RETRY_FIRST_SECONDS", "WEBHOOK_RETRY_MAX_SECONDS",
+                     "WEBHOOK_RETRY_FOR_SECONDS", "WEBHOOK_DISABLE_AFTER_SECONDS",
+                     "WEBHOOK_DISPATCH_SECONDS"), _POSITIVE),
     # 0 means "each epoch", "no limit" or "no cache"
     **dict.fromkeys(("FLUSH_SECONDS", "CHECKPOINT_SECONDS", "API_STATEMENT_TIMEOUT_SECONDS",
                      "API_KEY_CACHE_SECONDS", "MODEL_CACHE_SIZE", "WORKER_MEMORY_LIMIT_BYTES",
@@ -298,6 +321,9 @@ RELATIONS: list[tuple[tuple[str, ...], Callable[..., bool], str]] = [
      "FLUSH_SECONDS < LEASE_SECONDS (a worker renews its lease when it flushes)"),
     (("PAGE_DEFAULT", "PAGE_MAX"), lambda default, most: default <= most,
      "PAGE_DEFAULT <= PAGE_MAX"),
+    (("WEBHOOK_RETRY_FIRST_SECONDS", "WEBHOOK_RETRY_MAX_SECONDS"),
+     lambda first, most: first <= most,
+     "WEBHOOK_RETRY_FIRST_SECONDS <= WEBHOOK_RETRY_MAX_SECONDS"),
     (("BROKER_URL", "BROKER_SSL_CA_CERTS", "BROKER_SSL_CERTFILE", "BROKER_SSL_KEYFILE"),
      lambda url, *files: url.startswith("rediss://") or files == (None, None, None),
      "a rediss:// BROKER_URL with the BROKER_SSL_ files (redis:// is not encrypted)"),

@@ -276,3 +276,94 @@ class Artifact(Base):
 
     def __repr__(self) -> str:
         return f"<Artifact {self.run_id} {self.kind} {self.phase} epoch={self.epoch}>"
+
+
+# ---- webhooks ----------------------------------------------------------------------------
+DELIVERY_STATUSES = ("pending", "succeeded", "failed")
+
+
+class Webhook(Base):
+    """A tenant's endpoint that is sent the events it subscribed to (service/webhooks.py).
+
+    The secret signs every delivery, so it is stored as it is (it must be recoverable);
+    `previous_secret` signs too, beside it, until `previous_secret_expires_at` (a rotation's
+    grace period). `failing_since` is the first failed attempt since the last success: an
+    endpoint failing for WEBHOOK_DISABLE_AFTER_SECONDS is disabled (`disabled_at`, with
+    `disabled_reason`) and is sent nothing more until a PATCH enables it again."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list] = mapped_column(JSON)  # event types, or ["*"]: every type
+    description: Mapped[Optional[str]] = mapped_column(String(500))
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[Optional[str]] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    failing_since: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    disabled_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    disabled_reason: Mapped[Optional[str]] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_webhooks_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Webhook {self.id} {self.url!r}{' disabled' if self.disabled_at else ''}>"
+
+
+class WebhookDelivery(Base):
+    """One event to send to one webhook: the outbox. Written in the transaction that made
+    the event happen (service.webhooks.emit), then sent, and retried, by the webhook worker.
+
+    `body` is the exact JSON sent every time, and `event_id` the `webhook-id` header of
+    every attempt. `attempts` counts the attempts begun (it fences their results);
+    `locked_until` covers one in flight; `published_at` is when a wake-up message was last
+    sent for it."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(100))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    locked_until: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # A webhook's delivery log, newest first.
+        Index("ix_webhook_deliveries_webhook_id_created_at_id", "webhook_id", "created_at",
+              "id"),
+        # The dispatcher's question: pending deliveries that are due.
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<WebhookDelivery {self.id} {self.event_type} {self.status} #{self.attempts}>"
+
+
+class WebhookAttempt(Base):
+    """One attempt at a delivery, as the delivery log shows it."""
+
+    __tablename__ = "webhook_attempts"
+
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    duration_s: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[Optional[int]] = mapped_column(Integer)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<WebhookAttempt {self.delivery_id} #{self.attempt} {self.status_code}>"

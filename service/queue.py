@@ -25,6 +25,10 @@ from service.models import Run, utcnow
 
 TRAIN_TASK = "backprop.train_run"
 RECONCILE_TASK = "backprop.reconcile"
+# Webhooks have a queue and a worker of their own (worker/webhook_worker.py): a delivery
+# must not wait behind an hour of training.
+DELIVER_TASK = "backprop.deliver_webhook"
+DISPATCH_TASK = "backprop.dispatch_webhooks"
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +93,20 @@ def celery_config(config: dict[str, Any]) -> dict[str, Any]:
                 "schedule": float(config["RECONCILE_SECONDS"]),
                 "options": {"expires": float(config["RECONCILE_SECONDS"])},
             },
+            # Sends the webhook deliveries that are due (worker/reconcile.py).
+            "dispatch-webhooks": {
+                "task": DISPATCH_TASK,
+                "schedule": float(config["WEBHOOK_DISPATCH_SECONDS"]),
+                "options": {"expires": float(config["WEBHOOK_DISPATCH_SECONDS"]),
+                            "queue": webhook_queue(config)},
+            },
         },
     }
+
+
+def webhook_queue(config: dict[str, Any]) -> str:
+    """The queue of webhook deliveries: QUEUE's name + ".webhooks"."""
+    return f"{config['QUEUE']}.webhooks"
 
 
 def _transport_options(config: dict[str, Any], limit: float) -> dict[str, Any]:
@@ -156,6 +172,13 @@ def prepare(app: Flask) -> None:
 def send_run(run_id: str) -> None:
     """Send the training message for `run_id` (raises when the broker is unreachable)."""
     _celery().send_task(TRAIN_TASK, args=[run_id], queue=current_app.config["QUEUE"])
+
+
+def send_delivery(delivery_id: str) -> None:
+    """Wake the webhook worker for a committed delivery (raises when the broker is
+    unreachable; the dispatcher sends it again later)."""
+    _celery().send_task(DELIVER_TASK, args=[delivery_id],
+                        queue=webhook_queue(current_app.config))
 
 
 def publish_run(run_id: str) -> None:

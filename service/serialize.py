@@ -8,7 +8,16 @@ from typing import Any
 
 from flask.json.provider import DefaultJSONProvider
 
-from service.models import ApiKey, Dataset, Epoch, Run, Tenant
+from service.models import (
+    ApiKey,
+    Dataset,
+    Epoch,
+    Run,
+    Tenant,
+    Webhook,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 EPOCH_FIELDS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate")
@@ -137,3 +146,46 @@ def api_key_json(k: ApiKey, key: str | None = None) -> dict[str, Any]:
         row["key"] = key
     row["links"] = {"self": f"/v1/admin/keys/{k.id}", "tenant": f"/v1/admin/tenants/{k.tenant_id}"}
     return row
+
+
+def webhook_json(w: Webhook, secret: str | None = None) -> dict[str, Any]:
+    """A webhook; `secret` only in the answers that made it (creation, rotation)."""
+    base = f"/v1/webhooks/{w.id}"
+    row: dict[str, Any] = {
+        "id": w.id,
+        "url": w.url,
+        "events": w.events,
+        "description": w.description,
+        "created_at": timestamp(w.created_at),
+        "disabled": w.disabled_at is not None,
+        "disabled_at": timestamp(w.disabled_at),
+        "disabled_reason": w.disabled_reason,
+        "failing_since": timestamp(w.failing_since),
+        "previous_secret_expires_at": timestamp(w.previous_secret_expires_at),
+    }
+    if secret is not None:
+        row["secret"] = secret
+    row["links"] = {"self": base, "deliveries": f"{base}/deliveries",
+                    "rotate_secret": f"{base}/rotate-secret"}
+    return row
+
+
+def delivery_json(d: WebhookDelivery, attempts: list[WebhookAttempt]) -> dict[str, Any]:
+    """A delivery with its attempts, oldest first."""
+    return {
+        "id": d.id,
+        "event_id": d.event_id,
+        "event_type": d.event_type,
+        "status": d.status,
+        "created_at": timestamp(d.created_at),
+        "next_attempt_at": timestamp(d.next_attempt_at),
+        "finished_at": timestamp(d.finished_at),
+        "attempts": [{
+            "attempt": a.attempt,
+            "started_at": timestamp(a.started_at),
+            "duration_s": finite(a.duration_s),
+            "status_code": a.status_code,
+            "error": a.error,
+            "next_attempt_at": timestamp(a.next_attempt_at),
+        } for a in attempts],
+    }

@@ -5,6 +5,10 @@ in a transaction that starts with `fence` (an UPDATE ... WHERE lease_token = our
 that lost its lease (paused, partitioned, presumed dead) changes nothing. Each statement here
 is one compare-and-set, safe when any number of workers and reconcilers race.
 
+Every status change here also records its webhook event (run.started at a run's first
+claim, run.succeeded / failed / cancelled at its end) in the same transaction
+(service.webhooks.emit_run), so an event exists exactly when its change does.
+
 Times are the workers' clocks in UTC (one source of time for every comparison; the database's
 clock would need per-backend SQL), so their skew must stay well under LEASE_SECONDS.
 """
@@ -18,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from service.models import Epoch, EpochStats, Run, UTCDateTime
+from service.webhooks import emit_run
 
 # ORM-enabled UPDATEs without looking for matching objects in the session (there are none).
 NO_SYNC = {"synchronize_session": False}
@@ -59,7 +64,12 @@ def claim(session: Session, run_id: str, *, now: datetime, lease_seconds: float,
         ),
         execution_options=NO_SYNC,
     )
-    return token if result.rowcount == 1 else None
+    if result.rowcount != 1:
+        return None
+    run = session.get(Run, run_id, populate_existing=True)
+    if run is not None and run.started_at == now:  # its first claim: set just now
+        emit_run(session, run)
+    return token
 
 
 def fence(session: Session, run_id: str, token: str, *, now: datetime,
@@ -115,6 +125,7 @@ def release(session: Session, run_id: str, token: str, *, now: datetime, **value
     )
     if result.rowcount != 1:
         raise LeaseLost(run_id)
+    emit_run(session, session.get(Run, run_id, populate_existing=True))
 
 
 def hand_back(session: Session, run_id: str, token: str) -> None:
@@ -145,13 +156,14 @@ def settle_abandoned(session: Session, *, now: datetime, max_attempts: int,
     expired = Run.lease_expires_at < at(now)
     one = [Run.id == run_id] if run_id is not None else []
     done = {"finished_at": now, "lease_token": None, "lease_expires_at": None}
-    cancelled = session.execute(
+    cancelled = session.scalars(
         sa.update(Run)
         .where(Run.status == "cancelling", expired, *one)
-        .values(status="cancelled", **done),
+        .values(status="cancelled", **done)
+        .returning(Run.id),
         execution_options=NO_SYNC,
-    )
-    lost = session.execute(
+    ).all()
+    lost = session.scalars(
         sa.update(Run)
         .where(abandoned(now), Run.attempts >= max_attempts, *one)
         .values(
@@ -160,7 +172,10 @@ def settle_abandoned(session: Session, *, now: datetime, max_attempts: int,
             error_message=f"the run was claimed {max_attempts} times and every worker "
             "stopped before finishing it",
             **done,
-        ),
+        )
+        .returning(Run.id),
         execution_options=NO_SYNC,
-    )
-    return cancelled.rowcount + lost.rowcount
+    ).all()
+    for settled in (*cancelled, *lost):
+        emit_run(session, session.get(Run, settled, populate_existing=True))
+    return len(cancelled) + len(lost)

@@ -12,38 +12,60 @@ beat, a manual run) are harmless, and a message it publishes twice is dropped by
   REQUEUE_AFTER_SECONDS while no worker takes them): the next worker's claim takes the run
   over and resumes it from its checkpoint;
 - old finished runs, and finished runs' checkpoints, are deleted (worker/retention.py).
+
+`dispatch_deliveries` does the same for webhook deliveries, every WEBHOOK_DISPATCH_SECONDS on
+the webhook worker (beat sends it to the webhook queue, so training never delays it): it
+sends the pending deliveries that are due and have no message on its way (a retry whose
+time came; a message lost, or not acted on for REQUEUE_AFTER_SECONDS; an attempt whose
+worker died, once its claim expired), and deletes the log of deliveries finished more than
+DELIVERY_LOG_DAYS ago.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
 
 from service.db import connection_lost, session_scope
-from service.models import Run, utcnow
-from service.queue import send_run
+from service.models import Run, WebhookDelivery, utcnow
+from service.queue import send_delivery, send_run
 from worker import lease, retention
 
 log = logging.getLogger(__name__)
 
-# Runs republished per pass at most; the next pass takes the rest.
+# Runs republished (deliveries sent) per pass at most; the next pass takes the rest.
 BATCH = 500
+# Finished webhook deliveries (and their attempts) are kept this long for the delivery log.
+DELIVERY_LOG_DAYS = 30
 
 
 def reconcile() -> dict[str, int]:
     """One pass, in the app context; how many runs were settled and republished. While the
     database is unreachable a pass does nothing but say so: the next one catches up."""
+    return _unless_unreachable("reconcile", _pass, {"settled": 0, "republished": 0, "deleted": 0,
+                                                   "checkpoints": 0, "pages": 0})
+
+
+def dispatch_deliveries() -> dict[str, int]:
+    """One pass of the webhook dispatcher, in the app context: how many deliveries were
+    sent and how many old ones purged."""
+    return _unless_unreachable("dispatch", _dispatch, {"sent": 0, "purged": 0})
+
+
+def _unless_unreachable(name: str, one_pass: Callable[[], dict[str, int]],
+                        nothing: dict[str, int]) -> dict[str, int]:
     try:
-        return _pass()
+        return one_pass()
     except sa.exc.DBAPIError as exc:
         if not connection_lost(exc):
             raise
-        log.warning("reconcile: the database is unreachable (%s); trying again next pass",
+        log.warning("%s: the database is unreachable (%s); trying again next pass", name,
                     type(exc).__name__)
-        return {"settled": 0, "republished": 0, "deleted": 0, "checkpoints": 0, "pages": 0}
+        return nothing
 
 
 def _pass() -> dict[str, int]:
@@ -88,4 +110,46 @@ def _due(now: datetime, requeue_after: float, max_attempts: int) -> sa.ColumnEle
             sa.or_(Run.published_at.is_(None), Run.published_at < Run.lease_expires_at,
                    Run.published_at < stale),
         ),
+    )
+
+
+def _dispatch() -> dict[str, int]:
+    now = utcnow()
+    due = _due_delivery(now, current_app.config["REQUEUE_AFTER_SECONDS"])
+    with session_scope() as session:
+        candidates = session.scalars(sa.select(WebhookDelivery.id).where(due)
+                                     .order_by(WebhookDelivery.next_attempt_at)
+                                     .limit(BATCH)).all()
+    sent = 0
+    for delivery_id in candidates:
+        with session_scope() as session:  # marked first: of two dispatchers, one sends
+            won = session.execute(
+                sa.update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, due)
+                .values(published_at=now), execution_options=lease.NO_SYNC,
+            ).rowcount == 1
+        if won:
+            send_delivery(delivery_id)
+            sent += 1
+    with session_scope() as session:
+        purged = session.execute(
+            sa.delete(WebhookDelivery).where(
+                WebhookDelivery.status != "pending",
+                WebhookDelivery.finished_at < lease.at(now - timedelta(days=DELIVERY_LOG_DAYS))),
+            execution_options=lease.NO_SYNC,
+        ).rowcount
+    if sent or purged:
+        log.info("dispatch: %d webhook deliveries sent, %d old ones purged", sent, purged)
+    return {"sent": sent, "purged": purged}
+
+
+def _due_delivery(now: datetime, requeue_after: float) -> sa.ColumnElement[bool]:
+    """Pending deliveries whose time has come, with no attempt in flight and no message on
+    its way (none sent since their last attempt, or one sent long ago)."""
+    return sa.and_(
+        WebhookDelivery.status == "pending",
+        WebhookDelivery.next_attempt_at <= lease.at(now),
+        sa.or_(WebhookDelivery.locked_until.is_(None),
+               WebhookDelivery.locked_until < lease.at(now)),
+        sa.or_(WebhookDelivery.published_at.is_(None),
+               WebhookDelivery.published_at < lease.at(now - timedelta(seconds=requeue_after))),
     )

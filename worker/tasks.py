@@ -6,8 +6,8 @@ from celery import shared_task
 from celery.exceptions import Ignore
 from flask import current_app
 
-from service.queue import RECONCILE_TASK, TRAIN_TASK
-from worker import memory, training
+from service.queue import DELIVER_TASK, DISPATCH_TASK, RECONCILE_TASK, TRAIN_TASK
+from worker import memory, training, webhooks
 from worker import reconcile as reconciler
 
 
@@ -26,3 +26,18 @@ def train_run(run_id: str) -> str:
 @shared_task(name=RECONCILE_TASK)
 def reconcile() -> dict[str, int]:
     return reconciler.reconcile()
+
+
+@shared_task(name=DELIVER_TASK)
+def deliver_webhook(delivery_id: str) -> str:
+    """One attempt at a webhook delivery (worker/webhooks.py); a duplicate message is
+    logged as "ignored"."""
+    outcome = webhooks.deliver(delivery_id)
+    if outcome in ("dropped", "superseded"):
+        raise Ignore(outcome)
+    return outcome
+
+
+@shared_task(name=DISPATCH_TASK)
+def dispatch_webhooks() -> dict[str, int]:
+    return reconciler.dispatch_deliveries()

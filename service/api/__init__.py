@@ -1,4 +1,5 @@
-"""One blueprint per resource: data sets, runs (and their results), usage, health, admin."""
+"""One blueprint per resource: data sets, runs (and their results), usage, webhooks,
+health, admin."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from service.api import admin, datasets, health, results, runs, usage
+    from service.api import admin, datasets, health, results, runs, usage, webhooks
 
-    for module in (datasets, runs, results, usage, health, admin):
+    for module in (datasets, runs, results, usage, webhooks, health, admin):
         app.register_blueprint(module.bp)

@@ -1,8 +1,9 @@
 """Small helpers the blueprints share, and the one place that scopes queries to a tenant.
 
-Every query of data sets and runs a tenant endpoint makes carries `owned(Model)` (lists,
+Every query of data sets, runs and webhooks a tenant endpoint makes carries `owned(Model)` (lists,
 updates, deletes) or goes through `fetch` (one row by id). Epochs, statistics and artifacts
-are reached only through a run fetched so, or joined to it (`run_artifact`). Another
+are reached only through a run fetched so, or joined to it (`run_artifact`); webhook
+deliveries only through their webhook. Another
 tenant's id is therefore a plain 404, exactly like an id that does not exist: whether it
 exists is not revealed.
 """
@@ -20,12 +21,12 @@ from sqlalchemy.orm import Session
 from service.auth import tenant_id
 from service.db import read_row
 from service.errors import not_found
-from service.models import Artifact, Dataset, Run
+from service.models import Artifact, Dataset, Run, Webhook
 
-T = TypeVar("T", Dataset, Run)
+T = TypeVar("T", Dataset, Run, Webhook)
 
 
-def owned(model: type[Dataset] | type[Run]) -> sa.ColumnElement[bool]:
+def owned(model: type[Dataset] | type[Run] | type[Webhook]) -> sa.ColumnElement[bool]:
     """The WHERE clause limiting `model`'s rows to the calling tenant's."""
     return model.tenant_id == tenant_id()
 

@@ -27,6 +27,7 @@ from service.pagination import page
 from service.params import arg_choices, arg_int, arg_uuid, json_object, parse_uuid
 from service.schemas import validate
 from service.serialize import FINISHED_STATUSES, run_json
+from service.webhooks import emit_run
 
 log = logging.getLogger(__name__)
 bp = Blueprint("runs", __name__, url_prefix="/v1/runs")
@@ -161,7 +162,8 @@ def delete(run_id: uuid.UUID) -> Response:
 
 @bp.post("/<uuid:run_id>/cancel")
 def cancel(run_id: uuid.UUID) -> Response:
-    """queued -> cancelled at once; running -> cancelling (the worker stops and finishes it).
+    """queued -> cancelled at once (with its run.cancelled event); running -> cancelling (the
+    worker stops and finishes it).
 
     Idempotent: cancelling or cancelled runs are returned as they are. 409 when finished.
     """
@@ -179,8 +181,11 @@ def cancel(run_id: uuid.UUID) -> Response:
                 execution_options={"synchronize_session": False},
             )
             if done.rowcount:
+                run = _reload(session, ident)
+                if run.status == "cancelled":
+                    emit_run(session, run)  # its event commits with it
                 session.commit()
-                return json_response(run_json(_reload(session, ident)))
+                return json_response(run_json(run))
         run = _reload(session, ident)
         if run is None:
             raise not_found("run", ident)

@@ -78,11 +78,13 @@ def start_up(procs: Procs, tmp_path: Path, **settings: object) -> tuple[Api, str
 
 
 def up_children(procs: Procs) -> dict[str, int]:
-    """The processes `up` runs, by name: api (gunicorn), worker and beat (celery)."""
+    """The processes `up` runs, by name: api (gunicorn), worker, webhooks and beat (celery)."""
     names = {}
     for pid, argv in children(procs.procs["up"].pid).items():
         if "gunicorn" in argv:
             names["api"] = pid
+        elif "worker.webhook_worker" in argv:
+            names["webhooks"] = pid
         elif "worker.app" in argv:  # not yet when just forked
             names[argv[argv.index("worker.app") + 1]] = pid
     return names

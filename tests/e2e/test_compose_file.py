@@ -23,19 +23,19 @@ def _command(service: str) -> list[str]:
 
 def test_the_services_and_what_they_wait_for() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "beat"}
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "webhooks", "beat"}
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
     redis = " ".join(_command("redis"))
     assert "--appendonly yes" in redis and "--maxmemory-policy noeviction" in redis
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "worker", "beat"):
+    for name in ("api", "worker", "webhooks", "beat"):
         assert services[name]["depends_on"]["migrate"]["condition"] == \
             "service_completed_successfully"
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
     assert "container_name" not in services["worker"]  # --scale worker=N
     assert "ports" not in services["worker"]
-    for name in ("worker", "beat"):  # their heartbeat (worker/health.py), checked by Docker
+    for name in ("worker", "webhooks", "beat"):  # their heartbeat (worker/health.py), for Docker
         heartbeat = services[name]["environment"]["BACKPROP_HEARTBEAT_FILE"]
         assert f"os.stat('{heartbeat}')" in " ".join(services[name]["healthcheck"]["test"])
     # tests/e2e/test_deployment.py runs every health check against the processes
@@ -100,6 +100,7 @@ def test_compose_runs_what_backprop_up_runs() -> None:
     metrics_port = int(compose()["services"]["api"]["environment"]["BACKPROP_METRICS_PORT"])
     assert _command("api") == ["gunicorn", *cli.api_command("0.0.0.0", 8000, metrics_port)[3:]]
     assert _command("worker") == ["celery", *cli.worker_command(1)[3:]]
+    assert _command("webhooks") == ["celery", *cli.webhook_worker_command()[3:]]
     assert _command("beat") == ["celery", *cli.beat_command()[3:]]
 
 

@@ -31,7 +31,7 @@ HEARTBEAT = "/tmp/backprop-heartbeat"  # docker-compose.yml's BACKPROP_HEARTBEAT
 def deploy(procs: Procs, db_url: str, prefix: str, password: str = "",
            worker_file: str = "docker-compose.yml", paths: dict[str, str] | None = None,
            **settings: object) -> flow.Api:
-    """migrate, then api, worker and beat as docker-compose.yml runs them (the worker as
+    """migrate, then api, worker, webhooks and beat as docker-compose.yml runs them (the worker as
     `worker_file` does), each with its compose environment, the containers' paths and ports
     replaced by this test's (`paths` adds more), and `settings` as BACKPROP_* variables
     (BROKER_URL among them: the machine's Redis unless given, or BROKER_URL_FILE). The
@@ -60,6 +60,7 @@ def deploy(procs: Procs, db_url: str, prefix: str, password: str = "",
                                          "0.0.0.0:9100": f"127.0.0.1:{metrics_port}"}),
                 env=env("api"))
     procs.start("worker", command("worker", worker_file), env=env("worker", worker_file))
+    procs.start("webhooks", command("webhooks"), env=env("webhooks"))
     procs.start("beat", command("beat"), env=env("beat"))
     base = f"http://127.0.0.1:{port}"
     procs.wait_http(f"{base}/readyz")
@@ -142,13 +143,14 @@ def test_the_health_checks_and_the_metrics_port(pg_url: str, redis_prefix: str,
     pg = sa.engine.make_url(PG_ADMIN_URL)
     env = {**os.environ, "PGHOST": str(pg.host), "PGPORT": str(pg.port or 5432)}
     replace = {"api": {"127.0.0.1:8000": public.removeprefix("http://")},
-               **{s: {HEARTBEAT: str(files / f"{s}.heartbeat")} for s in ("worker", "beat")}}
+               **{s: {HEARTBEAT: str(files / f"{s}.heartbeat")}
+                  for s in ("worker", "webhooks", "beat")}}
 
     def healthy(service: str) -> bool:
         argv = healthcheck(service, **replace.get(service, {}))
         return subprocess.run(argv, env=env, capture_output=True, timeout=30).returncode == 0
 
-    for service in ("postgres", "redis", "api", "worker", "beat"):
+    for service in ("postgres", "redis", "api", "worker", "webhooks", "beat"):
         procs.wait_for(f"{service}'s health check to pass", lambda: healthy(service), 30)
 
     for service in ("worker", "beat"):

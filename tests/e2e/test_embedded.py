@@ -47,7 +47,7 @@ def test_backprop_up(procs: Procs, tmp_path: Path) -> None:
     other.call("GET", f"/v1/datasets/{api.get('/v1/datasets')['items'][0]['id']}", 404)
 
     running = flow.up_children(procs)
-    assert set(running) == {"api", "worker", "beat"}, running
+    assert set(running) == {"api", "worker", "webhooks", "beat"}, running
     assert procs.stop("up", signal.SIGINT, timeout=40) == 0, procs.report("up")
     assert not [pid for pid in running.values() if Path(f"/proc/{pid}").exists()], \
         "backprop up left processes behind"

@@ -55,7 +55,9 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/runs/{run_id}/predict"): {"inputs": [[1.0, 1.0]]},
     ("PATCH", "/v1/runs/{run_id}"): {"pinned": True},
     ("POST", "/v1/admin/tenants"): {"name": "someone"},
+    ("PATCH", "/v1/webhooks/{webhook_id}"): {"description": "changed"},
 }
+WEBHOOK = {"url": "http://93.184.215.14/hook", "events": ["*"]}  # never called here
 
 
 def _url(template: str, **ids: str) -> str:
@@ -133,13 +135,15 @@ def test_unrouted_requests_are_404_or_405_without_a_key(client) -> None:  # noqa
 
 @pytest.fixture
 def other(any_app: Flask) -> dict[str, Any]:
-    """Tenant B's client, data set and succeeded run (with final weights)."""
+    """Tenant B's client, data set, succeeded run (with final weights) and webhook."""
     _, key = add_tenant(any_app, "other")
     client = any_app.test_client(api_key=key)
     dataset = create_xor_dataset(client)
     run = create_run(client, dataset["id"])
     finish_run(any_app, run["id"], epochs=3, artifacts={"final": trained_model(run).to_npz()})
-    return {"client": client, "dataset_id": dataset["id"], "run_id": run["id"]}
+    webhook = client.post("/v1/webhooks", json=WEBHOOK).get_json()
+    return {"client": client, "dataset_id": dataset["id"], "run_id": run["id"],
+            "webhook_id": webhook["id"]}
 
 
 def _unchanged(other: dict[str, Any]) -> None:
@@ -147,13 +151,16 @@ def _unchanged(other: dict[str, Any]) -> None:
     assert b.get(f"/v1/datasets/{other['dataset_id']}").status_code == 200
     run = b.get(f"/v1/runs/{other['run_id']}").get_json()
     assert run["status"] == "succeeded" and not run["cancel_requested"] and not run["pinned"]
+    webhook = b.get(f"/v1/webhooks/{other['webhook_id']}").get_json()
+    assert (webhook["description"], webhook["disabled"]) == (None, False)
+    assert webhook["previous_secret_expires_at"] is None  # not rotated
 
 
 @pytest.mark.parametrize(("method", "template"), [op for op in TENANT if "{" in op[1]])
 def test_another_tenants_id_is_404(any_client, other: dict, method: str, template: str) -> None:  # noqa: ANN001
     """Every operation on an id: tenant A gets 404 for tenant B's ids, as for no id at all,
     and B's rows are untouched."""
-    ids = {"dataset_id": other["dataset_id"], "run_id": other["run_id"]}
+    ids = {name: other[name] for name in ("dataset_id", "run_id", "webhook_id")}
     theirs = _problem(_call(any_client, method, template, ids=ids), 404, "not_found")
     nobody = _problem(_call(any_client, method, template), 404, "not_found")
     assert theirs["detail"] == nobody["detail"].replace(MISSING, ids[_param(template)])
@@ -177,6 +184,7 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
         assert resp.status_code == 200
         assert other["dataset_id"] not in resp.get_data(as_text=True)
         assert other["run_id"] not in resp.get_data(as_text=True)
+        assert other["webhook_id"] not in resp.get_data(as_text=True)
         assert other["client"].get(template).get_json()["items"]  # B sees its own
     elif (method, template) == ("POST", "/v1/runs"):
         body = {"dataset_id": other["dataset_id"], "network": XOR_NETWORK, "training": XOR_TRAINING}
@@ -190,6 +198,9 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
     elif (method, template) == ("POST", "/v1/datasets"):
         made = create_xor_dataset(any_client)
         assert other["client"].get(f"/v1/datasets/{made['id']}").status_code == 404
+    elif (method, template) == ("POST", "/v1/webhooks"):
+        made = any_client.post(template, json=WEBHOOK).get_json()
+        assert other["client"].get(f"/v1/webhooks/{made['id']}").status_code == 404
     else:
         pytest.fail(f"{method} {template}: add a case saying how it keeps tenants apart")
     _unchanged(other)

@@ -12,7 +12,13 @@ import pytest
 from flask import Flask
 
 from service import create_app, queue
-from service.queue import RECONCILE_TASK, broker_ok, celery_config, celery_init_app
+from service.queue import (
+    DISPATCH_TASK,
+    RECONCILE_TASK,
+    broker_ok,
+    celery_config,
+    celery_init_app,
+)
 from tests.conftest import REDIS_URL, free_port
 from tests.servers import Certs, Server, make_certs
 
@@ -23,7 +29,8 @@ def _config(**overrides: Any) -> dict[str, Any]:
 
 def test_the_settings_the_design_fixes() -> None:
     conf = celery_config(_config(BROKER_URL=REDIS_URL, RUN_TIME_LIMIT_SECONDS=3600,
-                                 BROKER_KEYPREFIX="p:", QUEUE="q", RECONCILE_SECONDS=15))
+                                 BROKER_KEYPREFIX="p:", QUEUE="q", RECONCILE_SECONDS=15,
+                                 WEBHOOK_DISPATCH_SECONDS=2.0))
     assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1 and conf["task_ignore_result"]
@@ -32,8 +39,11 @@ def test_the_settings_the_design_fixes() -> None:
     assert options["global_keyprefix"] == "p:"
     assert options["visibility_timeout"] > conf["task_time_limit"]
     assert conf["task_default_queue"] == "q"
-    (entry,) = conf["beat_schedule"].values()
+    entry, webhooks = conf["beat_schedule"].values()
     assert entry["task"] == RECONCILE_TASK and entry["schedule"] == 15
+    # the webhook dispatcher goes to the webhook worker, never behind a training run
+    assert webhooks["task"] == DISPATCH_TASK and webhooks["schedule"] == 2.0
+    assert webhooks["options"]["queue"] == "q.webhooks"
 
 
 def test_the_filesystem_broker_keeps_its_folders_under_broker_folder(tmp_path) -> None:
