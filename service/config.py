@@ -80,6 +80,15 @@ DEFAULTS: dict[str, object] = {
     # Runs one tenant may have queued, running or cancelling at once; past it POST /v1/runs
     # answers 429 too_many_runs with Retry-After.
     "TENANT_MAX_ACTIVE_RUNS": 20,
+    # Event streams (GET /v1/runs/{run_id}/events) one tenant may have open at once, over
+    # every API process; past it the endpoint answers 429 too_many_streams with Retry-After.
+    "TENANT_MAX_EVENT_STREAMS": 20,
+    # How often each API process looks for changes of the runs its event streams watch (one
+    # query for all of them; seconds): about the longest a commit waits to become an event.
+    "EVENTS_POLL_SECONDS": 0.5,
+    # An event stream with nothing to say sends a comment line this often (seconds), so that
+    # proxies keep it open and a client that went away is noticed.
+    "EVENTS_KEEPALIVE_SECONDS": 15.0,
     # ---- tenancy ------------------------------------------------------------------------
     # The administrator's key (Authorization: Bearer <it>) for /v1/admin/*: tenants and their
     # API keys. None disables the admin endpoints (keys can still be made with

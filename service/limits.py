@@ -87,12 +87,7 @@ def check_active_runs(session: Session, tenant_id: str, config: Mapping[str, Any
     PostgreSQL the tenant's row is locked here, so concurrent creations by one tenant count
     one after the other; on SQLite the flush took the database's one write lock.
     """
-    # FOR NO KEY UPDATE: serialises this tenant's run creations without waiting for the
-    # KEY SHARE locks that inserting rows referencing the tenant take (FOR UPDATE would, and
-    # two creations would deadlock).
-    session.execute(
-        sa.select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)
-    )
+    lock_tenant(session, tenant_id)
     limit = int(config["TENANT_MAX_ACTIVE_RUNS"])
     active = session.scalar(
         sa.select(sa.func.count()).select_from(Run)
@@ -106,6 +101,17 @@ def check_active_runs(session: Session, tenant_id: str, config: Mapping[str, Any
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             limit=limit,
         )
+
+
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Serialise the counting transactions of one tenant until the transaction ends: on
+    PostgreSQL by locking its row; on SQLite the caller's flushed INSERT already holds the
+    database's one write lock."""
+    # FOR NO KEY UPDATE: without waiting for the KEY SHARE locks that inserting rows
+    # referencing the tenant take (FOR UPDATE would, and two creations would deadlock).
+    session.execute(
+        sa.select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)
+    )
 
 
 def _error(path: str, message: str) -> dict[str, str]:

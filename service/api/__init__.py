@@ -1,4 +1,5 @@
-"""One blueprint per resource: data sets, runs (and their results), health, admin."""
+"""One blueprint per resource: data sets, runs (their results, their live events), health,
+admin."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from service.api import admin, datasets, health, results, runs
+    from service.api import admin, datasets, events, health, results, runs
 
-    for module in (datasets, runs, results, health, admin):
+    for module in (datasets, runs, results, events, health, admin):
         app.register_blueprint(module.bp)
