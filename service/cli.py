@@ -52,12 +52,14 @@ BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def api_command(host: str, port: int) -> list[str]:
-    # gthread workers: a slow request (a large upload) does not block the others.
+    # gevent workers: every request is a greenlet, so event streams (open for as long as a
+    # run trains) and slow requests (a large upload) do not hold one of a few threads.
     # No control socket: it defaults to one path per user, which two servers would share.
-    # The config module: log format, graceful timeout, metrics folder (service/gunicorn_conf.py).
+    # The config module: log format, graceful timeout, metrics folder, streams ended at
+    # SIGTERM (service/gunicorn_conf.py).
     return [sys.executable, "-m", "gunicorn", "--config", "python:service.gunicorn_conf",
-            "--bind", f"{host}:{port}", "--workers", "2", "--threads", "4",
-            "--worker-class", "gthread", "--no-control-socket", "service.wsgi:app"]
+            "--bind", f"{host}:{port}", "--workers", "2", "--worker-class", "gevent",
+            "--worker-connections", "1000", "--no-control-socket", "service.wsgi:app"]
 
 
 def worker_command(concurrency: int = 1, beat: bool = False) -> list[str]:

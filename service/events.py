@@ -19,8 +19,9 @@ with Last-Event-ID gets exactly what follows, with no gap and no repeat.
 The database is the only source. One `Hub` per process polls the runs its streams watch,
 every EVENTS_POLL_SECONDS in one query, and wakes the streams of a run that changed (the
 worker renews `heartbeat_at` with every commit). A woken stream reads the rows after its
-position; streams at the same position of the same change share that read
-(`Hub.rows_after`), so many streams on one training run cost one query per commit. No
+position; streams in the same place at the same change share that read and its encoding
+(`Hub.batch_after`), so many streams on one training run cost one query per commit, and
+each stream one write per commit however many epochs it brought. No
 stream holds a database connection while it waits; under gunicorn's gevent worker
 (service/cli.py) each is a greenlet, not one of a few threads.
 
@@ -35,7 +36,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from time import monotonic
@@ -95,7 +96,9 @@ class Snapshot:
 
     run: dict[str, Any]  # run_json
     rewinds: tuple[Position, ...]
-    version: int  # unique per read (Hub.snapshot): reads of rows after it may be shared
+    # The same for snapshots of the same state (_state) of the run, and only for them: a
+    # read of rows made after one of them has every row any of them has (Hub.batch_after).
+    version: int
 
     @classmethod
     def of(cls, run: Run, version: int) -> Snapshot:
@@ -122,10 +125,26 @@ class Watcher:
     changed: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Epoch events, encoded: `count` rows as one chunk of text, and the cursor after them."""
+
+    text: str
+    cursor: Cursor
+    count: int
+
+
+def batch(rows: list[tuple[Position, dict[str, Any]]], cursor: Cursor) -> Batch:
+    chunks = []
+    for position, row in rows:
+        cursor = replace(cursor, position=position)
+        chunks.append(sse("epoch", row, cursor))
+    return Batch("".join(chunks), cursor, len(rows))
+
+
 @dataclass(eq=False)
-class _Read:
-    rows: list[tuple[Position, dict[str, Any]]] = field(default_factory=list)
-    error: BaseException | None = None
+class _Shared:
+    batch: Batch | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -141,8 +160,9 @@ class Hub:
         self._states: dict[str, tuple[Any, ...]] = {}
         self._joins = 0  # watch() calls so far
         self._joined: dict[str, int] = {}  # run id -> the value of _joins at its last watch()
-        self._version = 0  # of the snapshots taken, over every run
-        self._reads: dict[tuple[Any, ...], _Read] = {}
+        self._version = 0  # versions given out, over every run
+        self._known: dict[str, tuple[tuple[Any, ...], int]] = {}  # run id -> (state, version)
+        self._reads: dict[tuple[Any, ...], _Shared] = {}
         self._thread: threading.Thread | None = None
         self._renewed = 0.0
         self.stopping = threading.Event()
@@ -171,6 +191,7 @@ class Hub:
                 self._watchers.pop(watcher.run_id, None)
                 self._states.pop(watcher.run_id, None)
                 self._joined.pop(watcher.run_id, None)
+                self._known.pop(watcher.run_id, None)
 
     def snapshot(self, run: Run) -> Snapshot:
         """The run as just read (by a stream opening)."""
@@ -178,8 +199,11 @@ class Hub:
             return self._snapshot(run)
 
     def _snapshot(self, run: Run) -> Snapshot:
-        self._version += 1
-        return Snapshot.of(run, self._version)
+        state, known = _state(run), self._known.get(run.id)
+        if known is None or known[0] != state:
+            self._version += 1
+            known = self._known[run.id] = (state, self._version)
+        return Snapshot.of(run, known[1])
 
     def stop(self) -> None:
         """End every stream now (the process is shutting down; clients resume elsewhere)."""
@@ -242,24 +266,23 @@ class Hub:
             session.execute(sa.delete(EventStream).where(
                 EventStream.seen_at < now - timedelta(seconds=STREAM_TTL_SECONDS)))
 
-    def rows_after(self, run_id: str, after: Position, stats: bool, version: int
-                   ) -> list[tuple[Position, dict[str, Any]]]:
-        """read_rows(after=...), done once for every stream that asks for the same position
-        of the same change of the run."""
-        key = (run_id, after, stats, version)
+    def batch_after(self, run_id: str, cursor: Cursor, stats: bool, version: int) -> Batch:
+        """The rows after the cursor's position, read (read_rows) and encoded once for every
+        stream that asks with the same cursor at the same version of the run."""
+        key = (run_id, cursor, stats, version)
         with self._lock:
             shared = self._reads.get(key)
             mine = shared is None
             if mine:
-                shared = self._reads[key] = _Read()
+                shared = self._reads[key] = _Shared()
                 while len(self._reads) > SHARED_READS:
                     self._reads.pop(next(iter(self._reads)))
         assert shared is not None
         if mine:
             try:
-                shared.rows = read_rows(self.app, run_id, stats, after=after)
-            except BaseException as exc:
-                shared.error = exc
+                shared.batch = batch(read_rows(self.app, run_id, stats, after=cursor.position),
+                                     cursor)
+            except BaseException:
                 with self._lock:
                     self._reads.pop(key, None)
                 raise
@@ -267,9 +290,9 @@ class Hub:
                 shared.done.set()
         else:
             shared.done.wait()
-            if shared.error is not None:
-                return read_rows(self.app, run_id, stats, after=after)
-        return shared.rows
+        if shared.batch is None:  # the read failed in the stream that made it: read here
+            return batch(read_rows(self.app, run_id, stats, after=cursor.position), cursor)
+        return shared.batch
 
 
 def init_app(app: Flask) -> None:
@@ -415,10 +438,9 @@ class Stream:
         if downsample:
             yield from self._downsampled()
         while True:
-            rows = hub(self.app).rows_after(self.run_id, self.cursor.position, self.stats,
-                                            snapshot.version)
-            yield from self._rows(rows)
-            if len(rows) < ROWS_PER_READ:
+            sent = yield from self._send(hub(self.app).batch_after(
+                self.run_id, self.cursor, self.stats, snapshot.version))
+            if sent < ROWS_PER_READ:
                 break
         if news and finished:
             yield from self._status(snapshot)
@@ -430,15 +452,18 @@ class Stream:
         picked = [pos for phase in ("pretrain", "train") for pos in evenly_spaced(
             [p for p in stored if p[0] == phase], self.max_points or 2)]
         for start in range(0, len(picked), ROWS_PER_READ):
-            yield from self._rows(read_rows(self.app, self.run_id, self.stats,
-                                            among=picked[start:start + ROWS_PER_READ]))
+            yield from self._send(batch(read_rows(self.app, self.run_id, self.stats,
+                                                  among=picked[start:start + ROWS_PER_READ]),
+                                        self.cursor))
         if stored:  # the rows left out are skipped, not sent later
             self.cursor = replace(self.cursor, position=max(self.cursor.position, stored[-1]))
 
-    def _rows(self, rows: list[tuple[Position, dict[str, Any]]]) -> Iterator[str]:
-        for position, row in rows:
-            self.cursor = replace(self.cursor, position=position)
-            yield sse("epoch", row, self.cursor)
+    def _send(self, sent: Batch) -> Generator[str, None, int]:
+        """Its rows, in one write; how many."""
+        if sent.count:
+            self.cursor = sent.cursor
+            yield sent.text
+        return sent.count
 
     def _status(self, snapshot: Snapshot) -> Iterator[str]:
         self.cursor = replace(self.cursor, status=snapshot.status)
