@@ -48,6 +48,12 @@ class TrainResult:
     best_model: Model | None
 
 
+@dataclass
+class Snapshot:
+    model: Model | None           # the checkpoint's model (None: no checkpoint given)
+    validation: np.ndarray        # (N_val,) indices of the validation split's rows in the data
+
+
 class _Poll:
     """Asks should_stop at most every POLL_INTERVAL_S; remembers the answer."""
 
@@ -166,6 +172,19 @@ def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
         if state.stop_reason is None and e < plan.epochs_total and poll(force=True):
             return poll.answer, None
     return None, None
+
+
+def snapshot(plan: Plan, inputs, targets, state: bytes | None = None) -> Snapshot:
+    """What training did with the data: the rows of its validation split, and the model a
+    checkpoint (`state`, from on_checkpoint) holds, with the standardisation fitted on the
+    training split; model None without `state`. ValueError when `state` is not a checkpoint
+    of this plan and data."""
+    data = prepare(plan, inputs, targets)
+    model = None
+    if state is not None:
+        params = checkpoint.load(state, data.fingerprint).params
+        model = Model(plan.network, params, model_meta(plan, data.standardizer))
+    return Snapshot(model, data.val_idx)
 
 
 def train(plan: Plan, inputs, targets, *,

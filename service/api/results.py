@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import defer
@@ -17,16 +18,18 @@ from service import artifacts, dataio
 from service.api.common import fetch, json_response, run_artifact
 from service.db import get_session
 from service.errors import ApiError, validation_error
-from service.models import Epoch, LayerStat, Run
+from service.models import Artifact, Dataset, Epoch, LayerStat, Run
 from service.pagination import Key, cursor_prefix, downsample_filter, page, page_limit
 from service.params import arg_choice, arg_int, json_object
 from service.schemas import validate
-from service.serialize import epoch_json, layer_stat_json
+from service.serialize import epoch_json, finite, layer_stat_json
 
 bp = Blueprint("results", __name__, url_prefix="/v1/runs/<uuid:run_id>")
 
 PHASES = ("pretrain", "train")
 MAX_POINTS = 100_000
+MAX_GRID = 100  # GET .../boundary: at most MAX_GRID x MAX_GRID points
+GRID_MARGIN = 0.05  # the grid spans the data and this fraction of its range on each side
 NPZ_TYPES = ("application/x-npz", "application/octet-stream")
 
 
@@ -144,3 +147,51 @@ def predict(run_id: uuid.UUID) -> Response:
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None
     return json_response({"run_id": str(run_id), "which": which, "epoch": epoch, **result})
+
+
+@bp.get("/boundary")
+def boundary(run_id: uuid.UUID) -> Response:
+    """The network's answer over a grid spanning the data, as the Playground draws it: for
+    data of two features, from the newest weights stored (the final ones once there are,
+    else the last checkpoint's), with the rows of the validation split."""
+    size = arg_int("size", 40, 2, MAX_GRID)
+    session = get_session()
+    run = fetch(session, Run, run_id, "run")
+    dataset = fetch(session, Dataset, run.dataset_id, "data set")
+    if dataset.input_shape != [2]:
+        raise ApiError(409, "boundary_not_available", f"the data set's samples have the shape "
+                       f"{dataset.input_shape}; a boundary is drawn for two features")
+    row = artifacts.artifact(session, run.id, "final") or artifacts.artifact(
+        session, run.id, "checkpoint")
+    if row is None:
+        raise ApiError(404, "weights_not_available",
+                       f"run {run.id} has no weights yet (it is {run.status})")
+    key = ("boundary", run.id, row.kind, row.epoch, row.created_at, size)
+    cache = current_app.extensions["model_cache"]
+    grid = cache.get(key, lambda: _grid(run, dataset, row, size))
+    return json_response(grid)
+
+
+def _grid(run: Run, dataset: Dataset, row: Artifact, size: int) -> dict[str, Any]:
+    inputs, targets = dataio.decode(dataset.data)
+    plan = nn.build(run.network, run.training, nn.describe(inputs, targets, dataset.task))
+    checkpoint = row.kind == "checkpoint"
+    snapshot = nn.snapshot(plan, inputs, targets, row.data if checkpoint else None)
+    model = snapshot.model or artifacts.load(row)
+    lo, hi = inputs.min(axis=0), inputs.max(axis=0)
+    pad = np.where(hi > lo, (hi - lo) * GRID_MARGIN, 1.0)
+    lo, hi = lo - pad, hi + pad
+    xs, ys = np.linspace(lo[0], hi[0], size), np.linspace(lo[1], hi[1], size)
+    points = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)  # row by row, y rising
+    answer = model.predict(points)
+    labels = None
+    if "probabilities" in answer:
+        p = np.asarray(answer["probabilities"])
+        values = p[:, 1] if p.shape[1] == 2 else p.max(axis=1)
+        labels = p.argmax(axis=1).reshape(size, size).tolist()
+    else:
+        values = np.asarray(answer["outputs"])[:, 0]
+    return {"run_id": run.id, "weights": row.kind, "phase": row.phase, "epoch": row.epoch,
+            "size": size, "x": [float(lo[0]), float(hi[0])], "y": [float(lo[1]), float(hi[1])],
+            "values": finite(values.reshape(size, size).tolist()), "labels": labels,
+            "classes": dataset.classes, "validation": snapshot.validation.tolist()}

@@ -128,3 +128,28 @@ def test_bool_and_int_classes_round_trip():
         m = nn.Model.from_npz(nn.train(plan, X, y).model.to_npz())
         assert set(m.predict(X)["labels"]) <= set(y)
         assert json.dumps(m.predict(X))
+
+
+def test_snapshot_of_a_checkpoint_predicts_as_the_model_of_that_epoch(blobs):
+    """The model a checkpoint holds (with the standardisation training fitted) is the model
+    training had then; the validation rows are the ones training measured val_* on."""
+    X, y = blobs
+    spec = ([dense(8, "tanh"), dense(3, "softmax")],
+            {"loss": "cross_entropy", "seed": 0, "standardize": True,
+             "validation_fraction": 0.25})
+    plan = plan_for(*spec[:1], {**spec[1], "epochs": 4}, X, y)
+    states: dict[int, bytes] = {}
+    final = nn.train(plan, X, y, checkpoint_every=2,
+                     on_checkpoint=lambda e, b: states.__setitem__(e, b))
+    at_2 = nn.train(plan_for(*spec[:1], {**spec[1], "epochs": 2}, X, y), X, y)
+    assert nn.snapshot(plan, X, y, states[4]).model.predict(X) == final.model.predict(X)
+    assert nn.snapshot(plan, X, y, states[2]).model.predict(X) == at_2.model.predict(X)
+
+    validation = nn.snapshot(plan, X, y).validation
+    assert nn.snapshot(plan, X, y).model is None
+    assert len(set(validation.tolist())) == len(validation) == round(0.25 * len(X))
+    labels = np.array(final.model.predict(X[validation])["labels"])
+    assert np.mean(labels == y[validation]) == final.metrics["val_accuracy"]
+    with pytest.raises(ValueError):
+        nn.snapshot(plan_for(*spec[:1], {**spec[1], "epochs": 4, "seed": 1}, X, y), X, y,
+                    states[4])

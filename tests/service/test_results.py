@@ -375,3 +375,55 @@ def test_predict_with_best_weights(app: Flask, client, run: dict) -> None:  # no
                              data=trained_model(run, epochs=2).to_npz()))
     body = client.post(url, json={"inputs": [[0, 1]], "which": "best"}).get_json()
     assert body["which"] == "best" and body["epoch"] == 2
+
+
+# ---- the decision boundary ------------------------------------------------------------------
+
+def test_boundary_from_the_final_weights(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    url = f"/v1/runs/{run['id']}/boundary"
+    assert any_client.get(url).get_json()["code"] == "weights_not_available"
+    model = trained_model(run)
+    finish_run(any_app, run["id"], epochs=3, artifacts={"final": model.to_npz()})
+    grid = any_client.get(f"{url}?size=5").get_json()
+    assert (grid["weights"], grid["epoch"], grid["size"]) == ("final", 3, 5)
+    inputs, _ = nn.generate("xor", 40, 0, 1)
+    lo, hi = inputs.min(axis=0), inputs.max(axis=0)
+    assert grid["x"] == pytest.approx([lo[0] - 0.05 * (hi[0] - lo[0]), hi[0] + 0.05 * (hi[0] - lo[0])])
+    corners = [[grid["x"][0], grid["y"][0]], [grid["x"][1], grid["y"][0]],
+               [grid["x"][0], grid["y"][1]]]
+    probabilities = model.predict(corners)["probabilities"]
+    assert [grid["values"][0][0], grid["values"][0][4], grid["values"][4][0]] == pytest.approx(
+        [p[1] for p in probabilities])
+    # The validation split's rows: XOR_TRAINING holds out half of the 40.
+    assert len(set(grid["validation"])) == 20 and max(grid["validation"]) < 40
+
+
+def test_boundary_from_a_checkpoint_while_training(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    inputs, targets = nn.generate("xor", 40, 0, 1)
+    plan = nn.build(run["network"], run["training"], nn.describe(inputs, targets))
+    states: dict[int, bytes] = {}
+    nn.train(plan, inputs, targets, checkpoint_every=2, should_stop=lambda: "stop" if states else None,
+             on_checkpoint=lambda e, b: states.__setitem__(e, b))  # what a worker stores
+    with db.session_scope(any_app) as session:
+        session.add(Artifact(run_id=run["id"], kind="checkpoint", epoch=2, data=states[2]))
+    snapshot = nn.snapshot(plan, inputs, targets, states[2])
+    grid = any_client.get(f"/v1/runs/{run['id']}/boundary?size=3").get_json()
+    assert (grid["weights"], grid["epoch"]) == ("checkpoint", 2)
+    assert grid["validation"] == snapshot.validation.tolist()
+    corner = snapshot.model.predict([[grid["x"][1], grid["y"][1]]])["probabilities"][0][1]
+    assert grid["values"][2][2] == pytest.approx(corner)
+
+
+def test_boundary_needs_two_features(client) -> None:  # noqa: ANN001
+    resp = client.post("/v1/datasets", json={"name": "three", "inputs": [[0, 1, 2], [1, 2, 3]] * 4,
+                                             "targets": [0, 1] * 4})
+    body = {"dataset_id": resp.get_json()["id"], "network": {"layers": [
+        {"type": "dense", "units": 1, "activation": "sigmoid"}]}, "training": {"epochs": 1}}
+    run = client.post("/v1/runs", json=body).get_json()
+    got = client.get(f"/v1/runs/{run['id']}/boundary")
+    assert got.status_code == 409 and got.get_json()["code"] == "boundary_not_available"
+    assert problem_paths(client.get(f"/v1/runs/{run['id']}/boundary?size=1")) == ["query.size"]
