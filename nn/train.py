@@ -50,7 +50,7 @@ class TrainResult:
 
 @dataclass
 class Snapshot:
-    model: Model | None           # the checkpoint's model (None: no checkpoint given)
+    model: Model                  # the checkpoint's model, or the seeded initial one
     validation: np.ndarray        # (N_val,) indices of the validation split's rows in the data
 
 
@@ -174,17 +174,24 @@ def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
     return None, None
 
 
+def _initial_params(plan: Plan) -> Weights:
+    """The weights training starts from without initial_weights: drawn from the seed."""
+    return network.init_params(list(plan.layers), np.random.default_rng([plan.training["seed"], 0]),
+                               np.dtype(plan.training["dtype"]))
+
+
 def snapshot(plan: Plan, inputs, targets, state: bytes | None = None) -> Snapshot:
-    """What training did with the data: the rows of its validation split, and the model a
-    checkpoint (`state`, from on_checkpoint) holds, with the standardisation fitted on the
-    training split; model None without `state`. ValueError when `state` is not a checkpoint
-    of this plan and data."""
+    """What training does with the data: the rows of its validation split, and the model a
+    checkpoint (`state`, from on_checkpoint) holds, or without one the model of the initial
+    weights drawn from the seed, with the standardisation fitted on the training split.
+    ValueError when `state` is not a checkpoint of this plan and data."""
     data = prepare(plan, inputs, targets)
-    model = None
     if state is not None:
         params = checkpoint.load(state, data.fingerprint).params
-        model = Model(plan.network, params, model_meta(plan, data.standardizer))
-    return Snapshot(model, data.val_idx)
+    else:
+        params = _initial_params(plan)
+    return Snapshot(Model(plan.network, params, model_meta(plan, data.standardizer)),
+                    data.val_idx)
 
 
 def train(plan: Plan, inputs, targets, *,
@@ -205,8 +212,7 @@ def train(plan: Plan, inputs, targets, *,
         state = TrainState(0, check_weights(initial_weights, layers, "initial_weights.layers",
                                             dtype))
     else:
-        state = TrainState(0, network.init_params(
-            layers, np.random.default_rng([tr["seed"], 0]), dtype))
+        state = TrainState(0, _initial_params(plan))
     perceptron = tr["algorithm"] == "perceptron"
     monitor = "val_loss" if len(data.x_val) else "train_loss"
     poll = _Poll(should_stop)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import Session, defer
 from sqlalchemy.sql.base import ExecutableOption
 
 import nn
@@ -18,7 +18,7 @@ from service import artifacts, dataio
 from service.api.common import fetch, json_response, run_artifact
 from service.db import get_session
 from service.errors import ApiError, validation_error
-from service.models import Artifact, Dataset, Epoch, LayerStat, Run
+from service.models import Dataset, Epoch, LayerStat, Run
 from service.pagination import Key, cursor_prefix, downsample_filter, page, page_limit
 from service.params import arg_choice, arg_int, json_object
 from service.schemas import validate
@@ -90,11 +90,19 @@ def _series(
 @bp.get("/weights")
 def weights(run_id: uuid.UUID) -> Response:
     """JSON {"layers": [...]} (the shape POST /v1/runs accepts as initial_weights), or the
-    stored .npz bytes for ?format=npz or an Accept of application/x-npz / octet-stream."""
-    which = arg_choice("which", artifacts.MODEL_KINDS, "final")
+    stored .npz bytes for ?format=npz or an Accept of application/x-npz / octet-stream.
+    which=latest: the newest weights as JSON, whatever they are (`_latest`)."""
+    which = arg_choice("which", (*artifacts.MODEL_KINDS, "latest"), "final")
     media = _weights_media_type()
     session = get_session()
     run = fetch(session, Run, run_id, "run")
+    if which == "latest":
+        if media != "application/json":
+            raise ApiError(406, "not_acceptable", "which=latest is served as JSON")
+        newest = _latest(session, run)
+        layers = nn.weights_to_json(newest.model.weights)["layers"]
+        return json_response({"run_id": run.id, "which": newest.kind, "epoch": newest.epoch,
+                              "layers": layers})
     row = artifacts.artifact(session, run.id, which)
     if row is None:
         detail = f"run {run.id} has no {which} weights (it is {run.status})"
@@ -152,8 +160,8 @@ def predict(run_id: uuid.UUID) -> Response:
 @bp.get("/boundary")
 def boundary(run_id: uuid.UUID) -> Response:
     """The network's answer over a grid spanning the data, as the Playground draws it: for
-    data of two features, from the newest weights stored (the final ones once there are,
-    else the last checkpoint's), with the rows of the validation split."""
+    data of two features, from the newest weights (`_latest`), with the rows of the
+    validation split."""
     size = arg_int("size", 40, 2, MAX_GRID)
     session = get_session()
     run = fetch(session, Run, run_id, "run")
@@ -161,29 +169,55 @@ def boundary(run_id: uuid.UUID) -> Response:
     if dataset.input_shape != [2]:
         raise ApiError(409, "boundary_not_available", f"the data set's samples have the shape "
                        f"{dataset.input_shape}; a boundary is drawn for two features")
-    row = artifacts.artifact(session, run.id, "final") or artifacts.artifact(
-        session, run.id, "checkpoint")
-    if row is None:
-        raise ApiError(404, "weights_not_available",
-                       f"run {run.id} has no weights yet (it is {run.status})")
-    key = ("boundary", run.id, row.kind, row.epoch, row.created_at, size)
-    cache = current_app.extensions["model_cache"]
-    grid = cache.get(key, lambda: _grid(run, dataset, row, size))
-    return json_response(grid)
+    newest = _latest(session, run)
+    key = ("boundary", newest.key, size)
+    return json_response(current_app.extensions["model_cache"].get(
+        key, lambda: _grid(newest, run, dataset, size)))
 
 
-def _grid(run: Run, dataset: Dataset, row: Artifact, size: int) -> dict[str, Any]:
-    inputs, targets = dataio.decode(dataset.data)
-    plan = nn.build(run.network, run.training, nn.describe(inputs, targets, dataset.task))
-    checkpoint = row.kind == "checkpoint"
-    snapshot = nn.snapshot(plan, inputs, targets, row.data if checkpoint else None)
-    model = snapshot.model or artifacts.load(row)
-    lo, hi = inputs.min(axis=0), inputs.max(axis=0)
+class _Latest(NamedTuple):
+    kind: str  # final, checkpoint or initial
+    phase: str
+    epoch: int
+    model: nn.Model
+    validation: np.ndarray  # the validation split's rows
+    low: np.ndarray  # each feature's least and greatest value in the data
+    high: np.ndarray
+    key: tuple[Any, ...]  # the weights' identity, for caches
+
+
+def _latest(session: Session, run: Run) -> _Latest:
+    """The newest weights of the run: the final ones once there are, else its last
+    checkpoint's (stored about every CHECKPOINT_SECONDS while it trains), else the initial
+    ones (given, or drawn from the seed, as training draws them); with what training makes
+    of the data (read and prepared once per weights)."""
+    row = next((r for r in (artifacts.artifact(session, run.id, k)
+                            for k in ("final", "checkpoint", "initial")) if r is not None), None)
+    key = ("latest", run.id) + (("seed",) if row is None else (row.kind, row.epoch,
+                                                                row.created_at))
+
+    def load() -> _Latest:
+        dataset = fetch(session, Dataset, run.dataset_id, "data set")
+        inputs, targets = dataio.decode(dataset.data)
+        plan = nn.build(run.network, run.training, nn.describe(inputs, targets, dataset.task))
+        state = row.data if row is not None and row.kind == "checkpoint" else None
+        found = nn.snapshot(plan, inputs, targets, state)
+        model = artifacts.load(row) if row is not None and state is None else found.model
+        kind, phase, epoch = ("initial", "train", 0) if row is None else (
+            row.kind, row.phase, row.epoch)
+        return _Latest(kind, phase, epoch, model, found.validation, inputs.min(axis=0),
+                       inputs.max(axis=0), key)
+
+    return current_app.extensions["model_cache"].get(key, load)
+
+
+def _grid(newest: _Latest, run: Run, dataset: Dataset, size: int) -> dict[str, Any]:
+    lo, hi = newest.low, newest.high
     pad = np.where(hi > lo, (hi - lo) * GRID_MARGIN, 1.0)
     lo, hi = lo - pad, hi + pad
     xs, ys = np.linspace(lo[0], hi[0], size), np.linspace(lo[1], hi[1], size)
     points = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)  # row by row, y rising
-    answer = model.predict(points)
+    answer = newest.model.predict(points)
     labels = None
     if "probabilities" in answer:
         p = np.asarray(answer["probabilities"])
@@ -191,7 +225,8 @@ def _grid(run: Run, dataset: Dataset, row: Artifact, size: int) -> dict[str, Any
         labels = p.argmax(axis=1).reshape(size, size).tolist()
     else:
         values = np.asarray(answer["outputs"])[:, 0]
-    return {"run_id": run.id, "weights": row.kind, "phase": row.phase, "epoch": row.epoch,
-            "size": size, "x": [float(lo[0]), float(hi[0])], "y": [float(lo[1]), float(hi[1])],
-            "values": finite(values.reshape(size, size).tolist()), "labels": labels,
-            "classes": dataset.classes, "validation": snapshot.validation.tolist()}
+    return {"run_id": run.id, "weights": newest.kind, "phase": newest.phase,
+            "epoch": newest.epoch, "size": size, "x": [float(lo[0]), float(hi[0])],
+            "y": [float(lo[1]), float(hi[1])], "values": finite(values.reshape(size, size).tolist()),
+            "labels": labels, "classes": dataset.classes,
+            "validation": newest.validation.tolist()}

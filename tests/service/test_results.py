@@ -286,7 +286,7 @@ def test_weights_which(app: Flask, client, run: dict) -> None:  # noqa: ANN001
         session.add(Artifact(run_id=run["id"], kind="best", epoch=4,
                              data=trained_model(run, epochs=1).to_npz()))
     assert client.get(f"{url}?which=best").get_json()["epoch"] == 4
-    bad = client.get(f"{url}?which=checkpoint")
+    bad = client.get(f"{url}?which=newest")
     assert bad.status_code == 422 and problem_paths(bad) == ["query.which"]
     assert problem_paths(client.get(f"{url}?format=csv")) == ["query.format"]
 
@@ -383,7 +383,12 @@ def test_boundary_from_the_final_weights(any_app: Flask, any_client) -> None:  #
     dataset = create_xor_dataset(any_client)
     run = create_run(any_client, dataset["id"])
     url = f"/v1/runs/{run['id']}/boundary"
-    assert any_client.get(url).get_json()["code"] == "weights_not_available"
+    first = any_client.get(f"{url}?size=2").get_json()  # before any: the seed's weights
+    assert (first["weights"], first["epoch"]) == ("initial", 0)
+    initial = trained_model(run, epochs=0).predict([[first["x"][1], first["y"][1]]])
+    assert first["values"][1][1] == pytest.approx(initial["probabilities"][0][1])
+    latest = any_client.get(f"/v1/runs/{run['id']}/weights?which=latest").get_json()
+    assert (latest["which"], latest["epoch"]) == ("initial", 0)
     model = trained_model(run)
     finish_run(any_app, run["id"], epochs=3, artifacts={"final": model.to_npz()})
     grid = any_client.get(f"{url}?size=5").get_json()
@@ -416,6 +421,12 @@ def test_boundary_from_a_checkpoint_while_training(any_app: Flask, any_client) -
     assert grid["validation"] == snapshot.validation.tolist()
     corner = snapshot.model.predict([[grid["x"][1], grid["y"][1]]])["probabilities"][0][1]
     assert grid["values"][2][2] == pytest.approx(corner)
+    # The checkpoint's weights, for drawing the network while it trains.
+    weights = any_client.get(f"/v1/runs/{run['id']}/weights?which=latest").get_json()
+    assert (weights["which"], weights["epoch"]) == ("checkpoint", 2)
+    assert weights["layers"] == nn.weights_to_json(snapshot.model.weights)["layers"]
+    npz = any_client.get(f"/v1/runs/{run['id']}/weights?which=latest&format=npz")
+    assert npz.status_code == 406
 
 
 def test_boundary_needs_two_features(client) -> None:  # noqa: ANN001
