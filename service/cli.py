@@ -206,6 +206,7 @@ def up(host: str, port: int, workers: int) -> int:
     ready = _wait_ready(f"{base}/readyz", children, stopping)
     if ready:
         print(f"\nbackprop: serving on {base}  (Ctrl-C stops it)\n"
+              f"  dashboard: {base}/#key={key}\n"
               f"  API key of the tenant {LOCAL_TENANT!r} (also in {app.config['LOCAL_KEY_FILE']}):"
               f"\n    {key}\n"
               f"  try:  curl -s {base}/v1/datasets -H 'Authorization: Bearer {key}' "

@@ -24,7 +24,8 @@ from werkzeug.datastructures import Headers
 
 from service.schemas import spec, validator
 
-BINARY_TYPES = {"application/x-npz", "application/octet-stream", "application/yaml", "text/plain"}
+BINARY_TYPES = {"application/x-npz", "application/octet-stream", "application/yaml", "text/plain",
+                "text/html"}
 EVENT_STREAM = "text/event-stream"
 
 

@@ -1,5 +1,5 @@
 """One blueprint per resource: data sets, runs (their results, their live events), health,
-admin."""
+admin; and the dashboard's pages."""
 
 from __future__ import annotations
 
@@ -9,5 +9,7 @@ from flask import Flask
 def register_blueprints(app: Flask) -> None:
     from service.api import admin, datasets, events, health, results, runs
 
-    for module in (datasets, runs, results, events, health, admin):
+    from service import dashboard
+
+    for module in (datasets, runs, results, events, health, admin, dashboard):
         app.register_blueprint(module.bp)
