@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> None:
                               stack.headers, n)  # as the dashboard opens them
             try:
                 streams.wait_open(n)
+                time.sleep(5)  # their replays done (max_points): only live rows from here
                 before, t0 = streams.events, time.monotonic()
                 one = predict(1, load_seconds / 2)
                 many = predict(8, load_seconds)

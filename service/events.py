@@ -21,9 +21,9 @@ every EVENTS_POLL_SECONDS in one query, and wakes the streams of a run that chan
 worker renews `heartbeat_at` with every commit). A woken stream reads the rows after its
 position; streams in the same place at the same change share that read and its encoding
 (`Hub.batch_after`), so many streams on one training run cost one query per commit, and
-each stream one write per commit however many epochs it brought. No
-stream holds a database connection while it waits; under gunicorn's gevent worker
-(service/cli.py) each is a greenlet, not one of a few threads.
+each stream one write per commit however many epochs it brought. No stream holds a
+database connection while it waits; under gunicorn's gevent worker (service/cli.py) each is
+a greenlet, not one of a few threads.
 
 Open streams are rows of `event_streams`, so TENANT_MAX_EVENT_STREAMS holds across processes
 and machines; the hub renews its streams' rows, and rows nobody renews (their process died)
@@ -325,8 +325,10 @@ def read_rows(app: Flask, run_id: str, stats: bool, *, after: Position | None = 
     epoch's layer-stats rows as `layer_stats`."""
     where = _after(Epoch, after) if after is not None else _among(Epoch, among or [])
     with Session(db.engine(app)) as session:
-        epochs = session.scalars(
-            sa.select(Epoch).where(Epoch.run_id == run_id, where)
+        # Plain rows (epoch_json reads their attributes as an Epoch's): a third of the ORM's
+        # cost, for the rows every stream of a training run is sent.
+        epochs = session.execute(
+            sa.select(*Epoch.__table__.columns).where(Epoch.run_id == run_id, where)
             .order_by(Epoch.phase, Epoch.epoch).limit(ROWS_PER_READ)).all()
         rows = [((e.phase, e.epoch), epoch_json(e)) for e in epochs]
         if stats and rows:
@@ -342,11 +344,22 @@ def read_rows(app: Flask, run_id: str, stats: bool, *, after: Position | None = 
     return rows
 
 
-def stored_positions(app: Flask, run_id: str) -> list[Position]:
+def picked_positions(app: Flask, run_id: str, max_points: int) -> list[Position]:
+    """Of the run's stored rows, at most max_points per phase, evenly spaced (evenly_spaced),
+    in run order. A phase's epochs are 1..M, each once (worker/lease.py), so they are picked
+    from their count without reading them, unless they are not (then they are read)."""
     with Session(db.engine(app)) as session:
-        return [tuple(p) for p in session.execute(  # type: ignore[misc]
-            sa.select(Epoch.phase, Epoch.epoch).where(Epoch.run_id == run_id)
-            .order_by(Epoch.phase, Epoch.epoch))]
+        phases = session.execute(
+            sa.select(Epoch.phase, sa.func.count(), sa.func.max(Epoch.epoch))
+            .where(Epoch.run_id == run_id).group_by(Epoch.phase).order_by(Epoch.phase)).all()
+        picked: list[Position] = []
+        for phase, count, last in phases:
+            epochs: Any = range(1, last + 1)
+            if count != last:
+                epochs = session.scalars(sa.select(Epoch.epoch).where(
+                    Epoch.run_id == run_id, Epoch.phase == phase).order_by(Epoch.epoch)).all()
+            picked += [(phase, e) for e in evenly_spaced(epochs, max_points)]
+    return picked
 
 
 # ---- open streams ---------------------------------------------------------------------------
@@ -448,15 +461,13 @@ class Stream:
     def _downsampled(self) -> Iterator[str]:
         """A fresh stream with max_points: of the rows stored now, evenly spaced ones per
         phase (the first and last kept, as GET .../epochs?max_points picks them)."""
-        stored = stored_positions(self.app, self.run_id)
-        picked = [pos for phase in ("pretrain", "train") for pos in evenly_spaced(
-            [p for p in stored if p[0] == phase], self.max_points or 2)]
+        picked = picked_positions(self.app, self.run_id, self.max_points or 2)
         for start in range(0, len(picked), ROWS_PER_READ):
             yield from self._send(batch(read_rows(self.app, self.run_id, self.stats,
                                                   among=picked[start:start + ROWS_PER_READ]),
                                         self.cursor))
-        if stored:  # the rows left out are skipped, not sent later
-            self.cursor = replace(self.cursor, position=max(self.cursor.position, stored[-1]))
+        if picked:  # the rows left out are skipped, not sent later (the last one is picked)
+            self.cursor = replace(self.cursor, position=max(self.cursor.position, picked[-1]))
 
     def _send(self, sent: Batch) -> Generator[str, None, int]:
         """Its rows, in one write; how many."""

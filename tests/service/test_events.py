@@ -150,6 +150,15 @@ def test_a_finished_run_replays_everything_then_its_status_and_closes(
                       ("epoch", ("train", 1)), ("epoch", ("train", 5)), ("status", "succeeded")]
 
 
+def test_max_points_picks_among_the_rows_there_are(any_app: Flask, any_client: Any,
+                                                  queued: dict[str, Any]) -> None:
+    """Rows are 1..M in practice, picked from their count; when they are not, from them."""
+    add_epoch_rows(any_app, queued["id"], [1, 2, 3, 9])
+    finish_run(any_app, queued["id"], epochs=0)
+    assert _kinds(_events(any_client, queued["id"], "?max_points=3")) == [
+        ("epoch", ("train", e)) for e in (1, 3, 9)] + [("status", "succeeded")]
+
+
 def test_an_epoch_without_statistics_carries_none(any_app: Flask, any_client: Any,
                                                   queued: dict[str, Any]) -> None:
     add_epoch_rows(any_app, queued["id"], [1, 2], layers=())  # statistics thinned away
