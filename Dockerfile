@@ -28,4 +28,4 @@ RUN pip install --no-deps -e . \
 USER backprop
 EXPOSE 8000
 # The API by default; the same command as docker-compose.yml's api service.
-CMD ["gunicorn", "--config", "python:service.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--worker-class", "gthread", "--no-control-socket", "service.wsgi:app"]
+CMD ["gunicorn", "--config", "python:service.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gevent", "--worker-connections", "1000", "--no-control-socket", "service.wsgi:app"]

@@ -131,8 +131,8 @@ def _section(args: argparse.Namespace, outcome: load.Outcome, latencies: list[fl
         "",
         f"Command: `{command()}` (from the repository root; it writes this section only). "
         f"{outcome.runs} runs POSTed at once by 8 client threads (tests/e2e/load.py) to a "
-        f"deployment run as local processes: gunicorn ({_option(api, '--workers')} workers x "
-        f"{_option(api, '--threads')} threads), {args.workers} Celery workers of concurrency "
+        f"deployment run as local processes: gunicorn ({_option(api, '--workers')} "
+        f"{_option(api, '--worker-class')} workers), {args.workers} Celery workers of concurrency "
         "1, beat, on PostgreSQL and Redis. Each run is small (XOR, 200 samples, 30 "
         "full-batch epochs), so this measures the service around the training.",
         "",

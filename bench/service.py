@@ -22,6 +22,9 @@ Measured:
   and latency with several concurrent clients (wrk when installed, else Python threads). The
   one-client target is judged on wrk's client when installed: Python's requests spends about
   a millisecond of its own per request, on the same 2 cores.
+- The same predictions while a long run trains, without and then with STREAMS event streams
+  (GET /v1/runs/{id}/events) open on it, read by one thread here on raw sockets; how many
+  events each stream got per second shows they were live.
 """
 import argparse
 import concurrent.futures
@@ -30,12 +33,14 @@ import json
 import os
 import pathlib
 import re
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -68,6 +73,7 @@ TRAINING = {"loss": "squared_error", "batch_size": 1, "seed": 0, "validation_fra
             "optimizer": {"type": "sgd", "learning_rate": 0.5}}
 PREDICT = {"inputs": [[0.5, -0.5]]}
 FINISHED = ("succeeded", "failed", "cancelled")
+STREAMS = 200  # event streams held open while predictions are measured
 
 
 def free_port() -> int:
@@ -96,7 +102,7 @@ class Stack:
                     "PYTHONUNBUFFERED": "1",
                     "BACKPROP_DATABASE_URL": url.render_as_string(hide_password=False),
                     "BACKPROP_BROKER_URL": REDIS, "BACKPROP_BROKER_KEYPREFIX": self.prefix,
-                    "BACKPROP_QUEUE": self.db}
+                    "BACKPROP_QUEUE": self.db, "BACKPROP_TENANT_MAX_EVENT_STREAMS": "1000"}
         self.base = ""
         self.headers: dict[str, str] = {}
 
@@ -206,6 +212,63 @@ class Api:
 
     def count(self, path: str) -> int:
         return len(self.items(path))
+
+
+class Streams:
+    """`n` GET requests of an event stream held open on raw sockets and read by one thread:
+    a client as light as can be, so that what is measured is the server's cost."""
+
+    def __init__(self, base: str, path: str, headers: dict[str, str], n: int) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"
+                   "Accept: text/event-stream\r\n\r\n").encode()
+        self.selector = selectors.DefaultSelector()
+        self.events = 0       # "event:" lines received, all streams together
+        self.answered = 0     # streams whose answer was a 200 with an event in it
+        self.closed = 0       # streams the server closed
+        self.stop = threading.Event()
+        for _ in range(n):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(request)
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, {"tail": b"", "seen": 0})
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.stop.is_set():
+            for key, _ in self.selector.select(0.2):
+                state, data = key.data, key.fileobj.recv(1 << 16)
+                if not data:
+                    self.selector.unregister(key.fileobj)
+                    self.closed += 1
+                    continue
+                if not state["seen"] and not state["tail"] and not data.startswith(
+                        b"HTTP/1.1 200"):
+                    raise RuntimeError(f"an event stream answered {data[:200]!r}")
+                joined = state["tail"] + data
+                new = joined.count(b"event: ") - state["tail"].count(b"event: ")
+                state["tail"] = joined[-8:]
+                if new and not state["seen"]:
+                    self.answered += 1
+                state["seen"] += new
+                self.events += new
+
+    def wait_open(self, n: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.answered < n:
+            if time.monotonic() > deadline or not self.thread.is_alive() or self.closed:
+                raise RuntimeError(f"{self.answered} of {n} event streams answered, "
+                                   f"{self.closed} closed")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+        self.selector.close()
 
 
 def load(url: str, headers: dict, clients: int, seconds: float, max_requests: int = 100_000
@@ -348,6 +411,36 @@ def main(argv: list[str] | None = None) -> None:
             concurrent_rows.append([f"{clients} clients ({how})", f"{p50 * 1e3:.2f}",
                                     f"{p99 * 1e3:.2f}", f"{rate:,.0f}"])
             print(f"  predict, {clients} clients: {rate:,.0f} requests/s", flush=True)
+
+        # (d) the same while a long run trains, without and with STREAMS event streams on it
+        def predict(clients: int, seconds: float) -> tuple[float, float, float]:
+            if shutil.which("wrk"):
+                return wrk(url, stack.headers, clients, seconds, tmp)
+            lats, rate = load(url, stack.headers, clients, seconds)
+            return percentile(lats, 50), percentile(lats, 99), rate
+
+        long = api.run(dataset, 100_000)
+        api.wait(long["id"], ("running",), interval=0.05, timeout=60)
+        stream_rows = []
+        for n in (0, STREAMS):
+            streams = Streams(stack.base, f"/v1/runs/{long['id']}/events?max_points=100",
+                              stack.headers, n)  # as the dashboard opens them
+            try:
+                streams.wait_open(n)
+                time.sleep(5)  # their replays done (max_points): only live rows from here
+                before, t0 = streams.events, time.monotonic()
+                one = predict(1, load_seconds / 2)
+                many = predict(8, load_seconds)
+                rate = (streams.events - before) / (time.monotonic() - t0) / max(n, 1)
+                stack.check()
+                if streams.closed:
+                    raise RuntimeError(f"{streams.closed} event streams were closed")
+            finally:
+                streams.close()
+            stream_rows.append((n, one, many, rate))
+            print(f"  predict with {n} event streams open: p50 {one[0] * 1e3:.2f} ms, "
+                  f"{many[2]:,.0f} requests/s; {rate:,.0f} events per stream per s", flush=True)
+        api.call("POST", f"/v1/runs/{long['id']}/cancel", 200)
         stack.check()
     except BaseException:
         print(stack.tail(), file=sys.stderr)
@@ -357,6 +450,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     overhead = median(server) / median(alone) - 1
+    streamed = stream_rows[-1]
     best_rate = max(float(r[3].replace(",", "")) for r in concurrent_rows)
     p50_start = median(started)
     head.append(f"- load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -379,7 +473,13 @@ def main(argv: list[str] | None = None) -> None:
                  [f"POST /predict, one client ({single_how}), p50", "< 5 ms",
                   f"{p50_predict * 1e3:.2f} ms", verdict(p50_predict < 0.005)],
                  ["POST /predict, concurrent clients", ">= 500 requests/s",
-                  f"{best_rate:,.0f} requests/s", verdict(best_rate >= 500)]]),
+                  f"{best_rate:,.0f} requests/s", verdict(best_rate >= 500)],
+                 [f"POST /predict with {STREAMS} event streams open on a training run, one "
+                  f"client ({single_how}), p50", "< 5 ms", f"{streamed[1][0] * 1e3:.2f} ms",
+                  verdict(streamed[1][0] < 0.005)],
+                 [f"POST /predict with {STREAMS} event streams open, 8 clients", ">= 500 "
+                  "requests/s", f"{streamed[2][2]:,.0f} requests/s",
+                  verdict(streamed[2][2] >= 500)]]),
              "", "### Details", "",
              *table(["measure", "median", "min..max", "runs"], [
                  ["nn.train alone, s", f"{median(alone):.2f}",
@@ -404,7 +504,17 @@ def main(argv: list[str] | None = None) -> None:
                              seen), ("POST /v1/runs answered (202)", posted))]),
              "", *table(["POST /v1/runs/{id}/predict, 1 row, 2-4-1 net", "p50 ms", "p99 ms",
                          "requests/s"],
-                        [*single_rows, *concurrent_rows]), ""]
+                        [*single_rows, *concurrent_rows]),
+             "", f"While a 100,000-epoch run of the same net trains (the worker busy on one of "
+             f"the cores), with event streams open on that run (each `GET .../events` held "
+             f"open by a client reading raw sockets; {'wrk' if shutil.which('wrk') else 'Python'}"
+             f" for the predictions):", "",
+             *table(["event streams open", "1 client: p50 ms", "1 client: p99 ms",
+                     "8 clients: p50 ms", "8 clients: requests/s",
+                     "events per stream per second"],
+                    [[n, f"{one[0] * 1e3:.2f}", f"{one[1] * 1e3:.2f}", f"{many[0] * 1e3:.2f}",
+                      f"{many[2]:,.0f}", f"{rate:,.0f}" if n else None]
+                     for n, one, many, rate in stream_rows]), ""]
     write_section("service", lines, pathlib.Path(args.out))
 
 

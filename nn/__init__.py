@@ -11,10 +11,10 @@ from .generators import generate, generator_shapes
 from .model import Model, model_meta
 from .network import Weights
 from .spec import DEFAULTS, Plan, build
-from .train import EpochReport, TrainResult, train
+from .train import EpochReport, Snapshot, TrainResult, snapshot, train
 from .weights import weights_from_json, weights_to_json
 
-__all__ = ["DEFAULTS", "DataInfo", "EpochReport", "Model", "Plan", "SpecError", "TrainResult",
-           "Weights", "budget", "build", "checkpoint_position", "describe", "generate",
-           "generator_shapes",
-           "model_meta", "train", "weights_from_json", "weights_to_json"]
+__all__ = ["DEFAULTS", "DataInfo", "EpochReport", "Model", "Plan", "Snapshot", "SpecError",
+           "TrainResult", "Weights", "budget", "build", "checkpoint_position", "describe",
+           "generate", "generator_shapes", "model_meta", "snapshot", "train",
+           "weights_from_json", "weights_to_json"]

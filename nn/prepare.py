@@ -28,6 +28,7 @@ class Prepared:
     t_val: np.ndarray
     y_val: np.ndarray | None
     probe: np.ndarray             # indices into the training split
+    val_idx: np.ndarray           # the validation split's rows: indices into the data
     standardizer: dict | None
     hasher: Callable[[], str]     # -> the fingerprint (the fingerprint property)
 
@@ -96,4 +97,4 @@ def prepare(plan: Plan, inputs, targets) -> Prepared:
     # Hashing costs about 0.1 s per 200 MB: only a checkpoint or a resume needs it, so it
     # waits until asked, unless the split made copies (then xs goes now, not kept for it)
     lazy = fingerprint if n == len(xs) else (lambda digest=fingerprint(): digest)
-    return Prepared(x_train, t_train, y_train, x_val, t_val, y_val, probe, std, lazy)
+    return Prepared(x_train, t_train, y_train, x_val, t_val, y_val, probe, val_idx, std, lazy)

@@ -48,6 +48,12 @@ class TrainResult:
     best_model: Model | None
 
 
+@dataclass
+class Snapshot:
+    model: Model                  # the checkpoint's model, or the seeded initial one
+    validation: np.ndarray        # (N_val,) indices of the validation split's rows in the data
+
+
 class _Poll:
     """Asks should_stop at most every POLL_INTERVAL_S; remembers the answer."""
 
@@ -171,6 +177,26 @@ def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
     return None, None
 
 
+def _initial_params(plan: Plan) -> Weights:
+    """The weights training starts from without initial_weights: drawn from the seed."""
+    return network.init_params(list(plan.layers), np.random.default_rng([plan.training["seed"], 0]),
+                               np.dtype(plan.training["dtype"]))
+
+
+def snapshot(plan: Plan, inputs, targets, state: bytes | None = None) -> Snapshot:
+    """What training does with the data: the rows of its validation split, and the model a
+    checkpoint (`state`, from on_checkpoint) holds, or without one the model of the initial
+    weights drawn from the seed, with the standardisation fitted on the training split.
+    ValueError when `state` is not a checkpoint of this plan and data."""
+    data = prepare(plan, inputs, targets)
+    if state is not None:
+        params = checkpoint.load(state, data.fingerprint).params
+    else:
+        params = _initial_params(plan)
+    return Snapshot(Model(plan.network, params, model_meta(plan, data.standardizer)),
+                    data.val_idx)
+
+
 def train(plan: Plan, inputs, targets, *,
           initial_weights: Weights | None = None,
           resume: bytes | None = None,
@@ -189,8 +215,7 @@ def train(plan: Plan, inputs, targets, *,
         state = TrainState(0, check_weights(initial_weights, layers, "initial_weights.layers",
                                             dtype))
     else:
-        state = TrainState(0, network.init_params(
-            layers, np.random.default_rng([tr["seed"], 0]), dtype))
+        state = TrainState(0, _initial_params(plan))
     perceptron = tr["algorithm"] == "perceptron"
     monitor = "val_loss" if len(data.x_val) else "train_loss"
     poll = _Poll(should_stop)

@@ -17,7 +17,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.from_mapping(config.load(test_config))
     app.json = StrictJSONProvider(app)
 
-    from service import artifacts, auth, db, errors, logs, metrics, params
+    from service import artifacts, auth, db, errors, events, logs, metrics, params
     from service.api import register_blueprints
 
     logs.init_app(app)  # first: every later hook's lines carry the request id
@@ -26,6 +26,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app)  # before params: a request without a key is a 401 before anything else
     params.init_app(app)
     artifacts.init_app(app)
+    events.init_app(app)
     register_blueprints(app)
     metrics.init_app(app)
     return app

@@ -65,14 +65,16 @@ BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def api_command(host: str, port: int, metrics_port: int | None = None) -> list[str]:
-    # gthread workers: a slow request (a large upload) does not block the others.
+    # gevent workers: every request is a greenlet, so event streams (open for as long as a
+    # run trains) and slow requests (a large upload) do not hold one of a few threads.
     # No control socket: it defaults to one path per user, which two servers would share.
-    # The config module: log format, graceful timeout, metrics folder (service/gunicorn_conf.py).
+    # The config module: log format, graceful timeout, metrics folder, streams ended at
+    # SIGTERM (service/gunicorn_conf.py).
     # A second port for GET /metrics alone (the setting METRICS_PORT), when there is one.
     metrics = ["--bind", f"{host}:{metrics_port}"] if metrics_port is not None else []
     return [sys.executable, "-m", "gunicorn", "--config", "python:service.gunicorn_conf",
-            "--bind", f"{host}:{port}", *metrics, "--workers", "2", "--threads", "4",
-            "--worker-class", "gthread", "--no-control-socket", "service.wsgi:app"]
+            "--bind", f"{host}:{port}", *metrics, "--workers", "2", "--worker-class", "gevent",
+            "--worker-connections", "1000", "--no-control-socket", "service.wsgi:app"]
 
 
 def worker_command(concurrency: int = 1) -> list[str]:
@@ -256,6 +258,7 @@ def banner(base: str, key: str, key_file: str) -> str:
             "\"generator\": {\"kind\": \"xor\"}}'\n  then train it: README.md, "
             "\"Walkthrough\"\n\n"
             f"backprop: serving on {base}\n"
+            f"  dashboard: {base}/#key={key}\n"
             f"  API key of the tenant {LOCAL_TENANT!r} (also in {_shown(key_file)}):\n"
             f"    {key}\n"
             "  Ctrl-C stops it")

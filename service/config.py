@@ -144,6 +144,15 @@ DEFAULTS: dict[str, object] = {
     # and weights, by the reconciler, unless pinned (PATCH /v1/runs/{id}) or named by a
     # model alias. 0: kept until deleted by hand.
     "RUN_RETENTION_SECONDS": 0,
+    # Event streams (GET /v1/runs/{run_id}/events) one tenant may have open at once, over
+    # every API process; past it the endpoint answers 429 too_many_streams with Retry-After.
+    "TENANT_MAX_EVENT_STREAMS": 20,
+    # How often each API process looks for changes of the runs its event streams watch (one
+    # query for all of them; seconds): about the longest a commit waits to become an event.
+    "EVENTS_POLL_SECONDS": 0.5,
+    # An event stream with nothing to say sends a comment line this often (seconds), so that
+    # proxies keep it open and a client that went away is noticed.
+    "EVENTS_KEEPALIVE_SECONDS": 15.0,
     # ---- tenancy ------------------------------------------------------------------------
     # The administrator's key (Authorization: Bearer <it>) for /v1/admin/*: tenants and their
     # API keys. None disables the admin endpoints (keys can still be made with
@@ -293,6 +302,7 @@ CHECKS: dict[str, Check] = {
     **dict.fromkeys(("DATABASE_CONNECT_TIMEOUT_SECONDS", "DATABASE_KEEPALIVE_SECONDS",
                      "LEASE_SECONDS", "RECONCILE_SECONDS", "REQUEUE_AFTER_SECONDS",
                      "RUN_TIME_LIMIT_SECONDS", "RUN_WAIT_MAX_SECONDS", "IDEMPOTENCY_TTL_SECONDS",
+                     "EVENTS_POLL_SECONDS", "EVENTS_KEEPALIVE_SECONDS",
                      "METRICS_WINDOW_SECONDS", "WEBHOOK_TIMEOUT_SECONDS",
                      "WEBHOOK_RETRY_FIRST_SECONDS", "WEBHOOK_RETRY_MAX_SECONDS",
                      "WEBHOOK_RETRY_FOR_SECONDS", "WEBHOOK_DISABLE_AFTER_SECONDS",
@@ -307,7 +317,8 @@ CHECKS: dict[str, Check] = {
                      "DATASET_MAX_FEATURES", "RUN_MAX_LAYERS", "RUN_MAX_UNITS",
                      "RUN_MAX_PARAMS", "RUN_MAX_EPOCHS", "RUN_MAX_MEMORY_BYTES",
                      "TENANT_MAX_ACTIVE_RUNS", "JSON_MAX_MEMORY_BYTES",
-                     "PREDICT_MAX_MEMORY_BYTES", "RUN_MAX_STATS_EPOCHS"), _COUNT),
+                     "PREDICT_MAX_MEMORY_BYTES", "RUN_MAX_STATS_EPOCHS",
+                     "TENANT_MAX_EVENT_STREAMS"), _COUNT),
     "ADMIN_KEY": lambda v: None if len(v) >= ADMIN_KEY_MIN_CHARS else (
         f"at least {ADMIN_KEY_MIN_CHARS} characters, e.g. from `openssl rand -hex 32`"),
     "METRICS_PORT": _between(1, 65535),

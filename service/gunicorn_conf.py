@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -56,6 +58,32 @@ def child_exit(_server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker: Any) -> None:
+    """SIGTERM ends the worker's event streams at once (their clients reconnect and go on
+    from Last-Event-ID), so that open streams do not hold the graceful shutdown for the
+    whole graceful_timeout."""
+    from gevent import monkey
+
+    from service import events
+
+    previous = signal.getsignal(signal.SIGTERM)
+    stop = events.hub(worker.wsgi).stop
+
+    def on_term(signum: int, frame: Any) -> None:
+        # Elsewhere: a signal handler must not wait for locks (under gevent it runs in the
+        # event loop, where nothing may block, not even starting a thread).
+        if monkey.is_module_patched("threading"):
+            import gevent
+
+            gevent.spawn(stop)
+        else:
+            threading.Thread(target=stop, daemon=True).start()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def on_exit(_server: Any) -> None:

@@ -194,6 +194,9 @@ class Run(Base):
     # What its epoch and statistics rows count toward the tenant's stored bytes, kept by the
     # worker that writes them (service/usage.py).
     rows_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Where each claim that discarded rows went back to, in order: [[phase, epoch], ...]
+    # (worker/lease.py forget_after). Event streams compare it with what they have sent.
+    rewinds: Mapped[Optional[list]] = mapped_column(JSON)
 
     __table_args__ = (
         # A tenant's list, newest first (and every lookup by tenant).
@@ -253,6 +256,23 @@ class EpochStats(Base):
 
     def __repr__(self) -> str:
         return f"<EpochStats {self.run_id} {self.phase} {self.epoch} {self.layout!r}>"
+
+
+class EventStream(Base):
+    """An open GET /v1/runs/{run_id}/events, counted against TENANT_MAX_EVENT_STREAMS by
+    every API process. The process serving it renews `seen_at`; a row it stopped renewing
+    (the process died) no longer counts and is deleted (service/events.py)."""
+
+    __tablename__ = "event_streams"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_event_streams_tenant_id_seen_at", "tenant_id", "seen_at"),)
+
+    def __repr__(self) -> str:
+        return f"<EventStream {self.id} tenant={self.tenant_id}>"
 
 
 class Artifact(Base):

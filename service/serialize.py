@@ -109,6 +109,7 @@ def run_json(run: Run) -> dict[str, Any]:
             "dataset": f"/v1/datasets/{run.dataset_id}",
             "epochs": f"{base}/epochs",
             "layer_stats": f"{base}/layer-stats",
+            "events": f"{base}/events",
             "weights": f"{base}/weights",
             "predict": f"{base}/predict",
             "cancel": f"{base}/cancel",

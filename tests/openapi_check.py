@@ -9,7 +9,9 @@ documented schema (JSON Schema 2020-12, `$ref`s resolved inside the spec).
 `SpecCheckingClient` is a Flask test client that does this for every response it gets,
 finding the path template from the URL; `check_requests_response` does it for a
 `requests.Response` from a running server. JSON bodies are parsed strictly: NaN or Infinity
-anywhere fails the test.
+anywhere fails the test. A `text/event-stream` body is checked event by event against the
+schema the response documents for one event (`check_events`); a streamed response
+(`buffered=False`) is checked when the test calls `check_events` on what it read.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from werkzeug.datastructures import Headers
 from service.schemas import spec, validator
 
 BINARY_TYPES = {"application/x-npz", "application/octet-stream", "application/onnx",
-                "application/yaml", "text/plain"}
+                "application/yaml", "text/plain", "text/html"}
+EVENT_STREAM = "text/event-stream"
 
 
 def _pointer(*parts: str) -> str:
@@ -74,12 +77,45 @@ def assert_matches_spec(
     )
     if media in BINARY_TYPES:
         return
+    if media == EVENT_STREAM:
+        check_events(path_template, parse_events((body or b"").decode()))
+        return
     schema = validator(f"{pointer}/content/{media.replace('/', '~1')}/schema")
     errors = sorted(schema.iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path])
     assert not errors, (
         f"{method} {path_template} {status} body does not match openapi.yaml:\n"
         + "\n".join(f"  at {list(e.absolute_path)}: {e.message:.300}" for e in errors[:10])
     )
+
+
+def parse_events(text: str) -> list[dict[str, Any]]:
+    """Server-sent events -> [{"id", "event", "data"}] with `data` parsed as JSON; comments
+    and events without data (`retry:`) are left out. An unfinished last event too."""
+    found = []
+    for block in text.split("\n\n")[:-1]:
+        fields: dict[str, Any] = {}
+        for line in block.split("\n"):
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+        if "data" in fields:
+            found.append({"id": fields.get("id"), "event": fields.get("event", "message"),
+                          "data": json.loads(fields["data"])})
+    return found
+
+
+def check_events(path_template: str, events: list[dict[str, Any]]) -> None:
+    """Each event is one of the variants of the schema the operation's 200 documents for
+    one event (`event` const, `data` as its contentSchema says)."""
+    media = operation("GET", path_template)["responses"]["200"]["content"][EVENT_STREAM]
+    schema, _ = _resolve(media["schema"], "")
+    variants = {v["properties"]["event"]["const"]: v for v in schema["oneOf"]}
+    for event in events:
+        assert event["event"] in variants, f"undocumented event {event['event']!r}"
+        assert isinstance(event["id"], str), event
+        ref = variants[event["event"]]["properties"]["data"]["contentSchema"]["$ref"]
+        errors = list(validator(ref).iter_errors(event["data"]))
+        assert not errors, (event, [e.message for e in errors[:5]])
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
@@ -106,7 +142,7 @@ def strict_json(data: bytes | str) -> Any:
 
 def _parse(content_type: str, data: bytes) -> Any:
     media = content_type.split(";")[0].strip()
-    if media in BINARY_TYPES or not data:
+    if media in BINARY_TYPES or media == EVENT_STREAM or not data:
         return data or None
     return strict_json(data)
 
@@ -155,8 +191,8 @@ class SpecCheckingClient(FlaskClient):
         response = super().open(*args, **kwargs)
         request = response.request
         if request.method not in ("HEAD", "OPTIONS"):
-            check_response(
-                request.method, request.path, response.status_code,
-                response.content_type or "", response.get_data(),
-            )
+            # A stream is the test's to read (and to check_events), not ours to drain.
+            streamed = kwargs.get("buffered") is False and response.status_code == 200
+            check_response(request.method, request.path, response.status_code,
+                           response.content_type or "", b"" if streamed else response.get_data())
         return response

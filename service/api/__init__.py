@@ -1,5 +1,5 @@
-"""One blueprint per resource: data sets, runs (and their results), usage, webhooks,
-health, admin."""
+"""One blueprint per resource: data sets, runs (their results, their live events), usage,
+webhooks, health, admin; and the dashboard's pages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from service.api import admin, datasets, health, results, runs, usage, webhooks
+    from service.api import admin, datasets, events, health, results, runs, usage, webhooks
 
-    for module in (datasets, runs, results, usage, webhooks, health, admin):
+    from service import dashboard
+
+    for module in (datasets, runs, results, events, usage, webhooks, health, admin, dashboard):
         app.register_blueprint(module.bp)

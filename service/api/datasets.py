@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import uuid
@@ -20,14 +21,15 @@ from service.db import get_session
 from service.errors import ApiError, not_found, size, validation_error
 from service.limits import check_stored_bytes
 from service.models import Dataset, Run, new_id, utcnow
-from service.pagination import page
+from service.pagination import decode_cursor, encode_cursor, page, page_limit, request_cursor
 from service.params import json_object
 from service.schemas import validate
-from service.serialize import dataset_json
+from service.serialize import dataset_json, finite
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
 ZIP_MAGIC = b"PK\x03\x04"
+SAMPLE_VALUES = 200_000  # most input values on one page of GET .../samples
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -51,6 +53,24 @@ def create() -> Response:
     response = json_response(dataset_json(dataset), 201, f"/v1/datasets/{dataset.id}")
     replay = idempotency.commit(session, response)
     return replay if replay is not None else response
+
+
+@bp.get("/<uuid:dataset_id>/samples")
+def samples(dataset_id: uuid.UUID) -> Response:
+    """A page of the samples in their stored order, `{"index", "input", "target"}` each: for
+    drawing the data (a scatter of two features, an image grid). A page holds at most
+    SAMPLE_VALUES input values, whatever `limit` asks."""
+    session = get_session()
+    dataset = fetch(session, Dataset, dataset_id, "data set")
+    limit = min(page_limit(), max(1, SAMPLE_VALUES // max(1, math.prod(dataset.input_shape))))
+    cursor = request_cursor()
+    start = decode_cursor(cursor, (Dataset.n_samples,))[0] if cursor else 0
+    inputs, targets = dataio.decode(dataset.data)
+    stop = min(start + limit, len(inputs))
+    items = [{"index": i, "input": x, "target": t} for i, x, t in zip(
+        range(start, stop), finite(inputs[start:stop].tolist()), targets[start:stop].tolist())]
+    more = encode_cursor([stop]) if stop < len(inputs) else None
+    return json_response({"items": items, "next_cursor": more})
 
 
 @bp.get("")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
+import numpy as np
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import Session
@@ -13,8 +15,8 @@ import nn
 from service import artifacts, dataio, onnx_export, statstore
 from service.api.common import fetch, json_response, run_artifact
 from service.db import get_session
-from service.errors import ApiError, size, validation_error
-from service.models import Epoch, EpochStats, Run
+from service.errors import ApiError, not_found, size, validation_error
+from service.models import Dataset, Epoch, EpochStats, Run
 from service.pagination import (
     Key,
     cursor_prefix,
@@ -27,12 +29,14 @@ from service.pagination import (
 )
 from service.params import arg_choice, arg_int, json_object
 from service.schemas import validate
-from service.serialize import epoch_json
+from service.serialize import epoch_json, finite
 
 bp = Blueprint("results", __name__, url_prefix="/v1/runs/<uuid:run_id>")
 
 PHASES = ("pretrain", "train")
 MAX_POINTS = 100_000
+MAX_GRID = 100  # GET .../boundary: at most MAX_GRID x MAX_GRID points
+GRID_MARGIN = 0.05  # the grid spans the data and this fraction of its range on each side
 NPZ_TYPES = ("application/x-npz", "application/octet-stream")
 # What one number of a prediction's answer costs while it is written: a Python float in a list
 # (32 bytes) and its JSON text as a str and as bytes (about 2 x 20); measured about 74.
@@ -118,9 +122,17 @@ def _series(
 def weights(run_id: uuid.UUID) -> Response:
     """JSON {"layers": [...]} (the shape POST /v1/runs accepts as initial_weights), or the
     stored .npz bytes for ?format=npz or an Accept of application/x-npz / octet-stream, or
-    the network as an ONNX model for ?format=onnx or Accept: application/onnx."""
-    which = arg_choice("which", artifacts.MODEL_KINDS, "final")
+    the network as an ONNX model for ?format=onnx or Accept: application/onnx.
+    which=latest: the newest weights as JSON, whatever they are (`_latest`)."""
+    which = arg_choice("which", (*artifacts.MODEL_KINDS, "latest"), "final")
     media = _weights_media_type()
+    if which == "latest":
+        if media != "application/json":
+            raise ApiError(406, "not_acceptable", "which=latest is served as JSON")
+        newest = _latest(get_session(), fetch(get_session(), Run, run_id, "run"))
+        layers = nn.weights_to_json(newest.model.weights)["layers"]
+        return json_response({"run_id": str(run_id), "which": newest.kind,
+                              "epoch": newest.epoch, "layers": layers})
     if media == onnx_export.MEDIA_TYPE:
         return _onnx(run_id, which)
     if media == "application/json":
@@ -235,3 +247,82 @@ def _batch_size(model: nn.Model, rows: int, limit: int) -> int:
                                          f"{size(answer)}; {allowed}: send at most {fits} "
                                          f"rows at a time")
     return (limit - answer) // per_sample
+
+
+@bp.get("/boundary")
+def boundary(run_id: uuid.UUID) -> Response:
+    """The network's answer over a grid spanning the data, as the Playground draws it: for
+    data of two features, from the newest weights (`_latest`), with the rows of the
+    validation split."""
+    n = arg_int("size", 40, 2, MAX_GRID)
+    session = get_session()
+    run = fetch(session, Run, run_id, "run")
+    dataset = fetch(session, Dataset, run.dataset_id, "data set")
+    if dataset.input_shape != [2]:
+        raise ApiError(409, "boundary_not_available", f"the data set's samples have the shape "
+                       f"{dataset.input_shape}; a boundary is drawn for two features")
+    newest = _latest(session, run)
+    key = ("boundary", newest.key, n)
+    return json_response(current_app.extensions["model_cache"].get(
+        key, lambda: _grid(newest, run, dataset, n)))
+
+
+class _Latest(NamedTuple):
+    kind: str  # final, checkpoint or initial
+    phase: str
+    epoch: int
+    model: nn.Model
+    validation: np.ndarray  # the validation split's rows
+    low: np.ndarray  # each feature's least and greatest value in the data
+    high: np.ndarray
+    key: tuple[Any, ...]  # the weights' identity, for caches
+
+
+def _latest(session: Session, run: Run) -> _Latest:
+    """The newest weights of the run: the final ones once there are, else its last
+    checkpoint's (stored about every CHECKPOINT_SECONDS while it trains), else the initial
+    ones (given, or drawn from the seed, as training draws them); with what training makes
+    of the data (read and prepared once per weights)."""
+    row = next((r for r in (artifacts.artifact(session, run.id, k)
+                            for k in ("final", "checkpoint", "initial")) if r is not None), None)
+    key = ("latest", run.id) + (("seed",) if row is None else (row.kind, row.epoch,
+                                                                row.created_at))
+
+    def load() -> _Latest:
+        dataset = fetch(session, Dataset, run.dataset_id, "data set")
+        inputs, targets = dataio.decode(dataset.data)
+        plan = nn.build(run.network, run.training, nn.describe(inputs, targets, dataset.task))
+        stored = None if row is None else artifacts.artifact(session, run.id, row.kind,
+                                                             with_data=True)
+        if row is not None and stored is None:  # deleted with the run since the first read
+            raise not_found("run", run.id)
+        state = stored.data if stored is not None and stored.kind == "checkpoint" else None
+        found = nn.snapshot(plan, inputs, targets, state)
+        model = artifacts.load(stored) if stored is not None and state is None else found.model
+        kind, phase, epoch = ("initial", "train", 0) if row is None else (
+            row.kind, row.phase, row.epoch)
+        return _Latest(kind, phase, epoch, model, found.validation, inputs.min(axis=0),
+                       inputs.max(axis=0), key)
+
+    return current_app.extensions["model_cache"].get(key, load)
+
+
+def _grid(newest: _Latest, run: Run, dataset: Dataset, n: int) -> dict[str, Any]:
+    lo, hi = newest.low, newest.high
+    pad = np.where(hi > lo, (hi - lo) * GRID_MARGIN, 1.0)
+    lo, hi = lo - pad, hi + pad
+    xs, ys = np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
+    points = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)  # row by row, y rising
+    answer = newest.model.predict(points)
+    labels = None
+    if "probabilities" in answer:
+        p = np.asarray(answer["probabilities"])
+        values = p[:, 1] if p.shape[1] == 2 else p.max(axis=1)
+        labels = p.argmax(axis=1).reshape(n, n).tolist()
+    else:
+        values = np.asarray(answer["outputs"])[:, 0]
+    return {"run_id": run.id, "weights": newest.kind, "phase": newest.phase,
+            "epoch": newest.epoch, "size": n, "x": [float(lo[0]), float(hi[0])],
+            "y": [float(lo[1]), float(hi[1])], "values": finite(values.reshape(n, n).tolist()),
+            "labels": labels, "classes": dataset.classes,
+            "validation": newest.validation.tolist()}

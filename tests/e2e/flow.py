@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import io
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +19,7 @@ import requests
 
 import nn
 from tests.conftest import free_port
-from tests.openapi_check import check_response
+from tests.openapi_check import check_events, check_response, parse_events
 from tests.procs import BIN, Procs, children
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -90,6 +93,66 @@ def up_children(procs: Procs) -> dict[str, int]:
     return names
 
 
+def events(api: Api, run_id: str, last_event_id: str | None = None,
+           query: str = "") -> Iterator[dict[str, Any]]:
+    """The run's event stream, event by event as they arrive (each checked against
+    openapi.yaml), until the server closes it."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    path = f"/v1/runs/{run_id}/events"
+    with api.http.get(f"{api.base}{path}{query}", headers=headers, stream=True,
+                      timeout=(10, 60)) as answer:
+        assert answer.status_code == 200, answer.text[:500]
+        assert answer.headers["Content-Type"].startswith("text/event-stream")
+        text = ""
+        for chunk in answer.iter_content(chunk_size=None, decode_unicode=True):
+            text += chunk
+            *blocks, text = text.split("\n\n")
+            for event in parse_events("".join(b + "\n\n" for b in blocks)):
+                check_events("/v1/runs/{run_id}/events", [event])
+                yield event
+
+
+class Follow:
+    """A run's event stream read on a thread: every event with when it arrived."""
+
+    def __init__(self, api: Api, run_id: str, last_event_id: str | None = None) -> None:
+        self.got: list[tuple[float, dict[str, Any]]] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._read, args=(api, run_id, last_event_id),
+                                       daemon=True)
+        self.thread.start()
+
+    def _read(self, api: Api, run_id: str, last_event_id: str | None) -> None:
+        try:
+            for event in events(api, run_id, last_event_id):
+                self.got.append((time.monotonic(), event))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+
+    def join(self, timeout: float = 30) -> list[dict[str, Any]]:
+        """Every event, once the server closed the stream."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the stream did not end"
+        if self.error is not None:
+            raise self.error
+        return [e for _, e in self.got]
+
+
+def replayed(events_: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The epoch rows a client holds after these events: each rewind drops the rows after
+    the position it names."""
+    rows: list[dict[str, Any]] = []
+    order = {"pretrain": 0, "train": 1}
+    for event in events_:
+        data = event["data"]
+        if event["event"] == "epoch":
+            rows.append(data)
+        elif event["event"] == "rewind":
+            kept = (order[data["phase"]], data["epoch"])
+            rows = [r for r in rows if (order[r["phase"]], r["epoch"]) <= kept]
+    return rows
+
+
 def create_key(procs: Procs, tenant: str) -> str:
     """`backprop create-key --tenant <tenant>` in the processes' environment: the key it
     prints on stdout."""
@@ -149,8 +212,12 @@ def wait_until(api: Api, procs: Procs, run_id: str, statuses: tuple[str, ...] = 
 
 
 def watch_training(api: Api, procs: Procs, run_id: str) -> dict[str, Any]:
-    """Poll the run and its epochs until it finishes; it must be seen part-way, with rows."""
+    """Poll the run and its epochs until it finishes; it must be seen part-way, with rows.
+    Its event stream, followed meanwhile, brings the same rows while it trains, then its
+    terminal status, and ends."""
+    follow = Follow(api, run_id)
     midway: list[tuple[int, int]] = []
+    finished_at: list[float] = []
 
     def finished() -> dict[str, Any] | None:
         run = api.get(f"/v1/runs/{run_id}")
@@ -159,10 +226,22 @@ def watch_training(api: Api, procs: Procs, run_id: str) -> dict[str, Any]:
             # Rows are written with the progress counter, in one transaction.
             assert len(rows) >= run["epochs_completed"], (len(rows), run)
             midway.append((run["epochs_completed"], len(rows)))
-        return run if run["status"] in FINISHED else None
+        if run["status"] in FINISHED:
+            finished_at.append(time.monotonic())
+            return run
+        return None
 
     run = procs.wait_for(f"run {run_id} to finish", finished, RUN_SECONDS, interval=0.05)
     assert midway, "no poll saw the run part-way through with its epochs"
+    streamed = follow.join()
+    assert streamed[-1]["event"] == "status" and streamed[-1]["data"] == api.get(
+        f"/v1/runs/{run_id}")
+    statuses = [e["data"]["status"] for e in streamed if e["event"] == "status"]
+    assert statuses[-2:] == ["running", run["status"]], statuses
+    rows = api.get(f"/v1/runs/{run_id}/epochs", params={"limit": 1000})["items"]
+    assert replayed(streamed) == rows
+    first_row = next(t for t, e in follow.got if e["event"] == "epoch")
+    assert first_row < finished_at[0], "no epoch was streamed while the run trained"
     return run
 
 

@@ -91,18 +91,27 @@ def test_a_killed_worker_loses_nothing(pg_url: str, redis_prefix: str, procs: Pr
     every epoch exactly once and exactly the weights of an unbroken run of as many epochs,
     and its statistics are thinned as an unbroken run's are (past epoch 2: the powers of 2,
     and the last). (A run that trains until it is cancelled, so that the kill comes mid-run
-    however fast the machine trains.)"""
+    however fast the machine trains.) An event stream followed throughout, and one resumed
+    from its Last-Event-ID after the takeover, each leave their client with exactly those
+    epochs: the rows the dead worker wrote past its checkpoint are taken back by a rewind."""
+    # Rows are flushed ten times between checkpoints, so that the stream has some past the
+    # checkpoint when the worker dies.
     api = deploy(procs, pg_url, redis_prefix, LEASE_SECONDS=2, RECONCILE_SECONDS=1,
-                 CHECKPOINT_SECONDS=1, RUN_MAX_STATS_EPOCHS=20)
+                 CHECKPOINT_SECONDS=1, FLUSH_SECONDS=0.1, RUN_MAX_STATS_EPOCHS=20)
     run = flow.start_run(api, flow.create_xor(api), training={"epochs": 100_000})
     run_id, thinned_after = run["id"], run["stats_thinned_after"]
     assert thinned_after == statstore.thinned_after(100_000, 20) == 2
+    follow = flow.Follow(api, run_id)
     engine = sa.create_engine(pg_url)
     try:
         stored = procs.wait_for("a checkpoint", lambda: _checkpoint_epoch(engine, run_id),
                                 flow.RUN_SECONDS)
+        procs.wait_for("a row past the checkpoint streamed", lambda: max(
+            [e["data"]["epoch"] for _, e in follow.got if e["event"] == "epoch"] or [0]
+        ) > (_checkpoint_epoch(engine, run_id) or 0), flow.RUN_SECONDS, interval=0.02)
     finally:
         engine.dispose()
+    killed_at = time.monotonic()
     procs.stop("worker", signal.SIGKILL)  # the Celery main process and its pool process
     procs.start("worker", command("worker"))  # the same log file: attempt 1 is in it too
 
@@ -113,6 +122,8 @@ def test_a_killed_worker_loses_nothing(pg_url: str, redis_prefix: str, procs: Pr
     assert resumed >= stored  # from the checkpoint (the newest one, written before the kill)
     procs.wait_for("the run to train on", lambda: api.get(
         f"/v1/runs/{run_id}")["epochs_completed"] > resumed + 20, flow.RUN_SECONDS)
+    head = [e for _, e in follow.got]
+    again = flow.Follow(api, run_id, last_event_id=head[-1]["id"])
     api.post(f"/v1/runs/{run_id}/cancel", {})
     done = flow.wait_until(api, procs, run_id, timeout=30)
     assert (done["status"], done["attempts"]) == ("cancelled", 2), done
@@ -122,6 +133,18 @@ def test_a_killed_worker_loses_nothing(pg_url: str, redis_prefix: str, procs: Pr
     kept = [e for e in range(1, trained + 1) if statstore.kept(e, thinned_after)]
     assert [s["epoch"] for s in stats["items"]] == kept + ([] if kept[-1] == trained
                                                            else [trained])
+
+    rows = [e for n in range(0, trained, 1000) for e in api.get(
+        f"/v1/runs/{run_id}/epochs", params={"from_epoch": n + 1, "limit": 1000})["items"]]
+    whole = follow.join()
+    assert flow.replayed(whole) == rows
+    assert flow.replayed(head + again.join()) == rows  # resumed: no gap, no repeat
+    # Rows the dead worker wrote past its checkpoint and the stream sent: one rewind to it.
+    rewinds = [e["data"] for e in whole if e["event"] == "rewind"]
+    doomed = [e for t, e in follow.got if t < killed_at and e["event"] == "epoch"
+              and e["data"]["epoch"] > resumed]
+    assert rewinds == [{"phase": "train", "epoch": resumed}] if doomed else len(rewinds) <= 1
+    assert whole[-1]["event"] == "status" and whole[-1]["data"]["status"] == "cancelled"
 
     inputs, targets = nn.generate("xor", 500, 0, 1)
     plan = nn.build(flow.XOR_NET, {**flow.XOR_TRAINING, "epochs": trained},
@@ -218,6 +241,24 @@ def test_a_worker_on_another_machine_over_tls(tls_postgres: Server, tls_redis: S
     assert done["status"] == "succeeded", done
     assert f"run {run['id']}: claimed by" in procs.report("worker", lines=1_000_000)
     procs.check()
+
+
+def test_open_streams_do_not_hold_the_api_at_sigterm(api: flow.Api, procs: Procs) -> None:
+    """gunicorn gives requests in flight graceful_timeout to finish; an event stream would
+    use all of it. SIGTERM ends the streams at once instead (the client sees a clean end and
+    resumes elsewhere from its Last-Event-ID), and the API exits without forcing them."""
+    run_id = flow.start_run(api, flow.create_xor(api), training={"epochs": 100_000})["id"]
+    follows = [flow.Follow(api, run_id) for _ in range(3)]
+    procs.wait_for("the streams to send", lambda: all(f.got for f in follows), 30)
+    public, metrics = binds(procs)
+    assert procs.stop("api", signal.SIGTERM) == 0
+    for follow in follows:
+        assert follow.join()[-1]["event"] in ("status", "epoch")  # ended, no error
+    assert "graceful timeout" not in procs.report("api", lines=10_000)
+    procs.start("api", command("api", **{"0.0.0.0:8000": public.removeprefix("http://"),
+                                         "0.0.0.0:9100": metrics.removeprefix("http://")}))
+    procs.wait_http(f"{api.base}/readyz")  # for the fixture's teardown check
+    api.post(f"/v1/runs/{run_id}/cancel", {})
 
 
 def _checkpoint_epoch(engine: sa.Engine, run_id: str) -> int | None:

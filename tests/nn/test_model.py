@@ -165,3 +165,29 @@ def test_predict_in_batches_and_what_it_costs(layers, x_shape):
     assert model.result_values == per_sample
     largest = max(layer.cost().infer for layer in model.layers)
     assert model.sample_bytes >= largest * 8 > 0
+
+
+def test_snapshot_of_a_checkpoint_predicts_as_the_model_of_that_epoch(blobs):
+    """The model a checkpoint holds (with the standardisation training fitted) is the model
+    training had then; the validation rows are the ones training measured val_* on."""
+    X, y = blobs
+    spec = ([dense(8, "tanh"), dense(3, "softmax")],
+            {"loss": "cross_entropy", "seed": 0, "standardize": True,
+             "validation_fraction": 0.25})
+    plan = plan_for(*spec[:1], {**spec[1], "epochs": 4}, X, y)
+    states: dict[int, bytes] = {}
+    final = nn.train(plan, X, y, checkpoint_every=2,
+                     on_checkpoint=lambda e, b: states.__setitem__(e, b))
+    at_2 = nn.train(plan_for(*spec[:1], {**spec[1], "epochs": 2}, X, y), X, y)
+    assert nn.snapshot(plan, X, y, states[4]).model.predict(X) == final.model.predict(X)
+    assert nn.snapshot(plan, X, y, states[2]).model.predict(X) == at_2.model.predict(X)
+
+    validation = nn.snapshot(plan, X, y).validation
+    before = nn.train(plan_for(*spec[:1], {**spec[1], "epochs": 0}, X, y), X, y)
+    assert nn.snapshot(plan, X, y).model.predict(X) == before.model.predict(X)  # the seed's
+    assert len(set(validation.tolist())) == len(validation) == round(0.25 * len(X))
+    labels = np.array(final.model.predict(X[validation])["labels"])
+    assert np.mean(labels == y[validation]) == final.metrics["val_accuracy"]
+    with pytest.raises(ValueError):
+        nn.snapshot(plan_for(*spec[:1], {**spec[1], "epochs": 4, "seed": 1}, X, y), X, y,
+                    states[4])

@@ -28,7 +28,8 @@ def make_app(url: str, *, migrate: bool = True, **config: Any) -> Flask:
     (`app.test_client(api_key=None)`: no key; `add_tenant` makes more tenants)."""
     if migrate:
         db.upgrade(url)
-    app = create_app({"TESTING": True, "DATABASE_URL": url, "BROKER_URL": "memory://", **config})
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "BROKER_URL": "memory://",
+                      "EVENTS_POLL_SECONDS": 0.05, **config})
     _, key = add_tenant(app, "test")
     app.test_client_class = functools.partial(SpecCheckingClient, api_key=key)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -67,6 +67,7 @@ def finish_run(
     layers: tuple[int, ...] = (0, 1),
 ) -> None:
     """Write what a worker would: epochs, layer stats, artifacts, final status."""
+    add_epoch_rows(app, run_id, range(1, epochs + 1), layers=layers)
     with db.session_scope(app) as session:
         run = session.get(Run, run_id)
         run.status = status
@@ -75,18 +76,34 @@ def finish_run(
         run.epochs_completed = epochs
         run.attempts = 1
         run.metrics = {"train_loss": 0.01, "val_loss": 0.02, "best_epoch": epochs}
-        for e in range(1, epochs + 1):
-            session.add(Epoch(run_id=run_id, phase="train", epoch=e, train_loss=1.0 / e,
+        for kind, data in (artifacts or {}).items():
+            session.add(Artifact(run_id=run_id, kind=kind, epoch=epochs, data=data))
+
+
+def add_epoch_rows(app: Flask, run_id: str, epochs: Iterable[int], *, phase: str = "train",
+                   layers: tuple[int, ...] = (0, 1), running: bool = False) -> None:
+    """Epoch rows and their layer-stats rows (layers: those that have statistics), as a
+    worker's flush writes them; `running` also sets the run running and renews its
+    heartbeat, as the flush's fence does."""
+    with db.session_scope(app) as session:
+        last = 0
+        for e in epochs:
+            last = e
+            session.add(Epoch(run_id=run_id, phase=phase, epoch=e, train_loss=1.0 / e,
                               val_loss=1.5 / e, train_accuracy=0.5, val_accuracy=None,
                               learning_rate=0.5, duration_s=0.01))
             rows = [{"layer": layer, "name": f"dense_{layer}",
                      **{f: float(e + layer) for f in STAT_FIELDS}, "act_dead_fraction": None}
                     for layer in layers]
             layout, figures = statstore.pack(rows)
-            session.add(EpochStats(run_id=run_id, phase="train", epoch=e, layout=layout,
+            session.add(EpochStats(run_id=run_id, phase=phase, epoch=e, layout=layout,
                                    figures=figures))
-        for kind, data in (artifacts or {}).items():
-            session.add(Artifact(run_id=run_id, kind=kind, epoch=epochs, data=data))
+        if running:
+            run = session.get(Run, run_id)
+            run.status, run.heartbeat_at = "running", utcnow()
+            run.started_at = run.started_at or utcnow()
+            if phase == "train":
+                run.epochs_completed = last
 
 
 def set_status(app: Flask, run_id: str, status: str) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flask import Flask
 
+import nn
 from service import dataio, db
 from service.models import Dataset
 from tests.service.helpers import (
@@ -420,3 +421,28 @@ def test_odd_multipart_parts_are_422_not_500(client) -> None:  # noqa: ANN001
                        content_type=f"multipart/form-data; boundary={boundary}")
     assert resp.status_code == 422
     assert all(path != "name" and path != "file" for path in problem_paths(resp))
+
+
+def test_samples_page_through_the_data_in_order(any_client) -> None:  # noqa: ANN001
+    made = any_client.post("/v1/datasets", json={
+        "name": "xor", "generator": {"kind": "xor", "n_samples": 25, "seed": 3}}).get_json()
+    inputs, targets = nn.generate("xor", 25, 0, 3)
+    items, cursor = [], None
+    while True:
+        page = any_client.get(f"/v1/datasets/{made['id']}/samples?limit=10"
+                              + (f"&cursor={cursor}" if cursor else "")).get_json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [s["index"] for s in items] == list(range(25))
+    assert [s["input"] for s in items] == inputs.tolist()
+    assert [s["target"] for s in items] == targets.tolist()
+
+
+def test_a_samples_page_is_bounded_by_values(client) -> None:  # noqa: ANN001
+    wide = client.post("/v1/datasets", json={"name": "wide", "inputs": [[0.5] * 50_000] * 6,
+                                             "targets": [0, 1] * 3}).get_json()
+    page = client.get(f"/v1/datasets/{wide['id']}/samples?limit=1000").get_json()
+    assert len(page["items"]) == 4 and page["next_cursor"] is not None  # 200,000 values
+    assert client.get(f"/v1/datasets/{wide['id']}/samples?cursor=nope").status_code == 422

@@ -379,7 +379,7 @@ def test_weights_which(app: Flask, client, run: dict) -> None:  # noqa: ANN001
         session.add(Artifact(run_id=run["id"], kind="best", epoch=4,
                              data=trained_model(run, epochs=1).to_npz()))
     assert client.get(f"{url}?which=best").get_json()["epoch"] == 4
-    bad = client.get(f"{url}?which=checkpoint")
+    bad = client.get(f"{url}?which=newest")
     assert bad.status_code == 422 and problem_paths(bad) == ["query.which"]
     assert problem_paths(client.get(f"{url}?format=csv")) == ["query.format"]
 
@@ -567,3 +567,66 @@ def test_predict_racing_a_delete_is_404(any_app: Flask) -> None:
             as answer:  # the run and its weights' identity read, the weights not yet loaded
         assert client.delete(f"/v1/runs/{run['id']}").status_code == 204
     assert answer[0].status_code == 404 and answer[0].get_json()["code"] == "not_found"
+
+
+# ---- the decision boundary ------------------------------------------------------------------
+
+def test_boundary_from_the_final_weights(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    url = f"/v1/runs/{run['id']}/boundary"
+    first = any_client.get(f"{url}?size=2").get_json()  # before any: the seed's weights
+    assert (first["weights"], first["epoch"]) == ("initial", 0)
+    initial = trained_model(run, epochs=0).predict([[first["x"][1], first["y"][1]]])
+    assert first["values"][1][1] == pytest.approx(initial["probabilities"][0][1])
+    latest = any_client.get(f"/v1/runs/{run['id']}/weights?which=latest").get_json()
+    assert (latest["which"], latest["epoch"]) == ("initial", 0)
+    model = trained_model(run)
+    finish_run(any_app, run["id"], epochs=3, artifacts={"final": model.to_npz()})
+    grid = any_client.get(f"{url}?size=5").get_json()
+    assert (grid["weights"], grid["epoch"], grid["size"]) == ("final", 3, 5)
+    inputs, _ = nn.generate("xor", 40, 0, 1)
+    lo, hi = inputs.min(axis=0), inputs.max(axis=0)
+    assert grid["x"] == pytest.approx([lo[0] - 0.05 * (hi[0] - lo[0]), hi[0] + 0.05 * (hi[0] - lo[0])])
+    corners = [[grid["x"][0], grid["y"][0]], [grid["x"][1], grid["y"][0]],
+               [grid["x"][0], grid["y"][1]]]
+    probabilities = model.predict(corners)["probabilities"]
+    assert [grid["values"][0][0], grid["values"][0][4], grid["values"][4][0]] == pytest.approx(
+        [p[1] for p in probabilities])
+    # The validation split's rows: XOR_TRAINING holds out half of the 40.
+    assert len(set(grid["validation"])) == 20 and max(grid["validation"]) < 40
+
+
+def test_boundary_from_a_checkpoint_while_training(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    run = create_run(any_client, dataset["id"])
+    inputs, targets = nn.generate("xor", 40, 0, 1)
+    plan = nn.build(run["network"], run["training"], nn.describe(inputs, targets))
+    states: dict[int, bytes] = {}
+    nn.train(plan, inputs, targets, checkpoint_every=2, should_stop=lambda: "stop" if states else None,
+             on_checkpoint=lambda e, b: states.__setitem__(e, b))  # what a worker stores
+    with db.session_scope(any_app) as session:
+        session.add(Artifact(run_id=run["id"], kind="checkpoint", epoch=2, data=states[2]))
+    snapshot = nn.snapshot(plan, inputs, targets, states[2])
+    grid = any_client.get(f"/v1/runs/{run['id']}/boundary?size=3").get_json()
+    assert (grid["weights"], grid["epoch"]) == ("checkpoint", 2)
+    assert grid["validation"] == snapshot.validation.tolist()
+    corner = snapshot.model.predict([[grid["x"][1], grid["y"][1]]])["probabilities"][0][1]
+    assert grid["values"][2][2] == pytest.approx(corner)
+    # The checkpoint's weights, for drawing the network while it trains.
+    weights = any_client.get(f"/v1/runs/{run['id']}/weights?which=latest").get_json()
+    assert (weights["which"], weights["epoch"]) == ("checkpoint", 2)
+    assert weights["layers"] == nn.weights_to_json(snapshot.model.weights)["layers"]
+    npz = any_client.get(f"/v1/runs/{run['id']}/weights?which=latest&format=npz")
+    assert npz.status_code == 406
+
+
+def test_boundary_needs_two_features(client) -> None:  # noqa: ANN001
+    resp = client.post("/v1/datasets", json={"name": "three", "inputs": [[0, 1, 2], [1, 2, 3]] * 4,
+                                             "targets": [0, 1] * 4})
+    body = {"dataset_id": resp.get_json()["id"], "network": {"layers": [
+        {"type": "dense", "units": 1, "activation": "sigmoid"}]}, "training": {"epochs": 1}}
+    run = client.post("/v1/runs", json=body).get_json()
+    got = client.get(f"/v1/runs/{run['id']}/boundary")
+    assert got.status_code == 409 and got.get_json()["code"] == "boundary_not_available"
+    assert problem_paths(client.get(f"/v1/runs/{run['id']}/boundary?size=1")) == ["query.size"]

@@ -494,11 +494,14 @@ def test_forgetting_after_a_checkpoint_follows_the_phases(make_run: Callable[...
     for phase, epoch, expected, completed in (
             ("train", 2, [("pretrain", e) for e in range(1, 7)] + [("train", 1), ("train", 2)], 2),
             ("pretrain", 3, [("pretrain", e) for e in range(1, 4)], 0),
+            ("pretrain", 3, [("pretrain", e) for e in range(1, 4)], 0),  # nothing to forget
             ("pretrain", 0, [], 0)):
         with db.session_scope() as session:
             lease.forget_after(session, run_id, phase, epoch)
         assert kept() == expected
         assert get_run(run_id).epochs_completed == completed
+    # Each forgetting that deleted rows is recorded, for the event streams (not the no-op).
+    assert get_run(run_id).rewinds == [["train", 2], ["pretrain", 3], ["pretrain", 0]]
 
 
 @pytest.mark.parametrize(("phase", "after"), [("pretrain", 15), ("train", 5)])
