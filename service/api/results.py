@@ -298,7 +298,8 @@ def _latest(session: Session, run: Run) -> _Latest:
             raise not_found("run", run.id)
         state = stored.data if stored is not None and stored.kind == "checkpoint" else None
         found = nn.snapshot(plan, inputs, targets, state)
-        model = artifacts.load(stored) if stored is not None and state is None else found.model
+        model = nn.Model.from_npz(stored.data) if stored is not None and state is None \
+            else found.model
         kind, phase, epoch = ("initial", "train", 0) if row is None else (
             row.kind, row.phase, row.epoch)
         return _Latest(kind, phase, epoch, model, found.validation, inputs.min(axis=0),
