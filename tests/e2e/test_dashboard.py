@@ -171,7 +171,7 @@ def test_the_vanishing_gradient_in_one_picture(service: tuple[str, str], page: A
     assert len(last) == 7 and None not in last  # log10 mean |dL/dW|, input layer first
     assert last[-1] == max(last)
     assert max(last[:3]) < min(last[3:])  # the first layers get the least
-    assert last[0] < last[-1] - 4  # 10,000 times less at the input than at the output
+    assert last[0] < last[-1] - 2  # over 100 times less at the input (Glorot's init: ~1,000)
     assert _drawn(page, "gradients", tmp_path / "gradients.png") > 5_000
     page.screenshot(path=shots / "dashboard-vanishing.png", full_page=True)
     page.get_by_role("link", name="Runs").click()  # both demos listed, with their links

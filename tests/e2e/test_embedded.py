@@ -32,7 +32,8 @@ def test_backprop_up(procs: Procs, tmp_path: Path) -> None:
     lines = [line for line in printed.splitlines() if line.strip()]
     assert all(line.startswith(("backprop: ", "  ")) for line in lines), printed
     assert not any(word in printed for word in ("celery", "gunicorn", "Warning", "WARNING"))
-    assert lines[-4:] == [f"backprop: serving on {api.base}",
+    assert lines[-5:] == [f"backprop: serving on {api.base}",
+                          f"  dashboard: {api.base}/#key={api.key}",
                           "  API key of the tenant 'local' (also in var/api-key):",
                           f"    {api.key}", "  Ctrl-C stops it"], printed
     logs = tmp_path / "var" / "logs"
