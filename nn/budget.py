@@ -201,7 +201,7 @@ def _memory(plan: Plan) -> tuple[dict[str, int], tuple[int, ...]]:
     per_target = math.prod(data.target_shape) if labels else data.target_dim
     label_bytes, label_objects = _labels(plan)
     t_cols = _target_columns(plan)
-    fast = tr["algorithm"] == "backprop" and fastpath.applies(layers)
+    fast = fastpath.applies(tr, layers)
     copied = s != 8 or tr["standardize"] or n_val > 0     # else the caller's inputs serve
     resident = (n * n_in * (8 + (s if copied else 0))           # the caller's; the run's copy
                 + n * per_target * label_bytes                  # the caller's targets
@@ -274,7 +274,7 @@ def _batch_calls(plan: Plan, layers, training: dict) -> int:
                            "momentum" if opt["momentum"] else "sgd"]
     if plan.training["algorithm"] == "perceptron":
         return PERCEPTRON_CALLS
-    if not fastpath.applies(layers):
+    if not fastpath.applies(training, layers):
         return sum(l.cost().calls for l in layers) + STEP_CALLS + step
     tiny, buffers = (us / FASTPATH_US_PER_CALL for us in fastpath.step_us(layers))
     if fastpath.uses_tiny(layers, training["batch_size"], make_optimizer(training),

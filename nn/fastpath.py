@@ -36,7 +36,7 @@ slower, a 9-layer net of 3 units 1.7x faster). It agrees with the general path t
 too (its dot products sum in order, BLAS's do not; libm's tanh is not NumPy's): ~1e-13
 relative after an epoch or two.
 
-MODE "off" forces the general path and "buffers" rules out the pure-Python engine (tests).
+Which engine trains is the plan's training.engine ("reference": never this one).
 """
 from itertools import accumulate
 from typing import Callable
@@ -51,21 +51,22 @@ from .network import Weights
 from .optim import Flat
 from .tinynet import TinyNet
 
-MODE = "auto"                      # "auto" | "buffers" | "off"
 
 
-def engine(layers: list[Layer], loss: str, batch_size: int | None, optimizer,
-           dtype) -> "DenseStack | None":
-    """The fast engine for this net and training, or None for the general path."""
-    if MODE == "off" or not applies(layers):
+def engine(training: dict, layers: list[Layer], loss: str, optimizer, dtype
+           ) -> "DenseStack | None":
+    """The fast engine training.engine asks for on this net, or None for the reference."""
+    if not applies(training, layers):
         return None
-    tiny = MODE == "auto" and uses_tiny(layers, batch_size, optimizer, dtype)
+    tiny = uses_tiny(layers, training["batch_size"], optimizer, dtype)
     return DenseStack(layers, loss, TinyNet(layers, loss) if tiny else None)
 
 
-def applies(layers: list[Layer]) -> bool:
-    """Dense layers on (D,) inputs (the algorithm must be backprop too)."""
-    return all(type(l) is Dense and len(l.in_shape) == 1 for l in layers)
+def applies(training: dict, layers: list[Layer]) -> bool:
+    """Backprop through dense layers on (D,) inputs, unless the plan asks for the
+    reference."""
+    return (training["engine"] == "auto" and training["algorithm"] == "backprop"
+            and all(type(l) is Dense and len(l.in_shape) == 1 for l in layers))
 
 
 def uses_tiny(layers: list[Dense], batch_size: int | None, optimizer, dtype) -> bool:

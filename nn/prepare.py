@@ -82,7 +82,9 @@ def prepare(plan: Plan, inputs, targets) -> Prepared:
         np.random.default_rng([seed, 0, 2]).choice(n, size, replace=False))
 
     def fingerprint() -> str:
-        h = hashlib.sha256(json.dumps([plan.network, tr], sort_keys=True).encode())
+        # the engine is how, not what: a run resumes under either to rounding
+        what = {k: v for k, v in tr.items() if k != "engine"}
+        h = hashlib.sha256(json.dumps([plan.network, what], sort_keys=True).encode())
         h.update(np.ascontiguousarray(xs))                    # the bytes, without a copy
         h.update(np.ascontiguousarray(t))
         return h.hexdigest()

@@ -78,7 +78,7 @@ def run(plan: Plan, data: Prepared, state: TrainState, poll, on_epoch, checkpoin
         else:
             opt.load_state(state.opt_state)
         zbuf = np.empty_like(h)
-        fast = fastpath.engine(ae, LOSS, tr["batch_size"], opt, h.dtype)
+        fast = fastpath.engine(tr, ae, LOSS, opt, h.dtype)
         for p in range(state.pretrain_epoch + 1, (j + 1) * per_layer + 1):
             t0 = perf_counter()
             params = [state.params[index], state.decoder]

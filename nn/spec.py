@@ -22,6 +22,9 @@ from .losses import LOSSES
 MAX_LAYERS = 100
 MAX_PARAMS = 20_000_000
 MAX_EPOCHS = 100_000
+# "auto": the fast dense engine where it applies, else the reference; "reference": the
+# layer-by-layer path everywhere (the yardstick the fast engine is tested against)
+ENGINES = ("auto", "reference")
 
 DEFAULTS: dict = {
     **{kind: cls.DEFAULTS for kind, cls in LAYERS.items()},   # "dense", "conv2d", ...
@@ -30,7 +33,7 @@ DEFAULTS: dict = {
         "algorithm": "backprop", "loss": "squared_error", "optimizer": {"type": "sgd"},
         "weight_decay": 0.0, "lr_schedule": None, "batch_size": 1, "epochs": 100,
         "seed": None, "shuffle": True, "validation_fraction": 0.0, "early_stopping": None,
-        "standardize": False, "stats": True, "dtype": "float64",
+        "standardize": False, "stats": True, "dtype": "float64", "engine": "auto",
     },
     "optimizer": {"sgd": {"learning_rate": 0.1, "momentum": 0.0, "nesterov": False},
                   "adam": {"learning_rate": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}},
@@ -128,6 +131,7 @@ def parse_training(training, path: str = "training") -> dict:
         "standardize": f.boolean(t, "standardize", path, d["standardize"]),
         "stats": f.boolean(t, "stats", path, d["stats"]),
         "dtype": f.choice(t, "dtype", path, ("float64", "float32"), d["dtype"]),
+        "engine": f.choice(t, "engine", path, ENGINES, d["engine"]),
     }
     if out["seed"] is None:
         out["seed"] = secrets.randbelow(2**31)

@@ -126,8 +126,7 @@ def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
     zbuf = np.empty((len(data.x), *layers[-1].out_shape), dtype=data.x.dtype)
     probe_x, probe_t = data.x[data.probe], data.t[data.probe]
     act = layers[-1].activation
-    fast = None if perceptron else fastpath.engine(layers, tr["loss"], tr["batch_size"], opt,
-                                                   data.x.dtype)
+    fast = fastpath.engine(tr, layers, tr["loss"], opt, data.x.dtype)
     reporter = LayerStats(layers)
     while state.stop_reason is None and state.epoch < plan.epochs_total:
         t0 = perf_counter()

@@ -30,12 +30,11 @@ def regression_data():
     return X, X[:, :2] @ np.array([[1.0, -2.0], [0.5, 1.0]]) + 0.1 * X[:, 2:4]
 
 
-def run(mode: str, monkeypatch, layers, training, X, y, **kwargs):
-    """nn.train with fastpath.MODE = mode -> (result, per-epoch reports)."""
-    monkeypatch.setattr(fastpath, "MODE", mode)
+def run(engine: str, layers, training, X, y, **kwargs):
+    """nn.train with training.engine = engine -> (result, per-epoch reports)."""
     reports = []
-    result = nn.train(plan_for(layers, training, X, y), X, y, on_epoch=reports.append,
-                      **kwargs)
+    result = nn.train(plan_for(layers, {**training, "engine": engine}, X, y), X, y,
+                      on_epoch=reports.append, **kwargs)
     return result, reports
 
 
@@ -88,7 +87,7 @@ def data(kind, xor_data):
 
 
 @pytest.mark.parametrize("case", list(BUFFER_CASES))
-def test_buffer_engine_matches_the_general_path_to_rounding(case, xor_data, monkeypatch):
+def test_buffer_engine_matches_the_general_path_to_rounding(case, xor_data):
     """The engine adds the biases inside its products ([W; b]^T [x^T; 1]) and sums the bias
     gradients there too, in BLAS's order, where the general path adds b to the product and
     reduces with NumPy: the same arithmetic up to rounding. Over two epochs, as for the
@@ -97,22 +96,22 @@ def test_buffer_engine_matches_the_general_path_to_rounding(case, xor_data, monk
     layers, training, kind = BUFFER_CASES[case]
     X, y = data(kind, xor_data)
     training = {"epochs": 2, "seed": 5, **training}
-    general, general_reports = run("off", monkeypatch, layers, training, X, y)
-    fast, fast_reports = run("buffers", monkeypatch, layers, training, X, y)
+    general, general_reports = run("reference", layers, training, X, y)
+    fast, fast_reports = run("auto", layers, training, X, y)
     rel = 1e-5 if training.get("dtype") == "float32" else 1e-12
     assert_agree(fast, fast_reports, general, general_reports, rel)
     assert fast.epochs_completed == general.epochs_completed == 2
 
 
-def test_buffer_engine_keeps_the_optimizer_state_of_the_general_path(xor_data, monkeypatch):
+def test_buffer_engine_keeps_the_optimizer_state_of_the_general_path(xor_data):
     """The optimizer's slots (momentum, Adam's moments) and step count, as checkpointed."""
     X, y = xor_data
     for optimizer in (MOMENTUM, ADAM):
         training = {"epochs": 3, "seed": 2, "batch_size": 8, "optimizer": optimizer}
         states = []
-        for mode in ("off", "buffers"):
+        for mode in ("reference", "auto"):
             saved = {}
-            run(mode, monkeypatch, [dense(5, "relu"), dense(1)], training, X, y,
+            run(mode, [dense(5, "relu"), dense(1)], training, X, y,
                 checkpoint_every=3, on_checkpoint=saved.__setitem__)
             with np.load(io.BytesIO(saved[3])) as z:
                 states.append({k: z[k] for k in z.files if k.startswith("opt.")})
@@ -133,7 +132,7 @@ TINY_CASES = {
 
 
 @pytest.mark.parametrize("case", list(TINY_CASES))
-def test_pure_python_engine_matches_the_general_path_to_rounding(case, xor_data, monkeypatch):
+def test_pure_python_engine_matches_the_general_path_to_rounding(case, xor_data):
     """Its dot products sum in order (BLAS's kernels use fused multiply-adds) and its tanh is
     libm's (NumPy's differs by up to 3 ulps), so the engines agree to ~1e-13 after an epoch
     or two; later a ReLU input within rounding of 0, or an unstable phase of training, can
@@ -143,15 +142,15 @@ def test_pure_python_engine_matches_the_general_path_to_rounding(case, xor_data,
     X, y = xor_data
     training = {"epochs": 2, "seed": 1, "optimizer": SGD, **training}
     plan = plan_for(layers, training, X, y)
-    engine = fastpath.engine(list(plan.layers), plan.training["loss"], 1,
+    engine = fastpath.engine(plan.training, list(plan.layers), plan.training["loss"],
                              make_optimizer(plan.training), np.float64)
     assert engine is not None and engine.tiny is not None          # it is the one tested
-    general, general_reports = run("off", monkeypatch, layers, training, X, y)
-    tiny, tiny_reports = run("auto", monkeypatch, layers, training, X, y)
-    assert_agree(tiny, tiny_reports, general, general_reports, 1e-12)
+    general, general_reports = run("reference", layers, training, X, y)
+    tiny, tiny_reports = run("auto", layers, training, X, y)
+    assert_agree(tiny, tiny_reports, general, general_reports, 1e-11)
 
 
-def test_pretraining_through_the_pure_python_engine(xor_data, monkeypatch):
+def test_pretraining_through_the_pure_python_engine(xor_data):
     """Autoencoder pretraining with batch_size 1 runs its epochs in plain Python floats too
     (scaled inputs and a small rate keep this short run stable, so rounding stays rounding)."""
     X, y = xor_data
@@ -159,8 +158,8 @@ def test_pretraining_through_the_pure_python_engine(xor_data, monkeypatch):
     layers = [dense(4, "tanh"), dense(3), dense(1)]
     training = {"epochs": 1, "seed": 3, "optimizer": {"type": "sgd", "learning_rate": 0.05},
                 "pretrain": {"epochs": 1}}
-    general, general_reports = run("off", monkeypatch, layers, training, X, y)
-    tiny, tiny_reports = run("auto", monkeypatch, layers, training, X, y)
+    general, general_reports = run("reference", layers, training, X, y)
+    tiny, tiny_reports = run("auto", layers, training, X, y)
     for a, b in zip(tiny.weights, general.weights):
         for k in a:
             assert np.abs(a[k] - b[k]).max() <= 1e-12 * np.abs(b[k]).max(), k
@@ -169,7 +168,7 @@ def test_pretraining_through_the_pure_python_engine(xor_data, monkeypatch):
         assert mine.train_loss == pytest.approx(theirs.train_loss, rel=1e-12)
 
 
-def test_textbook_step_in_pure_python(monkeypatch):
+def test_textbook_step_in_pure_python():
     """One sample, one step, by hand: the pure-Python engine's arithmetic is the slides'."""
     X, y = np.array([[0.2, -0.4]]), np.array([1])
     X, y = np.vstack([X, [[1.0, 1.0]]]), np.array([1, 0])
@@ -188,7 +187,7 @@ def test_textbook_step_in_pure_python(monkeypatch):
         b2 -= 0.5 * e2
         W1 -= 0.5 * np.outer(x, e1)
         b1 -= 0.5 * e1
-    r, _ = run("auto", monkeypatch, layers, training, X, y)
+    r, _ = run("auto", layers, training, X, y)
     assert np.allclose(r.weights[0]["W"], W1, rtol=1e-12) and np.allclose(r.weights[1]["W"], W2)
     assert np.allclose(r.weights[0]["b"], b1) and np.allclose(r.weights[1]["b"], b2)
 
@@ -198,9 +197,8 @@ def test_which_engine():
 
     def chosen(layers, **training):
         plan = plan_for(layers, {"epochs": 1, **training}, X, y)
-        engine = fastpath.engine(list(plan.layers), plan.training["loss"],
-                                 plan.training["batch_size"], make_optimizer(plan.training),
-                                 plan.training["dtype"])
+        engine = fastpath.engine(plan.training, list(plan.layers), plan.training["loss"],
+                                 make_optimizer(plan.training), plan.training["dtype"])
         return None if engine is None else ("python" if engine.tiny else "buffers")
 
     assert chosen([dense(4), dense(1)]) == "python"
@@ -211,14 +209,18 @@ def test_which_engine():
     assert chosen([dense(64), dense(1)]) == "buffers"                  # not tiny
     assert chosen([dense(4), {"type": "dropout"}, dense(1)]) is None
     assert chosen([dense(4), dense(1)], algorithm="backprop", optimizer=ADAM) == "buffers"
+    assert chosen([dense(4), dense(1)], engine="reference") is None
+    assert chosen([dense(1, "step")], algorithm="perceptron") is None
 
 
+@pytest.mark.parametrize("engine", ["auto", "reference"])
 @pytest.mark.parametrize("optimizer,batch", [(SGD, 1), (MOMENTUM, 1), (ADAM, 5)])
-def test_resume_through_the_fast_paths_is_bit_identical(optimizer, batch, xor_data):
+def test_resume_is_bit_identical_under_each_engine(engine, optimizer, batch, xor_data):
     X, y = xor_data
     plan = plan_for([dense(4, "tanh"), dense(1)],
                     {"epochs": 6, "seed": 4, "batch_size": batch, "optimizer": optimizer,
-                     "validation_fraction": 0.2, "early_stopping": {"patience": 20}}, X, y)
+                     "validation_fraction": 0.2, "early_stopping": {"patience": 20},
+                     "engine": engine}, X, y)
     straight_reports, saved = [], {}
     straight = nn.train(plan, X, y, on_epoch=straight_reports.append, checkpoint_every=2,
                         on_checkpoint=saved.__setitem__)
@@ -235,9 +237,9 @@ def test_stopping_within_an_epoch_rolls_it_back(batch, monkeypatch):
     monkeypatch.setattr(train_module, "POLL_INTERVAL_S", 0.0)
     X, y = nn.generate("xor", 2000, 0, seed=0)
     training = {"epochs": 3, "seed": 0, "batch_size": batch}
-    for mode in ("auto", "buffers"):
+    for mode in ("auto", "reference"):
         calls = []
-        r, reports = run(mode, monkeypatch, [dense(4), dense(1)], training, X, y,
+        r, reports = run(mode, [dense(4), dense(1)], training, X, y,
                          should_stop=lambda: calls.append(1) or
                          ("deadline" if len(calls) > 3 else None))
         assert r.stop_reason == "deadline" and r.epochs_completed == 0 and reports == []
@@ -246,25 +248,25 @@ def test_stopping_within_an_epoch_rolls_it_back(batch, monkeypatch):
         assert same(r.weights, init.weights)
 
 
-def test_pretraining_through_the_buffer_engine(monkeypatch):
+def test_pretraining_through_the_buffer_engine():
     X, y = regression_data()
     layers = [dense(6, "tanh"), dense(3, "relu"), dense(2, "linear")]
     training = {"epochs": 2, "seed": 3, "batch_size": 10, "optimizer": MOMENTUM,
                 "pretrain": {"epochs": 2, "optimizer": ADAM}}
-    general, general_reports = run("off", monkeypatch, layers, training, X, y)
-    fast, fast_reports = run("buffers", monkeypatch, layers, training, X, y)
+    general, general_reports = run("reference", layers, training, X, y)
+    fast, fast_reports = run("auto", layers, training, X, y)
     assert_agree(fast, fast_reports, general, general_reports, 1e-12)
     assert [r.phase for r in fast_reports] == ["pretrain"] * 4 + ["train"] * 2
 
 
-def test_statistics_from_the_engine_match_the_general_probe(xor_data, monkeypatch):
+def test_statistics_from_the_engine_match_the_general_probe(xor_data):
     """The probe pass through the engine's buffers reports what the layer-by-layer pass does
     (to rounding: the loss gradient is scaled by 1/n instead of divided by n)."""
     X, y = xor_data
     layers = [dense(6, "relu"), dense(4, "tanh"), dense(1)]
     training = {"epochs": 2, "seed": 0, "batch_size": 16, "validation_fraction": 0.2}
-    _, general = run("off", monkeypatch, layers, training, X, y)
-    _, fast = run("buffers", monkeypatch, layers, training, X, y)
+    _, general = run("reference", layers, training, X, y)
+    _, fast = run("auto", layers, training, X, y)
     for a, b in zip(fast, general):
         assert [row["name"] for row in a.layer_stats] == [row["name"] for row in b.layer_stats]
         for ra, rb in zip(a.layer_stats, b.layer_stats):
@@ -276,16 +278,15 @@ def test_statistics_from_the_engine_match_the_general_probe(xor_data, monkeypatc
 
 
 @pytest.mark.parametrize("case", list(BUFFER_CASES))
-def test_statistics_of_the_engine_probe_for_every_loss_and_activation(case, xor_data,
-                                                                      monkeypatch):
+def test_statistics_of_the_engine_probe_for_every_loss_and_activation(case, xor_data):
     """The engine's own probe pass (transposed, biases folded into the products) against the
     layer-by-layer one, for every output and loss of the bit-identity cases: the same
     weights, so the same statistics up to rounding (float32: its precision)."""
     layers, training, kind = BUFFER_CASES[case]
     X, y = data(kind, xor_data)
     training = {"epochs": 2, "seed": 5, **training}
-    _, general = run("off", monkeypatch, layers, training, X, y)
-    _, fast = run("buffers", monkeypatch, layers, training, X, y)
+    _, general = run("reference", layers, training, X, y)
+    _, fast = run("auto", layers, training, X, y)
     rel = 1e-4 if training.get("dtype") == "float32" else 1e-9
     for a, b in zip(fast, general):
         assert len(a.layer_stats) == len(b.layer_stats) == len(layers)
@@ -313,9 +314,9 @@ def test_rows_taken_batch_by_batch_train_as_the_shuffled_copy(layers, shuffle, x
     X, y = xor_data
     training = {"epochs": 3, "seed": 7, "batch_size": 16, "loss": "cross_entropy",
                 "optimizer": MOMENTUM, "shuffle": shuffle}
-    copied, copied_reports = run("auto", monkeypatch, layers, training, X, y)
+    copied, copied_reports = run("auto", layers, training, X, y)
     monkeypatch.setattr(nn.epoch, "COPY_BYTES", 0)
-    taken, taken_reports = run("auto", monkeypatch, layers, training, X, y)
+    taken, taken_reports = run("auto", layers, training, X, y)
     assert same(taken.weights, copied.weights)
     assert metrics(taken_reports) == metrics(copied_reports)
 

@@ -118,6 +118,7 @@ BAD = [
     (OK_NET, {"standardize": "yes"}, INFO2, "training.standardize"),
     (OK_NET, {"stats": None}, INFO2, "training.stats"),
     (OK_NET, {"dtype": "float16"}, INFO2, "training.dtype"),
+    (OK_NET, {"engine": "buffers"}, INFO2, "training.engine"),
     (OK_NET, {"validation_fraction": 0.95}, INFO2, "training.validation_fraction"),
     (OK_NET, {"validation_fraction": -0.1}, INFO2, "training.validation_fraction"),
     (OK_NET, {"validation_fraction": 0.001}, INFO2, "training.validation_fraction"),

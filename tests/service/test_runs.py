@@ -54,6 +54,7 @@ def test_create_run(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert run["training"]["optimizer"] == {"type": "sgd", "learning_rate": 0.5,
                                             "momentum": 0.0, "nesterov": False}
     assert run["training"]["early_stopping"] is None and run["training"]["dtype"] == "float64"
+    assert run["training"]["engine"] == "auto"
     # the same run, but for the estimate made as it was submitted (not stored)
     assert set(run.pop("estimate")) == {"memory_bytes", "multiply_adds", "seconds"}
     assert any_client.get(f"/v1/runs/{run['id']}").get_json() == run
@@ -181,6 +182,7 @@ OUT1 = {"type": "dense", "units": 1}
         ({"training": {"algorithm": "perceptron"}}, "network.layers", "perceptron"),
         ({"training": {"shuffle": "yes"}}, "training.shuffle", "boolean"),
         ({"training": {"dtype": "float16"}}, "training.dtype", "must be one of"),
+        ({"training": {"engine": "fast"}}, "training.engine", "must be one of"),
         ({"training": {"stats": 1}}, "training.stats", "boolean"),
         ({"training": {"speed": 11}}, "training.speed", "not a known field"),
         ({"training": []}, "training", "must be an object"),
