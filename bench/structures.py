@@ -5,7 +5,7 @@ test_structures_learn.py over several data seeds, with their wall-clock times.
 
 Each row: the held-out accuracy (or training accuracy where the point is trainability) of
 the structure and of the simpler net it is compared with, min / mean / max over the seeds,
-and the median seconds of one training run (one BLAS thread, as bench/engine.py).
+and the median seconds of one training run (one BLAS thread, as bench/suite.py).
 """
 import argparse
 import itertools

@@ -27,7 +27,8 @@ the validation chunks.
 - data: the caller's float64 inputs and its targets; the inputs in the run's dtype, split
   into training and validation; the encoded targets and labels, and each epoch's shuffled
   copies of them; the epoch's outputs (for its loss); the epoch's shuffled inputs when
-  they are copied at once (nn/epoch.py's COPY_BYTES); the dense engine's rows and targets.
+  they are copied at once (nn/engines/__init__.py's COPY_BYTES); the dense engine's rows and
+  targets.
 - validation (and the initial metrics with `epochs: 0`) runs forward in chunks of at least
   a batch and at most EVAL_BYTES at the pass's peak (eval_rows()), so it never needs much
   more than training.
@@ -52,9 +53,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import fastpath
 from .data import split_counts
-from .epoch import COPY_BYTES
+from .engines import COPY_BYTES, dense
 from .layers import Cost, Layer
 from .network import infer_values
 from .optim import make_optimizer
@@ -72,7 +72,7 @@ STATS_BYTES = 32          # per parameter: the statistics' float64 vectors (and 
 # Calls (Cost.calls' unit) of a training batch beyond its layers' (the loss's gradient,
 # slicing, gathering the gradients, polling), of each optimizer's step, of the perceptron's
 # sample, of the statistics' step and of an epoch's bookkeeping (metrics, the snapshot, the
-# report). nn/fastpath.py's cost model of the dense engine's steps is in microseconds of
+# report). nn/engines/dense.py's cost model of the dense engine's steps is in microseconds of
 # the machine REFERENCE was fitted on, where a call took FASTPATH_US_PER_CALL.
 STEP_CALLS = 20
 OPTIMIZER_CALLS = {"sgd": 3, "momentum": 5, "adam": 13}
@@ -201,7 +201,7 @@ def _memory(plan: Plan) -> tuple[dict[str, int], tuple[int, ...]]:
     per_target = math.prod(data.target_shape) if labels else data.target_dim
     label_bytes, label_objects = _labels(plan)
     t_cols = _target_columns(plan)
-    fast = fastpath.applies(tr, layers)
+    fast = dense.applies(tr, layers)
     copied = s != 8 or tr["standardize"] or n_val > 0     # else the caller's inputs serve
     resident = (n * n_in * (8 + (s if copied else 0))           # the caller's; the run's copy
                 + n * per_target * label_bytes                  # the caller's targets
@@ -267,17 +267,17 @@ def _work(plan: Plan) -> tuple[int, int, int, int]:
 
 
 def _batch_calls(plan: Plan, layers, training: dict) -> int:
-    """A training batch's calls: the dense engine's (its cost model, nn/fastpath.py), or
+    """A training batch's calls: the dense engine's (its cost model, nn/engines/dense.py), or
     the layers' and the loop's; and the optimizer's."""
     opt = training["optimizer"]
     step = OPTIMIZER_CALLS["adam" if opt["type"] == "adam" else
                            "momentum" if opt["momentum"] else "sgd"]
     if plan.training["algorithm"] == "perceptron":
         return PERCEPTRON_CALLS
-    if not fastpath.applies(training, layers):
+    if not dense.applies(training, layers):
         return sum(l.cost().calls for l in layers) + STEP_CALLS + step
-    tiny, buffers = (us / FASTPATH_US_PER_CALL for us in fastpath.step_us(layers))
-    if fastpath.uses_tiny(layers, training["batch_size"], make_optimizer(training),
+    tiny, buffers = (us / FASTPATH_US_PER_CALL for us in dense.step_us(layers))
+    if dense.uses_tiny(layers, training["batch_size"], make_optimizer(training),
                           np.dtype(plan.training["dtype"])):
         return round(tiny)
     return round(buffers) + step
@@ -357,7 +357,7 @@ def _target_columns(plan: Plan) -> int:
 
 
 def _fast_per_row(layers, itemsize: int) -> int:
-    """Bytes per row of a nn/fastpath.py _Pass: each layer's output with a row of ones, z,
+    """Bytes per row of a nn/engines/dense.py _Pass: each layer's output with a row of ones, z,
     dx, the derivative's scratch and its mask, and the input row with its one."""
     units = sum(l.units for l in layers)
     values = 4 * units + len(layers) + layers[0].in_shape[0] + 2

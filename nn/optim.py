@@ -1,27 +1,16 @@
-"""Optimisers, updating parameters in place. `step` consumes (overwrites) the grads it is given.
+"""Optimisers, updating flat parameters in place (step_flat consumes the gradients).
 
-- sgd: w <- w - rho g (the textbook's rule); with momentum mu: v <- mu v + g, w <- w - rho v;
+- sgd: w <- w - rho g (the textbook's rule); momentum mu: v <- mu v + g, w <- w - rho v;
   Nesterov: w <- w - rho (g + mu v) (the PyTorch formulation).
-- adam: Kingma & Ba with bias correction.
-- weight_decay lambda (L2): g <- g + lambda W for every weight array (dense and conv2d W,
-  recurrent Wx and Wh, embedding E, attention and feed-forward matrices; each layer's
-  decayed() says which), never for biases or layer norm's gamma and beta, i.e. the loss gets
-  + lambda/2 ||W||^2 (added to the gradient only; reported losses exclude it).
+- adam: m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2,
+  w <- w - rho m_hat / (sqrt(v_hat) + eps), m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t).
+- weight_decay lambda (L2): g <- g + lambda W for the arrays each layer's decayed() names,
+  never biases or layer norm's gamma and beta (reported losses exclude the penalty).
 - lr_schedule per epoch e (from 1): step: rho gamma^floor((e-1)/step_size);
   exponential: rho gamma^(e-1).
-- Every FLUSH_EVERY steps, slot values (velocities, moments) smaller in magnitude than
-  FLUSH_BELOW x the dtype's smallest normal number (about 5e-29 in float32, 1e-298 in
-  float64) are set to 0. Why: a slot whose gradient stays 0 (a dead ReLU's weights) decays
-  geometrically, v <- mu v, into the subnormal numbers, where x86 multiplies about 35 times
-  slower: on digits-mlp (momentum 0.9) those two multiplications became 40% of a long run
-  (issue #6). What it changes: SGD steps lr v with |v| < 5e-29, which round away on any
-  weight larger than about lr x 1e-21 in float32 (lr x 1e-282 in float64), and Adam's steps
-  from such moments, as negligible. A slot now reaches the subnormals only when it decays
-  faster than 2^-32 in FLUSH_EVERY steps (momentum below 0.71; lr v too when lr < ~2e-7 at
-  momentum 0.9), and then for at most FLUSH_EVERY steps, not about 150 (momentum 0.9) to
-  1600 (0.99). The flush itself (three passes over the slots) was 2% of a digits-mlp run in
-  py-spy when it ran every 16 steps. It lives in Optimizer._apply, where step and step_flat
-  meet, so every optimizer with slots has it.
+- Every FLUSH_EVERY steps, slot values below FLUSH_BELOW x the dtype's smallest normal
+  number become 0: a dead unit's slots otherwise decay into the subnormals, where x86
+  multiplies some 35 times slower (bench/README.md); steps that small round away anyway.
 """
 import numpy as np
 
@@ -102,19 +91,9 @@ class Optimizer:
     def _decays(self, i: int, key: str) -> bool:
         return key in self.decay_keys[i] if self.decay_keys is not None else key == "W"
 
-    def step(self, params: Weights, grads: Weights, lr: float) -> None:
-        self.t += 1
-        for i, (p, g) in enumerate(zip(params, grads)):
-            for key, gk in g.items():
-                w = p[key]
-                if self.weight_decay and self._decays(i, key):
-                    gk += self.weight_decay * w
-                self._apply(w, gk, lr, [self._slot(f"{s}.{i}.{key}", w)
-                                        for s in self.slot_kinds])
-
     def step_flat(self, flat: Flat, lr: float) -> None:
-        """step() for the parameters flat.w with gradients flat.g: the same arithmetic,
-        element by element, in a few calls for all the arrays at once."""
+        """One step of the parameters flat.w with gradients flat.g (consumed), a few calls
+        for all the arrays at once."""
         self.t += 1
         w, g = flat.w, flat.g
         if self.weight_decay:
@@ -125,7 +104,7 @@ class Optimizer:
 
     def _flat_slot(self, kind: str, flat: Flat) -> np.ndarray:
         """The flat state `kind`; the per-array slots become views of it (keeping any values
-        they had, e.g. from a checkpoint), so state() and step() still see them."""
+        they had, e.g. from a checkpoint), so state() still sees them."""
         s = self.flat_slots.get(kind)
         if s is None or self.flat_layout is not flat:     # first flat step, or a new layout
             self.flat_layout = flat
@@ -166,15 +145,6 @@ class SGD(Optimizer):
                  decay_keys: list[tuple[str, ...]] | None = None) -> None:
         super().__init__(spec, weight_decay, decay_keys)
         self.slot_kinds = ("v",) if spec["momentum"] else ()
-
-    def step(self, params: Weights, grads: Weights, lr: float) -> None:
-        if self.spec["momentum"] or self.weight_decay:
-            return super().step(params, grads, lr)
-        self.t += 1
-        for p, g in zip(params, grads):                # plain SGD: w <- w - rho g
-            for key, gk in g.items():
-                gk *= lr
-                p[key] -= gk
 
     def _update(self, w, g, lr, slots):
         mu = self.spec["momentum"]

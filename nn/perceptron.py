@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import network
 from .network import Weights
 
 
@@ -32,3 +33,21 @@ def perceptron_epoch(params: Weights, xs: np.ndarray, ts: np.ndarray, lr: float,
 def count_errors(zbuf: np.ndarray, ts: np.ndarray) -> int:
     """Samples with at least one unit on the wrong side of its threshold."""
     return int(np.count_nonzero(np.any((zbuf >= 0) != (ts > 0.5), axis=1)))
+
+
+class Perceptron:
+    """The perceptron rule as an engine (nn/engines/__init__.py's contract)."""
+
+    def __init__(self, layers) -> None:
+        self.layers = layers
+
+    def epoch(self, params: Weights, opt, x: np.ndarray, ts: np.ndarray,
+              order: np.ndarray | None, batch_size, lr: float, zbuf: np.ndarray, rng,
+              poll: Callable[[], bool]) -> bool:
+        return perceptron_epoch(params, x if order is None else x[order], ts, lr, zbuf, poll)
+
+    def stats(self, reporter, params: Weights, x: np.ndarray, t: np.ndarray) -> list[dict]:
+        """Weights and activations: the rule has no gradient."""
+        outputs: list = []
+        _, caches = network.forward(self.layers, params, x, train=False, outputs=outputs)
+        return reporter(params, None, outputs, caches)

@@ -26,88 +26,106 @@ layer_stats the encoder's row (gradient of the reconstruction loss on the probe 
 Checkpoints keep the pretraining epoch, the current decoder and its optimizer's state, so a
 run resumed within pretraining is bit-identical too.
 """
-from time import perf_counter
-
 import numpy as np
 
-from . import budget, checkpoint, fastpath, network
+from . import budget, driver, engines, network
 from .checkpoint import TrainState
-from .epoch import EpochReport, backprop_epoch, finite, measure, metrics, weights_finite
-from .layers import Layer
-from .losses import squared_error
+from .driver import Metrics, Poll, measure, metrics
 from .optim import make_optimizer
 from .prepare import Prepared
 from .spec import Plan, autoencoder, pretrained_layers
-from .stats import layer_stats
+from .stats import LayerStats
 
 LOSS = "squared_error"
 
 
-def _stats(ae: list[Layer], params: list, h: np.ndarray, index: int) -> list[dict]:
-    """The encoder's statistics row for the reconstruction loss on the probe batch h."""
-    outputs: list = []
-    out, caches = network.forward(ae, params, h, train=False, outputs=outputs)
-    _, d = squared_error(out, h)
-    grads = network.backward(ae, d, caches, wrt_z=False)
-    row = layer_stats(ae[:1], params[:1], grads[:1], outputs[:1], caches[:1])[0]
-    return [{**row, "layer": index, "name": f"dense_{index}"}]
+class Pretraining:
+    """One hidden layer's pretraining epochs as a driver.Phase: its autoencoder on h, the
+    layer's input; pretraining epoch p shuffled by a generator seeded by (seed, 0, 4, p)."""
+    name = "pretrain"
 
-
-def run(plan: Plan, data: Prepared, state: TrainState, poll, on_epoch, checkpoint_every: int,
-        on_checkpoint) -> tuple[str | None, dict | None]:
-    """Run the pretraining epochs left in state (updating it) -> (interrupted reason, error)."""
-    tr = plan.training
-    per_layer = tr["pretrain"]["epochs"]
-    settings = {"optimizer": tr["pretrain"]["optimizer"], "weight_decay": 0.0}
-    lr = settings["optimizer"]["learning_rate"]
-    hidden = pretrained_layers(plan.layers)
-    total = plan.pretrain_epochs_total
-    while state.pretrain_epoch < total:
-        j = state.pretrain_epoch // per_layer
-        index = hidden[j]
-        ae = autoencoder(plan.layers[index])
+    def __init__(self, plan: Plan, data: Prepared, state: TrainState, index: int) -> None:
+        tr = self.tr = plan.training
+        self.plan, self.data, self.state, self.layer = plan, data, state, index
+        self.ae = ae = autoencoder(plan.layers[index])
         below = list(plan.layers[:index])
         rows = budget.eval_rows(below, budget.batch_rows(plan), data.x.dtype.itemsize)
-        h, h_val = (network.infer(below, state.params[:index], x, rows)
-                    for x in (data.x, data.x_val))
-        ae_rows = budget.eval_rows(ae, budget.batch_rows(plan), h.dtype.itemsize)
-        opt = make_optimizer(settings)
+        self.h, self.h_val = (network.infer(below, state.params[:index], x, rows)
+                              for x in (data.x, data.x_val))
+        self.ae_rows = budget.eval_rows(ae, budget.batch_rows(plan), self.h.dtype.itemsize)
+        settings = {"optimizer": tr["pretrain"]["optimizer"], "weight_decay": 0.0,
+                    "engine": tr["engine"], "algorithm": "backprop",
+                    "batch_size": tr["batch_size"]}
+        self.opt = make_optimizer(settings)
         if state.decoder is None:                   # the layer's first epoch
             state.decoder = ae[1].init(np.random.default_rng([tr["seed"], 0, 3, index]),
-                                       h.dtype)
+                                       self.h.dtype)
         else:
-            opt.load_state(state.opt_state)
-        zbuf = np.empty_like(h)
-        fast = fastpath.engine(tr, ae, LOSS, opt, h.dtype)
-        for p in range(state.pretrain_epoch + 1, (j + 1) * per_layer + 1):
-            t0 = perf_counter()
-            params = [state.params[index], state.decoder]
-            snapshot = network.copy_weights(params)
-            rng = np.random.default_rng([tr["seed"], 0, 4, p])
-            xs = h[rng.permutation(len(h))] if tr["shuffle"] else h
-            if not backprop_epoch(ae, LOSS, tr["batch_size"], params, opt, xs, xs, rng, lr,
-                                  zbuf, poll, fast):
-                state.params[index], state.decoder = snapshot
-                return poll.answer, None
-            train_loss, _ = metrics(LOSS, "linear", zbuf, xs, None)
-            val_loss, _ = measure(ae, LOSS, params, h_val, h_val, None, ae_rows)
-            if not (finite(train_loss, val_loss) and weights_finite(params)):
-                state.params[index], state.decoder = snapshot
-                return "diverged", {"code": "diverged", "message": f"pretraining diverged at "
-                                    f"pretraining epoch {p} (layer {index}): the "
-                                    f"reconstruction loss became non-finite; try a smaller "
-                                    f"learning rate in pretrain.optimizer"}
-            stats = _stats(ae, params, h[data.probe], index) if tr["stats"] else []
-            state.pretrain_epoch = p
-            state.opt_state = opt.state()
-            if p % per_layer == 0:                  # the layer is done: drop its decoder
-                state.decoder, state.opt_state = None, {}
-            if on_epoch is not None:
-                on_epoch(EpochReport(p, "pretrain", train_loss, val_loss, None, None,
-                                     perf_counter() - t0, lr, stats, layer=index))
-            if checkpoint_every and on_checkpoint is not None and p % checkpoint_every == 0:
-                on_checkpoint(0, checkpoint.dump(state, data.fingerprint))
-            if (p < total or plan.epochs_total > 0) and poll(force=True):
-                return poll.answer, None
-        del h, h_val, xs, zbuf, fast        # before the next layer's inputs are made
+            self.opt.load_state(state.opt_state)
+        self.engine = engines.choose(settings, ae, LOSS, self.opt, self.h.dtype)
+        self.stats_on = tr["stats"]
+        self.reporter = LayerStats(ae)
+        self.probe = self.h[data.probe]
+        self.zbuf = np.empty_like(self.h)
+        self.xs = None
+
+    def trained(self):
+        return [self.state.params[self.layer], self.state.decoder]
+
+    def restore(self, snapshot) -> None:
+        self.state.params[self.layer], self.state.decoder = snapshot
+
+    def learning_rate(self, e: int) -> float:
+        return self.tr["pretrain"]["optimizer"]["learning_rate"]
+
+    def train(self, e: int, lr: float, poll: Poll) -> bool:
+        rng = np.random.default_rng([self.tr["seed"], 0, 4, e])
+        self.xs = self.h[rng.permutation(len(self.h))] if self.tr["shuffle"] else self.h
+        return self.engine.epoch(self.trained(), self.opt, self.xs, self.xs, None,
+                                 self.tr["batch_size"], lr, self.zbuf, rng, poll)
+
+    def measure(self) -> Metrics:
+        train_loss, _ = metrics(LOSS, "linear", self.zbuf, self.xs, None)
+        val_loss, _ = measure(self.ae, LOSS, self.trained(), self.h_val, self.h_val, None,
+                              self.ae_rows)
+        return Metrics(train_loss, val_loss, None, None)
+
+    def diverged(self, e: int, m: Metrics) -> str:
+        return (f"pretraining diverged at pretraining epoch {e} (layer {self.layer}): the "
+                f"reconstruction loss became non-finite; try a smaller learning rate in "
+                f"pretrain.optimizer")
+
+    def stats(self) -> list[dict]:
+        """The encoder's row, for the reconstruction loss on the probe rows."""
+        row = self.engine.stats(self.reporter, self.trained(), self.probe, self.probe)[0]
+        return [{**row, "layer": self.layer, "name": f"dense_{self.layer}"}]
+
+    def record(self, e: int, m: Metrics) -> None:
+        state = self.state
+        state.pretrain_epoch = e
+        state.opt_state = self.opt.state()
+        if e % self.tr["pretrain"]["epochs"] == 0:      # the layer is done: drop its decoder
+            state.decoder, state.opt_state = None, {}
+
+    def save(self) -> int:
+        return 0                                        # no training epoch completed yet
+
+    def more(self, e: int) -> bool:
+        return e < self.plan.pretrain_epochs_total or self.plan.epochs_total > 0
+
+
+def run(plan: Plan, data: Prepared, state: TrainState, poll: Poll, on_epoch,
+        checkpoint_every: int, on_checkpoint) -> tuple[str | None, dict | None]:
+    """Run the pretraining epochs left in state (updating it) -> (interrupted reason, error)."""
+    per_layer = plan.training["pretrain"]["epochs"]
+    hidden = pretrained_layers(plan.layers)
+    while state.pretrain_epoch < plan.pretrain_epochs_total:
+        j = state.pretrain_epoch // per_layer
+        phase = Pretraining(plan, data, state, hidden[j])
+        answer = driver.run(phase, range(state.pretrain_epoch + 1, (j + 1) * per_layer + 1),
+                            state, data.fingerprint, poll, on_epoch, checkpoint_every,
+                            on_checkpoint)
+        del phase                         # its inputs go before the next layer's are made
+        if answer != (None, None):
+            return answer
     return None, None

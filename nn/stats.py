@@ -7,7 +7,8 @@ kept in the data's order (all of the training split if it has no more samples th
 At the end of every epoch, with the weights as they are then, the network runs one forward
 pass over the probe batch in eval mode (no dropout; dropout scales by its keep probability)
 and one backward pass of the mean training loss over the batch (without weight decay).
-For every layer with parameters (dense) one row is reported:
+For every layer with parameters one row is reported (layer_stats() says what a row of
+each layer type covers); for dense layers:
 
 - weight_mean_abs, weight_norm, weight_max_abs, weight_std: mean |w|, L2 norm sqrt(sum w^2),
   max |w| and standard deviation of the layer's weight matrix W only (biases excluded);
@@ -41,18 +42,6 @@ def probe_size(n: int) -> int:
     return min(PROBE_SIZE, max(PROBE_MIN, -(-n // PROBE_SHARE)))
 
 
-def summary(prefix: str, x: np.ndarray) -> dict[str, float]:
-    """mean |x|, L2 norm, max |x|, std of x (ufunc reductions: a few microseconds)."""
-    flat = x.ravel()
-    n = flat.size
-    absx = np.abs(flat)
-    dev = flat - np.add.reduce(flat) / n             # two-pass std, as numpy's
-    return {f"{prefix}_mean_abs": float(np.add.reduce(absx)) / n,
-            f"{prefix}_norm": math.sqrt(float(np.dot(flat, flat))),
-            f"{prefix}_max_abs": float(np.maximum.reduce(absx)),
-            f"{prefix}_std": math.sqrt(float(np.dot(dev, dev)) / n)}
-
-
 def activation_stats(a: np.ndarray, activation: str) -> dict[str, float | None]:
     """act_mean (accumulated in float64), act_saturated_fraction, act_dead_fraction of a."""
     saturated = dead = None
@@ -78,6 +67,17 @@ PARAM_FIELDS = ("param", *ROW_KEYS)
 ONE_PASS = 1 << 14        # LayerStats: arrays of more numbers than this in all: one-pass std
 COUNTED = {"sigmoid": "act_saturated_fraction", "tanh": "act_saturated_fraction",
            "relu": "act_dead_fraction"}         # the fraction each activation reports
+
+
+class RowPlan(NamedTuple):
+    """What one statistics row is made of."""
+    index: int                                       # the layer's index in the network
+    name: str                                        # "<kind>_<index>"
+    layer: object
+    arrays: list[tuple[str, int]]                    # (key, its array's index), every array
+    weights: list[int]                               # the arrays weight_* and grad_* cover
+    counted: str | None                              # the act_* fraction it reports
+    activation: str | None
 
 
 class Moments(NamedTuple):
@@ -141,7 +141,7 @@ class LayerStats:
         self.vec = self.scratch = None                 # float64 buffers, made when needed
         self.out = np.empty((4, 2 * k))                # STAT_KEYS x arrays
         self.flat_seen: object = None                  # a Flat seen to match our order
-        self.rows_plan = []                            # per row: what it is made of
+        self.rows_plan: list[RowPlan] = []
         j = 0
         for i, layer, shapes in keyed:
             keys = tuple(shapes)
@@ -149,13 +149,13 @@ class LayerStats:
             j += len(keys)
             weight = [own[keys.index(w)] for w in layer.weight_keys]
             counted = COUNTED.get(layer.stat_activation)
-            self.rows_plan.append((i, f"{layer.kind}_{i}", layer, list(zip(keys, own)),
-                                   weight, counted, layer.stat_activation))
-        self.combines = any(len(plan[4]) > 1 for plan in self.rows_plan)
+            self.rows_plan.append(RowPlan(i, f"{layer.kind}_{i}", layer, list(zip(keys, own)),
+                                          weight, counted, layer.stat_activation))
+        self.combines = any(len(row.weights) > 1 for row in self.rows_plan)
         self.kinds = {}                                # activation: the rows it counts in
-        for r, plan in enumerate(self.rows_plan):
-            if plan[5] is not None:
-                self.kinds.setdefault(plan[6], []).append(r)
+        for r, row in enumerate(self.rows_plan):
+            if row.counted is not None:
+                self.kinds.setdefault(row.activation, []).append(r)
         self.act_layout: tuple | None = None           # (bounds, cuts, sizes) of acts
 
     def __call__(self, params, grads, outputs, caches, traces=None, flat=None,
@@ -300,7 +300,7 @@ def layer_stats(layers, params, grads, outputs, caches, traces=None) -> list[dic
     each layer's output and cache from the probe forward; traces: from the probe backward.
     (A run makes one LayerStats and calls it every epoch.)
 
-    Beyond dense layers (docs/engine-api.md repeats this; openapi.yaml will too):
+    Beyond dense layers (docs/engine-api.md and openapi.yaml repeat this):
     - name is "<type>_<index>" ("dense_0", "conv2d_1", "lstm_2", ...).
     - The row's weight_* and grad_* summarise the layer's weight arrays (biases, and layer
       norm's beta, excluded), all of them concatenated: dense and conv2d W; rnn and lstm

@@ -1,4 +1,4 @@
-"""Per-sample SGD on tiny dense nets in plain Python floats (nn/fastpath.py says when).
+"""Per-sample SGD on tiny dense nets in plain Python floats (nn/engines/dense.py says when).
 
 A 2-4-1 net has 17 weights: a NumPy call costs more than the arithmetic it does, and a step
 of the general path makes about fifty of them. Here an epoch converts the weights and the
@@ -7,12 +7,12 @@ and writes the weights, the output pre-activations (for the on-the-fly metrics) 
 optimizer's step count back at the end.
 
 Every element-wise operation is the general path's, in the same order (float64 arithmetic
-is the same in Python and NumPy): sigmoid = (1 + tanh(z/2)) / 2, the squared error's
+is the same in Python and NumPy): sigmoid = e / (1 + e) with e = exp(-|z|), the squared error's
 (a - t) a (1 - a), w <- w - (x d) lr. Two things round differently: the dot products sum in
 order, where OpenBLAS's kernels use fused multiply-adds and their own order for most shapes,
 and math.tanh is libm's, which differs from NumPy's SIMD tanh by up to 3 ulps on about a
 quarter of the inputs. So results agree to rounding, not bit for bit (~1e-13 relative after
-an epoch or two, tests/nn/test_fastpath.py); where training is unstable, last-bit
+an epoch or two, tests/nn/engines/test_dense.py); where training is unstable, last-bit
 differences grow, as between any two BLAS builds.
 Plain SGD only (no momentum, no weight decay): the textbook's rule; other optimizers use the
 NumPy-buffer engine, as does the statistics' probe pass (all its samples at once).
@@ -28,7 +28,7 @@ from .network import Weights
 
 
 def _sigmoid(z):
-    return [(tanh(v * 0.5) + 1.0) * 0.5 for v in z]
+    return [1.0 / (1.0 + exp(-v)) if v >= 0.0 else exp(v) / (1.0 + exp(v)) for v in z]
 
 
 def _relu(z):

@@ -12,25 +12,20 @@ output as the network computed it in train mode during the epoch (before its own
 averaged over the epoch. val_loss and val_accuracy are measured after the epoch in eval mode.
 """
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Callable
 
 import numpy as np
 
-from . import budget, checkpoint, fastpath, network, pretrain
+from . import budget, checkpoint, driver, engines, network, pretrain
 from .checkpoint import TrainState
-from .epoch import EpochReport, backprop_epoch, copied, finite, measure, metrics, \
-    weights_finite
-from .losses import LOSSES
+from .driver import EpochReport, Metrics, Poll, measure, metrics
 from .model import Model, model_meta
 from .optim import learning_rate, make_optimizer
-from .perceptron import count_errors, perceptron_epoch
+from .perceptron import count_errors
 from .prepare import Prepared, prepare
 from .spec import Plan
 from .stats import LayerStats
 from .weights import Weights, check_weights
-
-POLL_INTERVAL_S = 0.25
 
 __all__ = ["EpochReport", "TrainResult", "train"]
 
@@ -54,47 +49,6 @@ class Snapshot:
     validation: np.ndarray        # (N_val,) indices of the validation split's rows in the data
 
 
-class _Poll:
-    """Asks should_stop at most every POLL_INTERVAL_S; remembers the answer."""
-
-    def __init__(self, should_stop: Callable[[], str | None] | None) -> None:
-        self.fn = should_stop
-        self.answer: str | None = None
-        self.next = perf_counter() + POLL_INTERVAL_S
-
-    def __call__(self, force: bool = False) -> bool:
-        if self.fn is None:
-            return False
-        now = perf_counter()
-        if not force and now < self.next:
-            return False
-        self.next = now + POLL_INTERVAL_S
-        self.answer = self.fn()
-        return self.answer is not None
-
-
-def _evaluate(plan: Plan, params: Weights, x: np.ndarray, t: np.ndarray, y, rows: int
-              ) -> tuple:
-    return measure(list(plan.layers), plan.training["loss"], params, x, t, y, rows)
-
-
-def _probe_stats(stats: LayerStats, plan: Plan, params: Weights, x: np.ndarray,
-                 t: np.ndarray, fast: fastpath.DenseStack | None = None) -> list[dict]:
-    layers = list(plan.layers)
-    if fast is not None:                           # the engine's own probe pass
-        outputs, grads, acts = fast.probe(params, x, t)
-        return stats(params, grads, outputs, None, flat=fast.flat, acts=acts)
-    outputs: list = []
-    out, caches = network.forward(layers, params, x, train=False, outputs=outputs)
-    grads = traces = None
-    if plan.training["algorithm"] == "backprop":
-        loss = LOSSES[plan.training["loss"]]
-        d = loss.grad(network.output_z(caches), out, t)       # as training computes it
-        traces = [{} for _ in layers]
-        grads = network.backward(layers, d, caches, wrt_z=loss.fused, traces=traces)
-    return stats(params, grads, outputs, caches, traces)
-
-
 def _track_best(state: TrainState, value: float, es: dict | None) -> None:
     """Best epoch so far by the monitored loss; with early stopping keep its weights and stop
     after `patience` epochs without an improvement of more than min_delta."""
@@ -109,71 +63,75 @@ def _track_best(state: TrainState, value: float, es: dict | None) -> None:
         state.stop_reason = "early_stopping"
 
 
-def _epochs(plan: Plan, data: Prepared, state: TrainState, poll: _Poll,
-            on_epoch: Callable[[EpochReport], None] | None, checkpoint_every: int,
-            on_checkpoint: Callable[[int, bytes], None] | None, rows: int
-            ) -> tuple[str | None, dict | None]:
-    """The training epochs left in state -> (interrupted reason, error); validation runs
-    forward in chunks of `rows` samples."""
-    tr = plan.training
-    layers = list(plan.layers)
-    opt = make_optimizer(tr, [l.decayed() for l in layers])
-    if state.opt_state:
-        opt.load_state(state.opt_state)
-    es = tr["early_stopping"]
-    perceptron = tr["algorithm"] == "perceptron"
-    monitor = "val_loss" if len(data.x_val) else "train_loss"
-    zbuf = np.empty((len(data.x), *layers[-1].out_shape), dtype=data.x.dtype)
-    probe_x, probe_t = data.x[data.probe], data.t[data.probe]
-    act = layers[-1].activation
-    fast = fastpath.engine(tr, layers, tr["loss"], opt, data.x.dtype)
-    reporter = LayerStats(layers)
-    while state.stop_reason is None and state.epoch < plan.epochs_total:
-        t0 = perf_counter()
-        e = state.epoch + 1
+class Training:
+    """The training epochs as a driver.Phase: the whole net on the training split, epoch e
+    shuffled and with dropout masks from a generator seeded by (seed, e)."""
+    name, layer = "train", None
+
+    def __init__(self, plan: Plan, data: Prepared, state: TrainState, rows: int) -> None:
+        tr = self.tr = plan.training
+        self.plan, self.data, self.state, self.rows = plan, data, state, rows
+        self.layers = list(plan.layers)
+        self.opt = make_optimizer(tr, [l.decayed() for l in self.layers])
+        if state.opt_state:
+            self.opt.load_state(state.opt_state)
+        self.engine = engines.choose(tr, self.layers, tr["loss"], self.opt, data.x.dtype)
+        self.stats_on = tr["stats"]
+        self.reporter = LayerStats(self.layers)
+        self.monitor = "val_loss" if len(data.x_val) else "train_loss"
+        self.zbuf = np.empty((len(data.x), *self.layers[-1].out_shape), dtype=data.x.dtype)
+        self.probe_x, self.probe_t = data.x[data.probe], data.t[data.probe]
+        self.ts = self.ys = None
+
+    def trained(self) -> Weights:
+        return self.state.params
+
+    def restore(self, snapshot: Weights) -> None:
+        self.state.params = snapshot
+
+    def learning_rate(self, e: int) -> float:
+        return learning_rate(self.tr, e)
+
+    def train(self, e: int, lr: float, poll: Poll) -> bool:
+        tr, data = self.tr, self.data
         rng = np.random.default_rng([tr["seed"], e])
-        lr = learning_rate(tr, e)
-        snapshot = network.copy_weights(state.params)
         order = rng.permutation(len(data.x)) if tr["shuffle"] else None
         pick = slice(None) if order is None else order
-        ts = data.t[pick]
-        if perceptron:
-            done = perceptron_epoch(state.params, data.x[pick], ts, lr, zbuf, poll)
-        elif fast is None and (order is None or copied(data.x)):
-            done = backprop_epoch(layers, tr["loss"], tr["batch_size"], state.params, opt,
-                                  data.x[pick], ts, rng, lr, zbuf, poll)   # one shuffled copy
-        else:           # large data batch by batch; the engine takes its rows itself
-            done = backprop_epoch(layers, tr["loss"], tr["batch_size"], state.params, opt,
-                                  data.x, ts, rng, lr, zbuf, poll, fast, order)
-        if not done:
-            state.params = snapshot
-            return poll.answer, None
-        ys = None if data.y is None else data.y[pick]
-        train_loss, train_acc = metrics(tr["loss"], act, zbuf, ts, ys)
-        val_loss, val_acc = _evaluate(plan, state.params, data.x_val, data.t_val, data.y_val,
-                                      rows)
-        if not (finite(train_loss, val_loss) and weights_finite(state.params)):
-            state.params = snapshot
-            return "diverged", {"code": "diverged", "message": f"training diverged at epoch "
-                                f"{e}: the loss became non-finite (train {train_loss}, "
-                                f"validation {val_loss}); try a smaller learning rate"}
-        stats = _probe_stats(reporter, plan, state.params, probe_x, probe_t, fast) \
-            if tr["stats"] else []
+        self.ts = data.t[pick]
+        self.ys = None if data.y is None else data.y[pick]
+        return self.engine.epoch(self.state.params, self.opt, data.x, self.ts, order,
+                                 tr["batch_size"], lr, self.zbuf, rng, poll)
+
+    def measure(self) -> Metrics:
+        d = self.data
+        train_loss, train_acc = metrics(self.tr["loss"], self.layers[-1].activation,
+                                        self.zbuf, self.ts, self.ys)
+        val_loss, val_acc = measure(self.layers, self.tr["loss"], self.state.params, d.x_val,
+                                    d.t_val, d.y_val, self.rows)
+        return Metrics(train_loss, val_loss, train_acc, val_acc)
+
+    def diverged(self, e: int, m: Metrics) -> str:
+        return (f"training diverged at epoch {e}: the loss became non-finite (train "
+                f"{m.train_loss}, validation {m.val_loss}); try a smaller learning rate")
+
+    def stats(self) -> list[dict]:
+        return self.engine.stats(self.reporter, self.state.params, self.probe_x, self.probe_t)
+
+    def record(self, e: int, m: Metrics) -> None:
+        state = self.state
         state.epoch = e
-        state.last = {"train_loss": train_loss, "val_loss": val_loss,
-                      "train_accuracy": train_acc, "val_accuracy": val_acc}
-        _track_best(state, val_loss if monitor == "val_loss" else train_loss, es)
-        if perceptron and count_errors(zbuf, ts) == 0:
+        state.last = m._asdict()
+        _track_best(state, m.val_loss if self.monitor == "val_loss" else m.train_loss,
+                    self.tr["early_stopping"])
+        if self.tr["algorithm"] == "perceptron" and count_errors(self.zbuf, self.ts) == 0:
             state.stop_reason = "converged"
-        if on_epoch is not None:
-            on_epoch(EpochReport(e, "train", train_loss, val_loss, train_acc, val_acc,
-                                 perf_counter() - t0, lr, stats))
-        if checkpoint_every and on_checkpoint is not None and e % checkpoint_every == 0:
-            state.opt_state = opt.state()
-            on_checkpoint(e, checkpoint.dump(state, data.fingerprint))
-        if state.stop_reason is None and e < plan.epochs_total and poll(force=True):
-            return poll.answer, None
-    return None, None
+
+    def save(self) -> int:
+        self.state.opt_state = self.opt.state()
+        return self.state.epoch
+
+    def more(self, e: int) -> bool:
+        return self.state.stop_reason is None and e < self.plan.epochs_total
 
 
 def _initial_params(plan: Plan) -> Weights:
@@ -217,7 +175,7 @@ def train(plan: Plan, inputs, targets, *,
         state = TrainState(0, _initial_params(plan))
     perceptron = tr["algorithm"] == "perceptron"
     monitor = "val_loss" if len(data.x_val) else "train_loss"
-    poll = _Poll(should_stop)
+    poll = Poll(should_stop)
     rows = budget.eval_rows(layers, budget.batch_rows(plan), dtype.itemsize)
     interrupted: str | None = None
     error = None
@@ -225,13 +183,16 @@ def train(plan: Plan, inputs, targets, *,
         if state.epoch == 0 and state.pretrain_epoch < plan.pretrain_epochs_total:
             interrupted, error = pretrain.run(plan, data, state, poll, on_epoch,
                                               checkpoint_every, on_checkpoint)
-        if interrupted is None:
-            interrupted, error = _epochs(plan, data, state, poll, on_epoch, checkpoint_every,
-                                         on_checkpoint, rows)
+        if interrupted is None and state.stop_reason is None:
+            interrupted, error = driver.run(
+                Training(plan, data, state, rows), range(state.epoch + 1, plan.epochs_total + 1),
+                state, data.fingerprint, poll, on_epoch, checkpoint_every, on_checkpoint)
         if not state.last:                         # no epoch ran: measure the initial weights
-            train_loss, train_acc = _evaluate(plan, state.params, data.x, data.t, data.y, rows)
-            val_loss, val_acc = _evaluate(plan, state.params, data.x_val, data.t_val,
-                                          data.y_val, rows)
+            loss = tr["loss"]
+            train_loss, train_acc = measure(layers, loss, state.params, data.x, data.t, data.y,
+                                            rows)
+            val_loss, val_acc = measure(layers, loss, state.params, data.x_val, data.t_val,
+                                        data.y_val, rows)
             state.last = {"train_loss": train_loss, "val_loss": val_loss,
                           "train_accuracy": train_acc, "val_accuracy": val_acc}
     stop_reason = interrupted or state.stop_reason

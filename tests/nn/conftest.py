@@ -2,7 +2,7 @@
 import os
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    # One BLAS thread, as bench/engine.py measures: the engine's matrices are small, and on a
+    # One BLAS thread, as bench/suite.py measures: the engine's matrices are small, and on a
     # 2-CPU machine a threaded BLAS makes a CNN epoch several times slower. (Only effective
     # when numpy is not imported yet, e.g. `pytest tests/nn`.)
     os.environ.setdefault(_var, "1")
@@ -34,3 +34,12 @@ def blobs():
     y = np.repeat(np.arange(3), 100)
     X = centres[y] + rng.normal(0, 1.0, (300, 2))
     return X, np.array(["a", "b", "c"])[y]
+
+
+def step(opt, params, grads, lr: float) -> None:
+    """One optimizer step of params with grads, as training takes it (through a Flat)."""
+    from nn.optim import Flat
+    flat = Flat(params)
+    flat.adopt(params)
+    flat.gather(grads)
+    opt.step_flat(flat, lr)

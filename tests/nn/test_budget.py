@@ -15,7 +15,7 @@ import pytest
 
 import nn
 from nn import budget
-from nn.epoch import measure
+from nn.driver import measure
 from nn.layers import LAYERS
 from nn.prepare import prepare
 from tests.nn.conftest import dense, plan_for

@@ -2,16 +2,17 @@
 import numpy as np
 import pytest
 
-from nn.epoch import metrics
+from nn.driver import metrics
 from nn.optim import FLUSH_EVERY, learning_rate, make_optimizer
-from nn.stats import activation_stats, summary
+from nn.stats import activation_stats
+from tests.nn.conftest import step
 
 
 def run(optimizer: dict, grads: list[np.ndarray], weight_decay: float = 0.0, lr: float = 0.1):
     opt = make_optimizer({"optimizer": optimizer, "weight_decay": weight_decay})
     params = [{"W": np.array([1.0, -2.0]), "b": np.array([0.5])}]
     for g in grads:
-        opt.step(params, [{"W": g.copy(), "b": g[:1].copy()}], lr)
+        step(opt, params, [{"W": g.copy(), "b": g[:1].copy()}], lr)
     return params[0], opt
 
 
@@ -59,7 +60,7 @@ def test_adam_in_place_is_bit_for_bit_the_expressions(dtype):
     m, v = np.zeros_like(w), np.zeros_like(w)
     for t in range(1, 60):
         g = (rng.standard_normal((5, 7)) * (t % 7 != 0)).astype(dtype)
-        opt.step(params, [{"W": g.copy()}], 0.01)
+        step(opt, params, [{"W": g.copy()}], 0.01)
         g = g + 0.01 * ref_w
         m = 0.9 * m + (1.0 - 0.9) * g
         v = 0.999 * v + (1.0 - 0.999) * (g * g)
@@ -83,11 +84,11 @@ def test_decaying_slots_never_linger_as_subnormal_numbers(optimizer, dtype):
     w = np.array([1.0, 0.5], dtype)
     params = [{"W": w}]
     g0 = np.array([1e-3, tiny * 2.0 ** 34], dtype)       # one ordinary, one near the flush
-    opt.step(params, [{"W": g0.copy()}], 0.01)
+    step(opt, params, [{"W": g0.copy()}], 0.01)
     first_slot = "m.0.W" if optimizer["type"] == "adam" else "v.0.W"   # decays by mu
     subnormal_steps, v_big = 0, []
     for _ in range(FLUSH_EVERY * 40):
-        opt.step(params, [{"W": np.zeros(2, dtype)}], 0.01)
+        step(opt, params, [{"W": np.zeros(2, dtype)}], 0.01)
         for s in opt.slots.values():
             assert s.dtype == dtype
             subnormal_steps += int(np.count_nonzero((s != 0) & (np.abs(s) < tiny)))
@@ -113,14 +114,6 @@ def test_learning_rate_schedules():
     exp = {**base, "lr_schedule": {"type": "exponential", "gamma": 0.5}}
     assert [learning_rate(exp, e) for e in (1, 2, 3)] == [1, 0.5, 0.25]
     assert learning_rate({**base, "lr_schedule": None}, 7) == 1.0
-
-
-def test_summary_matches_numpy():
-    x = np.random.default_rng(0).normal(size=(5, 3))
-    s = summary("grad", x)
-    assert s == pytest.approx({"grad_mean_abs": np.abs(x).mean(),
-                               "grad_norm": np.linalg.norm(x),
-                               "grad_max_abs": np.abs(x).max(), "grad_std": x.std()})
 
 
 def test_activation_statistics_definitions():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import nn
-from tests.nn.conftest import dense
+from tests.nn.conftest import dense, step
 from tests.nn.test_train import same
 
 GLYPHS = nn.generate("glyphs", 120, 15, seed=0)
@@ -191,7 +191,7 @@ def test_weight_decay_skips_biases_and_layer_norm():
     opt = make_optimizer({"optimizer": {"type": "sgd", "momentum": 0.0, "nesterov": False},
                           "weight_decay": 0.5}, [("W",), ()])
     params = [{"W": np.ones(2), "b": np.ones(1)}, {"gamma": np.ones(2)}]
-    opt.step(params, [{"W": np.zeros(2), "b": np.zeros(1)}, {"gamma": np.zeros(2)}], 0.1)
+    step(opt, params, [{"W": np.zeros(2), "b": np.zeros(1)}, {"gamma": np.zeros(2)}], 0.1)
     assert params[0]["W"].tolist() == [0.95, 0.95] and params[0]["b"][0] == 1.0
     assert params[1]["gamma"].tolist() == [1.0, 1.0]
 

@@ -179,9 +179,7 @@ def test_should_stop_between_epochs_keeps_weights(xor_data):
 
 
 def test_should_stop_within_a_long_epoch(monkeypatch):
-    import importlib
-    train_module = importlib.import_module("nn.train")
-    monkeypatch.setattr(train_module, "POLL_INTERVAL_S", 0.0)
+    monkeypatch.setattr(nn.driver, "POLL_INTERVAL_S", 0.0)
     X, y = nn.generate("xor", 2000, 0, seed=0)
     plan = plan_for([dense(4), dense(1)], {"epochs": 5, "seed": 0}, X, y)
     calls = []

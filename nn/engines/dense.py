@@ -1,63 +1,32 @@
-"""Fast paths for stacks of dense layers: the general layer-by-layer code's arithmetic
-(nn/epoch.py's backprop_epoch), to rounding, without its per-batch costs.
+"""The fast engine for stacks of dense layers on (D,) inputs: the reference's arithmetic, to
+rounding, without its per-batch costs (any loss, batch size and optimizer).
 
-When it applies (`engine()` decides once per run, or per pretrained layer): every layer is
-dense, the per-sample input is a vector (D,), the algorithm is backprop; any loss, batch
-size and optimizer. Anything else (dropout, convolutions, sequences, the perceptron) takes the
-general path.
-
-Why: for small nets an epoch is thousands of tiny steps, and a step of the general path
-spends most of its time in Python and NumPy call overhead: a cache tuple per layer, fresh
-arrays for every activation, derivative and gradient, reshapes, four calls per array in the
-optimizer. Here each batch size gets its buffers once (_Pass), activations and their
-derivatives are computed in place with `out=`, cross-entropy's targets are one-hot columns
-made once per epoch, and the parameters, gradients and optimizer slots live in flat vectors
-(nn/optim.py's Flat), so one optimizer step is a few calls for the whole net. A step works on
-transposes with the biases folded into the products (_Pass's docstring): no bias additions
-and no bias-gradient reductions, which were a tenth of a digits-mlp step (issue #6). So it
-agrees with the general path to rounding, not bit for bit (b is added inside the product's
-sum, db summed in BLAS's order): ~1e-14 relative after an epoch (tests/nn/test_fastpath.py);
-where training is unstable such last-bit differences grow, as between two BLAS builds. Runs
-stay deterministic, and a resumed run is bit-identical to one that never stopped; the
-optimizer is the run's own object, so its state and checkpoints are unchanged. The engine
-takes each epoch's rows itself, in the epoch's order (np.take), beside a column of ones: in
-one copy, or batch by batch for large data (nn/epoch.py's copied()). The statistics'
-probe pass is the same pass over the probe rows, in the buffers of a batch of their number
-(warm from training when that is the batch size), and the parameters and gradients it
-summarises are read straight from the flat vectors.
-
-For per-sample SGD (batch_size 1) on tiny float64 nets even that is mostly overhead (a dozen
-NumPy calls per layer on arrays of a few numbers), and plain Python floats are faster:
-nn/tinynet.py, chosen when `tiny_is_faster()` (a cost model fitted to per-sample epochs of
-2-H-1 and deeper nets of 3 to 17 units a layer, float64, on a 2-core AMD EPYC: Python costs
-about 1.1 us per layer + 0.6 us per unit + 0.09 us per weight and sample, the buffers about
-5.5 us per layer + 5.5; 2-4-1 runs 2.4x faster in Python, 2-16-1 the same, 2-8-8-8-1 1.2x
-slower, a 9-layer net of 3 units 1.7x faster). It agrees with the general path to rounding
-too (its dot products sum in order, BLAS's do not; libm's tanh is not NumPy's): ~1e-13
-relative after an epoch or two.
-
-Which engine trains is the plan's training.engine ("reference": never this one).
+Each batch size gets its buffers once (_Pass), activations and their derivatives run in
+place (nn/activations.py's *_into forms), and the parameters, gradients and optimizer slots
+lie in flat vectors (nn/optim.py's Flat), so a step is a few calls for the whole net. It
+agrees with the reference to rounding, not bit for bit (b is added inside the product's sum,
+dot products sum in BLAS's order); runs stay deterministic and resume bit-identically.
+Per-sample SGD on tiny float64 nets runs in plain Python floats (nn/tinynet.py), cheaper
+than a dozen NumPy calls per layer on arrays of a few numbers (bench/README.md).
 """
 from itertools import accumulate
 from typing import Callable
 
 import numpy as np
 
-from .activations import ACTIVATIONS
-from .epoch import copied
-from .layers import Layer
-from .layers.dense import Dense
-from .network import Weights
-from .optim import Flat
-from .tinynet import TinyNet
+from ..activations import ACTIVATIONS
+from ..layers import Layer
+from ..layers.dense import Dense
+from ..network import Weights
+from ..optim import Flat, Optimizer
+from ..stats import LayerStats
+from ..tinynet import TinyNet
+from . import copied
 
 
-
-def engine(training: dict, layers: list[Layer], loss: str, optimizer, dtype
-           ) -> "DenseStack | None":
-    """The fast engine training.engine asks for on this net, or None for the reference."""
-    if not applies(training, layers):
-        return None
+def engine(training: dict, layers: list[Layer], loss: str, optimizer: Optimizer, dtype
+           ) -> "DenseStack":
+    """The dense engine for this net and training (applies() must hold)."""
     tiny = uses_tiny(layers, training["batch_size"], optimizer, dtype)
     return DenseStack(layers, loss, TinyNet(layers, loss) if tiny else None)
 
@@ -76,7 +45,7 @@ def uses_tiny(layers: list[Dense], batch_size: int | None, optimizer, dtype) -> 
 
 
 def step_us(layers: list[Dense]) -> tuple[float, float]:
-    """Per-sample cost model (us per sample; see the module docstring): (plain Python
+    """Per-sample cost model, us per sample on the machine of bench/README.md: (plain Python
     floats, the buffers)."""
     units = sum(l.units for l in layers)
     weights = sum(l.in_shape[0] * l.units for l in layers)
@@ -86,49 +55,6 @@ def step_us(layers: list[Dense]) -> tuple[float, float]:
 def tiny_is_faster(layers: list[Dense]) -> bool:
     tiny, buffers = step_us(layers)
     return tiny < buffers
-
-
-def activate(name: str, z: np.ndarray, out: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """a^T = f(z^T) into out, as nn/activations.py computes it, for transposes z^T (units,
-    n): softmax over the class axis 0; row: (1, n) scratch for it. -> out"""
-    if name == "relu":
-        return np.maximum(z, 0.0, out=out)
-    if name == "sigmoid":
-        np.multiply(z, 0.5, out=out)                     # (1 + tanh(z/2)) / 2
-        np.tanh(out, out=out)
-        out += 1.0
-        out *= 0.5
-        return out
-    if name == "tanh":
-        return np.tanh(z, out=out)
-    if name == "linear":
-        np.copyto(out, z)
-        return out
-    np.maximum.reduce(z, axis=0, keepdims=True, out=row)    # softmax, shifted by the max
-    np.subtract(z, row, out=out)
-    np.exp(out, out=out)
-    out /= np.add.reduce(out, axis=0, keepdims=True, out=row)
-    return out
-
-
-def grad_z(name: str, da: np.ndarray, z: np.ndarray, a: np.ndarray, tmp: np.ndarray,
-           mask: np.ndarray) -> np.ndarray:
-    """dL/dz = f'(z) * da, overwriting da (the general path's operations, in place)."""
-    if name == "relu":
-        np.greater(z, 0, out=mask)                       # d relu = 1 where z > 0
-        return np.multiply(da, mask, out=da)
-    if name == "sigmoid":
-        np.multiply(da, a, out=da)                       # da a (1 - a)
-        np.subtract(1.0, a, out=tmp)
-        return np.multiply(da, tmp, out=da)
-    if name == "tanh":
-        np.multiply(a, a, out=tmp)                       # da (1 - a^2)
-        np.subtract(1.0, tmp, out=tmp)
-        return np.multiply(da, tmp, out=da)
-    if name == "linear":
-        return da
-    da[...] = ACTIVATIONS[name].backward(da, z, a)       # softmax without cross-entropy: rare
-    return da
 
 
 def _beside_ones(n: int, d: int, dtype) -> np.ndarray:
@@ -164,7 +90,6 @@ class _Pass:
         self.d = np.empty((sizes[-1], n), dtype)
         self.tmp = [np.empty((k, n), dtype) for k in sizes[1:]]
         self.mask = [np.empty((k, n), bool) for k in sizes[1:]]
-        self.row = np.empty((1, n), dtype)
         where = {(i, key): sl for i, key, _, sl in flat.entries}
         spans = [slice(where[i, "W"].start, where[i, "b"].stop) for i in range(flat.layers)]
         self.wb = [flat.w[sl].reshape(d + 1, k) for sl, d, k in zip(spans, sizes, sizes[1:])]
@@ -179,17 +104,14 @@ class _Pass:
         inputs = [xa.T, *self.h[:-1]]
         for i in range(last + 1):                                 # forward
             np.matmul(self.wb[i].T, inputs[i], out=self.z[i])     # z^T = [W; b]^T [x^T; 1]
-            activate(acts[i], self.z[i], self.a[i], self.row)
+            ACTIVATIONS[acts[i]].forward_into(self.z[i], self.a[i], self.tmp[i],
+                                              self.mask[i], 0)
         d = np.subtract(self.a[last], tT, out=self.d)             # backward: nn/losses.py's
         d *= 1.0 / d.shape[1]                                     # grads over the batch's n
         for i in range(last, -1, -1):
             if i < last or loss == "squared_error":
-                if acts[i] == "softmax":                          # (rare: softmax + squared
-                    d = d.T                                       # error) per sample rows
-                    d[...] = ACTIVATIONS["softmax"].backward(d, self.z[i].T, self.a[i].T)
-                    d = d.T
-                else:
-                    d = grad_z(acts[i], d, self.z[i], self.a[i], self.tmp[i], self.mask[i])
+                d = ACTIVATIONS[acts[i]].grad_into(d, self.z[i], self.a[i], self.tmp[i],
+                                                   self.mask[i], 0)
             np.matmul(inputs[i], d.T, out=self.gwb[i])            # [dW; db] = [x^T; 1] dz
             if i:
                 d = np.matmul(self.wb[i][:-1], d, out=self.dx[i - 1])   # dx^T = W dz^T
@@ -223,13 +145,12 @@ class DenseStack:
             p = self.passes[n] = _Pass(self.sizes, self.flat, n, dtype)
         return p
 
-    def epoch(self, params: Weights, opt, xs: np.ndarray, ts: np.ndarray, batch_size: int | None,
-              lr: float, zbuf: np.ndarray, poll: Callable[[], bool],
-              order: np.ndarray | None = None) -> bool:
-        """backprop_epoch's contract: steps over (xs, ts) in order (xs[order] with order),
-        each batch's output z into zbuf (before its update). The rows are taken into the
-        engine's buffers: small data in one copy per epoch, large batch by batch
-        (nn/epoch.py's copied()). -> False when poll() asked to stop."""
+    def epoch(self, params: Weights, opt: Optimizer, xs: np.ndarray, ts: np.ndarray,
+              order: np.ndarray | None, batch_size: int | None, lr: float, zbuf: np.ndarray,
+              rng: np.random.Generator, poll: Callable[[], bool]) -> bool:
+        """The reference's contract (nn/engines/reference.py). The rows are taken into the
+        engine's buffers beside a column of ones: small data in one copy per epoch, large
+        batch by batch (copied())."""
         flat = self._adopt(params)               # (tiny writes its floats back into them)
         if self.tiny is not None:
             xs = xs if order is None else xs[order]
@@ -261,6 +182,12 @@ class DenseStack:
             if k & 15 == 15 and poll():
                 return False
         return True
+
+    def stats(self, reporter: LayerStats, params: Weights, x: np.ndarray, t: np.ndarray
+              ) -> list[dict]:
+        """The statistics rows of the probe rows (x, t), from this engine's own pass."""
+        outputs, grads, acts = self.probe(params, x, t)
+        return reporter(params, grads, outputs, None, flat=self.flat, acts=acts)
 
     def probe(self, params: Weights, x: np.ndarray, t: np.ndarray
               ) -> tuple[list[np.ndarray], Weights, tuple]:

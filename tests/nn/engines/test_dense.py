@@ -1,22 +1,22 @@
-"""The fast paths for dense stacks (nn/fastpath.py, nn/tinynet.py) against the general
-layer-by-layer path, to rounding; resume, stopping, pretraining and the statistics through
+"""The dense engine (nn/engines/dense.py, with nn/tinynet.py) against the reference
+(nn/engines/reference.py), to rounding; resume, stopping, pretraining and the statistics through
 them."""
-import importlib
 import io
 
 import numpy as np
 import pytest
 
 import nn
-from nn import fastpath, network
-from nn.epoch import measure
+from nn import engines, network
+from nn.driver import measure
+from nn.engines import dense as dense_engine
+from nn.engines.dense import DenseStack
+from nn.engines.reference import Reference
 from nn.gradcheck import numerical_gradient
 from nn.optim import make_optimizer
 from nn.prepare import prepare
 from tests.nn.conftest import dense, plan_for
 from tests.nn.test_train import same
-
-train_module = importlib.import_module("nn.train")
 
 SGD = {"type": "sgd", "learning_rate": 0.3}
 MOMENTUM = {"type": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True}
@@ -142,7 +142,7 @@ def test_pure_python_engine_matches_the_general_path_to_rounding(case, xor_data)
     X, y = xor_data
     training = {"epochs": 2, "seed": 1, "optimizer": SGD, **training}
     plan = plan_for(layers, training, X, y)
-    engine = fastpath.engine(plan.training, list(plan.layers), plan.training["loss"],
+    engine = dense_engine.engine(plan.training, list(plan.layers), plan.training["loss"],
                              make_optimizer(plan.training), np.float64)
     assert engine is not None and engine.tiny is not None          # it is the one tested
     general, general_reports = run("reference", layers, training, X, y)
@@ -197,9 +197,11 @@ def test_which_engine():
 
     def chosen(layers, **training):
         plan = plan_for(layers, {"epochs": 1, **training}, X, y)
-        engine = fastpath.engine(plan.training, list(plan.layers), plan.training["loss"],
-                                 make_optimizer(plan.training), plan.training["dtype"])
-        return None if engine is None else ("python" if engine.tiny else "buffers")
+        engine = engines.choose(plan.training, list(plan.layers), plan.training["loss"],
+                                make_optimizer(plan.training), plan.training["dtype"])
+        if not isinstance(engine, DenseStack):
+            return "reference" if isinstance(engine, Reference) else None
+        return "python" if engine.tiny else "buffers"
 
     assert chosen([dense(4), dense(1)]) == "python"
     assert chosen([dense(4), dense(1)], batch_size=8) == "buffers"
@@ -207,10 +209,10 @@ def test_which_engine():
     assert chosen([dense(4), dense(1)], optimizer=MOMENTUM) == "buffers"
     assert chosen([dense(4), dense(1)], weight_decay=0.01) == "buffers"
     assert chosen([dense(64), dense(1)]) == "buffers"                  # not tiny
-    assert chosen([dense(4), {"type": "dropout"}, dense(1)]) is None
+    assert chosen([dense(4), {"type": "dropout"}, dense(1)]) == "reference"
     assert chosen([dense(4), dense(1)], algorithm="backprop", optimizer=ADAM) == "buffers"
-    assert chosen([dense(4), dense(1)], engine="reference") is None
-    assert chosen([dense(1, "step")], algorithm="perceptron") is None
+    assert chosen([dense(4), dense(1)], engine="reference") == "reference"
+    assert chosen([dense(1, "step")], algorithm="perceptron") is None      # the rule
 
 
 @pytest.mark.parametrize("engine", ["auto", "reference"])
@@ -234,7 +236,7 @@ def test_resume_is_bit_identical_under_each_engine(engine, optimizer, batch, xor
 
 @pytest.mark.parametrize("batch", [1, 8])
 def test_stopping_within_an_epoch_rolls_it_back(batch, monkeypatch):
-    monkeypatch.setattr(train_module, "POLL_INTERVAL_S", 0.0)
+    monkeypatch.setattr(nn.driver, "POLL_INTERVAL_S", 0.0)
     X, y = nn.generate("xor", 2000, 0, seed=0)
     training = {"epochs": 3, "seed": 0, "batch_size": batch}
     for mode in ("auto", "reference"):
@@ -315,7 +317,7 @@ def test_rows_taken_batch_by_batch_train_as_the_shuffled_copy(layers, shuffle, x
     training = {"epochs": 3, "seed": 7, "batch_size": 16, "loss": "cross_entropy",
                 "optimizer": MOMENTUM, "shuffle": shuffle}
     copied, copied_reports = run("auto", layers, training, X, y)
-    monkeypatch.setattr(nn.epoch, "COPY_BYTES", 0)
+    monkeypatch.setattr(nn.engines, "COPY_BYTES", 0)
     taken, taken_reports = run("auto", layers, training, X, y)
     assert same(taken.weights, copied.weights)
     assert metrics(taken_reports) == metrics(copied_reports)
@@ -349,7 +351,7 @@ def test_engine_gradients_pass_a_finite_difference_check(case, xor_data):
     net, loss = list(plan.layers), plan.training["loss"]
     x, t = data_.x[:9], data_.t[:9]
     params = network.init_params(net, np.random.default_rng(1), np.float64)
-    engine = fastpath.DenseStack(net, loss)
+    engine = DenseStack(net, loss)
     _, grads, _ = engine.probe(params, x, t)
     for p, g in zip(params, grads):
         for key in ("W", "b"):
