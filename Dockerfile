@@ -22,6 +22,7 @@ RUN mkdir nn service worker \
 # migrations/ beside the service package, and `alembic upgrade head` runs from here.
 COPY . .
 RUN pip install --no-deps -e . \
+ && python -c "from nn.engines import kernel; kernel.warm()" \
  && useradd --system --uid 10001 --home-dir /app --no-create-home backprop \
  && mkdir -p /app/var && chown backprop /app/var
 

@@ -1,6 +1,6 @@
-"""The benchmark suite of issue #6 ("Fast where it counts"): our engine against a plain NumPy
-loop, PyTorch on the CPU and scikit-learn's MLPClassifier, statistics on and off; then the
-service's own cost (bench/service.py).
+"""The benchmark suite: our engine (training.engine "auto") against its own reference engine,
+a plain NumPy loop, PyTorch on the CPU and scikit-learn's MLPClassifier, statistics on and
+off; then the service's own cost (bench/service.py).
 
     .venv/bin/python bench/suite.py [--quick] [--repeats N] [--only name,...] [--threads N]
                                     [--out bench/RESULTS.md] [--profile name]
@@ -20,7 +20,8 @@ hyperparameters from its own initialisation, and its test accuracy is reported b
 Timing: one warm-up run of every variant at a small size (the agreement check), then
 `repeats` timed runs, round-robin over the variants so that a noisy neighbour slows them
 alike; medians and min..max. PyTorch's per-sample loops are timed on a twentieth of the
-epochs (samples/s is what is compared; a per-sample step costs the same in every epoch).
+epochs, the reference engine's on a tenth (samples/s is what is compared; a per-sample step
+costs the same in every epoch).
 """
 import argparse
 import cProfile
@@ -61,25 +62,28 @@ except ImportError:
     threadpoolctl = None
 
 WORKLOADS = ("xor-online", "deep-sigmoid", "digits-mlp", "big-mlp", "cnn-digits")
-NN_ON, NN_OFF, LOOP, TORCH, SKLEARN, GEMM = ("nn, stats on", "nn, stats off", "NumPy loop",
-                                             "PyTorch", "scikit-learn", "np.matmul only")
+NN_ON, NN_OFF, NN_REF, LOOP, TORCH, SKLEARN, GEMM = (
+    "nn, stats on", "nn, stats off", "nn reference engine, stats on", "NumPy loop", "PyTorch",
+    "scikit-learn", "np.matmul only")
 Out = tuple[list | None, float | None]        # (final weights in nn's layout, test accuracy)
 
 
 # ---- the statistics' share of a run, measured within the run --------------------------------
 
-_train_module = importlib.import_module("nn.train")
-_probe_stats = getattr(_train_module, "_probe_stats", None)   # the per-epoch statistics step
+_Training = importlib.import_module("nn.train").Training   # its stats(): the statistics step
+_probe_stats = _Training.stats
 _stats_spent = [0.0]
-if _probe_stats is not None:
-    def _timed_probe_stats(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return _probe_stats(*args, **kwargs)
-        finally:
-            _stats_spent[0] += time.perf_counter() - t0
 
-    _train_module._probe_stats = _timed_probe_stats
+
+def _timed_probe_stats(self):
+    t0 = time.perf_counter()
+    try:
+        return _probe_stats(self)
+    finally:
+        _stats_spent[0] += time.perf_counter() - t0
+
+
+_Training.stats = _timed_probe_stats
 
 
 # ---- threads ------------------------------------------------------------------------------
@@ -322,8 +326,8 @@ def workload(name, title, X, y, layers, training, epochs, check, threads, *, tes
         w.skip = f"nn.build rejects this network ({e}); the workload runs once it builds"
         return w
 
-    def plan(epochs, n, stats):
-        return nn.build(net, {**training, "epochs": epochs, "stats": stats},
+    def plan(epochs, n, stats, engine="auto"):
+        return nn.build(net, {**training, "epochs": epochs, "stats": stats, "engine": engine},
                         info if n == len(X) else nn.describe(X[:n], y[:n]))
 
     t0 = time.perf_counter()
@@ -337,18 +341,19 @@ def workload(name, title, X, y, layers, training, epochs, check, threads, *, tes
         w.accuracy = lambda ws: float(np.mean(np.asarray(nn.Model(
             init.model.network, ws, meta).predict(test[0])["labels"]) == test[1]))
 
-    def engine(stats):
+    def engine(stats, which="auto"):
         def run(epochs, n):
             _stats_spent[0] = 0.0
             t0 = time.perf_counter()
-            r = nn.train(plan(epochs, n, stats), X[:n], y[:n])
-            if stats and _probe_stats is not None:
+            r = nn.train(plan(epochs, n, stats, which), X[:n], y[:n])
+            if stats and which == "auto":
                 w.stats_shares.append(_stats_spent[0] / (time.perf_counter() - t0
                                                          - _stats_spent[0]))
             return r.weights, None
         return run
 
-    w.variants = {NN_ON: engine(True), NN_OFF: engine(False)}
+    w.variants = {NN_ON: engine(True), NN_OFF: engine(False),
+                  NN_REF: engine(True, "reference")}
     tr, opt = training, training["optimizer"]
     dtype = np.dtype(tr.get("dtype", "float64"))
     lr, mu, batch, seed = opt["learning_rate"], opt.get("momentum", 0.0), tr["batch_size"], \
@@ -362,6 +367,8 @@ def workload(name, title, X, y, layers, training, epochs, check, threads, *, tes
                                                      T[:n], e, lr, mu, batch, seed, tr["loss"])
         if batch == 1:
             w.divide[TORCH] = 20
+    if batch == 1:                 # per-sample: the reference's epochs cost as much each
+        w.divide[NN_REF] = 10
     else:
         w.notes.append("PyTorch is not installed (bench/README.md): its rows are missing")
     if sklearn_hidden is not None and sklearn is not None:
@@ -559,8 +566,17 @@ def targets(results: dict[str, Measured]) -> list[list]:
                      f"{r:.2f}x (fastest runs: {best:.2f}x)",
                      verdict(None if r is None else r >= need)])
 
-    ratio("xor-online", TORCH, 15)
+    def rate(name, need):
+        if name in results:
+            r = results[name].rate[NN_ON]
+            rows.append([name, f">= {need:,} samples/s", f"{r:,.0f}", verdict(r >= need)])
+
+    rate("xor-online", 1_000_000)
+    ratio("xor-online", TORCH, 250)
     ratio("xor-online", LOOP, 2.4)
+    rate("deep-sigmoid", 300_000)
+    for name in ("xor-online", "deep-sigmoid", "digits-mlp", "big-mlp"):   # dense stacks
+        ratio(name, NN_REF, 1)
     ratio("digits-mlp", TORCH, 4)
     ratio("digits-mlp", SKLEARN, 2.5)
     m = results.get("digits-mlp")

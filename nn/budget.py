@@ -72,14 +72,15 @@ STATS_BYTES = 32          # per parameter: the statistics' float64 vectors (and 
 # Calls (Cost.calls' unit) of a training batch beyond its layers' (the loss's gradient,
 # slicing, gathering the gradients, polling), of each optimizer's step, of the perceptron's
 # sample, of the statistics' step and of an epoch's bookkeeping (metrics, the snapshot, the
-# report). nn/engines/dense.py's cost model of the dense engine's steps is in microseconds of
-# the machine REFERENCE was fitted on, where a call took FASTPATH_US_PER_CALL.
+# report); a batch of the dense engine's buffers, per layer and one more; of its compiled
+# kernel (whose calls are one per KERNEL_ROWS rows: its arithmetic is the multiply-adds).
 STEP_CALLS = 20
 OPTIMIZER_CALLS = {"sgd": 3, "momentum": 5, "adam": 13}
 PERCEPTRON_CALLS = 8
 STATS_CALLS = 40
 EPOCH_CALLS = 100
-FASTPATH_US_PER_CALL = 0.35
+BUFFER_CALLS = 16
+KERNEL_CALLS = 1
 
 
 class Rates(NamedTuple):
@@ -276,11 +277,9 @@ def _batch_calls(plan: Plan, layers, training: dict) -> int:
         return PERCEPTRON_CALLS
     if not dense.applies(training, layers):
         return sum(l.cost().calls for l in layers) + STEP_CALLS + step
-    tiny, buffers = (us / FASTPATH_US_PER_CALL for us in dense.step_us(layers))
-    if dense.uses_tiny(layers, training["batch_size"], make_optimizer(training),
-                          np.dtype(plan.training["dtype"])):
-        return round(tiny)
-    return round(buffers) + step
+    if dense.uses_kernel(layers, training["batch_size"], make_optimizer(training)):
+        return KERNEL_CALLS
+    return BUFFER_CALLS * (len(layers) + 1) + step
 
 
 def _pretrained(plan: Plan):

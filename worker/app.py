@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from celery import signals
 
+from nn.engines import kernel
 from service import create_app, db, logs
 from service.queue import celery_init_app
 from worker import memory
@@ -46,7 +47,10 @@ def _prepare_pool_process(**_kwargs: Any) -> None:
     """What a pool process inherits from its parent (modules, the app, the OpenAPI schemas) is
     never garbage: out of the collector's way (gc.freeze), its full passes stop walking it
     (a full pass took ~50 ms, about once every 6 s of a small per-sample run). And BLAS's
-    buffer is allocated before a run's memory limit applies (worker/memory.py)."""
+    buffer is allocated before a run's memory limit applies (worker/memory.py), and the
+    dense engine's compiled kernel is loaded (compiled on a machine's first start) before a
+    run waits for it."""
+    kernel.warm()
     gc.freeze()
     memory.warm_up()
 

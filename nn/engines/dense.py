@@ -1,13 +1,14 @@
 """The fast engine for stacks of dense layers on (D,) inputs: the reference's arithmetic, to
-rounding, without its per-batch costs (any loss, batch size and optimizer).
+rounding, without its per-batch costs. Two ways through one engine, chosen once per run:
 
-Each batch size gets its buffers once (_Pass), activations and their derivatives run in
-place (nn/activations.py's *_into forms), and the parameters, gradients and optimizer slots
-lie in flat vectors (nn/optim.py's Flat), so a step is a few calls for the whole net. It
-agrees with the reference to rounding, not bit for bit (b is added inside the product's sum,
-dot products sum in BLAS's order); runs stay deterministic and resume bit-identically.
-Per-sample SGD on tiny float64 nets runs in plain Python floats (nn/tinynet.py), cheaper
-than a dozen NumPy calls per layer on arrays of a few numbers (bench/README.md).
+- the compiled kernel (nn/engines/kernel.py) for plain SGD (weight decay allowed) where a
+  step is too small for BLAS to pay off: per-sample SGD, and small nets in any batch;
+- otherwise buffers per batch size (_Pass), activations in place (nn/activations.py's
+  *_into forms), parameters, gradients and optimizer slots in flat vectors (nn/optim.py's
+  Flat), biases folded into the products: a step is a few NumPy calls for the whole net.
+
+Both agree with the reference to rounding, not bit for bit (sums in another order, b added
+inside the product); runs stay deterministic and resume bit-identically (tests/nn/engines/).
 """
 from itertools import accumulate
 from typing import Callable
@@ -18,17 +19,18 @@ from ..activations import ACTIVATIONS
 from ..layers import Layer
 from ..layers.dense import Dense
 from ..network import Weights
-from ..optim import Flat, Optimizer
+from ..optim import SGD, Flat, Optimizer
 from ..stats import LayerStats
-from ..tinynet import TinyNet
 from . import copied
+
+KERNEL_WEIGHTS = 4096     # batches of at most this many weights x rows: the kernel
+KERNEL_ROWS = 2048        # rows per kernel call (a poll between calls)
 
 
 def engine(training: dict, layers: list[Layer], loss: str, optimizer: Optimizer, dtype
            ) -> "DenseStack":
     """The dense engine for this net and training (applies() must hold)."""
-    tiny = uses_tiny(layers, training["batch_size"], optimizer, dtype)
-    return DenseStack(layers, loss, TinyNet(layers, loss) if tiny else None)
+    return DenseStack(layers, loss, uses_kernel(layers, training["batch_size"], optimizer))
 
 
 def applies(training: dict, layers: list[Layer]) -> bool:
@@ -38,23 +40,12 @@ def applies(training: dict, layers: list[Layer]) -> bool:
             and all(type(l) is Dense and len(l.in_shape) == 1 for l in layers))
 
 
-def uses_tiny(layers: list[Dense], batch_size: int | None, optimizer, dtype) -> bool:
-    """Whether the engine trains in plain Python floats (tiny_is_faster)."""
-    return batch_size == 1 and TinyNet.applies(layers, optimizer, dtype) \
-        and tiny_is_faster(layers)
-
-
-def step_us(layers: list[Dense]) -> tuple[float, float]:
-    """Per-sample cost model, us per sample on the machine of bench/README.md: (plain Python
-    floats, the buffers)."""
-    units = sum(l.units for l in layers)
+def uses_kernel(layers: list[Dense], batch_size: int | None, optimizer: Optimizer) -> bool:
+    """Plain SGD (the kernel's update), per sample or in batches too small for BLAS and
+    NumPy's calls to pay off (measured crossover: bench/README.md)."""
+    plain = type(optimizer) is SGD and not optimizer.spec["momentum"]
     weights = sum(l.in_shape[0] * l.units for l in layers)
-    return 1.1 * len(layers) + 0.6 * units + 0.09 * weights, 5.5 * (len(layers) + 1)
-
-
-def tiny_is_faster(layers: list[Dense]) -> bool:
-    tiny, buffers = step_us(layers)
-    return tiny < buffers
+    return plain and (batch_size == 1 or (batch_size or 1 << 62) * weights <= KERNEL_WEIGHTS)
 
 
 def _beside_ones(n: int, d: int, dtype) -> np.ndarray:
@@ -119,14 +110,14 @@ class _Pass:
 
 
 class DenseStack:
-    """One run's (or one pretrained layer's) engine: a _Pass per batch size, reused (the
-    statistics' probe too); its epochs run in tiny's plain Python floats when given."""
+    """One run's (or one pretrained layer's) engine: the compiled kernel, or a _Pass per
+    batch size, reused (the statistics' probe too)."""
 
-    def __init__(self, layers: list[Layer], loss: str, tiny: TinyNet | None = None) -> None:
+    def __init__(self, layers: list[Layer], loss: str, compiled: bool = False) -> None:
         self.acts = [l.activation for l in layers]
         self.sizes = [layers[0].in_shape[0]] + [l.units for l in layers]
         self.loss = loss
-        self.tiny = tiny
+        self.kernel = _Kernel(self) if compiled else None
         self.passes: dict[int, _Pass] = {}
         self.rows: np.ndarray | None = None        # an epoch's rows with a column of ones
         self.flat: Flat | None = None              # parameters and gradients, laid flat
@@ -151,10 +142,9 @@ class DenseStack:
         """The reference's contract (nn/engines/reference.py). The rows are taken into the
         engine's buffers beside a column of ones: small data in one copy per epoch, large
         batch by batch (copied())."""
-        flat = self._adopt(params)               # (tiny writes its floats back into them)
-        if self.tiny is not None:
-            xs = xs if order is None else xs[order]
-            return self.tiny.epoch(params, opt, xs, ts, batch_size, lr, zbuf, poll)
+        flat = self._adopt(params)
+        if self.kernel is not None:
+            return self.kernel.epoch(flat, opt, xs, ts, order, batch_size, lr, zbuf, poll)
         tT = self._targets_T(ts, xs.dtype)
         n = len(ts)
         batch = min(batch_size or n, n)
@@ -186,6 +176,9 @@ class DenseStack:
     def stats(self, reporter: LayerStats, params: Weights, x: np.ndarray, t: np.ndarray
               ) -> list[dict]:
         """The statistics rows of the probe rows (x, t), from this engine's own pass."""
+        if self.kernel is not None:
+            acts = self.kernel.probe(self._adopt(params), x, t)
+            return reporter(params, self.flat.grads, None, None, flat=self.flat, acts=acts)
         outputs, grads, acts = self.probe(params, x, t)
         return reporter(params, grads, outputs, None, flat=self.flat, acts=acts)
 
@@ -213,3 +206,78 @@ class DenseStack:
         if self.loss == "cross_entropy":
             return np.eye(self.sizes[-1], dtype=dtype)[:, t]
         return np.ascontiguousarray(t.T)
+
+
+class _Kernel:
+    """The compiled kernel's side of a DenseStack: the net's layout as the kernel reads it
+    (codes, widths, where each W and b lie in the Flat) and its scratch vectors."""
+
+    def __init__(self, stack: DenseStack) -> None:
+        from . import kernel                     # numba loads only when a run needs it
+        self.k = kernel
+        self.sizes = np.array(stack.sizes, np.int64)
+        self.acts = np.array([ACTIVATIONS[a].code for a in stack.acts], np.int64)
+        self.loss = kernel.LOSS_CODES[stack.loss]
+        self.layout = None                       # (w_at, b_at, scratch...) once a Flat is
+        self.cols: dict[int, tuple] = {}         # n -> (order 0..n-1, empty targets)
+        self.probe_out: tuple | None = None      # (n, outputs vector, out_at, bounds)
+
+    def _layout(self, flat: Flat) -> tuple:
+        if self.layout is None or self.layout[0] is not flat:
+            where = {(i, key): sl.start for i, key, _, sl in flat.entries}
+            w_at = np.array([where[i, "W"] for i in range(flat.layers)], np.int64)
+            b_at = np.array([where[i, "b"] for i in range(flat.layers)], np.int64)
+            total, widest = int(self.sizes.sum()), int(self.sizes.max())
+            dtype = flat.w.dtype
+            self.layout = (flat, w_at, b_at, *(np.empty(total, dtype) for _ in range(3)),
+                           np.empty(widest, dtype))
+        return self.layout[1:]
+
+    def _targets(self, t: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(float targets (n, K), class indices (n,)): the loss reads one, the other is an
+        empty stand-in of the same length."""
+        n = len(t)
+        if n not in self.cols:
+            self.cols[n] = (np.arange(n, dtype=np.int64), np.zeros((n, 0), dtype),
+                            np.zeros(n, np.int64))
+        _, no_tf, no_ti = self.cols[n]
+        if self.loss == self.k.CROSS_ENTROPY:
+            return no_tf, np.ascontiguousarray(t, np.int64)
+        return np.ascontiguousarray(t, dtype).reshape(n, -1), no_ti
+
+    def epoch(self, flat: Flat, opt: Optimizer, xs: np.ndarray, ts: np.ndarray,
+              order: np.ndarray | None, batch_size: int | None, lr: float, zbuf: np.ndarray,
+              poll: Callable[[], bool]) -> bool:
+        w_at, b_at, z, a, d, dx = self._layout(flat)
+        n = len(ts)
+        batch = min(batch_size or n, n)
+        tf, ti = self._targets(ts, flat.w.dtype)
+        order = self.cols[n][0] if order is None else order
+        xs = np.ascontiguousarray(xs, flat.w.dtype)
+        out = zbuf.reshape(n, -1)
+        chunk = max(1, KERNEL_ROWS // batch) * batch
+        for s in range(0, n, chunk):
+            opt.t += self.k.sgd_rows(flat.w, flat.g, self.sizes, w_at, b_at, self.acts,
+                                     self.loss, xs, order, tf, ti, s, min(s + chunk, n),
+                                     batch, lr, opt.weight_decay, out, z, a, d, dx)
+            if poll():
+                return False
+        return True
+
+    def probe(self, flat: Flat, x: np.ndarray, t: np.ndarray) -> tuple:
+        """The gradient of the mean loss over the probe rows into flat.g; -> (every layer's
+        outputs in one vector, [(start, end)] of each layer's)."""
+        w_at, b_at, z, a, d, dx = self._layout(flat)
+        n = len(x)
+        if self.probe_out is None or self.probe_out[0] != n:
+            widths = [n * int(h) for h in self.sizes[1:]]
+            ends = list(accumulate(widths))
+            out_at = np.array([e - w for e, w in zip(ends, widths)], np.int64)
+            self.probe_out = (n, np.empty(ends[-1], flat.w.dtype), out_at,
+                              [(e - w, e) for e, w in zip(ends, widths)])
+        _, outputs, out_at, bounds = self.probe_out
+        tf, ti = self._targets(t, flat.w.dtype)
+        self.k.probe_rows(flat.w, flat.g, self.sizes, w_at, b_at, self.acts, self.loss,
+                          np.ascontiguousarray(x, flat.w.dtype), tf, ti, out_at, outputs, z,
+                          a, d, dx)
+        return outputs, bounds

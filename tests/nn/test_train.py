@@ -180,7 +180,7 @@ def test_should_stop_between_epochs_keeps_weights(xor_data):
 
 def test_should_stop_within_a_long_epoch(monkeypatch):
     monkeypatch.setattr(nn.driver, "POLL_INTERVAL_S", 0.0)
-    X, y = nn.generate("xor", 2000, 0, seed=0)
+    X, y = nn.generate("xor", 10_000, 0, seed=0)      # polled several times an epoch
     plan = plan_for([dense(4), dense(1)], {"epochs": 5, "seed": 0}, X, y)
     calls = []
     r = nn.train(plan, X, y, should_stop=lambda: calls.append(1) or

@@ -222,7 +222,8 @@ class Killed(BaseException):
 def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(
     make_run: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    training = {"epochs": 150, "validation_fraction": 0.2}
+    # the reference engine: epochs long enough that flushes and checkpoints come mid-run
+    training = {"epochs": 150, "validation_fraction": 0.2, "engine": "reference"}
     reference = make_run(training=training, stats_thinned_after=20)
     assert train_run(reference) == "succeeded"
 

@@ -1,0 +1,65 @@
+"""Cold and warm first-run latency of the dense engine's compiled kernel (issue #16): a fresh
+process trains XOR (2-4-1, per-sample SGD, one epoch) and reports how long `import nn` plus
+the first nn.train took, with an empty numba cache (cold: compiled from scratch) and with the
+cache written by the cold run (warm). Each in its own process, `repeats` times; medians.
+
+    .venv/bin/python bench/kernel_latency.py [--repeats N]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = """
+import time
+t0 = time.perf_counter()
+import nn
+X, y = nn.generate("xor", 200, 0, seed=0)
+plan = nn.build({"layers": [{"type": "dense", "units": 4}, {"type": "dense", "units": 1}]},
+                {"epochs": 1, "seed": 0, "optimizer": {"type": "sgd", "learning_rate": 0.5}},
+                nn.describe(X, y))
+t1 = time.perf_counter()
+nn.train(plan, X, y)
+t2 = time.perf_counter()
+from nn.engines import kernel
+t3 = time.perf_counter()
+kernel.warm()
+print(t1 - t0, t2 - t1, time.perf_counter() - t3)
+"""
+
+
+def once(cache: str) -> tuple[float, float, float]:
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+    out = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    return tuple(float(v) for v in out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    cold, warm = [], []
+    for _ in range(args.repeats):
+        cache = tempfile.mkdtemp()
+        try:
+            cold.append(once(cache))              # the first train compiles one dtype
+            warm.append(once(cache))
+        finally:
+            shutil.rmtree(cache)
+    report = {name: {"import_and_plan_s": statistics.median(r[0] for r in runs),
+                     "first_train_s": statistics.median(r[1] for r in runs),
+                     "warm_both_dtypes_after_s": statistics.median(r[2] for r in runs)}
+              for name, runs in (("cold", cold), ("warm", warm))}
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
