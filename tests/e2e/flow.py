@@ -256,10 +256,11 @@ def xor_accuracy(api: Api, run_id: str) -> tuple[float, list[list[float]]]:
 def full_flow(api: Api, procs: Procs) -> None:
     """Train XOR watching it, read what it stored, serve and reuse its weights, cancel."""
     dataset_id = create_xor(api)
-    # Long enough (a few seconds even with the engine's fast path) to be seen part-way.
+    # Long enough to be seen part-way: the reference engine, a few seconds (the dense
+    # engine's compiled kernel can finish 500 epochs before the first poll).
     watched = 500
-    run = watch_training(api, procs, start_run(api, dataset_id,
-                                                training={"epochs": watched})["id"])
+    run = watch_training(api, procs, start_run(
+        api, dataset_id, training={"epochs": watched, "engine": "reference"})["id"])
     assert run["status"] == "succeeded", run
     assert run["epochs_completed"] == run["epochs_total"] == watched
     run_id = run["id"]
