@@ -79,6 +79,7 @@ class Phase(Protocol):
 
     def trained(self) -> Weights: ...                       # what an epoch changes
     def restore(self, snapshot: Weights) -> None: ...
+    def finite(self) -> bool: ...                           # whether trained() is
     def learning_rate(self, e: int) -> float: ...
     def train(self, e: int, lr: float, poll: Poll) -> bool: ...   # False: stopped
     def measure(self) -> Metrics: ...
@@ -102,7 +103,7 @@ def run(phase: Phase, epochs: range, state: TrainState, fingerprint: str, poll: 
             phase.restore(snapshot)
             return poll.answer, None
         m = phase.measure()
-        if not (losses_finite(m.train_loss, m.val_loss) and weights_finite(phase.trained())):
+        if not (losses_finite(m.train_loss, m.val_loss) and phase.finite()):
             phase.restore(snapshot)
             return "diverged", {"code": "diverged", "message": phase.diverged(e, m)}
         stats = phase.stats() if phase.stats_on else []
@@ -147,7 +148,3 @@ def measure(layers: list[Layer], loss_name: str, params: Weights, x: np.ndarray,
 
 def losses_finite(*values: float | None) -> bool:
     return all(v is None or math.isfinite(v) for v in values)
-
-
-def weights_finite(w: Weights) -> bool:
-    return all(np.isfinite(v).all() for p in w for v in p.values())

@@ -94,3 +94,7 @@ def output_z(caches: list) -> np.ndarray:
 
 def copy_weights(w: Weights) -> Weights:
     return [{k: v.copy() for k, v in p.items()} for p in w]
+
+
+def weights_finite(w: Weights) -> bool:
+    return all(np.isfinite(v).all() for p in w for v in p.values())

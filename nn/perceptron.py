@@ -46,6 +46,9 @@ class Perceptron:
               poll: Callable[[], bool]) -> bool:
         return perceptron_epoch(params, x if order is None else x[order], ts, lr, zbuf, poll)
 
+    def finite(self, params: Weights) -> bool:
+        return bool(np.isfinite(params[0]["W"]).all() and np.isfinite(params[0]["b"]).all())
+
     def stats(self, reporter, params: Weights, x: np.ndarray, t: np.ndarray) -> list[dict]:
         """Weights and activations: the rule has no gradient."""
         outputs: list = []

@@ -75,6 +75,9 @@ class Pretraining:
     def restore(self, snapshot) -> None:
         self.state.params[self.layer], self.state.decoder = snapshot
 
+    def finite(self) -> bool:
+        return self.engine.finite(self.trained())
+
     def learning_rate(self, e: int) -> float:
         return self.tr["pretrain"]["optimizer"]["learning_rate"]
 

@@ -89,6 +89,9 @@ class Training:
     def restore(self, snapshot: Weights) -> None:
         self.state.params = snapshot
 
+    def finite(self) -> bool:
+        return self.engine.finite(self.state.params)
+
     def learning_rate(self, e: int) -> float:
         return learning_rate(self.tr, e)
 

@@ -173,12 +173,18 @@ class DenseStack:
                 return False
         return True
 
+    def finite(self, params: Weights) -> bool:
+        """Whether params (which an epoch has left as views of the Flat) are all finite: one
+        call over the Flat's vector."""
+        return bool(np.isfinite(self._adopt(params).w).all())
+
     def stats(self, reporter: LayerStats, params: Weights, x: np.ndarray, t: np.ndarray
               ) -> list[dict]:
         """The statistics rows of the probe rows (x, t), from this engine's own pass."""
         if self.kernel is not None:
             acts = self.kernel.probe(self._adopt(params), x, t)
-            return reporter(params, self.flat.grads, None, None, flat=self.flat, acts=acts)
+            return reporter(params, self.flat.grads, None, None, flat=self.flat, acts=acts,
+                            kernel=self.kernel.k)
         outputs, grads, acts = self.probe(params, x, t)
         return reporter(params, grads, outputs, None, flat=self.flat, acts=acts)
 

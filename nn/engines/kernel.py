@@ -179,12 +179,61 @@ def probe_rows(w, g, sizes, w_at, b_at, acts, loss, xs, tf, ti, out_at, outputs,
             lo += h
 
 
+@njit(cache=True)
+def array_stats(x, starts, counts, out):
+    """Per array j of x (counts[j] numbers from starts[j]): out[:, j] = mean |x|, L2 norm,
+    max |x|, std (nn/stats.py's STAT_KEYS), the std in two passes, NaN kept."""
+    for j in range(len(starts)):
+        s, n = starts[j], counts[j]
+        total = sum_abs = sum_sq = 0.0
+        top = 0.0
+        for i in range(s, s + n):
+            v = x[i]
+            total += v
+            sum_abs += abs(v)
+            sum_sq += v * v
+            if not abs(v) <= top:                    # larger, or NaN (which stays)
+                if top == top:
+                    top = abs(v)
+        mean = total / n
+        ssd = 0.0
+        for i in range(s, s + n):
+            dev = x[i] - mean
+            ssd += dev * dev
+        out[0, j] = sum_abs / n
+        out[1, j] = math.sqrt(sum_sq)
+        out[2, j] = top
+        out[3, j] = math.sqrt(ssd / n)
+
+
+@njit(cache=True)
+def act_stats(a, bounds, kinds, out):
+    """Per row r, over a[bounds[r, 0]:bounds[r, 1]]: out[0, r] = the mean (summed in
+    float64), out[1, r] = the fraction saturated (kinds[r] 1: sigmoid, < .01 or > .99;
+    2: tanh, |a| > .99) or dead (3: relu, exactly 0); 0 for other kinds."""
+    for r in range(len(kinds)):
+        lo, hi = bounds[r, 0], bounds[r, 1]
+        total = 0.0
+        hits = 0
+        for i in range(lo, hi):
+            v = np.float64(a[i])
+            total += v
+            if kinds[r] == 1:
+                hits += abs(v - 0.5) > 0.49
+            elif kinds[r] == 2:
+                hits += abs(v) > 0.99
+            elif kinds[r] == 3:
+                hits += v == 0.0
+        out[0, r] = total / (hi - lo)
+        out[1, r] = hits / (hi - lo)
+
+
 def warm() -> None:
     """Compile (or load from the disk cache) the kernels for float64 and float32, so that a
     run's first epoch does not wait for them."""
+    at = np.zeros(1, np.int64)
     for dtype in (np.float64, np.float32):
         sizes = np.array([1, 1], np.int64)
-        at = np.zeros(1, np.int64)
         w, g, x = np.zeros(2, dtype), np.zeros(2, dtype), np.zeros((1, 1), dtype)
         tf, ti = np.zeros((1, 1), dtype), np.zeros(1, np.int64)
         z, a, d = (np.zeros(2, dtype) for _ in range(3))
@@ -192,3 +241,5 @@ def warm() -> None:
                  np.zeros((1, 1), dtype), z, a, d, np.zeros(1, dtype))
         probe_rows(w, g, sizes, at, at + 1, at, 0, x, tf, ti, at, np.zeros(1, dtype), z, a,
                    d, np.zeros(1, dtype))
+        act_stats(np.zeros(1, dtype), np.array([[0, 1]], np.int64), at, np.zeros((2, 1)))
+    array_stats(np.zeros(1), at, at + 1, np.zeros((4, 1)))

@@ -43,6 +43,9 @@ class Reference:
                 return False
         return True
 
+    def finite(self, params: Weights) -> bool:
+        return network.weights_finite(params)
+
     def stats(self, reporter: LayerStats, params: Weights, x: np.ndarray, t: np.ndarray
               ) -> list[dict]:
         """The statistics rows of the probe rows (x, t): forward in eval mode, then the
