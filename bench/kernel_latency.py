@@ -3,7 +3,9 @@ process trains XOR (2-4-1, per-sample SGD, one epoch) and reports how long `impo
 the first nn.train took, with an empty numba cache (cold: compiled from scratch) and with the
 cache written by the cold run (warm). Each in its own process, `repeats` times; medians.
 
-    .venv/bin/python bench/kernel_latency.py [--repeats N]
+    .venv/bin/python bench/kernel_latency.py [--repeats N] [--out bench/RESULTS.md]
+
+It rewrites the "kernel" section of bench/RESULTS.md.
 """
 import argparse
 import json
@@ -15,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import RESULTS, command, machine, table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
@@ -45,6 +49,7 @@ def once(cache: str) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     cold, warm = [], []
     for _ in range(args.repeats):
@@ -59,6 +64,19 @@ def main() -> None:
                      "warm_both_dtypes_after_s": statistics.median(r[2] for r in runs)}
               for name, runs in (("cold", cold), ("warm", warm))}
     print(json.dumps(report, indent=1))
+    rows = [[name, f"{r['import_and_plan_s']:.2f}", f"{r['first_train_s']:.2f}",
+             f"{r['warm_both_dtypes_after_s']:.2f}"] for name, r in report.items()]
+    write_section("kernel", [
+        "## The compiled kernel's first-run latency", "",
+        f"Command: `{command()}` (fresh processes; medians of {args.repeats}).", "",
+        *machine(), "",
+        *table(["numba cache", "import nn and build the plan, s",
+                "first nn.train (1 epoch of XOR), s", "then the other dtype (warm()), s"],
+               rows), "",
+        "- cold: an empty cache, so the first train compiles the float64 kernels; warm: the "
+        "cache the cold run wrote, so the first train imports numba and loads them. A worker "
+        "pays either when a pool process starts (kernel.warm()), not in a run; the Docker "
+        "image compiles at build time."], Path(args.out))
 
 
 if __name__ == "__main__":
