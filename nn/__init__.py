@@ -1,5 +1,5 @@
 """backprop-service's engine: neural networks (dense, CNN, RNN/LSTM, Transformer) trained by
-backpropagation in pure NumPy.
+backpropagation in NumPy (the dense engine's per-sample kernel compiled with numba).
 
 The public API (docs/engine-api.md) is what this module re-exports; nothing else is public.
 """

@@ -77,7 +77,7 @@ def _grad_z(code, d, z, a, lo, hi):
             d[j] = a[j] * (d[j] - s)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")   # its array arguments would cost a call each sample
 def _sample(w, g, sizes, w_at, b_at, acts, loss, x, tf, ti, scale, z, a, d, dx):
     """Forward and backward of one sample x: adds scale x dL/dz to g for every layer (the
     mean loss's share of this sample), leaves every layer's z and a in z and a (a[:D] the
