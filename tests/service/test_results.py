@@ -152,6 +152,8 @@ def test_non_finite_losses_are_null(app: Flask, client, run: dict) -> None:  # n
         ("limit=0", "query.limit"),
         ("cursor=bad", "query.cursor"),
         ("cursor=WzEsMl0", "query.cursor"),
+        ("cursor=WyJ6enoiLDFd", "query.cursor"),  # ["zzz", 1]: no such phase
+        ("cursor=WyJ6enoiLDEsMF0", "query.cursor"),  # ["zzz", 1, 0]
     ],
 )
 def test_series_bad_parameters(client, run: dict, query: str, path: str) -> None:  # noqa: ANN001
