@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service.models import Epoch, EpochStats, Run, UTCDateTime
+from service.models import Epoch, EpochStats, Run, UTCDateTime, of_run
 from service.webhooks import emit_run
 
 # ORM-enabled UPDATEs without looking for matching objects in the session (there are none).
@@ -107,7 +107,7 @@ def forget_after(session: Session, run_id: str, phase: str, epoch: int) -> None:
     deleted = 0
     for table in (Epoch, EpochStats):
         deleted += session.execute(
-            sa.delete(table).where(table.run_id == run_id, sa.or_(*(
+            sa.delete(table).where(of_run(table, run_id), sa.or_(*(
                 sa.and_(table.phase == p, table.epoch > e) for p, e in kept.items()))),
             execution_options=NO_SYNC,
         ).rowcount

@@ -70,7 +70,7 @@ def layer_stats(run_id: uuid.UUID) -> Response:
     after = decode_cursor(cursor, keys) if cursor else None
     if after is not None:
         where.append(sa.tuple_(EpochStats.phase, EpochStats.epoch) >= sa.tuple_(
-            sa.literal(after[0]), sa.literal(after[1])))
+            sa.literal(after[0], EpochStats.phase.type), sa.literal(after[1])))
     # The cursor's own epoch may have no row left; every later epoch has one at least.
     stored = session.scalars(sa.select(EpochStats).where(*where)
                              .order_by(EpochStats.phase, EpochStats.epoch).limit(limit + 2))
@@ -102,7 +102,7 @@ def _series(
         raise validation_error("query.to_epoch", "must be >= from_epoch")
     max_points = arg_int("max_points", None, 2, MAX_POINTS)
     limit = page_limit()
-    where = [entity.run_id == run.id, *where]
+    where = [entity.run_seq == run.seq, *where]
     if phase is not None:
         where.append(entity.phase == phase)
     if first is not None:
