@@ -39,12 +39,21 @@ def run(fn: Callable[..., T], *args: Any, size: int | None = None, **kwargs: Any
     import gevent
 
     context = contextvars.copy_context()
-    return gevent.get_hub().threadpool.apply(context.run, (_call_away, fn, args, kwargs))
+    done, value = gevent.get_hub().threadpool.apply(context.run, (_call_away, fn, args, kwargs))
+    if not done:
+        raise value
+    return value
 
 
-def _call_away(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+def _call_away(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+               ) -> tuple[bool, Any]:
+    """(True, the result) or (False, the exception): raised from the pool, a 4xx would also
+    be printed to stderr as the hub's error."""
     _away.set(True)  # in the copied context: nested calls run in this thread
-    return fn(*args, **kwargs)
+    try:
+        return True, fn(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001 - raised again in the caller
+        return False, e
 
 
 def _on_gevent() -> bool:
