@@ -320,7 +320,7 @@ def test_heavy_requests_leave_the_loop_to_the_others(pg_url: str, redis_prefix: 
     """One gevent worker: while it reads a large data set from JSON (parsing, the schema's
     walk, the arrays, the npz: seconds of CPU), an event stream it serves keeps getting its
     keep-alives and a cheap request keeps being answered, in the same process: the work runs
-    in the hub's thread pool (service/offload.py), not on the loop that serves them. And the
+    in a thread pool (service/offload.py), not on the loop that serves them. And the
     master imported nothing before the worker patched (no MonkeyPatchWarning)."""
     api = deploy(procs, pg_url, redis_prefix, others=(), EVENTS_KEEPALIVE_SECONDS=0.2)
     argv = procs.procs["api"].args
