@@ -37,7 +37,8 @@ PHASES = ("pretrain", "train")
 MAX_POINTS = 100_000
 MAX_GRID = 100  # GET .../boundary: at most MAX_GRID x MAX_GRID points
 GRID_MARGIN = 0.05  # the grid spans the data and this fraction of its range on each side
-NPZ_TYPES = ("application/x-npz", "application/octet-stream")
+OCTET_STREAM = "application/octet-stream"
+NPZ_TYPES = ("application/x-npz", OCTET_STREAM)
 # What one number of a prediction's answer costs while it is written: a Python float in a list
 # (32 bytes) and its JSON text as a str and as bytes (about 2 x 20); measured about 74.
 ANSWER_BYTES_PER_VALUE = 80
@@ -142,6 +143,24 @@ def weights(run_id: uuid.UUID) -> Response:
         layers = nn.weights_to_json(found[1].weights)["layers"]
         return json_response({"run_id": str(run_id), "which": which, "epoch": found[0],
                               "layers": layers})
+    return _npz(run_id, which, media)
+
+
+# The weights as files, each of one type, for clients that pick how to read an answer by its
+# operation (generated ones): what GET .../weights answers for format=npz and format=onnx.
+
+@bp.get("/weights.npz")
+def weights_npz(run_id: uuid.UUID) -> Response:
+    return _npz(run_id, arg_choice("which", artifacts.MODEL_KINDS, "final"), OCTET_STREAM)
+
+
+@bp.get("/weights.onnx")
+def weights_onnx(run_id: uuid.UUID) -> Response:
+    return _onnx(run_id, arg_choice("which", artifacts.MODEL_KINDS, "final"), OCTET_STREAM)
+
+
+def _npz(run_id: uuid.UUID, which: str, media: str) -> Response:
+    """The stored .npz bytes of the run's `which` weights, as `media`."""
     session = get_session()
     run = fetch(session, Run, run_id, "run")
     row = artifacts.artifact(session, run.id, which, with_data=True)
@@ -152,7 +171,7 @@ def weights(run_id: uuid.UUID) -> Response:
     return resp
 
 
-def _onnx(run_id: uuid.UUID, which: str) -> Response:
+def _onnx(run_id: uuid.UUID, which: str, media: str = onnx_export.MEDIA_TYPE) -> Response:
     """The model as ONNX (service/onnx_export.py); 406 `not_exportable` naming the first
     layer that has no ONNX form."""
     status, found = _stored_model(run_id, which)
@@ -164,7 +183,7 @@ def _onnx(run_id: uuid.UUID, which: str) -> Response:
     except onnx_export.NotExportable as e:
         raise ApiError(406, "not_exportable", f"{e}; ask for application/json or "
                                               "application/x-npz", layer=e.path) from None
-    resp = Response(proto.SerializeToString(), mimetype=onnx_export.MEDIA_TYPE)
+    resp = Response(proto.SerializeToString(), mimetype=media)
     resp.headers["Content-Disposition"] = f'attachment; filename="run-{run_id}-{which}.onnx"'
     return resp
 
