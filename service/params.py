@@ -160,7 +160,7 @@ def arg_choices(name: str, choices: Collection[str]) -> list[str] | None:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return None
-    values = [v.strip() for v in raw.split(",")]
+    values = raw.split(",")
     bad = [v for v in values if v not in choices]
     if bad:
         raise validation_error(

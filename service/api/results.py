@@ -35,6 +35,8 @@ bp = Blueprint("results", __name__, url_prefix="/v1/runs/<uuid:run_id>")
 
 PHASES = ("pretrain", "train")
 MAX_POINTS = 100_000
+# Epochs and layers are INTEGER columns (32 bits in PostgreSQL).
+INT_COLUMN_MAX = 2**31 - 1
 MAX_GRID = 100  # GET .../boundary: at most MAX_GRID x MAX_GRID points
 GRID_MARGIN = 0.05  # the grid spans the data and this fraction of its range on each side
 OCTET_STREAM = "application/octet-stream"
@@ -62,7 +64,7 @@ def layer_stats(run_id: uuid.UUID) -> Response:
     layer: service/statstore.py). ?layer keeps the epochs holding that layer, then the
     layer's rows; ?detail=false leaves out each row's `params` and `grad_norm_by_time`."""
     keys = (EpochStats.phase, EpochStats.epoch, LAYER_KEY)
-    layer = arg_int("layer", None, 0)
+    layer = arg_int("layer", None, 0, INT_COLUMN_MAX)
     detail = arg_choice("detail", ("true", "false"), "true") == "true"
     where = [] if layer is None else [statstore.has_layer(EpochStats.layout, layer)]
     session = get_session()
@@ -97,8 +99,8 @@ def _series(
     last kept), ?limit (?cursor is the caller's)."""
     run = fetch(session, Run, run_id, "run")
     phase = arg_choice("phase", PHASES)
-    first = arg_int("from_epoch", None, 0)
-    last = arg_int("to_epoch", None, 0)
+    first = arg_int("from_epoch", None, 0, INT_COLUMN_MAX)
+    last = arg_int("to_epoch", None, 0, INT_COLUMN_MAX)
     if first is not None and last is not None and last < first:
         raise validation_error("query.to_epoch", "must be >= from_epoch")
     max_points = arg_int("max_points", None, 2, MAX_POINTS)

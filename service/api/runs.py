@@ -56,9 +56,10 @@ MAX_TAGS: int = _SCHEMAS["Tags"]["maxProperties"]
 @idempotency.idempotent
 def create() -> Response:
     body = json_object()
-    validate("RunCreate", body)
+    # Before the schema (which says it too, as "must be null"), to say it plainly.
     if body.get("init_from_run") is not None and body.get("initial_weights") is not None:
         raise validation_error("initial_weights", "give init_from_run or initial_weights, not both")
+    validate("RunCreate", body)
     dataset_id = parse_uuid(body["dataset_id"], "dataset_id")
     source_id = None
     if body.get("init_from_run") is not None:

@@ -24,7 +24,7 @@ import yaml
 
 import nn
 from tests.e2e import flow
-from tests.procs import BIN, Procs
+from tests.procs import BIN, ROOT, Procs
 
 PACKAGE = "backprop_client"
 
@@ -202,3 +202,12 @@ def test_the_whole_flow_with_the_generated_client(generated) -> None:  # noqa: A
     assert isinstance(problem, m.Problem), problem
     assert (problem.status, problem.code) == (422, "validation_error")
     assert [e.path for e in problem.errors] == ["inputs"]
+
+    # The README's example, as written (but for the address and the key).
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"### Generating a client\n.*?```python\n(.*?)```", readme, re.S)[1]
+    for written, here in (('"http://127.0.0.1:8000"', repr(api.base)),
+                          ('open("var/api-key").read().strip()', repr(api.key))):
+        assert written in snippet
+        snippet = snippet.replace(written, here)
+    exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - our own documentation
