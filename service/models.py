@@ -36,6 +36,7 @@ from sqlalchemy import (
     TypeDecorator,
     false,
     select,
+    text,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
@@ -221,6 +222,10 @@ class Run(Base):
     network: Mapped[dict] = mapped_column(JSON)  # normalised, every default filled in
     training: Mapped[dict] = mapped_column(JSON)
     init_from_run_id: Mapped[Optional[str]] = mapped_column(String(36))
+    # The client's label and metadata: a name (not unique), and tags {key: value} that
+    # lists filter on (GET /v1/runs?tag=key:value).
+    name: Mapped[Optional[str]] = mapped_column(String(200))
+    tags: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
@@ -254,6 +259,8 @@ class Run(Base):
     __table_args__ = (
         # A tenant's list, newest first (and every lookup by tenant).
         Index("ix_runs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+        # A tenant's runs of one name (GET /v1/runs?name=).
+        Index("ix_runs_tenant_id_name", "tenant_id", "name"),
         # A tenant's active runs (the TENANT_MAX_ACTIVE_RUNS check).
         Index("ix_runs_tenant_id_status", "tenant_id", "status"),
         # The oldest finished runs first (retention: worker/retention.py).

@@ -86,6 +86,8 @@ def run_json(run: Run) -> dict[str, Any]:
         error = {"code": run.error_code, "message": run.error_message or ""}
     return {
         "id": run.id,
+        "name": run.name,
+        "tags": run.tags or {},
         "status": run.status,
         "dataset_id": run.dataset_id,
         "network": run.network,

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from flask.testing import FlaskClient
 
 import nn
 from service import db, statstore, usage
@@ -408,3 +409,38 @@ def _pages(client: Any, path: str) -> list[dict[str, Any]]:
         items += resp.get_json()["items"]
         cursor = resp.get_json()["next_cursor"]
     return items
+def test_runs_made_before_names_and_tags_have_none(url: str) -> None:
+    """0009: a run made before it has no name and no tags, answered as such and filtered on;
+    going back keeps the run."""
+    cfg = db.alembic_config(url)
+    command.upgrade(cfg, "0007")
+    engine = db.make_engine(url)
+    now = "2026-12-06 00:00:00+00:00"
+    run = "00000000-0000-4000-8000-000000000009"
+    try:
+        with engine.begin() as conn:
+            _tenant_and_dataset(conn, "test", now)
+            conn.execute(sa.text(
+                "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, "
+                "created_at, epochs_total, epochs_completed, cancel_requested, attempts) "
+                "VALUES (:id, 't1', 'd1', 'succeeded', '{}', '{}', :now, 4, 4, false, 1)"),
+                {"id": run, "now": now})
+        command.upgrade(cfg, "0009")
+        app = make_app(url, migrate=False)
+        # Not the spec-checking client: the row's network, "{}", is no spec's.
+        key = {"Authorization": f"Bearer {app.test_client().api_key}"}
+        client = FlaskClient(app)
+        with db.session_scope(app) as session:  # make_app's tenant "test" is another one
+            session.execute(sa.text("UPDATE runs SET tenant_id = (SELECT id FROM tenants "
+                                    "WHERE name = 'test')"))
+        answer = client.get(f"/v1/runs/{run}", headers=key).get_json()
+        assert (answer["name"], answer["tags"]) == (None, {})
+        assert client.get("/v1/runs?tag=a:b", headers=key).get_json()["items"] == []
+        patched = client.patch(f"/v1/runs/{run}", json={"tags": {"a": "b"}}, headers=key)
+        assert patched.get_json()["tags"] == {"a": "b"}
+        db.engine(app).dispose()
+        command.downgrade(cfg, "0007")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT id FROM runs")).scalars().all() == [run]
+    finally:
+        engine.dispose()

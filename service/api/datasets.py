@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import IntegrityError
 
 import nn
+from nn.fields import as_integer
 from service import dataio, idempotency, offload
 from service.api.common import fetch, json_response, owned, select_owned
 from service.auth import tenant_id
@@ -150,7 +151,10 @@ def _from_json(limits: dataio.Limits) -> Incoming:
 def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
     """nn.generate, with every parameter recorded in `source` (a missing seed is drawn), so
     the data set can be made again."""
-    spec = body["generator"]
+    # JSON has numbers only: 500.0 is the integer 500 the schema allows, and the engine's
+    # generators take Python ints.
+    spec = {k: v if k == "noise" or as_integer(v) is None else as_integer(v)
+            for k, v in body["generator"].items()}
     kind = spec["kind"]
     n_samples = spec.get("n_samples", 500)
     if isinstance(n_samples, int) and n_samples > limits.max_rows:

@@ -35,9 +35,12 @@ bp = Blueprint("results", __name__, url_prefix="/v1/runs/<uuid:run_id>")
 
 PHASES = ("pretrain", "train")
 MAX_POINTS = 100_000
+# Epochs and layers are INTEGER columns (32 bits in PostgreSQL).
+INT_COLUMN_MAX = 2**31 - 1
 MAX_GRID = 100  # GET .../boundary: at most MAX_GRID x MAX_GRID points
 GRID_MARGIN = 0.05  # the grid spans the data and this fraction of its range on each side
-NPZ_TYPES = ("application/x-npz", "application/octet-stream")
+OCTET_STREAM = "application/octet-stream"
+NPZ_TYPES = ("application/x-npz", OCTET_STREAM)
 # What one number of a prediction's answer costs while it is written: a Python float in a list
 # (32 bytes) and its JSON text as a str and as bytes (about 2 x 20); measured about 74.
 ANSWER_BYTES_PER_VALUE = 80
@@ -61,7 +64,7 @@ def layer_stats(run_id: uuid.UUID) -> Response:
     layer: service/statstore.py). ?layer keeps the epochs holding that layer, then the
     layer's rows; ?detail=false leaves out each row's `params` and `grad_norm_by_time`."""
     keys = (EpochStats.phase, EpochStats.epoch, LAYER_KEY)
-    layer = arg_int("layer", None, 0)
+    layer = arg_int("layer", None, 0, INT_COLUMN_MAX)
     detail = arg_choice("detail", ("true", "false"), "true") == "true"
     where = [] if layer is None else [statstore.has_layer(EpochStats.layout, layer)]
     session = get_session()
@@ -96,8 +99,8 @@ def _series(
     last kept), ?limit (?cursor is the caller's)."""
     run = fetch(session, Run, run_id, "run")
     phase = arg_choice("phase", PHASES)
-    first = arg_int("from_epoch", None, 0)
-    last = arg_int("to_epoch", None, 0)
+    first = arg_int("from_epoch", None, 0, INT_COLUMN_MAX)
+    last = arg_int("to_epoch", None, 0, INT_COLUMN_MAX)
     if first is not None and last is not None and last < first:
         raise validation_error("query.to_epoch", "must be >= from_epoch")
     max_points = arg_int("max_points", None, 2, MAX_POINTS)
@@ -138,6 +141,24 @@ def weights(run_id: uuid.UUID) -> Response:
         if found is None:
             raise _no_weights(str(run_id), which, status)
         return _weights_json(run_id, which, found[0], found[1])
+    return _npz(run_id, which, media)
+
+
+# The weights as files, each of one type, for clients that pick how to read an answer by its
+# operation (generated ones): what GET .../weights answers for format=npz and format=onnx.
+
+@bp.get("/weights.npz")
+def weights_npz(run_id: uuid.UUID) -> Response:
+    return _npz(run_id, arg_choice("which", artifacts.MODEL_KINDS, "final"), OCTET_STREAM)
+
+
+@bp.get("/weights.onnx")
+def weights_onnx(run_id: uuid.UUID) -> Response:
+    return _onnx(run_id, arg_choice("which", artifacts.MODEL_KINDS, "final"), OCTET_STREAM)
+
+
+def _npz(run_id: uuid.UUID, which: str, media: str) -> Response:
+    """The stored .npz bytes of the run's `which` weights, as `media`."""
     session = get_session()
     run = fetch(session, Run, run_id, "run")
     row = artifacts.artifact(session, run.id, which, with_data=True)
@@ -161,7 +182,7 @@ def _nbytes(model: nn.Model) -> int:
     return sum(a.nbytes for layer in model.weights for a in layer.values())
 
 
-def _onnx(run_id: uuid.UUID, which: str) -> Response:
+def _onnx(run_id: uuid.UUID, which: str, media: str = onnx_export.MEDIA_TYPE) -> Response:
     """The model as ONNX (service/onnx_export.py); 406 `not_exportable` naming the first
     layer that has no ONNX form."""
     status, found = _stored_model(run_id, which)
@@ -173,7 +194,7 @@ def _onnx(run_id: uuid.UUID, which: str) -> Response:
     except onnx_export.NotExportable as e:
         raise ApiError(406, "not_exportable", f"{e}; ask for application/json or "
                                               "application/x-npz", layer=e.path) from None
-    resp = Response(proto.SerializeToString(), mimetype=onnx_export.MEDIA_TYPE)
+    resp = Response(proto.SerializeToString(), mimetype=media)
     resp.headers["Content-Disposition"] = f'attachment; filename="run-{run_id}-{which}.onnx"'
     return resp
 

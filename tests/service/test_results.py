@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 
 import numpy as np
 import onnxruntime as ort
@@ -318,6 +319,23 @@ def test_weights_npz_by_format_and_accept(app: Flask, client, run: dict) -> None
         resp = client.get(url, headers={"Accept": accept})
         assert resp.status_code == 200 and resp.mimetype == media, accept
     assert client.get(f"{url}?format=json", headers={"Accept": "application/x-npz"}).is_json
+
+
+def test_weights_as_files_of_one_type(app: Flask, client, run: dict) -> None:  # noqa: ANN001
+    """weights.npz and weights.onnx: what ?format=npz and ?format=onnx answer, always as
+    application/octet-stream (the one type a generated client reads as a file)."""
+    url = f"/v1/runs/{run['id']}/weights"
+    for suffix in ("npz", "onnx"):
+        resp = client.get(f"{url}.{suffix}", headers={"Accept": "application/json"})
+        assert resp.status_code == 200 and resp.mimetype == "application/octet-stream"
+        assert resp.get_data() == client.get(f"{url}?format={suffix}").get_data()
+        assert resp.headers["Content-Disposition"] == \
+            f'attachment; filename="run-{run["id"]}-final.{suffix}"'
+        missing = client.get(f"{url}.{suffix}?which=best")
+        assert missing.status_code == 404 and missing.get_json()["code"] == \
+            "weights_not_available"
+        assert problem_paths(client.get(f"{url}.{suffix}?which=latest")) == ["query.which"]
+        assert client.get(f"/v1/runs/{uuid.uuid4()}/weights.{suffix}").status_code == 404
 
 
 def test_weights_not_acceptable(client, run: dict) -> None:  # noqa: ANN001
