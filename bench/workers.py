@@ -30,10 +30,13 @@ SECONDS = 6  # one wrk round
 CONNECTIONS = 4
 
 
-def gthread(argv: list[str]) -> list[str]:
-    """The API's command with gunicorn's gthread worker, 4 threads a process."""
+def with_class(argv: list[str], kind: str) -> list[str]:
+    """The API's command with gunicorn's worker class `kind`; gthread with 4 threads a
+    process."""
     argv = list(argv)
-    argv[argv.index("--worker-class") + 1] = "gthread"
+    argv[argv.index("--worker-class") + 1] = kind
+    if kind != "gthread":
+        return argv
     i = argv.index("--worker-connections")
     del argv[i:i + 2]
     i = argv.index("--workers") + 2
@@ -53,6 +56,8 @@ def cpu_seconds(pids: list[str]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--classes", default="gevent,gthread",
+                    help="gunicorn worker classes, the first the deployment's")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     if not shutil.which("wrk"):
@@ -60,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     head = machine()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-workers-"))
     gevent_command = bench.api_command
-    kinds = {"gevent": gevent_command, "gthread": lambda h, p: gthread(gevent_command(h, p))}
+    kinds = {kind: (lambda h, p, kind=kind: with_class(gevent_command(h, p), kind))
+             for kind in args.classes.split(",")}
     stacks, urls, pids, commands = {}, {}, {}, {}
     got: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in kinds}
     try:
@@ -100,19 +106,20 @@ def main(argv: list[str] | None = None) -> None:
              f"{med(kind, 0) * 1e3:.2f} ({spread([r[0] * 1e3 for r in got[kind]], '{:.2f}')})",
              f"{med(kind, 2) * 1e6:,.0f}", f"{med(kind, 3) * 1e6:,.0f}"] for kind in kinds]
     head.append(f"- load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    first = next(iter(kinds))
     lines = ["## gunicorn's worker classes", "",
              f"Command: `{command()}` (from the repository root). The API as "
-             f"`{commands['gevent']}` (the deployment's) and as `{commands['gthread']}`, each "
+             + " and as ".join(f"`{c}`" for c in commands.values()) + ", each "
              f"with its worker and beat on a database and Redis prefix of its own; "
              f"{args.rounds} rounds of wrk ({CONNECTIONS} connections, {SECONDS} s, "
              "POST /v1/runs/{id}/predict, 1 row), alternating; medians and min..max. CPU: "
              "the API processes' own, per request.", "", *head, "",
              *table(["worker class", "requests/s", "p50 ms", "user CPU us/request",
                      "system CPU us/request"], rows), "",
-             f"- gevent against gthread: requests/s x{med('gevent', 1) / med('gthread', 1):.2f}, "
-             f"p50 x{med('gevent', 0) / med('gthread', 0):.2f}, CPU per request "
-             f"x{(med('gevent', 2) + med('gevent', 3)) / (med('gthread', 2) + med('gthread', 3)):.2f}.",
-             ""]
+             *(f"- {kind} against {first}: requests/s x{med(kind, 1) / med(first, 1):.2f}, "
+               f"p50 x{med(kind, 0) / med(first, 0):.2f}, CPU per request "
+               f"x{(med(kind, 2) + med(kind, 3)) / (med(first, 2) + med(first, 3)):.2f}."
+               for kind in kinds if kind != first), ""]
     write_section("workers", lines, pathlib.Path(args.out))
 
 

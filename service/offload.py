@@ -28,10 +28,9 @@ T = TypeVar("T")
 INLINE_BYTES = 64 * 1024
 # At most this many requests' heavy work at once in a process; the others wait their turn.
 # Each may hold up to JSON_MAX_MEMORY_BYTES or PREDICT_MAX_MEMORY_BYTES, so this bounds a
-# process's memory as the 4 threads of each API process did before it ran gevent; and more
-# than the cores would only share them. A pool of its own, not the hub's: gevent resolves
-# host names (a database's, when it connects) in the hub's pool, which must not wait behind
-# an upload.
+# process's memory as a threaded worker of 4 threads would; more threads than the cores
+# would only share them. A pool of its own, not the hub's: gevent resolves host names (a
+# database's, when it connects) in the hub's pool, which must not wait behind an upload.
 THREADS = 4
 
 _pool: Any = None  # this process's gevent ThreadPool, made on first use (after the fork)
@@ -39,7 +38,7 @@ _away: contextvars.ContextVar[bool] = contextvars.ContextVar("backprop_offloaded
 
 
 def run(fn: Callable[..., T], *args: Any, size: int | None = None, **kwargs: Any) -> T:
-    """fn(*args, **kwargs), in gevent's thread pool when this process serves on gevent, with
+    """fn(*args, **kwargs), in this process's thread pool when it serves on gevent, with
     the caller's context (Flask's app and request, the log ids); `size` (bytes, as for
     INLINE_BYTES) lets small work run in place. Exceptions reach the caller as raised."""
     if (size is not None and size < INLINE_BYTES) or _away.get() or not _on_gevent():
