@@ -135,8 +135,9 @@ TINY_CASES = {
 @pytest.mark.parametrize("case", list(TINY_CASES))
 def test_pure_python_engine_matches_the_general_path_to_rounding(case, xor_data, monkeypatch):
     """Its dot products sum in order (BLAS's kernels use fused multiply-adds) and its tanh is
-    libm's (NumPy's differs by up to 3 ulps), so the engines agree to ~1e-13 after an epoch
-    or two; later a ReLU input within rounding of 0, or an unstable phase of training, can
+    libm's (NumPy's differs by up to 3 ulps, and by more on some CPUs: tanh-relu-BCE drifts
+    1.4e-12 apart on an Intel Xeon of family 6 model 167), so the engines agree to ~1e-12
+    after an epoch or two; later a ReLU input within rounding of 0, or an unstable phase of training, can
     amplify the last bits (as between any two implementations: bench/README.md), so the
     comparison is over two epochs."""
     layers, training = TINY_CASES[case]
@@ -148,7 +149,7 @@ def test_pure_python_engine_matches_the_general_path_to_rounding(case, xor_data,
     assert engine is not None and engine.tiny is not None          # it is the one tested
     general, general_reports = run("off", monkeypatch, layers, training, X, y)
     tiny, tiny_reports = run("auto", monkeypatch, layers, training, X, y)
-    assert_agree(tiny, tiny_reports, general, general_reports, 1e-12)
+    assert_agree(tiny, tiny_reports, general, general_reports, 1e-11)
 
 
 def test_pretraining_through_the_pure_python_engine(xor_data, monkeypatch):
