@@ -22,6 +22,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -387,3 +388,54 @@ class WebhookAttempt(Base):
 
     def __repr__(self) -> str:
         return f"<WebhookAttempt {self.delivery_id} #{self.attempt} {self.status_code}>"
+
+
+# ---- model aliases ---------------------------------------------------------------------------
+MODEL_WEIGHTS = ("final", "best")
+
+
+class ModelAlias(Base):
+    """A tenant's name for one run's weights (PUT /v1/models/{name}): what
+    POST /v1/models/{name}/predict answers with. `version` is the newest of its
+    `ModelVersion`s, the one it points at now.
+
+    The run's foreign key is RESTRICT: a run an alias points at cannot be deleted (the API
+    says which alias first; retention skips it: worker/retention.py)."""
+
+    __tablename__ = "model_aliases"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="RESTRICT"), index=True)
+    weights: Mapped[str] = mapped_column(String(20))  # final | best
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<ModelAlias {self.name!r} v{self.version} -> {self.run_id} {self.weights}>"
+
+
+class ModelVersion(Base):
+    """Where an alias pointed, one row per PUT that moved it. Its run may since have been
+    deleted (only the current version keeps its run), so `run_id` is no foreign key."""
+
+    __tablename__ = "model_versions"
+
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(36))
+    weights: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "name"],
+                                ["model_aliases.tenant_id", "model_aliases.name"],
+                                ondelete="CASCADE"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<ModelVersion {self.name!r} v{self.version} -> {self.run_id} {self.weights}>"

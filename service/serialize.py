@@ -12,6 +12,8 @@ from service.models import (
     ApiKey,
     Dataset,
     Epoch,
+    ModelAlias,
+    ModelVersion,
     Run,
     Tenant,
     Webhook,
@@ -190,3 +192,22 @@ def delivery_json(d: WebhookDelivery, attempts: list[WebhookAttempt]) -> dict[st
             "next_attempt_at": timestamp(a.next_attempt_at),
         } for a in attempts],
     }
+
+
+def model_json(m: ModelAlias) -> dict[str, Any]:
+    base = f"/v1/models/{m.name}"
+    return {
+        "name": m.name,
+        "run_id": m.run_id,
+        "weights": m.weights,
+        "version": m.version,
+        "created_at": timestamp(m.created_at),
+        "updated_at": timestamp(m.updated_at),
+        "links": {"self": base, "versions": f"{base}/versions", "predict": f"{base}/predict",
+                  "run": f"/v1/runs/{m.run_id}"},
+    }
+
+
+def model_version_json(v: ModelVersion) -> dict[str, Any]:
+    return {"version": v.version, "run_id": v.run_id, "weights": v.weights,
+            "created_at": timestamp(v.created_at)}

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.db import engine, free_pages, session_scope
-from service.models import Artifact, Run
+from service.models import Artifact, ModelAlias, Run
 from service.serialize import FINISHED_STATUSES
 from worker import lease
 
@@ -33,9 +33,8 @@ BATCH = 20
 
 
 def aliased() -> sa.ColumnElement[bool]:
-    """Runs a model alias points at (PUT /v1/models/{name}, not built yet), which are kept.
-    When aliases exist: an EXISTS over the aliases naming Run.id."""
-    return sa.false()
+    """Runs a model alias points at (PUT /v1/models/{name}), which are kept."""
+    return sa.exists().where(ModelAlias.run_id == Run.id)
 
 
 def expired(now: datetime, seconds: float) -> sa.ColumnElement[bool]:
