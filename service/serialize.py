@@ -14,6 +14,7 @@ from service.models import (
     Epoch,
     ModelAlias,
     ModelVersion,
+    Prediction,
     Run,
     Tenant,
     Webhook,
@@ -211,3 +212,31 @@ def model_json(m: ModelAlias) -> dict[str, Any]:
 def model_version_json(v: ModelVersion) -> dict[str, Any]:
     return {"version": v.version, "run_id": v.run_id, "weights": v.weights,
             "created_at": timestamp(v.created_at)}
+
+
+def prediction_json(p: Prediction) -> dict[str, Any]:
+    base = f"/v1/predictions/{p.id}"
+    error = None
+    if p.error_code is not None:
+        error = {"code": p.error_code, "message": p.error_message or ""}
+    return {
+        "id": p.id,
+        "status": p.status,
+        "dataset_id": p.dataset_id,
+        "run_id": p.run_id,
+        "weights": p.weights,
+        "model": p.model,
+        "model_version": p.model_version,
+        "created_at": timestamp(p.created_at),
+        "started_at": timestamp(p.started_at),
+        "finished_at": timestamp(p.finished_at),
+        "rows_total": p.rows_total,
+        "rows_done": p.rows_done,
+        "progress": min(1.0, p.rows_done / p.rows_total) if p.rows_total else 1.0,
+        "error": error,
+        "cancel_requested": bool(p.cancel_requested),
+        "attempts": p.attempts,
+        "result_bytes": p.result_bytes,
+        "links": {"self": base, "result": f"{base}/result", "cancel": f"{base}/cancel",
+                  "dataset": f"/v1/datasets/{p.dataset_id}", "run": f"/v1/runs/{p.run_id}"},
+    }

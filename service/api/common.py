@@ -1,10 +1,10 @@
 """Small helpers the blueprints share, and the one place that scopes queries to a tenant.
 
-Every query of data sets, runs, webhooks and model aliases a tenant endpoint makes carries
-`owned(Model)` (lists, updates, deletes) or goes through `fetch` (one row by id; an alias by
-its name: `find_model`, `model_artifact`). Epochs, statistics and artifacts
-are reached only through a run fetched so, or joined to it (`run_artifact`); webhook
-deliveries only through their webhook. Another
+Every query of data sets, runs, webhooks, model aliases and batch predictions a tenant
+endpoint makes carries `owned(Model)` (lists, updates, deletes) or goes through `fetch` (one
+row by id; an alias by its name: `find_model`, `model_artifact`). Epochs, statistics and
+artifacts are reached only through a run fetched so, or joined to it (`run_artifact`);
+webhook deliveries only through their webhook, a prediction's chunks through it. Another
 tenant's id is therefore a plain 404, exactly like an id that does not exist: whether it
 exists is not revealed.
 """
@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session
 from service.auth import tenant_id
 from service.db import read_row
 from service.errors import ApiError, not_found
-from service.models import Artifact, Dataset, ModelAlias, Run, Webhook
+from service.models import Artifact, Dataset, ModelAlias, Prediction, Run, Webhook
 
-T = TypeVar("T", Dataset, Run, Webhook, ModelAlias)
+T = TypeVar("T", Dataset, Run, Webhook, ModelAlias, Prediction)
 
 
-def owned(model: type[Dataset] | type[Run] | type[Webhook] | type[ModelAlias]
+def owned(model: type[Dataset] | type[Run] | type[Webhook] | type[ModelAlias] | type[Prediction]
           ) -> sa.ColumnElement[bool]:
     """The WHERE clause limiting `model`'s rows to the calling tenant's."""
     return model.tenant_id == tenant_id()

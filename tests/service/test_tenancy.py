@@ -20,6 +20,7 @@ from service.config import SettingError
 from service.models import ApiKey, Base, Run
 from service.schemas import spec
 from tests.service.conftest import add_tenant, make_app
+from worker.predictions import run_prediction
 from tests.service.helpers import (
     XOR_NETWORK,
     XOR_TRAINING,
@@ -138,8 +139,8 @@ def test_unrouted_requests_are_404_or_405_without_a_key(client) -> None:  # noqa
 
 @pytest.fixture
 def other(any_app: Flask) -> dict[str, Any]:
-    """Tenant B's client, data set, succeeded run (with final weights), webhook and model
-    alias (`name`, pointing at the run)."""
+    """Tenant B's client, data set, succeeded run (with final weights), webhook, model alias
+    (`name`, pointing at the run) and batch prediction (succeeded)."""
     _, key = add_tenant(any_app, "other")
     client = any_app.test_client(api_key=key)
     dataset = create_xor_dataset(client)
@@ -147,8 +148,11 @@ def other(any_app: Flask) -> dict[str, Any]:
     finish_run(any_app, run["id"], epochs=3, artifacts={"final": trained_model(run).to_npz()})
     webhook = client.post("/v1/webhooks", json=WEBHOOK).get_json()
     assert client.put("/v1/models/theirs", json={"run_id": run["id"]}).status_code == 201
+    job = client.post("/v1/predictions", json={"model": "theirs", "dataset_id": dataset["id"]})
+    with any_app.app_context():
+        assert run_prediction(job.get_json()["id"]) == "succeeded"
     return {"client": client, "dataset_id": dataset["id"], "run_id": run["id"],
-            "webhook_id": webhook["id"], "name": "theirs"}
+            "webhook_id": webhook["id"], "name": "theirs", "prediction_id": job.get_json()["id"]}
 
 
 def _unchanged(other: dict[str, Any]) -> None:
@@ -161,6 +165,8 @@ def _unchanged(other: dict[str, Any]) -> None:
     assert webhook["previous_secret_expires_at"] is None  # not rotated
     model = b.get(f"/v1/models/{other['name']}").get_json()
     assert (model["run_id"], model["version"]) == (other["run_id"], 1)
+    job = b.get(f"/v1/predictions/{other['prediction_id']}").get_json()
+    assert (job["status"], job["cancel_requested"]) == ("succeeded", False)
 
 
 @pytest.mark.parametrize(("method", "template"),
@@ -168,7 +174,8 @@ def _unchanged(other: dict[str, Any]) -> None:
 def test_another_tenants_id_is_404(any_client, other: dict, method: str, template: str) -> None:  # noqa: ANN001
     """Every operation on an id: tenant A gets 404 for tenant B's ids, as for no id at all,
     and B's rows are untouched."""
-    ids = {name: other[name] for name in ("dataset_id", "run_id", "webhook_id", "name")}
+    ids = {name: other[name] for name in ("dataset_id", "run_id", "webhook_id", "name",
+                                          "prediction_id")}
     theirs = _problem(_call(any_client, method, template, ids=ids), 404, "not_found")
     nobody = _problem(_call(any_client, method, template), 404, "not_found")
     assert theirs["detail"] == nobody["detail"].replace(MISSING, ids[_param(template)])
@@ -185,8 +192,10 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
     """Lists never show B's rows, usage never counts them; bodies that name B's rows are
     refused as naming nothing."""
     if template == "/v1/usage":
-        assert any_client.get(template).get_json()["counts"] == {"datasets": 0, "runs": 0}
-        assert other["client"].get(template).get_json()["counts"] == {"datasets": 1, "runs": 1}
+        assert any_client.get(template).get_json()["counts"] == {"datasets": 0, "runs": 0,
+                                                                 "predictions": 0}
+        assert other["client"].get(template).get_json()["counts"] == {"datasets": 1, "runs": 1,
+                                                                      "predictions": 1}
     elif method == "GET":
         resp = any_client.get(template)
         assert resp.status_code == 200
@@ -194,6 +203,7 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
         assert other["run_id"] not in resp.get_data(as_text=True)
         assert other["webhook_id"] not in resp.get_data(as_text=True)
         assert other["name"] not in resp.get_data(as_text=True)
+        assert other["prediction_id"] not in resp.get_data(as_text=True)
         assert other["client"].get(template).get_json()["items"]  # B sees its own
     elif (method, template) == ("POST", "/v1/runs"):
         body = {"dataset_id": other["dataset_id"], "network": XOR_NETWORK, "training": XOR_TRAINING}
@@ -207,6 +217,18 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
     elif (method, template) == ("POST", "/v1/datasets"):
         made = create_xor_dataset(any_client)
         assert other["client"].get(f"/v1/datasets/{made['id']}").status_code == 404
+    elif (method, template) == ("POST", "/v1/predictions"):
+        mine = create_xor_dataset(any_client)
+        for body, path in (({"run_id": other["run_id"], "dataset_id": mine["id"]}, "run_id"),
+                           ({"model": other["name"], "dataset_id": mine["id"]}, "model")):
+            resp = any_client.post(template, json=body)
+            assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == path
+        run = create_run(any_client, mine["id"])
+        finish_run(any_client.application, run["id"], epochs=3,
+                   artifacts={"final": trained_model(run).to_npz()})
+        resp = any_client.post(template, json={"run_id": run["id"],
+                                               "dataset_id": other["dataset_id"]})
+        assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "dataset_id"
     elif (method, template) == ("POST", "/v1/webhooks"):
         made = any_client.post(template, json=WEBHOOK).get_json()
         assert other["client"].get(f"/v1/webhooks/{made['id']}").status_code == 404
@@ -394,10 +416,10 @@ def test_views_scope_queries_in_one_place() -> None:
         if path.name == "common.py":
             continue
         text = path.read_text()
-        assert not re.search(r"session\.get\((Run|Dataset|ModelAlias)\b", text), path.name
-        assert not re.search(r"select\((Run|Dataset|ModelAlias)\)", text), path.name
-        for statement in re.findall(r"sa\.(?:update|delete)\((?:Run|Dataset|ModelAlias)\)[^\n]*",
-                                    text):
+        models = "Run|Dataset|ModelAlias|Prediction"
+        assert not re.search(rf"session\.get\(({models})\b", text), path.name
+        assert not re.search(rf"select\(({models})\)", text), path.name
+        for statement in re.findall(rf"sa\.(?:update|delete)\((?:{models})\)[^\n]*", text):
             assert "owned(" in statement, (path.name, statement)
 
 
