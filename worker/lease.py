@@ -142,16 +142,16 @@ def release(session: Session, run_id: str, token: str, *, now: datetime, job: Jo
     emit_status(session, session.get(job, run_id, populate_existing=True))
 
 
-def hand_back(session: Session, run_id: str, token: str) -> None:
+def hand_back(session: Session, run_id: str, token: str, job: Job = Run) -> None:
     """Put a running run back in the queue (its worker is shutting down): queued, the lease
     cleared, and this claim not counted in `attempts` (a hand-back is not a death, so it
     never brings the run closer to "worker_lost"). Fenced; call it after `fence`, which
     locks the row, so a cancel cannot slip in between (it is read by the fence)."""
     result = session.execute(
-        sa.update(Run)
-        .where(Run.id == run_id, Run.lease_token == token, Run.status == "running")
+        sa.update(job)
+        .where(job.id == run_id, job.lease_token == token, job.status == "running")
         .values(status="queued", lease_token=None, lease_expires_at=None,
-                attempts=Run.attempts - 1, published_at=None),
+                attempts=job.attempts - 1, published_at=None),
         execution_options=NO_SYNC,
     )
     if result.rowcount != 1:

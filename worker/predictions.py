@@ -5,7 +5,9 @@ job=Prediction; the reconciler republishes it when its message is lost or its wo
 Each chunk is read from the data set's stored bytes by range (dataio.InputRows), predicted,
 and written in one fenced transaction with the job's progress, so a chunk is stored once and
 a claim that follows a dead worker goes on from the first chunk missing. At most one chunk's
-inputs, computation and result are held at a time (service/predictions.py).
+inputs, computation and result are held at a time (service/predictions.py). A worker asked
+to shut down (worker/shutdown.py) hands the job back after the chunk it is making, as a
+run is handed back, and another worker goes on with it at once.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import nn
 from service import dataio, logs, predictions
 from service.db import session_scope
 from service.models import Artifact, Dataset, Prediction, PredictionChunk, utcnow
-from worker import lease
+from service.queue import publish_prediction
+from worker import lease, shutdown
 
 log = logging.getLogger(__name__)
 
-NOT_RUN = ("dropped", "settled", "lease_lost")
+NOT_RUN = ("dropped", "settled", "lease_lost", "handed_back")
 
 
 class InvalidData(Exception):
@@ -47,7 +50,7 @@ class Claimed(NamedTuple):
 def run_prediction(prediction_id: str) -> str:
     """Claim and run the job, in the app context: its final status, or why it was not run
     ("dropped": not claimable; "settled": ended by lease.settle_abandoned; "lease_lost":
-    taken over meanwhile)."""
+    taken over meanwhile; "handed_back": this worker is shutting down)."""
     with logs.bound(prediction_id=prediction_id):
         claimed = _claim(prediction_id)
         if isinstance(claimed, str):
@@ -113,6 +116,8 @@ def _run(prediction_id: str, claimed: Claimed) -> str:
                                 execution_options=lease.NO_SYNC)
             if cancel:
                 return _finish(prediction_id, claimed.token, status="cancelled")
+            if shutdown.requested.is_set() and stop < claimed.rows_total:
+                return _hand_back(prediction_id, claimed.token, stop)
     except InvalidData as exc:
         return _finish(prediction_id, claimed.token, status="failed",
                        error_code="invalid_data", error_message=str(exc))
@@ -167,6 +172,25 @@ def _rows(dataset_id: str, layout: dataio.InputRows | np.ndarray, start: int, st
     if raw is None:
         raise InvalidData(f"data set {dataset_id} not found")
     return layout.decode(bytes(raw), start, stop)
+
+
+def _hand_back(prediction_id: str, token: str, rows_done: int) -> str:
+    """Shutting down: the job back in the queue with the chunks it has (a cancel requested
+    meanwhile ends it cancelled instead), and another worker woken for it."""
+    with session_scope() as session:
+        cancel = lease.fence(session, prediction_id, token, now=utcnow(),
+                             lease_seconds=current_app.config["LEASE_SECONDS"], job=Prediction)
+        if not cancel:
+            lease.hand_back(session, prediction_id, token, job=Prediction)
+    if cancel:
+        return _finish(prediction_id, token, status="cancelled")
+    log.info("prediction %s: handed back to the queue after %d rows", prediction_id, rows_done)
+    try:
+        publish_prediction(prediction_id)
+    except Exception:  # noqa: BLE001 - the broker may be down; the reconciler republishes
+        log.warning("prediction %s: could not publish it again; the reconciler will",
+                    prediction_id, exc_info=True)
+    return "handed_back"
 
 
 def _finish(prediction_id: str, token: str, *, status: str, error_code: str | None = None,

@@ -4,6 +4,7 @@ million rows made and answered holding a few chunks at a time (measured with tra
 
 from __future__ import annotations
 
+import threading
 import tracemalloc
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,6 +19,8 @@ import nn
 from service import auth, db, predictions
 from service.models import Artifact, Prediction, PredictionChunk, Run, utcnow
 from tests.worker.rows import add_run, tenant
+from worker import predictions as worker_predictions
+from worker import shutdown
 from worker.predictions import run_prediction
 from worker.reconcile import reconcile
 
@@ -105,6 +108,34 @@ def test_a_job_whose_worker_died_resumes_from_its_first_missing_chunk(
                                 .where(PredictionChunk.prediction_id == job_id))
     assert done.result_bytes == stored  # each chunk counted once
     assert run_prediction(job_id) == "dropped"  # a duplicate message
+
+
+def test_a_worker_shutting_down_hands_the_job_back(
+    app: Flask, dataset: str, trained: tuple[str, nn.Model], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Asked to stop, the worker stores the chunk it is making, puts the job back in the
+    queue (the claim not counted) and publishes it; the next worker goes on from there."""
+    job_id = _job(trained[0], dataset, rows=100, chunk_rows=30)
+    requested = threading.Event()
+    monkeypatch.setattr(shutdown, "requested", requested)
+    encode, made, published = predictions.encode_chunk, [], []
+    monkeypatch.setattr(worker_predictions, "publish_prediction", published.append)
+
+    def stop_asked_at_the_second(arrays: dict) -> bytes:
+        made.append(1)
+        if len(made) == 2:
+            requested.set()
+        return encode(arrays)
+
+    monkeypatch.setattr(predictions, "encode_chunk", stop_asked_at_the_second)
+    assert run_prediction(job_id) == "handed_back"
+    back = _job_row(job_id)
+    assert (back.status, back.rows_done, back.attempts, back.lease_token) == \
+        ("queued", 60, 0, None)
+    assert published == [job_id]
+    requested.clear()
+    assert run_prediction(job_id) == "succeeded"
+    assert (_job_row(job_id).attempts, len(_outputs(job_id))) == (1, 100)
 
 
 def test_a_job_that_kills_every_worker_fails_worker_lost(
