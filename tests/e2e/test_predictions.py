@@ -1,14 +1,15 @@
-"""Model aliases and batch predictions through the real processes on PostgreSQL and Redis
+"""Model aliases and batch predictions through the real processes. On PostgreSQL and Redis
 (docker-compose.yml's commands): both gunicorn workers of the API follow a PUT of an alias
 at once; a batch prediction made from the alias survives its worker's SIGKILL, resumed by a
 second worker from its first missing chunk, and its result is the run's predict row for
-row."""
+row. On SQLite and the filesystem broker (`backprop up`): a job from an alias, as CSV."""
 
 from __future__ import annotations
 
 import io
 import re
 import signal
+from pathlib import Path
 
 import numpy as np
 
@@ -80,3 +81,30 @@ def test_aliases_and_a_batch_prediction_whose_worker_dies(pg_url: str, redis_pre
     api.call("DELETE", f"/v1/predictions/{job_id}", 204)
     assert api.get("/v1/usage")["bytes"]["predictions"] == 0
     procs.check()
+
+
+def test_backprop_up_runs_a_batch_prediction(procs: Procs, tmp_path: Path) -> None:
+    """The embedded default (SQLite, the filesystem broker, its own worker): a job from an
+    alias, in chunks, answered as CSV row for row as the run's predict."""
+    api, _ = flow.start_up(procs, tmp_path, PREDICTION_CHUNK_ROWS=64)
+    dataset = flow.create_xor(api)
+    run_id = flow.start_run(api, dataset, training={"epochs": 5})["id"]
+    assert flow.wait_until(api, procs, run_id)["status"] == "succeeded"
+    api.call("PUT", "/v1/models/xor", 201, json={"run_id": run_id})
+    job_id = api.post("/v1/predictions", {"model": "xor", "dataset_id": dataset}, 202)["id"]
+
+    def finished() -> dict | None:
+        now = api.get(f"/v1/predictions/{job_id}")
+        return now if now["status"] in flow.FINISHED else None
+
+    done = procs.wait_for("the job to finish", finished, flow.RUN_SECONDS)
+    assert (done["status"], done["rows_done"]) == ("succeeded", flow.XOR["n_samples"])
+    text = api.call("GET", f"/v1/predictions/{job_id}/result?format=csv", 200).text
+    lines = text.splitlines()
+    samples = nn.generate(flow.XOR["kind"], flow.XOR["n_samples"], flow.XOR["noise"],
+                          flow.XOR["seed"])[0]
+    expected = api.post(f"/v1/runs/{run_id}/predict", {"inputs": samples.tolist()})
+    assert lines[0] == "output_0,label,probability_0,probability_1"
+    assert [float(line.split(",")[0]) for line in lines[1:]] == \
+        [o[0] for o in expected["outputs"]]
+    assert [int(line.split(",")[1]) for line in lines[1:]] == expected["labels"]
