@@ -2,7 +2,10 @@
 
 Per-epoch rows and statistics rows (every layer's, packed, in one row per epoch) have natural
 primary keys (run, phase, epoch), so a row can be written at most once whatever the worker
-does.
+does. They are most of what a database holds (a run keeps every epoch's row: 100,000 for
+the longest), so they are narrow: the run is named by its `seq` (4 bytes, where its id takes
+37, once in the row and once in the key's index), the phase by a small integer (`Phase`),
+and the key is the only index, the one every reader uses (bench/STORAGE.md).
 
 Tenancy: every data set and run belongs to a tenant (`tenant_id`); epochs, statistics and
 artifacts belong to a run and are reached only through it. API keys belong to a tenant and
@@ -27,13 +30,19 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
+    SmallInteger,
     Text,
     TypeDecorator,
     false,
+    select,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
+PHASES = ("pretrain", "train")  # in the order a run goes through them
 RUN_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "running", "cancelling")
 ARTIFACT_KINDS = ("initial", "checkpoint", "final", "best")
@@ -62,6 +71,48 @@ class UTCDateTime(TypeDecorator):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
         return value
+
+
+class Phase(TypeDecorator):
+    """A phase ("pretrain" or "train") stored as its index in PHASES: 2 bytes, ordered as
+    the names are (and as the run goes), so comparisons of (phase, epoch) keep their sense."""
+
+    impl = SmallInteger
+    cache_ok = True
+
+    @property
+    def python_type(self) -> type:
+        return str
+
+    def process_bind_param(self, value: Optional[str], dialect: Any) -> Optional[int]:
+        if value is None:
+            return None
+        if value not in PHASES:
+            raise ValueError(f"not a phase: {value!r}")
+        return PHASES.index(value)
+
+    def process_result_value(self, value: Optional[int], dialect: Any) -> Optional[str]:
+        return None if value is None else PHASES[value]
+
+
+class next_run_seq(FunctionElement):
+    """The `seq` of a run being inserted: PostgreSQL's sequence `runs_seq`; on SQLite one
+    more than the largest, read in the INSERT itself (a single writer at a time). A number
+    SQLite gives again after the largest run is deleted names no row: that run's rows went
+    with it (ON DELETE CASCADE)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(next_run_seq)
+def _next_run_seq(element: next_run_seq, compiler: Any, **kw: Any) -> str:
+    return "nextval('runs_seq')"
+
+
+@compiles(next_run_seq, "sqlite")
+def _next_run_seq_sqlite(element: next_run_seq, compiler: Any, **kw: Any) -> str:
+    return "(SELECT coalesce(max(seq), 0) + 1 FROM runs)"
 
 
 class Base(DeclarativeBase):
@@ -161,6 +212,8 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # The run's number in its epoch and statistics rows (see the module docstring).
+    seq: Mapped[int] = mapped_column(Integer, unique=True, default=next_run_seq())
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
     dataset_id: Mapped[str] = mapped_column(
         ForeignKey("datasets.id", ondelete="RESTRICT"), index=True
@@ -207,6 +260,9 @@ class Run(Base):
         # The oldest finished runs first (retention: worker/retention.py).
         Index("ix_runs_finished_at", "finished_at"),
     )
+    # One INSERT a run: SQLite computes next_run_seq() once for all the rows of a multi-row
+    # INSERT, which is how a flush of several runs would write them otherwise.
+    __mapper_args__ = {"batch": False}
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.status} {self.epochs_completed}/{self.epochs_total}>"
@@ -215,12 +271,12 @@ class Run(Base):
 class Epoch(Base):
     __tablename__ = "epochs"
 
-    run_id: Mapped[str] = mapped_column(
-        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
-    )
-    phase: Mapped[str] = mapped_column(String(20), primary_key=True)  # train | pretrain
-    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    layer: Mapped[Optional[int]] = mapped_column(Integer)  # pretrain: the layer pretrained
+    # Key columns first, the 4-byte ones before the 2-byte ones: PostgreSQL aligns each
+    # column to its size, so this order wastes no padding before the floats.
+    run_seq: Mapped[int] = mapped_column(ForeignKey("runs.seq", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(Phase)
+    layer: Mapped[Optional[int]] = mapped_column(SmallInteger)  # pretrain: the layer pretrained
     train_loss: Mapped[Optional[float]] = mapped_column(Float)
     val_loss: Mapped[Optional[float]] = mapped_column(Float)
     train_accuracy: Mapped[Optional[float]] = mapped_column(Float)
@@ -228,8 +284,12 @@ class Epoch(Base):
     learning_rate: Mapped[Optional[float]] = mapped_column(Float)
     duration_s: Mapped[float] = mapped_column(Float)
 
+    # One b-tree on SQLite (the key holds the row), not a table and an index repeating it.
+    __table_args__ = (PrimaryKeyConstraint("run_seq", "phase", "epoch"),
+                      {"sqlite_with_rowid": False})
+
     def __repr__(self) -> str:
-        return f"<Epoch {self.run_id} {self.phase} {self.epoch} loss={self.train_loss}>"
+        return f"<Epoch {self.run_seq} {self.phase} {self.epoch} loss={self.train_loss}>"
 
 
 # The statistics of one weight array (an entry of a layer-stats row's `params`), then those
@@ -247,16 +307,24 @@ class EpochStats(Base):
 
     __tablename__ = "epoch_stats"
 
-    run_id: Mapped[str] = mapped_column(
-        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
-    )
-    phase: Mapped[str] = mapped_column(String(20), primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_seq: Mapped[int] = mapped_column(ForeignKey("runs.seq", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(Phase)
     layout: Mapped[str] = mapped_column(Text)  # e.g. "0:dense_0:W*,b;1:dense_1:W*,b"
     figures: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (or float64) numbers
 
+    __table_args__ = (PrimaryKeyConstraint("run_seq", "phase", "epoch"),
+                      {"sqlite_with_rowid": False})
+
     def __repr__(self) -> str:
-        return f"<EpochStats {self.run_id} {self.phase} {self.epoch} {self.layout!r}>"
+        return f"<EpochStats {self.run_seq} {self.phase} {self.epoch} {self.layout!r}>"
+
+
+def of_run(entity: type[Epoch] | type[EpochStats], run_id: ColumnElement[str] | str
+           ) -> ColumnElement[bool]:
+    """SQL: the entity's rows of the run whose id is `run_id` (its seq is read once, then
+    the primary key's index finds the rows)."""
+    return entity.run_seq == select(Run.seq).where(Run.id == run_id).scalar_subquery()
 
 
 class EventStream(Base):

@@ -21,6 +21,7 @@ from typing import Any
 
 from flask import Flask, current_app, request
 
+from service import offload
 from service.errors import ApiError, size, validation_error, validation_errors
 from service.schemas import query_parameters
 
@@ -112,7 +113,7 @@ def json_body() -> Any:
                        f"(JSON_MAX_MEMORY_BYTES): send fewer values (a large data set as an "
                        f".npz or CSV upload)")
     try:
-        return loads(raw)
+        return offload.run(loads, raw, size=len(raw))
     except RecursionError:
         raise ApiError(400, "invalid_json", "the JSON body is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, our refusals

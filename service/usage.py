@@ -22,7 +22,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service.models import Artifact, Dataset, EpochStats, Prediction, Run
+from service.models import Artifact, Dataset, EpochStats, Prediction, Run, of_run
 
 EPOCH_ROW_BYTES = 200
 STATS_ROW_BYTES = 150
@@ -65,7 +65,7 @@ def stats_bytes(run_id: sa.ColumnElement[str] | str) -> sa.ScalarSelect[int]:
     """SQL: what the run's statistics rows count."""
     size = STATS_ROW_BYTES + sa.func.length(EpochStats.layout) + sa.func.length(EpochStats.figures)
     return (sa.select(sa.func.coalesce(sa.func.sum(size), 0))
-            .where(EpochStats.run_id == run_id).scalar_subquery())
+            .where(of_run(EpochStats, run_id)).scalar_subquery())
 
 
 def record_rows(session: Session, run_id: str, epoch_rows: int) -> None:

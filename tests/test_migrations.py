@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,9 @@ import sqlalchemy as sa
 from alembic import command
 
 import nn
-from service import db, usage
-from service.models import STAT_FIELDS, Base
-from service.serialize import finite
+from service import db, statstore, usage
+from service.models import STAT_FIELDS, Base, Run
+from service.serialize import epoch_json, finite
 from tests.service.conftest import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -294,7 +295,8 @@ def test_statistics_are_packed_and_answered_as_before(url: str) -> None:
             thinned = conn.execute(sa.text("SELECT stats_thinned_after FROM runs")).scalars()
             assert list(thinned) == [None, None]  # every epoch stays
             counted = dict(conn.execute(sa.text("SELECT id, rows_bytes FROM runs")).all())
-            stats = conn.execute(sa.text("SELECT run_id, layout, figures FROM epoch_stats"))
+            stats = conn.execute(sa.text("SELECT r.id, s.layout, s.figures FROM epoch_stats s "
+                                         "JOIN runs r ON r.seq = s.run_seq"))
             for run_id, layout, figures in stats:  # what they count toward the quota
                 counted[run_id] -= usage.STATS_ROW_BYTES + len(layout) + len(figures)
             assert counted == {run: len(reports) * usage.EPOCH_ROW_BYTES
@@ -310,6 +312,105 @@ def test_statistics_are_packed_and_answered_as_before(url: str) -> None:
     finally:
         engine.dispose()
 
+
+# ---- 0008: epoch and statistics rows keyed by the run's number --------------------------------
+
+EPOCH_COLUMNS = ("run_id", "phase", "epoch", "layer", "train_loss", "val_loss", "train_accuracy",
+                 "val_accuracy", "learning_rate", "duration_s")
+
+
+def test_epoch_rows_take_the_runs_number_and_answer_as_before(url: str) -> None:
+    """0008 keys the epoch and statistics rows by (run_seq, phase, epoch), the phase as a
+    number: GET .../epochs and .../layer-stats answer what the rows held (whole, in pages,
+    downsampled, by phase), a run made afterwards gets the next number, and back at 0007
+    the rows are what they were."""
+    cfg = db.alembic_config(url)
+    command.upgrade(cfg, "0007")
+    first, second = "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"
+    reports = {first: _reports("xor", DEEP, {"pretrain": {"epochs": 2}}),
+               second: _reports("xor", DEEP, {"validation_fraction": 0.25})}
+    epochs = [(run, r.phase, r.epoch, r.layer, r.train_loss, r.val_loss, r.train_accuracy,
+               r.val_accuracy, r.learning_rate, r.duration_s)
+              for run, rs in reports.items() for r in rs]
+    assert {e[1] for e in epochs} == {"pretrain", "train"} and None in {e[5] for e in epochs}
+    stats = [(run, r.phase, r.epoch, *statstore.pack(r.layer_stats))
+             for run, rs in reports.items() for r in rs]
+    engine = db.make_engine(url)
+    now = "2026-12-06 00:00:00+00:00"
+    try:
+        with engine.begin() as conn:
+            _tenant_and_dataset(conn, "test", now)
+            for run in reports:
+                conn.execute(sa.text(
+                    "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, "
+                    "created_at, epochs_total, epochs_completed, cancel_requested, attempts) "
+                    "VALUES (:id, 't1', 'd1', 'succeeded', '{}', '{}', :now, 4, 4, false, 1)"),
+                    {"id": run, "now": now})
+            conn.execute(sa.insert(sa.table("epochs", *map(sa.column, EPOCH_COLUMNS))),
+                         [dict(zip(EPOCH_COLUMNS, e)) for e in epochs])
+            conn.execute(sa.insert(sa.table("epoch_stats", *map(sa.column, (
+                "run_id", "phase", "epoch", "layout", "figures")))),
+                [dict(zip(("run_id", "phase", "epoch", "layout", "figures"), s))
+                 for s in stats])
+        command.upgrade(cfg, "head")
+        command.check(cfg)
+        app = make_app(url, migrate=False)
+        client = app.test_client()
+        for run in reports:
+            mine = sorted((e for e in epochs if e[0] == run), key=lambda e: (e[1], e[2]))
+            expected = [epoch_json(SimpleNamespace(**dict(zip(EPOCH_COLUMNS, e))))
+                        for e in mine]
+            base = f"/v1/runs/{run}"
+            assert _items(client, f"{base}/epochs?limit=1000") == expected
+            assert _pages(client, f"{base}/epochs?limit=3") == expected
+            assert _items(client, f"{base}/epochs?phase=train&max_points=2") == [
+                e for e in expected if e["phase"] == "train"][::3]  # 4 epochs: 1 and 4
+            layer_rows = [row for s in sorted((s for s in stats if s[0] == run),
+                                              key=lambda s: (s[1], s[2]))
+                          for row in statstore.rows(SimpleNamespace(
+                              phase=s[1], epoch=s[2], layout=s[3], figures=s[4]))]
+            assert _items(client, f"{base}/layer-stats?limit=1000") == layer_rows
+            assert _pages(client, f"{base}/layer-stats?limit=2") == layer_rows
+        with db.session_scope(app) as session:  # numbered after the runs there were
+            run = Run(tenant_id="t1", dataset_id="d1", network={}, training={},
+                      epochs_total=1)
+            session.add(run)
+            session.flush()
+            numbers = session.scalars(sa.select(Run.seq).order_by(Run.seq)).all()
+            assert run.seq == numbers[-1] and len(set(numbers)) == 3
+            session.delete(run)
+        db.engine(app).dispose()
+        command.downgrade(cfg, "0007")
+        with engine.connect() as conn:
+            back = conn.execute(sa.text(
+                f"SELECT {', '.join(EPOCH_COLUMNS)} FROM epochs ORDER BY run_id, phase, epoch"))
+            assert [tuple(r) for r in back] == sorted(epochs, key=lambda e: e[:3])
+            back = conn.execute(sa.text("SELECT run_id, phase, epoch, layout, figures FROM "
+                                        "epoch_stats ORDER BY run_id, phase, epoch"))
+            assert [(*r[:4], bytes(r[4])) for r in back] == sorted(stats, key=lambda s: s[:3])
+        command.upgrade(cfg, "head")  # and up again
+    finally:
+        engine.dispose()
+
+
+def _items(client: Any, path: str) -> list[dict[str, Any]]:
+    resp = client.get(path)
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()["items"]
+
+
+def _pages(client: Any, path: str) -> list[dict[str, Any]]:
+    """Every page of a list, followed by its cursors."""
+    items, cursor = [], ""
+    while cursor is not None:
+        resp = client.get(f"{path}&cursor={cursor}")
+        assert resp.status_code == 200, resp.get_json()
+        items += resp.get_json()["items"]
+        cursor = resp.get_json()["next_cursor"]
+    return items
+
+
+# ---- 0010: model aliases and batch predictions -------------------------------------------
 
 def test_aliases_and_predictions_come_and_go_beside_existing_runs(url: str) -> None:
     """0010 adds the model aliases and batch predictions to a database with runs (it

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service.models import Epoch, EpochStats, Prediction, Run, UTCDateTime
+from service.models import Epoch, EpochStats, Prediction, Run, UTCDateTime, of_run
 from service.webhooks import emit_status
 
 Job = type[Run] | type[Prediction]
@@ -116,7 +116,7 @@ def forget_after(session: Session, run_id: str, phase: str, epoch: int) -> None:
     deleted = 0
     for table in (Epoch, EpochStats):
         deleted += session.execute(
-            sa.delete(table).where(table.run_id == run_id, sa.or_(*(
+            sa.delete(table).where(of_run(table, run_id), sa.or_(*(
                 sa.and_(table.phase == p, table.epoch > e) for p, e in kept.items()))),
             execution_options=NO_SYNC,
         ).rowcount

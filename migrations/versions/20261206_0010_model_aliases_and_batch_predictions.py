@@ -1,7 +1,7 @@
 """model aliases and batch predictions
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-06 23:00:00.000000
 
 `model_aliases` names a run's final or best weights per tenant (PUT /v1/models/{name}); its
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0010'
-down_revision: str | None = '0007'
+down_revision: str | None = '0008'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import IntegrityError
 
 import nn
-from service import dataio, idempotency
+from service import dataio, idempotency, offload
 from service.api.common import fetch, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
@@ -37,11 +37,11 @@ SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 @idempotency.idempotent
 def create() -> Response:
     limits = dataio.Limits.from_config(current_app.config)
-    if request.mimetype == "multipart/form-data":
-        incoming = _from_upload(limits)
-    else:
-        incoming = _from_json(limits)
-    dataset = _dataset(incoming)
+    # The body read here, on the loop; reading it into arrays may run off it (service/offload.py).
+    raw = request.get_data(cache=True)
+    read = _from_upload if request.mimetype == "multipart/form-data" else _from_json
+    incoming = offload.run(read, limits, size=len(raw))
+    dataset = offload.run(_dataset, incoming, size=incoming.inputs.nbytes)
     session = get_session()
     session.add(dataset)
     session.flush()  # counted by the quota (limits.lock_tenant)
@@ -65,7 +65,11 @@ def samples(dataset_id: uuid.UUID) -> Response:
     limit = min(page_limit(), max(1, SAMPLE_VALUES // max(1, math.prod(dataset.input_shape))))
     cursor = request_cursor()
     start = decode_cursor(cursor, (Dataset.n_samples,))[0] if cursor else 0
-    inputs, targets = dataio.decode(dataset.data)
+    return offload.run(_samples_page, dataset.data, start, limit, size=dataset.size_bytes)
+
+
+def _samples_page(data: bytes, start: int, limit: int) -> Response:
+    inputs, targets = dataio.decode(data)
     stop = min(start + limit, len(inputs))
     items = [{"index": i, "input": x, "target": t} for i, x, t in zip(
         range(start, stop), finite(inputs[start:stop].tolist()), targets[start:stop].tolist())]
@@ -171,7 +175,8 @@ def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
         arrays = {"inputs": dataio.NpyHeader((n_samples, *x_shape), np.dtype(np.float64)),
                   "targets": dataio.NpyHeader((n_samples, *y_shape), np.dtype(np.int64))}
         _check_stored_size(dataio.stored_bytes(arrays), "generator.n_samples")
-        inputs, targets = nn.generate(**params)
+        inputs, targets = offload.run(lambda: nn.generate(**params),
+                                      size=dataio.stored_bytes(arrays))
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None
     source = {"kind": "generator", "generator": params}

@@ -12,12 +12,12 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
 import nn
-from service import artifacts, dataio, idempotency, limits, statstore
+from service import artifacts, dataio, idempotency, limits, offload, statstore
 from service.api.common import fetch, find, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
@@ -237,9 +237,14 @@ def _plan(session: Session, dataset_id: str, body: dict[str, Any]
     dataset = find(session, Dataset, dataset_id, undefer(Dataset.data))
     if dataset is None:
         raise validation_error("dataset_id", "no data set with this id")
-    inputs, targets = dataio.decode(dataset.data)
-    info = nn.describe(inputs, targets, dataset.task)
-    plan = _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
+    data, task = dataset.data, dataset.task
+
+    def build() -> nn.Plan:
+        inputs, targets = dataio.decode(data)
+        info = nn.describe(inputs, targets, task)
+        return _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
+
+    plan = offload.run(build, size=len(data))
     return plan, limits.check_plan(plan, dataset.size_bytes, current_app.config)
 
 
@@ -258,7 +263,8 @@ def _initial_weights(
     """Inline initial_weights, or the final weights of init_from_run, checked against the plan."""
     if body.get("initial_weights") is not None:
         inline = {"layers": body["initial_weights"]["layers"]}  # run_id, which, epoch: ignored
-        return _spec_errors(nn.weights_from_json, inline, plan, path="initial_weights")
+        return offload.run(_spec_errors, nn.weights_from_json, inline, plan,
+                           path="initial_weights", size=len(request.get_data(cache=True)))
     if source_id is None:
         return None
     source = find(session, Run, source_id)
