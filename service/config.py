@@ -146,7 +146,8 @@ DEFAULTS: dict[str, object] = {
     "TENANT_MAX_STORED_BYTES": 10 * 1024**3,
     # Finished runs older than this (seconds since finished_at) are deleted, with their rows
     # and weights, by the reconciler, unless pinned (PATCH /v1/runs/{id}) or named by a
-    # model alias. 0: kept until deleted by hand.
+    # model alias; so are finished batch predictions, with their results. 0: kept until
+    # deleted by hand.
     "RUN_RETENTION_SECONDS": 0,
     # Event streams (GET /v1/runs/{run_id}/events) one tenant may have open at once, over
     # every API process; past it the endpoint answers 429 too_many_streams with Retry-After.

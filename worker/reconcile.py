@@ -11,7 +11,8 @@ beat, a manual run) are harmless, and a message it publishes twice is dropped by
 - running runs whose lease expired are republished once per expiry (and again every
   REQUEUE_AFTER_SECONDS while no worker takes them): the next worker's claim takes the run
   over and resumes it from its checkpoint;
-- old finished runs, and finished runs' checkpoints, are deleted (worker/retention.py).
+- old finished runs and batch predictions, and finished runs' checkpoints, are deleted
+  (worker/retention.py).
 
 Batch predictions are jobs as runs are (worker/lease.py): the same pass settles and
 republishes them, by the same rules.
@@ -50,7 +51,8 @@ def reconcile() -> dict[str, int]:
     """One pass, in the app context; how many runs were settled and republished. While the
     database is unreachable a pass does nothing but say so: the next one catches up."""
     return _unless_unreachable("reconcile", _pass, {"settled": 0, "republished": 0, "deleted": 0,
-                                                   "checkpoints": 0, "pages": 0})
+                                                   "predictions": 0, "checkpoints": 0,
+                                                   "pages": 0})
 
 
 def dispatch_deliveries() -> dict[str, int]:
@@ -87,9 +89,10 @@ def _pass() -> dict[str, int]:
     if settled or republished:
         log.info("reconcile: %d settled, %d republished", settled, republished)
     swept = retention.sweep(now, cfg)
-    if swept["deleted"] or swept["checkpoints"]:
-        log.info("reconcile: deleted %d old runs and %d checkpoints of finished runs",
-                 swept["deleted"], swept["checkpoints"])
+    if swept["deleted"] or swept["predictions"] or swept["checkpoints"]:
+        log.info("reconcile: deleted %d old runs, %d old batch predictions and %d checkpoints "
+                 "of finished runs", swept["deleted"], swept["predictions"],
+                 swept["checkpoints"])
     return {"settled": settled, "republished": republished, **swept}
 
 

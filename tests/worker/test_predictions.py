@@ -221,3 +221,24 @@ def test_a_million_rows_hold_a_few_chunks(app: Flask) -> None:
     print("\npeaks above the start, in chunks of", chunk_bytes, "bytes:",
           {k: round(v / chunk_bytes, 1) for k, v in peaks.items()})
     assert all(peak < 6 * chunk_bytes for peak in peaks.values()), peaks
+
+
+def test_retention_deletes_old_finished_jobs_with_their_results(
+    app: Flask, dataset: str, trained: tuple[str, nn.Model],
+) -> None:
+    old = _job(trained[0], dataset, rows=100, chunk_rows=50)
+    assert run_prediction(old) == "succeeded"
+    with db.session_scope() as session:
+        session.execute(sa.update(Prediction).where(Prediction.id == old)
+                        .values(finished_at=utcnow() - timedelta(hours=2)))
+    recent = _job(trained[0], dataset, rows=100, chunk_rows=50)
+    assert run_prediction(recent) == "succeeded"
+    queued = _job(trained[0], dataset, rows=100, chunk_rows=50)
+    assert reconcile()["predictions"] == 0  # retention is off by default
+    app.config["RUN_RETENTION_SECONDS"] = 3600
+    assert reconcile()["predictions"] == 1
+    assert _job_row(old) is None
+    with db.session_scope() as session:
+        left = session.scalars(sa.select(PredictionChunk.prediction_id).distinct()).all()
+    assert left == [recent]
+    assert _job_row(queued).status == "queued"
