@@ -271,8 +271,8 @@ class Run(Base):
 class Epoch(Base):
     __tablename__ = "epochs"
 
-    # Key columns first, the 4-byte ones before the 2-byte ones: PostgreSQL aligns each
-    # column to its size, so this order wastes no padding before the floats.
+    # The 4-byte columns before the 2-byte ones: PostgreSQL aligns each column to its size,
+    # so none is padded but the last before the floats.
     run_seq: Mapped[int] = mapped_column(ForeignKey("runs.seq", ondelete="CASCADE"))
     epoch: Mapped[int] = mapped_column(Integer)
     phase: Mapped[str] = mapped_column(Phase)

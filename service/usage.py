@@ -7,9 +7,10 @@
   bytes, kept by the worker that writes them);
 - rows: each run's epoch and statistics rows, kept on the run (Run.rows_bytes) by the
   worker that writes them, in the transaction that writes them: EPOCH_ROW_BYTES an epoch
-  row, STATS_ROW_BYTES plus its packed layout and figures a statistics row, about what
-  PostgreSQL stores for them with their indexes (bench/STORAGE.md; SQLite stores a little
-  less).
+  row, STATS_ROW_BYTES plus its packed layout and figures a statistics row: at least what
+  PostgreSQL stores for them with their indexes (an epoch row takes about 135 there, 60 on
+  SQLite: bench/STORAGE.md). The sizes stay fixed, so what a run counts does not change
+  with how its rows are stored.
 
 So a tenant's usage is four sums over its own rows, by index, never a scan of epoch rows;
 exact for what is finished, and for a run in training as of its last flush.

@@ -320,7 +320,7 @@ def test_heavy_requests_leave_the_loop_to_the_others(pg_url: str, redis_prefix: 
     """One gevent worker: while it reads a large data set from JSON (parsing, the schema's
     walk, the arrays, the npz: seconds of CPU), an event stream it serves keeps getting its
     keep-alives and a cheap request keeps being answered, in the same process: the work runs
-    in the hub's thread pool (service/offload.py), not on the loop that serves them. And the
+    in a thread pool (service/offload.py), not on the loop that serves them. And the
     master imported nothing before the worker patched (no MonkeyPatchWarning)."""
     api = deploy(procs, pg_url, redis_prefix, others=(), EVENTS_KEEPALIVE_SECONDS=0.2)
     argv = procs.procs["api"].args
@@ -349,4 +349,12 @@ def test_heavy_requests_leave_the_loop_to_the_others(pg_url: str, redis_prefix: 
         assert len(times) >= 3 and gaps.max() < took / 2, (
             f"{name}: {len(times)} in the {took:.1f} s of the upload, the longest wait "
             f"{gaps.max():.2f} s")
-    assert "MonkeyPatchWarning" not in procs.report("api", lines=10_000)
+    body = json.dumps({"name": "bad", "inputs": [[0.5, 0.5]] * 9_999 + [[0.5, "x"]],
+                       "targets": [0] * 10_000})  # read in the pool too: its 422 comes back
+    answer = api.http.post(f"{api.base}/v1/datasets", data=body, timeout=60,
+                           headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422, answer.text[:500]
+    assert [e["path"] for e in answer.json()["errors"]] == ["inputs[9999][1]"]
+    log = procs.report("api", lines=10_000)
+    assert "MonkeyPatchWarning" not in log
+    assert "Traceback" not in log  # the 422 was not printed as an error on its way back
