@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # The ids a line may carry, in the order they are written.
-IDS = ("request_id", "run_id", "dataset_id")
+IDS = ("request_id", "run_id", "prediction_id", "dataset_id")
 
 _ids: ContextVar[dict[str, str] | None] = ContextVar("backprop_log_ids", default=None)
 # A LogRecord's own attributes; anything else on a record came from `extra=`.
@@ -183,7 +183,7 @@ def init_app(app: Flask) -> None:
         request_id = given if 0 < len(given) <= 200 and given.isprintable() \
             else uuid.uuid4().hex
         ids = {"request_id": request_id}
-        for name in ("run_id", "dataset_id"):
+        for name in ("run_id", "prediction_id", "dataset_id"):
             if request.view_args and name in request.view_args:
                 ids[name] = str(request.view_args[name])
         g.log_token = _ids.set(ids)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -462,3 +463,124 @@ class WebhookAttempt(Base):
 
     def __repr__(self) -> str:
         return f"<WebhookAttempt {self.delivery_id} #{self.attempt} {self.status_code}>"
+
+
+# ---- model aliases ---------------------------------------------------------------------------
+MODEL_WEIGHTS = ("final", "best")
+
+
+class ModelAlias(Base):
+    """A tenant's name for one run's weights (PUT /v1/models/{name}): what
+    POST /v1/models/{name}/predict answers with. `version` is the newest of its
+    `ModelVersion`s, the one it points at now.
+
+    The run's foreign key is RESTRICT: a run an alias points at cannot be deleted (the API
+    says which alias first; retention skips it: worker/retention.py)."""
+
+    __tablename__ = "model_aliases"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="RESTRICT"), index=True)
+    weights: Mapped[str] = mapped_column(String(20))  # final | best
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<ModelAlias {self.name!r} v{self.version} -> {self.run_id} {self.weights}>"
+
+
+class ModelVersion(Base):
+    """Where an alias pointed, one row per PUT that moved it. Its run may since have been
+    deleted (only the current version keeps its run), so `run_id` is no foreign key."""
+
+    __tablename__ = "model_versions"
+
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(36))
+    weights: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "name"],
+                                ["model_aliases.tenant_id", "model_aliases.name"],
+                                ondelete="CASCADE"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<ModelVersion {self.name!r} v{self.version} -> {self.run_id} {self.weights}>"
+
+
+# ---- batch predictions -----------------------------------------------------------------------
+class Prediction(Base):
+    """A batch prediction job (POST /v1/predictions): a run's weights over a data set, run by
+    a worker in chunks of `chunk_rows` rows, each stored as it is made (`PredictionChunk`).
+
+    It is a job as a run is, with the same lifecycle and the same lease columns, claimed,
+    fenced, released and reconciled by the same functions (worker/lease.py, keyed by the
+    job's class); a worker that dies leaves the chunks it committed, and the next claim goes
+    on from the first chunk missing. `run_id` is no foreign key: the job keeps its result when
+    its run is deleted (a job still queued then fails with invalid_data)."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.id", ondelete="RESTRICT"), index=True
+    )
+    run_id: Mapped[str] = mapped_column(String(36))
+    weights: Mapped[str] = mapped_column(String(20))  # final | best
+    model: Mapped[Optional[str]] = mapped_column(String(200))  # the alias it was asked by
+    model_version: Mapped[Optional[int]] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    rows_total: Mapped[int] = mapped_column(Integer)
+    rows_done: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_rows: Mapped[int] = mapped_column(Integer)
+    # The data set's classes when the model is a classifier: chunks store label indices.
+    classes: Mapped[Optional[list]] = mapped_column(JSON)
+    # What its chunks count toward the tenant's stored bytes (service/usage.py).
+    result_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    error_code: Mapped[Optional[str]] = mapped_column(String(40))
+    error_message: Mapped[Optional[str]] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The lease, as a run's (Run).
+    lease_token: Mapped[Optional[str]] = mapped_column(String(36))
+    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
+    published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_predictions_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Prediction {self.id} {self.status} {self.rows_done}/{self.rows_total}>"
+
+
+class PredictionChunk(Base):
+    """Rows [chunk * chunk_rows, ...) of a prediction's result: an .npz of `outputs`, and for
+    classifiers `labels` (indices into the job's classes) and `probabilities`
+    (service/predictions.py). Written once each, in the transaction that fences the lease."""
+
+    __tablename__ = "prediction_chunks"
+
+    prediction_id: Mapped[str] = mapped_column(
+        ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
+
+    def __repr__(self) -> str:
+        return f"<PredictionChunk {self.prediction_id} #{self.chunk} rows={self.rows}>"

@@ -409,6 +409,10 @@ def _pages(client: Any, path: str) -> list[dict[str, Any]]:
         items += resp.get_json()["items"]
         cursor = resp.get_json()["next_cursor"]
     return items
+
+
+# ---- 0009: run names and tags ------------------------------------------------------------------
+
 def test_runs_made_before_names_and_tags_have_none(url: str) -> None:
     """0009: a run made before it has no name and no tags, answered as such and filtered on;
     going back keeps the run."""
@@ -442,5 +446,56 @@ def test_runs_made_before_names_and_tags_have_none(url: str) -> None:
         command.downgrade(cfg, "0007")
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT id FROM runs")).scalars().all() == [run]
+    finally:
+        engine.dispose()
+
+
+# ---- 0010: model aliases and batch predictions -------------------------------------------
+
+def test_aliases_and_predictions_come_and_go_beside_existing_runs(url: str) -> None:
+    """0010 adds the model aliases and batch predictions to a database with runs (it
+    changes none of them); an aliased run cannot be deleted (RESTRICT), a prediction's
+    chunks go with it (CASCADE); the downgrade drops both and keeps the runs."""
+    cfg = db.alembic_config(url)
+    command.upgrade(cfg, "0007")
+    engine = db.make_engine(url)
+    now = "2026-12-06 00:00:00+00:00"
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) VALUES "
+                                 "('t1', 'one', :now)"), {"now": now})
+            conn.execute(sa.text(
+                "INSERT INTO datasets (id, tenant_id, name, created_at, n_samples, input_shape, "
+                "task, target_dim, sha256, source, size_bytes, data) VALUES ('d1', 't1', 'old', "
+                ":now, 4, '[2]', 'classification', 1, :sha, '{}', 3, :data)"),
+                {"now": now, "sha": "0" * 64, "data": b"npz"})
+            conn.execute(sa.text(
+                "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, "
+                "created_at, epochs_total, epochs_completed, cancel_requested, attempts, "
+                "pinned, rows_bytes) VALUES ('r1', 't1', 'd1', 'succeeded', '{}', '{}', :now, "
+                "1, 1, false, 1, false, 0)"), {"now": now})
+        command.upgrade(cfg, "head")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO model_aliases (tenant_id, name, run_id, weights, version, "
+                "created_at, updated_at) VALUES ('t1', 'xor', 'r1', 'final', 1, :now, :now)"),
+                {"now": now})
+            conn.execute(sa.text(
+                "INSERT INTO predictions (id, tenant_id, dataset_id, run_id, weights, status, "
+                "rows_total, rows_done, chunk_rows, result_bytes, created_at, "
+                "cancel_requested, attempts) VALUES ('p1', 't1', 'd1', 'r1', 'final', "
+                "'succeeded', 4, 4, 4, 3, :now, false, 1)"), {"now": now})
+            conn.execute(sa.text("INSERT INTO prediction_chunks (prediction_id, chunk, rows, "
+                                 "data) VALUES ('p1', 0, 4, :data)"), {"data": b"npz"})
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM runs WHERE id = 'r1'"))
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM predictions WHERE id = 'p1'"))
+            assert conn.execute(sa.text("SELECT count(*) FROM prediction_chunks")).scalar() == 0
+        command.downgrade(cfg, "0007")
+        assert not {"model_aliases", "model_versions", "predictions",
+                    "prediction_chunks"} & _tables(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT id FROM runs")).scalars().all() == ["r1"]
     finally:
         engine.dispose()

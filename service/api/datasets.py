@@ -21,7 +21,7 @@ from service.auth import tenant_id
 from service.db import get_session
 from service.errors import ApiError, not_found, size, validation_error
 from service.limits import check_stored_bytes
-from service.models import Dataset, Run, new_id, utcnow
+from service.models import Dataset, Prediction, Run, new_id, utcnow
 from service.pagination import decode_cursor, encode_cursor, page, page_limit, request_cursor
 from service.params import json_object
 from service.schemas import validate
@@ -97,29 +97,35 @@ def get(dataset_id: uuid.UUID) -> Response:
 
 @bp.delete("/<uuid:dataset_id>")
 def delete(dataset_id: uuid.UUID) -> Response:
-    """Refused (409 dataset_in_use) while any run, finished or not, references the data set."""
+    """Refused (409 dataset_in_use) while any run or batch prediction, finished or not,
+    references the data set."""
     session = get_session()
     dataset = fetch(session, Dataset, dataset_id, "data set")
     runs = session.scalars(sa.select(Run.id).where(Run.dataset_id == dataset.id).limit(20)).all()
-    if runs:
-        raise _in_use(dataset.id, list(runs))
+    jobs = session.scalars(sa.select(Prediction.id).where(Prediction.dataset_id == dataset.id)
+                           .limit(20)).all()
+    if runs or jobs:
+        raise _in_use(dataset.id, list(runs), list(jobs))
     try:
         done = session.execute(sa.delete(Dataset).where(owned(Dataset), Dataset.id == dataset.id))
         session.commit()
     except IntegrityError:  # a run was created meanwhile (the foreign key is RESTRICT)
         session.rollback()
-        raise _in_use(dataset.id, []) from None
+        raise _in_use(dataset.id, [], []) from None
     if done.rowcount == 0:  # deleted meanwhile by another request: that one answered 204
         raise not_found("data set", dataset.id)
     return Response(status=204)
 
 
-def _in_use(dataset_id: str, runs: list[str]) -> ApiError:
+def _in_use(dataset_id: str, runs: list[str], predictions: list[str]) -> ApiError:
+    users = "runs" if not predictions else "batch predictions" if not runs else \
+        "runs and batch predictions"
     return ApiError(
         409,
         "dataset_in_use",
-        f"data set {dataset_id} is used by runs; delete those runs first",
+        f"data set {dataset_id} is used by {users}; delete those first",
         runs=runs,
+        predictions=predictions,
     )
 
 

@@ -239,36 +239,50 @@ def _weights_media_type() -> str:
 def predict(run_id: uuid.UUID) -> Response:
     """Outputs (and for classifiers labels and probabilities) from stored weights, computed
     here without the queue (`_stored_model`: one query when the model is cached)."""
-    config = current_app.config
-    body, inputs = offload.run(_predict_request, size=len(request.get_data(cache=True)))
+    body, inputs = predict_inputs()
     which = body.get("which", "final")
     status, found = _stored_model(run_id, which)
-    if found is None:
-        raise ApiError(
-            409, "run_not_ready", f"run {run_id} has no {which} weights yet (it is {status})",
-            status_now=status,
-        )
-    epoch, model = found
-    batch_size = _batch_size(model, len(inputs), int(config["PREDICT_MAX_MEMORY_BYTES"]))
+    return predict_answer(str(run_id), which, status, found, inputs)
 
-    def answer() -> Response:
-        try:
-            result = model.predict(inputs, batch_size)
-        except nn.SpecError as e:
-            raise validation_error(e.path, e.message) from None
-        return json_response({"run_id": str(run_id), "which": which, "epoch": epoch, **result})
 
-    return offload.run(answer, size=inputs.nbytes + len(inputs) * model.sample_bytes)
+def predict_inputs() -> tuple[dict[str, Any], np.ndarray]:
+    """The PredictRequest body, checked (rows and the first sample counted before the body
+    is validated value by value; a 422 naming the field), and its inputs as an array; off
+    the event loop when large."""
+    return offload.run(_predict_request, size=len(request.get_data(cache=True)))
 
 
 def _predict_request() -> tuple[dict[str, Any], np.ndarray]:
-    """The body of a prediction, checked, and its inputs as an array."""
     body = json_object()
     config = current_app.config
     dataio.check_samples(body.get("inputs"), "inputs", int(config["PREDICT_MAX_ROWS"]),
                          int(config["DATASET_MAX_FEATURES"]))
     validate("PredictRequest", body)
     return body, dataio.tensor(body["inputs"], "inputs")
+
+
+def predict_answer(run_id: str, which: str, status: str, found: tuple[int, nn.Model] | None,
+                   inputs: np.ndarray) -> Response:
+    """The PredictResponse of the run's `which` weights (`found`: their epoch and model, None
+    while it has none: 409 run_not_ready) for `inputs`, within PREDICT_MAX_MEMORY_BYTES,
+    computed off the event loop when large."""
+    if found is None:
+        raise ApiError(
+            409, "run_not_ready", f"run {run_id} has no {which} weights yet (it is {status})",
+            status_now=status,
+        )
+    epoch, model = found
+    batch_size = _batch_size(model, len(inputs),
+                             int(current_app.config["PREDICT_MAX_MEMORY_BYTES"]))
+
+    def answer() -> Response:
+        try:
+            result = model.predict(inputs, batch_size)
+        except nn.SpecError as e:
+            raise validation_error(e.path, e.message) from None
+        return json_response({"run_id": run_id, "which": which, "epoch": epoch, **result})
+
+    return offload.run(answer, size=inputs.nbytes + len(inputs) * model.sample_bytes)
 
 
 def _batch_size(model: nn.Model, rows: int, limit: int) -> int:

@@ -23,7 +23,16 @@ from service.api.common import fetch, find, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
 from service.errors import ApiError, not_found, validation_error
-from service.models import ACTIVE_STATUSES, RUN_STATUSES, Artifact, Dataset, Run, new_id, utcnow
+from service.models import (
+    ACTIVE_STATUSES,
+    RUN_STATUSES,
+    Artifact,
+    Dataset,
+    ModelAlias,
+    Run,
+    new_id,
+    utcnow,
+)
 from service.pagination import page
 from service.params import (
     arg_choices,
@@ -215,17 +224,35 @@ def _merged_tags(tags: dict[str, str], change: dict[str, str | None] | None) -> 
 
 @bp.delete("/<uuid:run_id>")
 def delete(run_id: uuid.UUID) -> Response:
-    """Deletes the run with its epochs, statistics and weights; 409 while it is active."""
+    """Deletes the run with its epochs, statistics and weights; 409 while it is active, or
+    while a model alias points at it (`run_aliased`, naming the aliases)."""
     session = get_session()
-    done = session.execute(
-        sa.delete(Run).where(owned(Run), Run.id == str(run_id), Run.status.not_in(ACTIVE_STATUSES))
-    )
+    _not_aliased(session, str(run_id))
+    try:
+        done = session.execute(sa.delete(Run).where(owned(Run), Run.id == str(run_id),
+                                                    Run.status.not_in(ACTIVE_STATUSES)))
+    except IntegrityError:  # an alias was made meanwhile (its foreign key is RESTRICT)
+        session.rollback()
+        _not_aliased(session, str(run_id))
+        raise ApiError(409, "conflict", f"run {run_id} changed while it was deleted; try "
+                                        "again") from None
     if done.rowcount == 0:
         run = fetch(session, Run, run_id, "run")
         detail = f"run {run.id} is {run.status}; cancel it and wait until it is cancelled"
         raise ApiError(409, "run_active", detail, status_now=run.status)
     session.commit()
     return Response(status=204)
+
+
+def _not_aliased(session: Session, ident: str) -> None:
+    """A 409 `run_aliased` naming the tenant's aliases that point at the run."""
+    names = session.scalars(sa.select(ModelAlias.name).where(
+        owned(ModelAlias), ModelAlias.run_id == ident).order_by(ModelAlias.name)).all()
+    if names:
+        listed = ", ".join(names)
+        raise ApiError(409, "run_aliased", f"run {ident} is what the model alias "
+                       f"{listed} points at; point it elsewhere (PUT /v1/models/{names[0]}) "
+                       f"or delete it first", models=list(names))
 
 
 @bp.post("/<uuid:run_id>/cancel")

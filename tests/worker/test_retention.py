@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from service import db, statstore
-from service.models import Artifact, Epoch, EpochStats, Run, utcnow
+from service.models import Artifact, Epoch, EpochStats, ModelAlias, Run, utcnow
 from tests.worker.rows import get_run, set_run
 from worker import retention
 from worker.reconcile import reconcile
@@ -64,6 +64,21 @@ def test_old_finished_runs_go_with_their_rows_unless_pinned(
     assert [get_run(run_id) is not None for run_id in kept] == [True] * 4
     assert _stored(kept[0], seqs[kept[0]])["epoch_stats"] == 1
     assert reconcile()["deleted"] == 0
+
+
+def test_a_run_a_model_alias_points_at_is_kept(app: Flask, make_run: Callable[..., str]) -> None:
+    """Kept while an alias points at it, whatever its age; once the alias moves, it goes."""
+    aliased, other = (_finished(make_run, "succeeded", 2 * HOUR) for _ in range(2))
+    with db.session_scope() as session:
+        tenant_id = session.get(Run, aliased).tenant_id
+        session.add(ModelAlias(tenant_id=tenant_id, name="xor", run_id=aliased,
+                               weights="final", version=1))
+    app.config["RUN_RETENTION_SECONDS"] = 3600
+    assert reconcile()["deleted"] == 1 and get_run(other) is None
+    assert get_run(aliased) is not None
+    with db.session_scope() as session:
+        session.get(ModelAlias, (tenant_id, "xor")).run_id = make_run(status="succeeded")
+    assert reconcile()["deleted"] == 1 and get_run(aliased) is None
 
 
 def test_retention_is_off_by_default_and_goes_in_batches(
