@@ -51,13 +51,14 @@ FORMATS = {"json": "application/json", "npz": predictions.NPZ_TYPE,
 @idempotency.idempotent
 def create() -> Response:
     body = json_object()
-    validate("PredictionCreate", body)
+    # Before the schema, which refuses the same (if/then/else) but names no field.
     if ("run_id" in body) == ("model" in body):
         raise validation_error("run_id" if "run_id" in body else "",
                                "give run_id or model, one of them")
     if "model" in body and "weights" in body:
         raise validation_error("weights", "a model serves the weights it points at; give "
                                           "weights with run_id only")
+    validate("PredictionCreate", body)
     session = get_session()
     run_id, weights, model, version = _source(session, body)
     dataset_id = parse_uuid(body["dataset_id"], "dataset_id")

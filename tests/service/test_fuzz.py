@@ -74,6 +74,14 @@ SEMANTIC: dict[str, list[tuple[str, str]]] = {
                       ("init_from_run", "no run with this id|has no final weights")],
     "PATCH /v1/runs/{run_id}": [("tags", r"the run would have \d+ tags")],
     "POST /v1/runs/{run_id}/predict": [(r"inputs\b.*", "")],  # the model's input shape
+    "POST /v1/models/{name}/predict": [(r"inputs\b.*", "")],
+    # Runs, aliases and data sets that exist, with the weights asked for, of the right shape.
+    "PUT /v1/models/{name}": [("run_id", "no run with this id"),
+                              ("weights", "has no (final|best) weights")],
+    "POST /v1/predictions": [("run_id", "no run with this id"),
+                             ("model", "no model with this name|has no (final|best) weights"),
+                             ("weights", "has no (final|best) weights"),
+                             ("dataset_id", "no data set with this id|samples have the shape")],
     "GET /v1/runs/{run_id}/epochs": [(r"query\.to_epoch", "must be >= from_epoch")],
     "GET /v1/runs/{run_id}/layer-stats": [(r"query\.to_epoch", "must be >= from_epoch")],
     "GET /v1/runs/{run_id}/events": [(r"header\.Last-Event-ID|query\.last_event_id",
