@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/storage.py [--quick] [--only sqlite,postgresql] [--out bench/STORAGE.md]
 
-1. Statistics per epoch, before and after. The engine's reports of N epochs of two nets,
-   the README's 2-4-1 XOR and the issue's demo (XOR, four hidden layers of four sigmoid
-   units and one output), are written as migration 0004's worker wrote them (a layer_stats
-   row per layer, the arrays' statistics as JSON), converted by migration 0005, and written
-   afresh by today's worker with every epoch kept (to compare like with like): the bytes per
-   epoch, and per layer and epoch, of each table with its indexes (service.db.table_bytes).
+1. Rows per epoch, before and after. The engine's reports of N epochs of two nets, the
+   README's 2-4-1 XOR and the issue's demo (XOR, four hidden layers of four sigmoid units
+   and one output), are written as migration 0004's worker wrote them (epoch rows keyed by
+   the run's id and the phase's name; a layer_stats row per layer, the arrays' statistics as
+   JSON), converted by the migrations (0005 packs the statistics, 0008 keys both tables by
+   the run's number), and written afresh by today's worker with every epoch kept (to compare
+   like with like): the bytes per epoch, and per layer and epoch, of each table with its
+   indexes (service.db.table_bytes).
 2. The issue's demo of 100,000 epochs (80 training samples an epoch, per-sample SGD), made
    through the API (an in-process test client) and trained by the worker's own code
    (worker.training.train_run, in this process, with the deployed FLUSH_SECONDS and
@@ -55,6 +57,9 @@ TRAINING = {"loss": "squared_error", "optimizer": {"type": "sgd", "learning_rate
 ROW_BYTES_TARGET = 150
 RUN_BYTES_TARGET = 20_000_000
 MB = 1e6
+OLD_EPOCHS = sa.table("epochs", *(sa.column(c) for c in (
+    "run_id", "phase", "epoch", "layer", "train_loss", "val_loss", "train_accuracy",
+    "val_accuracy", "learning_rate", "duration_s")))
 OLD_STATS = sa.table("layer_stats", *(sa.column(c) for c in ("run_id", "phase", "epoch", "layer",
                                                               "name", *STAT_FIELDS)),
                      sa.column("grad_norm_by_time", sa.JSON), sa.column("params", sa.JSON))
@@ -100,8 +105,9 @@ def reports(layers: list[dict], epochs: int) -> list[nn.EpochReport]:
     return out
 
 
-def owner_rows(conn: sa.Connection, run_id: str) -> None:
-    """The tenant, data set and run the rows belong to (raw: any revision's schema)."""
+def owner_rows(conn: sa.Connection, run_id: str, numbered: bool) -> None:
+    """The tenant, data set and run the rows belong to (raw: any revision's schema;
+    `numbered`: from 0008 on, the run has a `seq`)."""
     now = "2026-11-29 00:00:00+00:00"
     conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) VALUES ('t', 't', :now)"),
                  {"now": now})
@@ -110,14 +116,17 @@ def owner_rows(conn: sa.Connection, run_id: str) -> None:
         "target_dim, sha256, source, size_bytes, data) VALUES ('d', 't', 'xor', :now, 100, "
         "'[2]', 'classification', 1, :sha, '{}', 1, :data)"), {"now": now, "sha": "0" * 64,
                                                               "data": b"-"})
+    seq = ("seq, ", "1, ") if numbered else ("", "")
     conn.execute(sa.text(
-        "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, created_at, "
-        "epochs_total, epochs_completed, cancel_requested, attempts) VALUES (:id, 't', 'd', "
-        "'succeeded', '{}', '{}', :now, 1, 1, false, 1)"), {"id": run_id, "now": now})
+        f"INSERT INTO runs ({seq[0]}id, tenant_id, dataset_id, status, network, training, "
+        "created_at, epochs_total, epochs_completed, cancel_requested, attempts) VALUES "
+        f"({seq[1]}:id, 't', 'd', 'succeeded', '{{}}', '{{}}', :now, 1, 1, false, 1)"),
+        {"id": run_id, "now": now})
 
 
 def per_epoch(backend: str, folder: pathlib.Path, layers: list[dict], epochs: int) -> dict:
-    """Bytes per epoch of `epochs` epochs: 0004's rows, converted by 0005, written anew."""
+    """Bytes per epoch of `epochs` epochs: 0004's rows, converted to the head revision,
+    written anew."""
     got = reports(layers, epochs)
     run_id = str(uuid.uuid4())
     out = {}
@@ -125,12 +134,12 @@ def per_epoch(backend: str, folder: pathlib.Path, layers: list[dict], epochs: in
         alembic.upgrade(db.alembic_config(url), "0004")
         engine = db.make_engine(url)
         with engine.begin() as conn:
-            owner_rows(conn, run_id)
+            owner_rows(conn, run_id, numbered=False)
         empty = sizes(url)
         for start in range(0, epochs, 500):  # as 0004's worker wrote them, a flush at a time
             batch = got[start:start + 500]
             with engine.begin() as conn:
-                conn.execute(sa.insert(Epoch.__table__), [_epoch_row(run_id, r) for r in batch])
+                conn.execute(sa.insert(OLD_EPOCHS), [_epoch_row(run_id, r) for r in batch])
                 conn.execute(sa.insert(OLD_STATS), [
                     {"run_id": run_id, "phase": r.phase, "epoch": r.epoch, "layer": s["layer"],
                      "name": s["name"], **{f: s.get(f) for f in STAT_FIELDS},
@@ -138,22 +147,26 @@ def per_epoch(backend: str, folder: pathlib.Path, layers: list[dict], epochs: in
                     for r in batch for s in r.layer_stats])
         engine.dispose()
         before = grown(empty, sizes(url))
-        out["epochs"] = before["epochs"]
+        out["epochs before"] = before["epochs"]
         out["before"] = before["layer_stats"]
         db.upgrade(url)
-        out["migrated"] = sizes(url)["epoch_stats"]
+        migrated = sizes(url)
     with database(backend, folder) as url:
         db.upgrade(url)
         engine = db.make_engine(url)
         with engine.begin() as conn:
-            owner_rows(conn, run_id)
+            owner_rows(conn, run_id, numbered=True)
         empty = sizes(url)
         session_factory = sessionmaker(engine)
         for start in range(0, epochs, 500):
             with session_factory.begin() as session:
-                write_epochs(session, run_id, got[start:start + 500])
+                write_epochs(session, 1, got[start:start + 500])  # owner_rows' run
         engine.dispose()
-        out["after"] = grown(empty, sizes(url))["epoch_stats"]
+        after = grown(empty, sizes(url))
+        out["epochs after"], out["after"] = after["epochs"], after["epoch_stats"]
+        # The converted tables less the same tables empty, as the rows written anew.
+        out["epochs migrated"] = migrated["epochs"] - empty["epochs"]
+        out["migrated"] = migrated["epoch_stats"] - empty["epoch_stats"]
     return out
 
 
@@ -210,9 +223,11 @@ def main() -> None:
     lines = ["# Storage: what a run stores (issue #19)", "",
              f"Command: `{command()}`. How and what: the docstring of bench/storage.py.", "",
              *machine(), "",
-             f"## 1. Statistics per epoch, before and after ({n_per} epochs, every one kept)", "",
+             f"## 1. Rows per epoch, before and after ({n_per} epochs, every one kept)", "",
              "Bytes of each table with its indexes (SQLite: its pages in dbstat; PostgreSQL: "
-             "pg_total_relation_size), divided by the epochs, and by the layers.", ""]
+             "pg_total_relation_size), divided by the epochs, and by the layers. Before: as "
+             "0004's worker wrote them; converted: by the migrations to the head revision; "
+             "now: written by today's worker.", ""]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = pathlib.Path(tmp)
@@ -222,13 +237,15 @@ def main() -> None:
                 m = per_epoch(backend, folder, layers, n_per)
                 n = len(layers)
                 per_layer = m["after"] / n_per / n
-                rows.append([name, backend, n, f"{m['epochs'] / n_per:.0f}",
+                rows.append([name, backend, n, f"{m['epochs before'] / n_per:.0f}",
+                             f"{m['epochs migrated'] / n_per:.0f}",
+                             f"{m['epochs after'] / n_per:.0f}",
                              f"{m['before'] / n_per:.0f} ({m['before'] / n_per / n:.0f})",
                              f"{m['migrated'] / n_per:.0f} ({m['migrated'] / n_per / n:.0f})",
                              f"{m['after'] / n_per:.0f} ({per_layer:.0f})",
                              verdict(per_layer <= ROW_BYTES_TARGET) if n > 2 else "–"])
-        lines += table(["net", "database", "layers", "epoch row", "statistics before: an "
-                        "epoch (a layer)", "converted by 0005", "written now",
+        lines += table(["net", "database", "layers", "epoch row before", "converted",
+                        "now", "statistics before: an epoch (a layer)", "converted", "now",
                         f"target <= {ROW_BYTES_TARGET} a layer (the demo)"], rows)
         lines += ["", f"## 2. The demo, {n_demo:,} epochs, through the worker", "",
                   "XOR (100 samples, 80 to train on a shuffled epoch, 20 to validate), "

@@ -28,13 +28,24 @@ def get(d: dict, key: str, path: str, default):
     return default
 
 
+def as_integer(v: Any) -> int | None:
+    """v as an int when it is one: JSON (and JSON Schema's `integer`) has numbers only, so
+    2.0 is the integer 2; None for anything else (bool is no number)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v if isinstance(v, int) else None
+
+
 def integer(d: dict, key: str, path: str, default=MISSING, lo: int | None = None,
             hi: int | None = None, nullable: bool = False) -> int | None:
     v = get(d, key, path, default)
     p = f"{path}.{key}"
     if v is None and nullable:
         return None
-    if isinstance(v, bool) or not isinstance(v, int):
+    v = as_integer(v)
+    if v is None:
         raise SpecError(p, "must be an integer" + (" or null" if nullable else ""))
     if lo is not None and v < lo or hi is not None and v > hi:
         raise SpecError(p, f"must be in [{lo}, {hi}], got {v}" if hi is not None

@@ -50,7 +50,21 @@ class Model:
         """Eval mode. -> {"outputs"} and, for classifiers, {"labels", "probabilities"}; with
         outputs per time step, a label (and a probability row) per sample and step. With
         batch_size the samples are computed that many at a time (the same answers, to rounding), so
-        that memory stays near batch_size x sample_bytes."""
+        that memory stays near batch_size x sample_bytes. JSON-ready lists of predict_arrays'."""
+        arrays = self.predict_arrays(inputs, batch_size)
+        result = {"outputs": arrays["outputs"].tolist()}
+        classes = self.meta["classes"]
+        if classes is not None:
+            table = np.empty(len(classes), dtype=object)
+            table[:] = classes
+            result["labels"] = table[arrays["labels"]].tolist()
+            result["probabilities"] = arrays["probabilities"].tolist()
+        return result
+
+    def predict_arrays(self, inputs, batch_size: int | None = None) -> dict:
+        """predict() as arrays: "outputs" (N, *out_shape) in the model's dtype, and for
+        classifiers "labels" (N,) or (N, T), int64 indices into meta["classes"], and
+        "probabilities" (N, C) or (N, T, C). SpecError("inputs") when outputs overflow."""
         x = check_inputs(inputs)
         x = check_shape(x, self.meta["input_shape"])
         self.layers[0].check_inputs(x)
@@ -59,14 +73,11 @@ class Model:
             out = infer(self.layers, self.weights, x, batch_size, prepare=lambda chunk:
                         standardize(chunk, self.meta["standardize"]).astype(dtype))
         check_finite(out)
-        result = {"outputs": out.tolist()}
-        classes = self.meta["classes"]
-        if classes is not None:
+        result = {"outputs": out}
+        if self.meta["classes"] is not None:
             labels, probs = decode(out, self.layers[-1].activation)
-            table = np.empty(len(classes), dtype=object)
-            table[:] = classes
-            result["labels"] = table[labels].tolist()
-            result["probabilities"] = probs.tolist()
+            result["labels"] = np.asarray(labels, dtype=np.int64)
+            result["probabilities"] = np.asarray(probs)
         return result
 
     def to_npz(self) -> bytes:

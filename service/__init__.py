@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-
-from service import config
-from service.serialize import StrictJSONProvider
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Defaults, then `BACKPROP_*` environment variables, then `test_config`, each checked
     (service/config.py: a bad value raises SettingError, which ends a process at start)."""
+    # Imported here, not with the package: gunicorn's master imports service.logs for its
+    # formatters and must not import Flask's, SQLAlchemy's or a driver's modules before its
+    # gevent workers patch the standard library (service/gunicorn_conf.py).
+    from flask import Flask
+
+    from service import config
+    from service.serialize import StrictJSONProvider
+
     app = Flask(__name__, static_folder=None)  # a JSON API: no static files route
     app.config.from_mapping(config.load(test_config))
     app.json = StrictJSONProvider(app)

@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from sqlalchemy.orm import Session, defer, undefer
 
 import nn
+from service import offload
 from service.cache import LRUCache
 from service.db import read_row
 from service.models import Artifact
@@ -47,4 +48,5 @@ def model(run_id: str, kind: str, epoch: int, created_at: datetime
     if row is None:
         return None
     key = (run_id, kind, row.epoch, row.created_at)
-    return row.epoch, cache.put(key, nn.Model.from_npz(row.data))
+    return row.epoch, cache.put(key, offload.run(nn.Model.from_npz, row.data,
+                                                 size=len(row.data)))

@@ -107,6 +107,10 @@ DEFAULTS: dict[str, object] = {
     # the answer; a model whose one sample, or an answer that, would not fit is a 422 at
     # `inputs`.
     "PREDICT_MAX_MEMORY_BYTES": 256 * 1024 * 1024,
+    # Rows a batch prediction (POST /v1/predictions) computes and stores at a time, at most
+    # (fewer when making one chunk would take more than PREDICT_MAX_MEMORY_BYTES): the worker
+    # and the API answering its result hold a few chunks, whatever the data set's size.
+    "PREDICTION_CHUNK_ROWS": 10_000,
     # Largest stored data set (its npz bytes; also bounds what an uploaded .npz may expand to,
     # counted as the float64 inputs and targets it becomes).
     "DATASET_MAX_BYTES": 256 * 1024 * 1024,
@@ -142,7 +146,8 @@ DEFAULTS: dict[str, object] = {
     "TENANT_MAX_STORED_BYTES": 10 * 1024**3,
     # Finished runs older than this (seconds since finished_at) are deleted, with their rows
     # and weights, by the reconciler, unless pinned (PATCH /v1/runs/{id}) or named by a
-    # model alias. 0: kept until deleted by hand.
+    # model alias; so are finished batch predictions, with their results. 0: kept until
+    # deleted by hand.
     "RUN_RETENTION_SECONDS": 0,
     # Event streams (GET /v1/runs/{run_id}/events) one tenant may have open at once, over
     # every API process; past it the endpoint answers 429 too_many_streams with Retry-After.
@@ -317,7 +322,7 @@ CHECKS: dict[str, Check] = {
                      "DATASET_MAX_FEATURES", "RUN_MAX_LAYERS", "RUN_MAX_UNITS",
                      "RUN_MAX_PARAMS", "RUN_MAX_EPOCHS", "RUN_MAX_MEMORY_BYTES",
                      "TENANT_MAX_ACTIVE_RUNS", "JSON_MAX_MEMORY_BYTES",
-                     "PREDICT_MAX_MEMORY_BYTES", "RUN_MAX_STATS_EPOCHS",
+                     "PREDICT_MAX_MEMORY_BYTES", "PREDICTION_CHUNK_ROWS", "RUN_MAX_STATS_EPOCHS",
                      "TENANT_MAX_EVENT_STREAMS"), _COUNT),
     "ADMIN_KEY": lambda v: None if len(v) >= ADMIN_KEY_MIN_CHARS else (
         f"at least {ADMIN_KEY_MIN_CHARS} characters, e.g. from `openssl rand -hex 32`"),

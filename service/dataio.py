@@ -423,5 +423,57 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray]:
         return npz["inputs"], npz["targets"]
 
 
+class InputRows(NamedTuple):
+    """Where a stored data set's `inputs` lie in its bytes (the stored zip is uncompressed,
+    `inputs.npy` first: `encode`), so that rows can be read a range at a time."""
+
+    offset: int  # of row 0's first byte
+    rows: int
+    sample_shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.sample_shape) * self.dtype.itemsize
+
+    def slice(self, start: int, stop: int) -> tuple[int, int]:
+        """(1-based position, length) of rows [start, stop), as SQL's substr takes them."""
+        return self.offset + start * self.row_bytes + 1, (stop - start) * self.row_bytes
+
+    def decode(self, raw: bytes, start: int, stop: int) -> np.ndarray:
+        """The float64 rows [start, stop) from the bytes `slice` read."""
+        return np.frombuffer(raw, dtype=self.dtype).reshape(
+            (stop - start, *self.sample_shape)).astype(np.float64)
+
+
+# Bytes read from the start of a stored data set to find its inputs: the zip's local header
+# (30 bytes, the name, the zip64 extra field) and the .npy header (at most 64 KiB + 10).
+INPUT_HEAD_BYTES = 70_000
+
+
+def input_rows(head: bytes) -> InputRows | None:
+    """The layout of the inputs in stored bytes that begin with `head` (INPUT_HEAD_BYTES of
+    them), or None when they are not laid out as `encode` writes them."""
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        return None
+    method, name_len, extra_len = (int.from_bytes(head[8:10], "little"),
+                                   int.from_bytes(head[26:28], "little"),
+                                   int.from_bytes(head[28:30], "little"))
+    start = 30 + name_len + extra_len
+    if method != zipfile.ZIP_STORED or head[30:30 + name_len] != b"inputs.npy":
+        return None
+    f = io.BytesIO(head[start:])
+    try:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}[version]
+        shape, fortran, dtype = read(f)
+    except (ValueError, KeyError, EOFError):
+        return None
+    if fortran or dtype.hasobject or not shape:
+        return None
+    return InputRows(start + f.tell(), shape[0], tuple(shape[1:]), dtype)
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 
 from service import db, limits, statstore
 from service.errors import ApiError, validation_error
-from service.models import RUN_STATUSES, Epoch, EpochStats, EventStream, Run, utcnow
+from service.models import RUN_STATUSES, Epoch, EpochStats, EventStream, Run, of_run, utcnow
 from service.pagination import evenly_spaced
 from service.serialize import FINISHED_STATUSES, epoch_json, run_json
 
@@ -328,14 +328,14 @@ def read_rows(app: Flask, run_id: str, stats: bool, *, after: Position | None = 
         # Plain rows (epoch_json reads their attributes as an Epoch's): a third of the ORM's
         # cost, for the rows every stream of a training run is sent.
         epochs = session.execute(
-            sa.select(*Epoch.__table__.columns).where(Epoch.run_id == run_id, where)
+            sa.select(*Epoch.__table__.columns).where(of_run(Epoch, run_id), where)
             .order_by(Epoch.phase, Epoch.epoch).limit(ROWS_PER_READ)).all()
         rows = [((e.phase, e.epoch), epoch_json(e)) for e in epochs]
         if stats and rows:
             positions = [p for p, _ in rows]
             found: dict[Position, list[dict[str, Any]]] = {}
             for s in session.scalars(
-                    sa.select(EpochStats).where(EpochStats.run_id == run_id,
+                    sa.select(EpochStats).where(of_run(EpochStats, run_id),
                                                 _among(EpochStats, positions))):
                 found[(s.phase, s.epoch)] = statstore.rows(s)
             for position, row in rows:
@@ -350,13 +350,13 @@ def picked_positions(app: Flask, run_id: str, max_points: int) -> list[Position]
     with Session(db.engine(app)) as session:
         phases = session.execute(
             sa.select(Epoch.phase, sa.func.count(), sa.func.max(Epoch.epoch))
-            .where(Epoch.run_id == run_id).group_by(Epoch.phase).order_by(Epoch.phase)).all()
+            .where(of_run(Epoch, run_id)).group_by(Epoch.phase).order_by(Epoch.phase)).all()
         picked: list[Position] = []
         for phase, count, last in phases:
             epochs: Any = range(1, last + 1)
             if count != last:
                 epochs = session.scalars(sa.select(Epoch.epoch).where(
-                    Epoch.run_id == run_id, Epoch.phase == phase).order_by(Epoch.epoch)).all()
+                    of_run(Epoch, run_id), Epoch.phase == phase).order_by(Epoch.epoch)).all()
             picked += [(phase, e) for e in evenly_spaced(epochs, max_points)]
     return picked
 

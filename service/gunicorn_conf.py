@@ -2,29 +2,51 @@
 (service/cli.py, docker-compose.yml and the Dockerfile pass it; the rest of the command
 line is theirs).
 
-Read by gunicorn's master process before it starts any worker, without the Flask app.
+Read by gunicorn's master process before it starts any worker, without the Flask app, and
+importing nothing of it but its log formatters (service/logs.py, standard library only): a
+module the master imports is already imported in every worker it forks, before the gevent
+worker monkey-patches the standard library there. Imported unpatched, psycopg chose the wait
+that blocks the whole process on every query (psycopg.waiting.wait_c, picked at import when
+`select` is not patched), and redis.asyncio kept ssl's unpatched classes (gevent's
+MonkeyPatchWarning). So the settings are checked by a child Python, which imports the
+service (`python -m service.gunicorn_conf`), and the master reads its answer.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from typing import Any
 
 from gunicorn.glogging import Logger
 
-from service import logs
-from service.config import load
 
-# Every setting checked before any worker starts: a bad one stops gunicorn with one line
-# (SettingError; module-level names are gunicorn's settings, so no `config` here). One log
-# format for every process (service/logs.py): gunicorn's own loggers write through the root
-# logger's handler, as the app's do.
-_settings = load()
-logconfig_dict = logs.dict_config(_settings["LOG_FORMAT"], _settings["LOG_LEVEL"])
+def _log_config() -> dict[str, Any]:
+    """Every setting checked (a bad one stops gunicorn with its one line, which the child
+    writes on stderr), and the logging config they give."""
+    from service import config, logs
+
+    settings = config.load()
+    return logs.dict_config(settings["LOG_FORMAT"], settings["LOG_LEVEL"])
+
+
+if __name__ == "__main__":  # the child: the log config on stdout
+    print(json.dumps(_log_config()))
+    sys.exit()
+
+_checked = subprocess.run([sys.executable, "-m", "service.gunicorn_conf"], stdout=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True, check=False)
+if _checked.returncode != 0:
+    raise SystemExit(_checked.returncode)  # the child said why
+# One log format for every process (service/logs.py): gunicorn's own loggers write through
+# the root logger's handler, as the app's do. (Module-level names are gunicorn's settings.)
+logconfig_dict = json.loads(_checked.stdout)
 
 
 class NoAccessLogger(Logger):

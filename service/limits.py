@@ -194,16 +194,18 @@ def check_active_runs(session: Session, tenant_id: str, config: Mapping[str, Any
         )
 
 
-def check_stored_bytes(session: Session, tenant_id: str, config: Mapping[str, Any]) -> None:
+def check_stored_bytes(session: Session, tenant_id: str, config: Mapping[str, Any],
+                       coming: int = 0) -> None:
     """A 403 quota_exceeded when the tenant's stored bytes (service/usage.py), counting what
-    is being created (flushed; see lock_tenant), are over TENANT_MAX_STORED_BYTES (0: no
-    quota). A run counts its initial weights here; its rows and weights come as it trains,
-    and a run that crosses the quota is not stopped: the next creation is refused."""
+    is being created (flushed; see lock_tenant) and `coming` bytes it will store, are over
+    TENANT_MAX_STORED_BYTES (0: no quota). A run counts its initial weights here; its rows
+    and weights come as it trains, and a run that crosses the quota is not stopped: the next
+    creation is refused. A batch prediction counts its result's estimated size as `coming`."""
     limit = int(config["TENANT_MAX_STORED_BYTES"])
     if limit <= 0:
         return
     lock_tenant(session, tenant_id)
-    used = usage.stored(session, tenant_id).total
+    used = usage.stored(session, tenant_id).total + coming
     if used > limit:
         raise ApiError(
             403, "quota_exceeded",

@@ -29,13 +29,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, g, request
+if TYPE_CHECKING:
+    from flask import Flask, Response
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # The ids a line may carry, in the order they are written.
-IDS = ("request_id", "run_id", "dataset_id")
+IDS = ("request_id", "run_id", "prediction_id", "dataset_id")
 
 _ids: ContextVar[dict[str, str] | None] = ContextVar("backprop_log_ids", default=None)
 # A LogRecord's own attributes; anything else on a record came from `extra=`.
@@ -171,34 +172,37 @@ def dict_config(fmt: str, level: str = "INFO") -> dict[str, Any]:
 
 def init_app(app: Flask) -> None:
     """Request ids, and one line per request (method, path, status, duration)."""
-    app.before_request(_begin)
-    app.after_request(_answered)
-    app.teardown_request(_end)
+    # Flask is imported here, not with the module: gunicorn's master imports this module for
+    # its formatters (dict_config) and must not import Flask before its gevent workers patch
+    # the standard library (service/gunicorn_conf.py).
+    from flask import g, request
 
+    def begin() -> None:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        # Taken as given when it looks like an id (a proxy's); otherwise a new one.
+        request_id = given if 0 < len(given) <= 200 and given.isprintable() \
+            else uuid.uuid4().hex
+        ids = {"request_id": request_id}
+        for name in ("run_id", "prediction_id", "dataset_id"):
+            if request.view_args and name in request.view_args:
+                ids[name] = str(request.view_args[name])
+        g.log_token = _ids.set(ids)
+        g.log_started = time.perf_counter()
 
-def _begin() -> None:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    # Taken as given when it looks like an id (a proxy's); otherwise a new one.
-    request_id = given if 0 < len(given) <= 200 and given.isprintable() else uuid.uuid4().hex
-    ids = {"request_id": request_id}
-    for name in ("run_id", "dataset_id"):
-        if request.view_args and name in request.view_args:
-            ids[name] = str(request.view_args[name])
-    g.log_token = _ids.set(ids)
-    g.log_started = time.perf_counter()
+    def answered(response: Response) -> Response:
+        ids = _ids.get() or {}
+        if "request_id" in ids:
+            response.headers[REQUEST_ID_HEADER] = ids["request_id"]
+            ms = (time.perf_counter() - g.log_started) * 1000
+            log.info("%s %s %d", request.method, request.path, response.status_code,
+                     extra={"status": response.status_code, "duration_ms": round(ms, 1)})
+        return response
 
+    def end(_exc: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            _ids.reset(token)
 
-def _answered(response: Response) -> Response:
-    ids = _ids.get() or {}
-    if "request_id" in ids:
-        response.headers[REQUEST_ID_HEADER] = ids["request_id"]
-        ms = (time.perf_counter() - g.log_started) * 1000
-        log.info("%s %s %d", request.method, request.path, response.status_code,
-                 extra={"status": response.status_code, "duration_ms": round(ms, 1)})
-    return response
-
-
-def _end(_exc: BaseException | None) -> None:
-    token = g.pop("log_token", None)
-    if token is not None:
-        _ids.reset(token)
+    app.before_request(begin)
+    app.after_request(answered)
+    app.teardown_request(end)

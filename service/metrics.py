@@ -71,12 +71,12 @@ class DatabaseCollector:
                 sa.select(sa.func.min(Run.created_at)).where(Run.status == "queued"))
             waits = [(started - created).total_seconds() for created, started in session.execute(
                 sa.select(Run.created_at, Run.started_at).where(Run.started_at >= since))]
-            recent = sa.select(Run.id).where(Run.heartbeat_at >= since).scalar_subquery()
+            recent = sa.select(Run.seq).where(Run.heartbeat_at >= since).scalar_subquery()
             epoch_row = session.execute(sa.select(
                 *(sa.func.coalesce(sa.func.sum(sa.case((Epoch.duration_s <= b, 1), else_=0)), 0)
                   for b in EPOCH_BUCKETS),
                 sa.func.count(), sa.func.coalesce(sa.func.sum(Epoch.duration_s), 0.0),
-            ).where(Epoch.run_id.in_(recent))).one()
+            ).where(Epoch.run_seq.in_(recent))).one()
 
         runs = GaugeMetricFamily("backprop_runs", "Runs by status, now", labels=["status"])
         for status in RUN_STATUSES:

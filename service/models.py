@@ -2,7 +2,10 @@
 
 Per-epoch rows and statistics rows (every layer's, packed, in one row per epoch) have natural
 primary keys (run, phase, epoch), so a row can be written at most once whatever the worker
-does.
+does. They are most of what a database holds (a run keeps every epoch's row: 100,000 for
+the longest), so they are narrow: the run is named by its `seq` (4 bytes, where its id takes
+37, once in the row and once in the key's index), the phase by a small integer (`Phase`),
+and the key is the only index, the one every reader uses (bench/STORAGE.md).
 
 Tenancy: every data set and run belongs to a tenant (`tenant_id`); epochs, statistics and
 artifacts belong to a run and are reached only through it. API keys belong to a tenant and
@@ -22,17 +25,25 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
+    SmallInteger,
     Text,
     TypeDecorator,
     false,
+    select,
+    text,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
+PHASES = ("pretrain", "train")  # in the order a run goes through them
 RUN_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "running", "cancelling")
 ARTIFACT_KINDS = ("initial", "checkpoint", "final", "best")
@@ -61,6 +72,48 @@ class UTCDateTime(TypeDecorator):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
         return value
+
+
+class Phase(TypeDecorator):
+    """A phase ("pretrain" or "train") stored as its index in PHASES: 2 bytes, ordered as
+    the names are (and as the run goes), so comparisons of (phase, epoch) keep their sense."""
+
+    impl = SmallInteger
+    cache_ok = True
+
+    @property
+    def python_type(self) -> type:
+        return str
+
+    def process_bind_param(self, value: Optional[str], dialect: Any) -> Optional[int]:
+        if value is None:
+            return None
+        if value not in PHASES:
+            raise ValueError(f"not a phase: {value!r}")
+        return PHASES.index(value)
+
+    def process_result_value(self, value: Optional[int], dialect: Any) -> Optional[str]:
+        return None if value is None else PHASES[value]
+
+
+class next_run_seq(FunctionElement):
+    """The `seq` of a run being inserted: PostgreSQL's sequence `runs_seq`; on SQLite one
+    more than the largest, read in the INSERT itself (a single writer at a time). A number
+    SQLite gives again after the largest run is deleted names no row: that run's rows went
+    with it (ON DELETE CASCADE)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(next_run_seq)
+def _next_run_seq(element: next_run_seq, compiler: Any, **kw: Any) -> str:
+    return "nextval('runs_seq')"
+
+
+@compiles(next_run_seq, "sqlite")
+def _next_run_seq_sqlite(element: next_run_seq, compiler: Any, **kw: Any) -> str:
+    return "(SELECT coalesce(max(seq), 0) + 1 FROM runs)"
 
 
 class Base(DeclarativeBase):
@@ -160,6 +213,8 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # The run's number in its epoch and statistics rows (see the module docstring).
+    seq: Mapped[int] = mapped_column(Integer, unique=True, default=next_run_seq())
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
     dataset_id: Mapped[str] = mapped_column(
         ForeignKey("datasets.id", ondelete="RESTRICT"), index=True
@@ -168,6 +223,10 @@ class Run(Base):
     network: Mapped[dict] = mapped_column(JSON)  # normalised, every default filled in
     training: Mapped[dict] = mapped_column(JSON)
     init_from_run_id: Mapped[Optional[str]] = mapped_column(String(36))
+    # The client's label and metadata: a name (not unique), and tags {key: value} that
+    # lists filter on (GET /v1/runs?tag=key:value).
+    name: Mapped[Optional[str]] = mapped_column(String(200))
+    tags: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
@@ -201,11 +260,16 @@ class Run(Base):
     __table_args__ = (
         # A tenant's list, newest first (and every lookup by tenant).
         Index("ix_runs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+        # A tenant's runs of one name (GET /v1/runs?name=).
+        Index("ix_runs_tenant_id_name", "tenant_id", "name"),
         # A tenant's active runs (the TENANT_MAX_ACTIVE_RUNS check).
         Index("ix_runs_tenant_id_status", "tenant_id", "status"),
         # The oldest finished runs first (retention: worker/retention.py).
         Index("ix_runs_finished_at", "finished_at"),
     )
+    # One INSERT a run: SQLite computes next_run_seq() once for all the rows of a multi-row
+    # INSERT, which is how a flush of several runs would write them otherwise.
+    __mapper_args__ = {"batch": False}
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.status} {self.epochs_completed}/{self.epochs_total}>"
@@ -214,12 +278,12 @@ class Run(Base):
 class Epoch(Base):
     __tablename__ = "epochs"
 
-    run_id: Mapped[str] = mapped_column(
-        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
-    )
-    phase: Mapped[str] = mapped_column(String(20), primary_key=True)  # train | pretrain
-    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    layer: Mapped[Optional[int]] = mapped_column(Integer)  # pretrain: the layer pretrained
+    # The 4-byte columns before the 2-byte ones: PostgreSQL aligns each column to its size,
+    # so none is padded but the last before the floats.
+    run_seq: Mapped[int] = mapped_column(ForeignKey("runs.seq", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(Phase)
+    layer: Mapped[Optional[int]] = mapped_column(SmallInteger)  # pretrain: the layer pretrained
     train_loss: Mapped[Optional[float]] = mapped_column(Float)
     val_loss: Mapped[Optional[float]] = mapped_column(Float)
     train_accuracy: Mapped[Optional[float]] = mapped_column(Float)
@@ -227,8 +291,12 @@ class Epoch(Base):
     learning_rate: Mapped[Optional[float]] = mapped_column(Float)
     duration_s: Mapped[float] = mapped_column(Float)
 
+    # One b-tree on SQLite (the key holds the row), not a table and an index repeating it.
+    __table_args__ = (PrimaryKeyConstraint("run_seq", "phase", "epoch"),
+                      {"sqlite_with_rowid": False})
+
     def __repr__(self) -> str:
-        return f"<Epoch {self.run_id} {self.phase} {self.epoch} loss={self.train_loss}>"
+        return f"<Epoch {self.run_seq} {self.phase} {self.epoch} loss={self.train_loss}>"
 
 
 # The statistics of one weight array (an entry of a layer-stats row's `params`), then those
@@ -246,16 +314,24 @@ class EpochStats(Base):
 
     __tablename__ = "epoch_stats"
 
-    run_id: Mapped[str] = mapped_column(
-        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
-    )
-    phase: Mapped[str] = mapped_column(String(20), primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_seq: Mapped[int] = mapped_column(ForeignKey("runs.seq", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(Phase)
     layout: Mapped[str] = mapped_column(Text)  # e.g. "0:dense_0:W*,b;1:dense_1:W*,b"
     figures: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (or float64) numbers
 
+    __table_args__ = (PrimaryKeyConstraint("run_seq", "phase", "epoch"),
+                      {"sqlite_with_rowid": False})
+
     def __repr__(self) -> str:
-        return f"<EpochStats {self.run_id} {self.phase} {self.epoch} {self.layout!r}>"
+        return f"<EpochStats {self.run_seq} {self.phase} {self.epoch} {self.layout!r}>"
+
+
+def of_run(entity: type[Epoch] | type[EpochStats], run_id: ColumnElement[str] | str
+           ) -> ColumnElement[bool]:
+    """SQL: the entity's rows of the run whose id is `run_id` (its seq is read once, then
+    the primary key's index finds the rows)."""
+    return entity.run_seq == select(Run.seq).where(Run.id == run_id).scalar_subquery()
 
 
 class EventStream(Base):
@@ -387,3 +463,124 @@ class WebhookAttempt(Base):
 
     def __repr__(self) -> str:
         return f"<WebhookAttempt {self.delivery_id} #{self.attempt} {self.status_code}>"
+
+
+# ---- model aliases ---------------------------------------------------------------------------
+MODEL_WEIGHTS = ("final", "best")
+
+
+class ModelAlias(Base):
+    """A tenant's name for one run's weights (PUT /v1/models/{name}): what
+    POST /v1/models/{name}/predict answers with. `version` is the newest of its
+    `ModelVersion`s, the one it points at now.
+
+    The run's foreign key is RESTRICT: a run an alias points at cannot be deleted (the API
+    says which alias first; retention skips it: worker/retention.py)."""
+
+    __tablename__ = "model_aliases"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="RESTRICT"), index=True)
+    weights: Mapped[str] = mapped_column(String(20))  # final | best
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<ModelAlias {self.name!r} v{self.version} -> {self.run_id} {self.weights}>"
+
+
+class ModelVersion(Base):
+    """Where an alias pointed, one row per PUT that moved it. Its run may since have been
+    deleted (only the current version keeps its run), so `run_id` is no foreign key."""
+
+    __tablename__ = "model_versions"
+
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(36))
+    weights: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "name"],
+                                ["model_aliases.tenant_id", "model_aliases.name"],
+                                ondelete="CASCADE"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<ModelVersion {self.name!r} v{self.version} -> {self.run_id} {self.weights}>"
+
+
+# ---- batch predictions -----------------------------------------------------------------------
+class Prediction(Base):
+    """A batch prediction job (POST /v1/predictions): a run's weights over a data set, run by
+    a worker in chunks of `chunk_rows` rows, each stored as it is made (`PredictionChunk`).
+
+    It is a job as a run is, with the same lifecycle and the same lease columns, claimed,
+    fenced, released and reconciled by the same functions (worker/lease.py, keyed by the
+    job's class); a worker that dies leaves the chunks it committed, and the next claim goes
+    on from the first chunk missing. `run_id` is no foreign key: the job keeps its result when
+    its run is deleted (a job still queued then fails with invalid_data)."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.id", ondelete="RESTRICT"), index=True
+    )
+    run_id: Mapped[str] = mapped_column(String(36))
+    weights: Mapped[str] = mapped_column(String(20))  # final | best
+    model: Mapped[Optional[str]] = mapped_column(String(200))  # the alias it was asked by
+    model_version: Mapped[Optional[int]] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    rows_total: Mapped[int] = mapped_column(Integer)
+    rows_done: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_rows: Mapped[int] = mapped_column(Integer)
+    # The data set's classes when the model is a classifier: chunks store label indices.
+    classes: Mapped[Optional[list]] = mapped_column(JSON)
+    # What its chunks count toward the tenant's stored bytes (service/usage.py).
+    result_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    error_code: Mapped[Optional[str]] = mapped_column(String(40))
+    error_message: Mapped[Optional[str]] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The lease, as a run's (Run).
+    lease_token: Mapped[Optional[str]] = mapped_column(String(36))
+    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
+    published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_predictions_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Prediction {self.id} {self.status} {self.rows_done}/{self.rows_total}>"
+
+
+class PredictionChunk(Base):
+    """Rows [chunk * chunk_rows, ...) of a prediction's result: an .npz of `outputs`, and for
+    classifiers `labels` (indices into the job's classes) and `probabilities`
+    (service/predictions.py). Written once each, in the transaction that fences the lease."""
+
+    __tablename__ = "prediction_chunks"
+
+    prediction_id: Mapped[str] = mapped_column(
+        ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
+
+    def __repr__(self) -> str:
+        return f"<PredictionChunk {self.prediction_id} #{self.chunk} rows={self.rows}>"

@@ -56,9 +56,9 @@ def decode_cursor(cursor: str, keys: Sequence[Key]) -> tuple[Any, ...]:
 
 def _typed(value: Any, key: Key) -> Any:
     column_type = key.type
-    if isinstance(column_type, sa.types.TypeDecorator):
-        column_type = column_type.impl_instance
-    python_type = column_type.python_type
+    python_type = column_type.python_type  # a TypeDecorator's own (a Phase: str), or object
+    if python_type is object and isinstance(column_type, sa.types.TypeDecorator):
+        python_type = column_type.impl_instance.python_type
     if python_type is datetime:
         parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is None:
@@ -68,6 +68,8 @@ def _typed(value: Any, key: Key) -> Any:
         raise TypeError("not an int")
     if python_type is str and not isinstance(value, str):
         raise TypeError("not a str")
+    if isinstance(column_type, sa.types.TypeDecorator):
+        column_type.process_bind_param(value, None)  # a ValueError if it cannot store it
     return value
 
 

@@ -17,14 +17,19 @@ import threading
 import uuid
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from flask import Flask, current_app, request
 
+from service import offload
 from service.errors import ApiError, size, validation_error, validation_errors
 from service.schemas import query_parameters
 
 _INT = re.compile(r"[+-]?[0-9]{1,18}")
+# RFC 3339's date-time (what `format: date-time` means), which fromisoformat then reads.
+_DATETIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})"
+                       r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 # A \uD800-\uDBFF escape not followed by a low one, or a \uDC00-\uDFFF not preceded by a
 # high one: valid JSON, but not text any database can store.
 _LONE_SURROGATE = re.compile(
@@ -112,7 +117,7 @@ def json_body() -> Any:
                        f"(JSON_MAX_MEMORY_BYTES): send fewer values (a large data set as an "
                        f".npz or CSV upload)")
     try:
-        return loads(raw)
+        return offload.run(loads, raw, size=len(raw))
     except RecursionError:
         raise ApiError(400, "invalid_json", "the JSON body is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, our refusals
@@ -156,13 +161,38 @@ def arg_choices(name: str, choices: Collection[str]) -> list[str] | None:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return None
-    values = [v.strip() for v in raw.split(",")]
+    values = raw.split(",")
     bad = [v for v in values if v not in choices]
     if bad:
         raise validation_error(
             f"query.{name}", f"unknown value {bad[0]!r}; use one or more of " + ", ".join(choices)
         )
     return list(dict.fromkeys(values))
+
+
+def arg_text(name: str, max_length: int) -> str | None:
+    """?name=<1 to max_length characters>."""
+    raw = request.args.get(name)
+    if raw is not None and not 1 <= len(raw) <= max_length:
+        raise validation_error(f"query.{name}", f"must have 1 to {max_length} characters")
+    return raw
+
+
+def arg_datetime(name: str) -> datetime | None:
+    """?name=<RFC 3339 date-time with its offset>, e.g. 2026-12-06T21:00:00Z."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    match = _DATETIME.fullmatch(raw)
+    try:  # Python reads at most microseconds, in upper case
+        value = datetime.fromisoformat(
+            f"{match[1]}T{match[2]}{(match[3] or '')[:7]}{match[4].upper()}") if match else None
+    except ValueError:  # a month 13, a 25th hour...
+        value = None
+    if value is None or value.tzinfo is None:
+        raise validation_error(f"query.{name}", "must be a date-time with its offset (RFC "
+                               "3339), e.g. 2026-12-06T21:00:00Z")
+    return value
 
 
 def arg_uuid(name: str) -> str | None:

@@ -14,6 +14,7 @@ import logging
 import os
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,9 +22,11 @@ from celery import Celery, Task
 from flask import Flask, current_app
 
 from service.db import session_scope
-from service.models import Run, utcnow
+from service.models import Prediction, Run, utcnow
 
 TRAIN_TASK = "backprop.train_run"
+# Batch predictions go to the training queue: the same workers run them.
+PREDICT_TASK = "backprop.run_prediction"
 RECONCILE_TASK = "backprop.reconcile"
 # Webhooks have a queue and a worker of their own (worker/webhook_worker.py): a delivery
 # must not wait behind an hour of training.
@@ -174,6 +177,11 @@ def send_run(run_id: str) -> None:
     _celery().send_task(TRAIN_TASK, args=[run_id], queue=current_app.config["QUEUE"])
 
 
+def send_prediction(prediction_id: str) -> None:
+    """Send the message for a batch prediction (raises when the broker is unreachable)."""
+    _celery().send_task(PREDICT_TASK, args=[prediction_id], queue=current_app.config["QUEUE"])
+
+
 def send_delivery(delivery_id: str) -> None:
     """Wake the webhook worker for a committed delivery (raises when the broker is
     unreachable; the dispatcher sends it again later)."""
@@ -187,10 +195,20 @@ def publish_run(run_id: str) -> None:
     Called by the API right after it commits the run. Raises when the broker is unreachable;
     the run stays queued with no `published_at`, and the reconciler republishes it.
     """
-    send_run(run_id)
+    _published(Run, run_id, send_run)
+
+
+def publish_prediction(prediction_id: str) -> None:
+    """publish_run for a committed, queued batch prediction."""
+    _published(Prediction, prediction_id, send_prediction)
+
+
+def _published(job: type[Run] | type[Prediction], ident: str,
+               send: Callable[[str], None]) -> None:
+    send(ident)
     with session_scope() as session:
         session.execute(
-            sa.update(Run).where(Run.id == run_id).values(published_at=utcnow()),
+            sa.update(job).where(job.id == ident).values(published_at=utcnow()),
             execution_options={"synchronize_session": False},
         )
 

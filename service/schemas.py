@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from flask import has_request_context, request
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from service import offload
 from service.errors import json_path, validation_errors
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
@@ -163,10 +165,16 @@ def errors_for(name: str, instance: Any) -> list[dict[str, str]]:
 
 
 def validate(name: str, instance: Any) -> None:
-    """Raise a 422 problem when `instance` does not match `components/schemas/<name>`."""
-    errors = errors_for(name, instance)
+    """Raise a 422 problem when `instance` does not match `components/schemas/<name>`.
+    `instance` is (a part of) the request's body: the walk through it, which takes seconds
+    for millions of numbers, runs off the event loop when the body is large."""
+    errors = offload.run(errors_for, name, instance, size=_body_size())
     if errors:
         raise validation_errors(errors)
+
+
+def _body_size() -> int:
+    return (request.content_length or 0) if has_request_context() else 0
 
 
 # ---- messages ---------------------------------------------------------------------------
@@ -191,7 +199,11 @@ def _explain(error: ValidationError) -> Iterator[tuple[str, str]]:
     """One ValidationError -> (JSON path, message) pairs."""
     path = list(error.absolute_path)
     v, expected, instance = error.validator, error.validator_value, error.instance
-    if v in ("oneOf", "anyOf") and error.context:
+    if "propertyNames" in error.relative_schema_path and isinstance(instance, str):
+        # a key of the object at `path` (jsonschema reports it at the object's path)
+        yield json_path([*path, instance[:100]]), "is not an allowed key: " + next(
+            (m for _, m in _explain_key(error)), "see the schema")
+    elif v in ("oneOf", "anyOf") and error.context:
         yield from _explain_union(error, path)
     elif v == "required":
         for key in expected:
@@ -213,6 +225,16 @@ def _explain(error: ValidationError) -> Iterator[tuple[str, str]]:
         yield json_path(path), _MESSAGES.get(v, _fallback)(expected, instance, error)
 
 
+def _explain_key(error: ValidationError) -> Iterator[tuple[str, str]]:
+    """What a refused object key breaks (its length, pattern...)."""
+    if error.validator == "maxLength":
+        yield "", f"keys have at most {error.validator_value} characters"
+    elif error.validator == "minLength":
+        yield "", "keys must not be empty"
+    elif error.validator == "pattern":
+        yield "", f"keys match the pattern {error.validator_value}"
+
+
 def _fallback(_expected: Any, _instance: Any, error: ValidationError) -> str:
     return error.message if len(error.message) <= 200 else error.message[:200] + "..."
 
@@ -227,6 +249,7 @@ _MESSAGES = {
     "minLength": lambda x, *_: "must not be empty" if x == 1 else f"needs at least {x} characters",
     "maxLength": lambda x, *_: f"must have at most {x} characters",
     "minProperties": lambda x, *_: f"must have at least {x} fields",
+    "maxProperties": lambda x, *_: f"must have at most {x} fields",
     "pattern": lambda x, *_: f"must match the pattern {x}",
     "uniqueItems": lambda *_: "must not contain duplicates",
     "not": lambda *_: "is not allowed here",

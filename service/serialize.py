@@ -12,6 +12,9 @@ from service.models import (
     ApiKey,
     Dataset,
     Epoch,
+    ModelAlias,
+    ModelVersion,
+    Prediction,
     Run,
     Tenant,
     Webhook,
@@ -86,6 +89,8 @@ def run_json(run: Run) -> dict[str, Any]:
         error = {"code": run.error_code, "message": run.error_message or ""}
     return {
         "id": run.id,
+        "name": run.name,
+        "tags": run.tags or {},
         "status": run.status,
         "dataset_id": run.dataset_id,
         "network": run.network,
@@ -189,4 +194,51 @@ def delivery_json(d: WebhookDelivery, attempts: list[WebhookAttempt]) -> dict[st
             "error": a.error,
             "next_attempt_at": timestamp(a.next_attempt_at),
         } for a in attempts],
+    }
+
+
+def model_json(m: ModelAlias) -> dict[str, Any]:
+    base = f"/v1/models/{m.name}"
+    return {
+        "name": m.name,
+        "run_id": m.run_id,
+        "weights": m.weights,
+        "version": m.version,
+        "created_at": timestamp(m.created_at),
+        "updated_at": timestamp(m.updated_at),
+        "links": {"self": base, "versions": f"{base}/versions", "predict": f"{base}/predict",
+                  "run": f"/v1/runs/{m.run_id}"},
+    }
+
+
+def model_version_json(v: ModelVersion) -> dict[str, Any]:
+    return {"version": v.version, "run_id": v.run_id, "weights": v.weights,
+            "created_at": timestamp(v.created_at)}
+
+
+def prediction_json(p: Prediction) -> dict[str, Any]:
+    base = f"/v1/predictions/{p.id}"
+    error = None
+    if p.error_code is not None:
+        error = {"code": p.error_code, "message": p.error_message or ""}
+    return {
+        "id": p.id,
+        "status": p.status,
+        "dataset_id": p.dataset_id,
+        "run_id": p.run_id,
+        "weights": p.weights,
+        "model": p.model,
+        "model_version": p.model_version,
+        "created_at": timestamp(p.created_at),
+        "started_at": timestamp(p.started_at),
+        "finished_at": timestamp(p.finished_at),
+        "rows_total": p.rows_total,
+        "rows_done": p.rows_done,
+        "progress": min(1.0, p.rows_done / p.rows_total) if p.rows_total else 1.0,
+        "error": error,
+        "cancel_requested": bool(p.cancel_requested),
+        "attempts": p.attempts,
+        "result_bytes": p.result_bytes,
+        "links": {"self": base, "result": f"{base}/result", "cancel": f"{base}/cancel",
+                  "dataset": f"/v1/datasets/{p.dataset_id}", "run": f"/v1/runs/{p.run_id}"},
     }

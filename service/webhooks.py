@@ -47,15 +47,17 @@ import sqlalchemy as sa
 import standardwebhooks
 from sqlalchemy.orm import Session
 
-from service.models import Run, Webhook, WebhookDelivery, utcnow
-from service.serialize import run_json, timestamp
+from service.models import Prediction, Run, Webhook, WebhookDelivery, utcnow
+from service.serialize import prediction_json, run_json, timestamp
 
 log = logging.getLogger(__name__)
 
 # Every event type a webhook may subscribe to; "*" subscribes to all, those added later too.
 # A new kind of job adds its types here (and to openapi.yaml's WebhookEventType) and calls
 # `emit` where its status changes.
-EVENT_TYPES = ("run.started", "run.succeeded", "run.failed", "run.cancelled")
+EVENT_TYPES = ("run.started", "run.succeeded", "run.failed", "run.cancelled",
+               "prediction.started", "prediction.succeeded", "prediction.failed",
+               "prediction.cancelled")
 ALL_EVENTS = "*"
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # Standard Webhooks: 24 to 64 random bytes
@@ -112,6 +114,15 @@ RUN_EVENTS = {"running": "run.started", "succeeded": "run.succeeded", "failed": 
 def emit_run(session: Session, run: Run) -> list[str]:
     """`emit` the event of the status `run` has just reached, with the run's JSON."""
     return emit(session, run.tenant_id, RUN_EVENTS[run.status], run_json(run))
+
+
+def emit_status(session: Session, job: Run | Prediction) -> list[str]:
+    """`emit` the event of the status a job (a run, or a batch prediction: prediction.started,
+    ...) has just reached, with its JSON."""
+    if isinstance(job, Run):
+        return emit_run(session, job)
+    event = "prediction." + RUN_EVENTS[job.status].removeprefix("run.")
+    return emit(session, job.tenant_id, event, prediction_json(job))
 
 
 def _publish_on_commit(session: Session, ids: list[str]) -> None:

@@ -26,7 +26,7 @@ from werkzeug.datastructures import Headers
 from service.schemas import spec, validator
 
 BINARY_TYPES = {"application/x-npz", "application/octet-stream", "application/onnx",
-                "application/yaml", "text/plain", "text/html"}
+                "application/yaml", "text/yaml", "text/plain", "text/html", "text/csv"}
 EVENT_STREAM = "text/event-stream"
 
 

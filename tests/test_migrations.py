@@ -8,17 +8,19 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from flask.testing import FlaskClient
 
 import nn
-from service import db, usage
-from service.models import STAT_FIELDS, Base
-from service.serialize import finite
+from service import db, statstore, usage
+from service.models import STAT_FIELDS, Base, Run
+from service.serialize import epoch_json, finite
 from tests.service.conftest import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -294,7 +296,8 @@ def test_statistics_are_packed_and_answered_as_before(url: str) -> None:
             thinned = conn.execute(sa.text("SELECT stats_thinned_after FROM runs")).scalars()
             assert list(thinned) == [None, None]  # every epoch stays
             counted = dict(conn.execute(sa.text("SELECT id, rows_bytes FROM runs")).all())
-            stats = conn.execute(sa.text("SELECT run_id, layout, figures FROM epoch_stats"))
+            stats = conn.execute(sa.text("SELECT r.id, s.layout, s.figures FROM epoch_stats s "
+                                         "JOIN runs r ON r.seq = s.run_seq"))
             for run_id, layout, figures in stats:  # what they count toward the quota
                 counted[run_id] -= usage.STATS_ROW_BYTES + len(layout) + len(figures)
             assert counted == {run: len(reports) * usage.EPOCH_ROW_BYTES
@@ -307,5 +310,192 @@ def test_statistics_are_packed_and_answered_as_before(url: str) -> None:
                                        k != "phase"}, "phase": row["phase"], "epoch": row["epoch"]}
                     for run, rows in before.items() for row in _as_float32(rows)]
         assert [dict(r) for r in back] == expected
+    finally:
+        engine.dispose()
+
+
+# ---- 0008: epoch and statistics rows keyed by the run's number --------------------------------
+
+EPOCH_COLUMNS = ("run_id", "phase", "epoch", "layer", "train_loss", "val_loss", "train_accuracy",
+                 "val_accuracy", "learning_rate", "duration_s")
+
+
+def test_epoch_rows_take_the_runs_number_and_answer_as_before(url: str) -> None:
+    """0008 keys the epoch and statistics rows by (run_seq, phase, epoch), the phase as a
+    number: GET .../epochs and .../layer-stats answer what the rows held (whole, in pages,
+    downsampled, by phase), a run made afterwards gets the next number, and back at 0007
+    the rows are what they were."""
+    cfg = db.alembic_config(url)
+    command.upgrade(cfg, "0007")
+    first, second = "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"
+    reports = {first: _reports("xor", DEEP, {"pretrain": {"epochs": 2}}),
+               second: _reports("xor", DEEP, {"validation_fraction": 0.25})}
+    epochs = [(run, r.phase, r.epoch, r.layer, r.train_loss, r.val_loss, r.train_accuracy,
+               r.val_accuracy, r.learning_rate, r.duration_s)
+              for run, rs in reports.items() for r in rs]
+    assert {e[1] for e in epochs} == {"pretrain", "train"} and None in {e[5] for e in epochs}
+    stats = [(run, r.phase, r.epoch, *statstore.pack(r.layer_stats))
+             for run, rs in reports.items() for r in rs]
+    engine = db.make_engine(url)
+    now = "2026-12-06 00:00:00+00:00"
+    try:
+        with engine.begin() as conn:
+            _tenant_and_dataset(conn, "test", now)
+            for run in reports:
+                conn.execute(sa.text(
+                    "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, "
+                    "created_at, epochs_total, epochs_completed, cancel_requested, attempts) "
+                    "VALUES (:id, 't1', 'd1', 'succeeded', '{}', '{}', :now, 4, 4, false, 1)"),
+                    {"id": run, "now": now})
+            conn.execute(sa.insert(sa.table("epochs", *map(sa.column, EPOCH_COLUMNS))),
+                         [dict(zip(EPOCH_COLUMNS, e)) for e in epochs])
+            conn.execute(sa.insert(sa.table("epoch_stats", *map(sa.column, (
+                "run_id", "phase", "epoch", "layout", "figures")))),
+                [dict(zip(("run_id", "phase", "epoch", "layout", "figures"), s))
+                 for s in stats])
+        command.upgrade(cfg, "head")
+        command.check(cfg)
+        app = make_app(url, migrate=False)
+        client = app.test_client()
+        for run in reports:
+            mine = sorted((e for e in epochs if e[0] == run), key=lambda e: (e[1], e[2]))
+            expected = [epoch_json(SimpleNamespace(**dict(zip(EPOCH_COLUMNS, e))))
+                        for e in mine]
+            base = f"/v1/runs/{run}"
+            assert _items(client, f"{base}/epochs?limit=1000") == expected
+            assert _pages(client, f"{base}/epochs?limit=3") == expected
+            assert _items(client, f"{base}/epochs?phase=train&max_points=2") == [
+                e for e in expected if e["phase"] == "train"][::3]  # 4 epochs: 1 and 4
+            layer_rows = [row for s in sorted((s for s in stats if s[0] == run),
+                                              key=lambda s: (s[1], s[2]))
+                          for row in statstore.rows(SimpleNamespace(
+                              phase=s[1], epoch=s[2], layout=s[3], figures=s[4]))]
+            assert _items(client, f"{base}/layer-stats?limit=1000") == layer_rows
+            assert _pages(client, f"{base}/layer-stats?limit=2") == layer_rows
+        with db.session_scope(app) as session:  # numbered after the runs there were
+            run = Run(tenant_id="t1", dataset_id="d1", network={}, training={},
+                      epochs_total=1)
+            session.add(run)
+            session.flush()
+            numbers = session.scalars(sa.select(Run.seq).order_by(Run.seq)).all()
+            assert run.seq == numbers[-1] and len(set(numbers)) == 3
+            session.delete(run)
+        db.engine(app).dispose()
+        command.downgrade(cfg, "0007")
+        with engine.connect() as conn:
+            back = conn.execute(sa.text(
+                f"SELECT {', '.join(EPOCH_COLUMNS)} FROM epochs ORDER BY run_id, phase, epoch"))
+            assert [tuple(r) for r in back] == sorted(epochs, key=lambda e: e[:3])
+            back = conn.execute(sa.text("SELECT run_id, phase, epoch, layout, figures FROM "
+                                        "epoch_stats ORDER BY run_id, phase, epoch"))
+            assert [(*r[:4], bytes(r[4])) for r in back] == sorted(stats, key=lambda s: s[:3])
+        command.upgrade(cfg, "head")  # and up again
+    finally:
+        engine.dispose()
+
+
+def _items(client: Any, path: str) -> list[dict[str, Any]]:
+    resp = client.get(path)
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()["items"]
+
+
+def _pages(client: Any, path: str) -> list[dict[str, Any]]:
+    """Every page of a list, followed by its cursors."""
+    items, cursor = [], ""
+    while cursor is not None:
+        resp = client.get(f"{path}&cursor={cursor}")
+        assert resp.status_code == 200, resp.get_json()
+        items += resp.get_json()["items"]
+        cursor = resp.get_json()["next_cursor"]
+    return items
+
+
+# ---- 0009: run names and tags ------------------------------------------------------------------
+
+def test_runs_made_before_names_and_tags_have_none(url: str) -> None:
+    """0009: a run made before it has no name and no tags, answered as such and filtered on;
+    going back keeps the run."""
+    cfg = db.alembic_config(url)
+    command.upgrade(cfg, "0007")
+    engine = db.make_engine(url)
+    now = "2026-12-06 00:00:00+00:00"
+    run = "00000000-0000-4000-8000-000000000009"
+    try:
+        with engine.begin() as conn:
+            _tenant_and_dataset(conn, "test", now)
+            conn.execute(sa.text(
+                "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, "
+                "created_at, epochs_total, epochs_completed, cancel_requested, attempts) "
+                "VALUES (:id, 't1', 'd1', 'succeeded', '{}', '{}', :now, 4, 4, false, 1)"),
+                {"id": run, "now": now})
+        command.upgrade(cfg, "0009")
+        app = make_app(url, migrate=False)
+        # Not the spec-checking client: the row's network, "{}", is no spec's.
+        key = {"Authorization": f"Bearer {app.test_client().api_key}"}
+        client = FlaskClient(app)
+        with db.session_scope(app) as session:  # make_app's tenant "test" is another one
+            session.execute(sa.text("UPDATE runs SET tenant_id = (SELECT id FROM tenants "
+                                    "WHERE name = 'test')"))
+        answer = client.get(f"/v1/runs/{run}", headers=key).get_json()
+        assert (answer["name"], answer["tags"]) == (None, {})
+        assert client.get("/v1/runs?tag=a:b", headers=key).get_json()["items"] == []
+        patched = client.patch(f"/v1/runs/{run}", json={"tags": {"a": "b"}}, headers=key)
+        assert patched.get_json()["tags"] == {"a": "b"}
+        db.engine(app).dispose()
+        command.downgrade(cfg, "0007")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT id FROM runs")).scalars().all() == [run]
+    finally:
+        engine.dispose()
+
+
+# ---- 0010: model aliases and batch predictions -------------------------------------------
+
+def test_aliases_and_predictions_come_and_go_beside_existing_runs(url: str) -> None:
+    """0010 adds the model aliases and batch predictions to a database with runs (it
+    changes none of them); an aliased run cannot be deleted (RESTRICT), a prediction's
+    chunks go with it (CASCADE); the downgrade drops both and keeps the runs."""
+    cfg = db.alembic_config(url)
+    command.upgrade(cfg, "0007")
+    engine = db.make_engine(url)
+    now = "2026-12-06 00:00:00+00:00"
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) VALUES "
+                                 "('t1', 'one', :now)"), {"now": now})
+            conn.execute(sa.text(
+                "INSERT INTO datasets (id, tenant_id, name, created_at, n_samples, input_shape, "
+                "task, target_dim, sha256, source, size_bytes, data) VALUES ('d1', 't1', 'old', "
+                ":now, 4, '[2]', 'classification', 1, :sha, '{}', 3, :data)"),
+                {"now": now, "sha": "0" * 64, "data": b"npz"})
+            conn.execute(sa.text(
+                "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, "
+                "created_at, epochs_total, epochs_completed, cancel_requested, attempts, "
+                "pinned, rows_bytes) VALUES ('r1', 't1', 'd1', 'succeeded', '{}', '{}', :now, "
+                "1, 1, false, 1, false, 0)"), {"now": now})
+        command.upgrade(cfg, "head")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO model_aliases (tenant_id, name, run_id, weights, version, "
+                "created_at, updated_at) VALUES ('t1', 'xor', 'r1', 'final', 1, :now, :now)"),
+                {"now": now})
+            conn.execute(sa.text(
+                "INSERT INTO predictions (id, tenant_id, dataset_id, run_id, weights, status, "
+                "rows_total, rows_done, chunk_rows, result_bytes, created_at, "
+                "cancel_requested, attempts) VALUES ('p1', 't1', 'd1', 'r1', 'final', "
+                "'succeeded', 4, 4, 4, 3, :now, false, 1)"), {"now": now})
+            conn.execute(sa.text("INSERT INTO prediction_chunks (prediction_id, chunk, rows, "
+                                 "data) VALUES ('p1', 0, 4, :data)"), {"data": b"npz"})
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM runs WHERE id = 'r1'"))
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM predictions WHERE id = 'p1'"))
+            assert conn.execute(sa.text("SELECT count(*) FROM prediction_chunks")).scalar() == 0
+        command.downgrade(cfg, "0007")
+        assert not {"model_aliases", "model_versions", "predictions",
+                    "prediction_chunks"} & _tables(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT id FROM runs")).scalars().all() == ["r1"]
     finally:
         engine.dispose()

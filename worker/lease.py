@@ -1,4 +1,9 @@
-"""The lease on a run: claim it, prove we still hold it, give it up; settle abandoned runs.
+"""The lease on a job: claim it, prove we still hold it, give it up; settle abandoned jobs.
+
+A job is a training run (`Run`, the default of every function here) or a batch prediction
+(`Prediction`): both have the same status and lease columns, and the same functions claim,
+fence, release and settle them, given the job's class as `job`. Below, "run" stands for
+either.
 
 A worker owns a run while `lease_expires_at` is in the future, and every write it makes runs
 in a transaction that starts with `fence` (an UPDATE ... WHERE lease_token = ours), so a worker
@@ -6,8 +11,9 @@ that lost its lease (paused, partitioned, presumed dead) changes nothing. Each s
 is one compare-and-set, safe when any number of workers and reconcilers race.
 
 Every status change here also records its webhook event (run.started at a run's first
-claim, run.succeeded / failed / cancelled at its end) in the same transaction
-(service.webhooks.emit_run), so an event exists exactly when its change does.
+claim, run.succeeded / failed / cancelled at its end; prediction.* for a prediction) in the
+same transaction (service.webhooks.emit_status), so an event exists exactly when its change
+does.
 
 Times are the workers' clocks in UTC (one source of time for every comparison; the database's
 clock would need per-backend SQL), so their skew must stay well under LEASE_SECONDS.
@@ -21,8 +27,10 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service.models import Epoch, EpochStats, Run, UTCDateTime
-from service.webhooks import emit_run
+from service.models import Epoch, EpochStats, Prediction, Run, UTCDateTime, of_run
+from service.webhooks import emit_status
+
+Job = type[Run] | type[Prediction]
 
 # ORM-enabled UPDATEs without looking for matching objects in the session (there are none).
 NO_SYNC = {"synchronize_session": False}
@@ -37,61 +45,62 @@ def at(t: datetime) -> sa.ColumnElement:
     return sa.literal(t, UTCDateTime())
 
 
-def abandoned(now: datetime) -> sa.ColumnElement[bool]:
+def abandoned(now: datetime, job: Job = Run) -> sa.ColumnElement[bool]:
     """A running run whose worker stopped renewing its lease."""
-    return sa.and_(Run.status == "running", Run.lease_expires_at < at(now))
+    return sa.and_(job.status == "running", job.lease_expires_at < at(now))
 
 
 def claim(session: Session, run_id: str, *, now: datetime, lease_seconds: float,
-          max_attempts: int, worker: str) -> str | None:
+          max_attempts: int, worker: str, job: Job = Run) -> str | None:
     """Take a queued or abandoned run: its new lease token, or None (not ours to train)."""
     token = str(uuid.uuid4())
     result = session.execute(
-        sa.update(Run)
+        sa.update(job)
         .where(
-            Run.id == run_id,
-            sa.or_(Run.status == "queued", abandoned(now)),
-            Run.attempts < max_attempts,
+            job.id == run_id,
+            sa.or_(job.status == "queued", abandoned(now, job)),
+            job.attempts < max_attempts,
         )
         .values(
             status="running",
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             heartbeat_at=now,
-            attempts=Run.attempts + 1,
-            started_at=sa.func.coalesce(Run.started_at, at(now)),
+            attempts=job.attempts + 1,
+            started_at=sa.func.coalesce(job.started_at, at(now)),
             worker=worker[:200],
         ),
         execution_options=NO_SYNC,
     )
     if result.rowcount != 1:
         return None
-    run = session.get(Run, run_id, populate_existing=True)
-    if run is not None and run.started_at == now:  # its first claim: set just now
-        emit_run(session, run)
+    row = session.get(job, run_id, populate_existing=True)
+    if row is not None and row.started_at == now:  # its first claim: set just now
+        emit_status(session, row)
     return token
 
 
 def fence(session: Session, run_id: str, token: str, *, now: datetime,
-          lease_seconds: float, epochs_completed: int) -> bool:
-    """Renew the lease and record progress, first thing in a transaction.
+          lease_seconds: float, job: Job = Run, **progress: int) -> bool:
+    """Renew the lease and record progress (`progress`: columns, e.g. epochs_completed of a
+    run, rows_done of a prediction), first thing in a transaction.
 
     Returns the run's cancel flag; raises LeaseLost (the caller rolls back) when the lease
     is not ours any more. In PostgreSQL the UPDATE also locks the row until commit.
     """
     result = session.execute(
-        sa.update(Run)
-        .where(Run.id == run_id, Run.lease_token == token)
+        sa.update(job)
+        .where(job.id == run_id, job.lease_token == token)
         .values(
             heartbeat_at=now,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
-            epochs_completed=epochs_completed,
+            **progress,
         ),
         execution_options=NO_SYNC,
     )
     if result.rowcount != 1:
         raise LeaseLost(run_id)
-    return bool(session.scalar(sa.select(Run.cancel_requested).where(Run.id == run_id)))
+    return bool(session.scalar(sa.select(job.cancel_requested).where(job.id == run_id)))
 
 
 def forget_after(session: Session, run_id: str, phase: str, epoch: int) -> None:
@@ -107,7 +116,7 @@ def forget_after(session: Session, run_id: str, phase: str, epoch: int) -> None:
     deleted = 0
     for table in (Epoch, EpochStats):
         deleted += session.execute(
-            sa.delete(table).where(table.run_id == run_id, sa.or_(*(
+            sa.delete(table).where(of_run(table, run_id), sa.or_(*(
                 sa.and_(table.phase == p, table.epoch > e) for p, e in kept.items()))),
             execution_options=NO_SYNC,
         ).rowcount
@@ -119,29 +128,30 @@ def forget_after(session: Session, run_id: str, phase: str, epoch: int) -> None:
                     execution_options=NO_SYNC)
 
 
-def release(session: Session, run_id: str, token: str, *, now: datetime, **values: object) -> None:
+def release(session: Session, run_id: str, token: str, *, now: datetime, job: Job = Run,
+            **values: object) -> None:
     """Finish the run: set `values` (status, error, metrics...) and clear the lease. Fenced."""
     result = session.execute(
-        sa.update(Run)
-        .where(Run.id == run_id, Run.lease_token == token)
+        sa.update(job)
+        .where(job.id == run_id, job.lease_token == token)
         .values(finished_at=now, lease_token=None, lease_expires_at=None, **values),
         execution_options=NO_SYNC,
     )
     if result.rowcount != 1:
         raise LeaseLost(run_id)
-    emit_run(session, session.get(Run, run_id, populate_existing=True))
+    emit_status(session, session.get(job, run_id, populate_existing=True))
 
 
-def hand_back(session: Session, run_id: str, token: str) -> None:
+def hand_back(session: Session, run_id: str, token: str, job: Job = Run) -> None:
     """Put a running run back in the queue (its worker is shutting down): queued, the lease
     cleared, and this claim not counted in `attempts` (a hand-back is not a death, so it
     never brings the run closer to "worker_lost"). Fenced; call it after `fence`, which
     locks the row, so a cancel cannot slip in between (it is read by the fence)."""
     result = session.execute(
-        sa.update(Run)
-        .where(Run.id == run_id, Run.lease_token == token, Run.status == "running")
+        sa.update(job)
+        .where(job.id == run_id, job.lease_token == token, job.status == "running")
         .values(status="queued", lease_token=None, lease_expires_at=None,
-                attempts=Run.attempts - 1, published_at=None),
+                attempts=job.attempts - 1, published_at=None),
         execution_options=NO_SYNC,
     )
     if result.rowcount != 1:
@@ -149,7 +159,7 @@ def hand_back(session: Session, run_id: str, token: str) -> None:
 
 
 def settle_abandoned(session: Session, *, now: datetime, max_attempts: int,
-                     run_id: str | None = None) -> int:
+                     run_id: str | None = None, job: Job = Run) -> int:
     """End abandoned runs that must not be trained again; how many.
 
     A cancelling run whose worker died ends cancelled; a run that has already been claimed
@@ -157,29 +167,29 @@ def settle_abandoned(session: Session, *, now: datetime, max_attempts: int,
     checkpoints: worker/retention.py). `run_id` limits it to one run (a message for it
     arrived); None means every run (the reconciler).
     """
-    expired = Run.lease_expires_at < at(now)
-    one = [Run.id == run_id] if run_id is not None else []
+    expired = job.lease_expires_at < at(now)
+    one = [job.id == run_id] if run_id is not None else []
     done = {"finished_at": now, "lease_token": None, "lease_expires_at": None}
     cancelled = session.scalars(
-        sa.update(Run)
-        .where(Run.status == "cancelling", expired, *one)
+        sa.update(job)
+        .where(job.status == "cancelling", expired, *one)
         .values(status="cancelled", **done)
-        .returning(Run.id),
+        .returning(job.id),
         execution_options=NO_SYNC,
     ).all()
     lost = session.scalars(
-        sa.update(Run)
-        .where(abandoned(now), Run.attempts >= max_attempts, *one)
+        sa.update(job)
+        .where(abandoned(now, job), job.attempts >= max_attempts, *one)
         .values(
             status="failed",
             error_code="worker_lost",
-            error_message=f"the run was claimed {max_attempts} times and every worker "
-            "stopped before finishing it",
+            error_message=f"the {'run' if job is Run else 'prediction'} was claimed "
+            f"{max_attempts} times and every worker stopped before finishing it",
             **done,
         )
-        .returning(Run.id),
+        .returning(job.id),
         execution_options=NO_SYNC,
     ).all()
     for settled in (*cancelled, *lost):
-        emit_run(session, session.get(Run, settled, populate_existing=True))
+        emit_status(session, session.get(job, settled, populate_existing=True))
     return len(cancelled) + len(lost)

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from time import monotonic
@@ -98,6 +99,7 @@ class Lease:
     """The run a worker holds, and the settings its writes follow."""
 
     run_id: str
+    run_seq: int  # the run's number in its rows (Run.seq)
     token: str
     lease_seconds: float
     flush_seconds: float
@@ -256,7 +258,7 @@ class Progress:
         the position of the checkpoint it stored, or None. The buffer is kept until the
         transaction commits, so a failed one loses no row: the next one writes it."""
         self.lease.fence(session, self.epoch)
-        write_epochs(session, self.lease.run_id, self.buffer, replace=self._retry,
+        write_epochs(session, self.lease.run_seq, self.buffer, replace=self._retry,
                      thinned_after=self.thinned_after)
         usage.record_rows(session, self.lease.run_id, self.epoch_rows + len(self.buffer))
         if self.state is not None and self.stored < self._state_at <= self.position:
@@ -276,14 +278,15 @@ class Progress:
 
 
 # The columns write_epochs fills, in the order of its row tuples.
-EPOCH_COLUMNS = ("run_id", "phase", "epoch", "layer", "train_loss", "val_loss",
+EPOCH_COLUMNS = ("run_seq", "phase", "epoch", "layer", "train_loss", "val_loss",
                  "train_accuracy", "val_accuracy", "learning_rate", "duration_s")
-STAT_COLUMNS = ("run_id", "phase", "epoch", "layout", "figures")
+STAT_COLUMNS = ("run_seq", "phase", "epoch", "layout", "figures")
 
 
-def write_epochs(session: Session, run_id: str, reports: list[nn.EpochReport], *,
+def write_epochs(session: Session, run_seq: int, reports: list[nn.EpochReport], *,
                  replace: bool = False, thinned_after: int | None = None) -> None:
-    """Insert the epoch rows, and the statistics rows of the epochs the thinning rule keeps
+    """Insert the epoch rows of the run numbered `run_seq` (Run.seq), and the statistics rows
+    of the epochs the thinning rule keeps
     (`thinned_after`: service/statstore.py) and of each phase's latest epoch, whose previous
     latest goes unless the rule keeps it (bulk; the primary keys forbid a second copy of any
     row). `replace` first deletes any stored copy of these rows: after a COMMIT that failed
@@ -302,7 +305,7 @@ def write_epochs(session: Session, run_id: str, reports: list[nn.EpochReport], *
             numbers = [r.epoch for r in reports if r.phase == phase]
             for table in (Epoch, EpochStats):
                 session.execute(sa.delete(table).where(
-                    table.run_id == run_id, table.phase == phase,
+                    table.run_seq == run_seq, table.phase == phase,
                     table.epoch.between(min(numbers), max(numbers))),
                     execution_options=lease.NO_SYNC)
     first: dict[str, int] = {}
@@ -314,17 +317,17 @@ def write_epochs(session: Session, run_id: str, reports: list[nn.EpochReport], *
     for phase, epoch in first.items():
         if epoch > 1 and not statstore.kept(epoch - 1, thinned_after):
             session.execute(sa.delete(EpochStats).where(
-                EpochStats.run_id == run_id, EpochStats.phase == phase,
+                EpochStats.run_seq == run_seq, EpochStats.phase == phase,
                 EpochStats.epoch == epoch - 1), execution_options=lease.NO_SYNC)
     # Numbers go as they are: a float column may hold NaN or an infinity (SQLite keeps NaN as
     # NULL; the API answers null for both).
     epochs = [
-        (run_id, r.phase, r.epoch, r.layer, r.train_loss, r.val_loss, r.train_accuracy,
+        (run_seq, r.phase, r.epoch, r.layer, r.train_loss, r.val_loss, r.train_accuracy,
          r.val_accuracy, r.learning_rate, r.duration_s)
         for r in reports
     ]
     stats = [
-        (run_id, r.phase, r.epoch, *statstore.pack(r.layer_stats))
+        (run_seq, r.phase, r.epoch, *statstore.pack(r.layer_stats))
         for r in reports if r.layer_stats and (
             statstore.kept(r.epoch, thinned_after) or r.epoch == latest[r.phase])
     ]
@@ -341,15 +344,26 @@ def _insert(session: Session, table: sa.Table, columns: tuple[str, ...],
 
 
 # COPY's binary format needs each column's PostgreSQL type (to pick psycopg's dumper).
-COPY_TYPES = ((sa.LargeBinary, "bytea"), (sa.Integer, "int4"), (sa.Float, "float8"),
-              (sa.String, "text"))
+COPY_TYPES = ((sa.LargeBinary, "bytea"), (sa.SmallInteger, "int2"), (sa.Integer, "int4"),
+              (sa.Float, "float8"), (sa.String, "text"))
 
 
 def _copy_type(column: sa.Column) -> str:
+    stored = column.type.impl_instance if isinstance(column.type, sa.TypeDecorator) \
+        else column.type
     for kind, name in COPY_TYPES:
-        if isinstance(column.type, kind):
+        if isinstance(stored, kind):
             return name
     raise TypeError(f"no COPY type for {column} ({column.type})")
+
+
+def _copy_values(table: sa.Table, columns: tuple[str, ...], dialect: sa.Dialect
+                 ) -> Callable[[tuple], tuple]:
+    """A row's values as COPY sends them: converted by their column's type where it is a
+    TypeDecorator (a Phase's name to its number), as a statement's parameters are."""
+    convert = [table.c[c].type.process_bind_param
+               if isinstance(table.c[c].type, sa.TypeDecorator) else None for c in columns]
+    return lambda row: tuple(v if f is None else f(v, dialect) for f, v in zip(convert, row))
 
 
 def _copy(session: Session, table: sa.Table, columns: tuple[str, ...],
@@ -360,13 +374,14 @@ def _copy(session: Session, table: sa.Table, columns: tuple[str, ...],
     connection = session.connection()
     dialect, raw = connection.dialect, connection.connection.driver_connection
     types = [_copy_type(table.c[c]) for c in columns]
+    values = _copy_values(table, columns, dialect)
     sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
     try:
         with raw.cursor() as cursor:
             with cursor.copy(sql) as copy:
                 copy.set_types(types)
                 for row in rows:
-                    copy.write_row(row)
+                    copy.write_row(values(row))
     except dialect.loaded_dbapi.Error as exc:
         lost = dialect.is_disconnect(exc, raw, None)
         if lost:

@@ -11,7 +11,11 @@ beat, a manual run) are harmless, and a message it publishes twice is dropped by
 - running runs whose lease expired are republished once per expiry (and again every
   REQUEUE_AFTER_SECONDS while no worker takes them): the next worker's claim takes the run
   over and resumes it from its checkpoint;
-- old finished runs, and finished runs' checkpoints, are deleted (worker/retention.py).
+- old finished runs and batch predictions, and finished runs' checkpoints, are deleted
+  (worker/retention.py).
+
+Batch predictions are jobs as runs are (worker/lease.py): the same pass settles and
+republishes them, by the same rules.
 
 `dispatch_deliveries` does the same for webhook deliveries, every WEBHOOK_DISPATCH_SECONDS on
 the webhook worker (beat sends it to the webhook queue, so training never delays it): it
@@ -31,8 +35,8 @@ import sqlalchemy as sa
 from flask import current_app
 
 from service.db import connection_lost, session_scope
-from service.models import Run, WebhookDelivery, utcnow
-from service.queue import send_delivery, send_run
+from service.models import Prediction, Run, WebhookDelivery, utcnow
+from service.queue import send_delivery, send_prediction, send_run
 from worker import lease, retention
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,8 @@ def reconcile() -> dict[str, int]:
     """One pass, in the app context; how many runs were settled and republished. While the
     database is unreachable a pass does nothing but say so: the next one catches up."""
     return _unless_unreachable("reconcile", _pass, {"settled": 0, "republished": 0, "deleted": 0,
-                                                   "checkpoints": 0, "pages": 0})
+                                                   "predictions": 0, "checkpoints": 0,
+                                                   "pages": 0})
 
 
 def dispatch_deliveries() -> dict[str, int]:
@@ -68,47 +73,63 @@ def _unless_unreachable(name: str, one_pass: Callable[[], dict[str, int]],
         return nothing
 
 
+JOBS: tuple[tuple[lease.Job, Callable[[str], None]], ...] = (
+    (Run, send_run), (Prediction, send_prediction))
+
+
 def _pass() -> dict[str, int]:
     cfg = current_app.config
     now = utcnow()
+    settled = republished = 0
+    for job, send in JOBS:
+        with session_scope() as session:
+            settled += lease.settle_abandoned(session, now=now, max_attempts=cfg["MAX_ATTEMPTS"],
+                                              job=job)
+        republished += _republish(job, send, now)
+    if settled or republished:
+        log.info("reconcile: %d settled, %d republished", settled, republished)
+    swept = retention.sweep(now, cfg)
+    if swept["deleted"] or swept["predictions"] or swept["checkpoints"]:
+        log.info("reconcile: deleted %d old runs, %d old batch predictions and %d checkpoints "
+                 "of finished runs", swept["deleted"], swept["predictions"],
+                 swept["checkpoints"])
+    return {"settled": settled, "republished": republished, **swept}
+
+
+def _republish(job: lease.Job, send: Callable[[str], None], now: datetime) -> int:
+    """Send the messages of the jobs whose message is missing (`_due`): how many."""
+    cfg = current_app.config
+    due = _due(now, cfg["REQUEUE_AFTER_SECONDS"], cfg["MAX_ATTEMPTS"], job)
     with session_scope() as session:
-        settled = lease.settle_abandoned(session, now=now, max_attempts=cfg["MAX_ATTEMPTS"])
-    due = _due(now, cfg["REQUEUE_AFTER_SECONDS"], cfg["MAX_ATTEMPTS"])
-    with session_scope() as session:
-        candidates = session.scalars(sa.select(Run.id).where(due).limit(BATCH)).all()
+        candidates = session.scalars(sa.select(job.id).where(due).limit(BATCH)).all()
     republished = 0
-    for run_id in candidates:
+    for job_id in candidates:
         # Mark it published first: of two reconcilers, only the one whose UPDATE matched
         # sends. If the send then fails, the next pass after REQUEUE_AFTER_SECONDS retries.
         with session_scope() as session:
             won = session.execute(
-                sa.update(Run).where(Run.id == run_id, due).values(published_at=now),
+                sa.update(job).where(job.id == job_id, due).values(published_at=now),
                 execution_options=lease.NO_SYNC,
             ).rowcount == 1
         if won:
-            send_run(run_id)
+            send(job_id)
             republished += 1
-    if settled or republished:
-        log.info("reconcile: %d settled, %d republished", settled, republished)
-    swept = retention.sweep(now, cfg)
-    if swept["deleted"] or swept["checkpoints"]:
-        log.info("reconcile: deleted %d old runs and %d checkpoints of finished runs",
-                 swept["deleted"], swept["checkpoints"])
-    return {"settled": settled, "republished": republished, **swept}
+    return republished
 
 
-def _due(now: datetime, requeue_after: float, max_attempts: int) -> sa.ColumnElement[bool]:
-    """Runs whose wake-up message is missing: queued ones not picked up for a while, and
+def _due(now: datetime, requeue_after: float, max_attempts: int, job: lease.Job = Run
+         ) -> sa.ColumnElement[bool]:
+    """Jobs whose wake-up message is missing: queued ones not picked up for a while, and
     abandoned ones not republished since their lease expired."""
     stale = lease.at(now - timedelta(seconds=requeue_after))
-    last_sent = sa.func.coalesce(Run.published_at, Run.created_at)
+    last_sent = sa.func.coalesce(job.published_at, job.created_at)
     return sa.or_(
-        sa.and_(Run.status == "queued", last_sent < stale),
+        sa.and_(job.status == "queued", last_sent < stale),
         sa.and_(
-            lease.abandoned(now),
-            Run.attempts < max_attempts,
-            sa.or_(Run.published_at.is_(None), Run.published_at < Run.lease_expires_at,
-                   Run.published_at < stale),
+            lease.abandoned(now, job),
+            job.attempts < max_attempts,
+            sa.or_(job.published_at.is_(None), job.published_at < job.lease_expires_at,
+                   job.published_at < stale),
         ),
     )
 

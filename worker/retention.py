@@ -7,6 +7,8 @@ Each pass of the reconciler (worker/reconcile.py):
   (ON DELETE CASCADE), unless pinned (PATCH /v1/runs/{id}) or named by a model alias; at
   most BATCH a pass, each in its own transaction (a run of 100,000 epochs is as many rows),
   each a compare-and-set on the same conditions, so a pin that commits first wins;
+- deletes finished batch predictions older than that too, with their stored results, at
+  most BATCH a pass;
 - deletes the checkpoints of finished runs: a run that ends drops its own (worker/training.py),
   these are of runs the reconciler itself ended (cancelled, or failed with worker_lost,
   after their worker died) and of databases from before;
@@ -24,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.db import engine, free_pages, session_scope
-from service.models import Artifact, Run
+from service.models import Artifact, ModelAlias, Prediction, Run
 from service.serialize import FINISHED_STATUSES
 from worker import lease
 
@@ -33,9 +35,8 @@ BATCH = 20
 
 
 def aliased() -> sa.ColumnElement[bool]:
-    """Runs a model alias points at (PUT /v1/models/{name}, not built yet), which are kept.
-    When aliases exist: an EXISTS over the aliases naming Run.id."""
-    return sa.false()
+    """Runs a model alias points at (PUT /v1/models/{name}), which are kept."""
+    return sa.exists().where(ModelAlias.run_id == Run.id)
 
 
 def expired(now: datetime, seconds: float) -> sa.ColumnElement[bool]:
@@ -45,23 +46,40 @@ def expired(now: datetime, seconds: float) -> sa.ColumnElement[bool]:
                    Run.pinned.is_(False), sa.not_(aliased()))
 
 
+def expired_prediction(now: datetime, seconds: float) -> sa.ColumnElement[bool]:
+    """Finished batch predictions retention deletes: older than `seconds`."""
+    return sa.and_(Prediction.status.in_(FINISHED_STATUSES),
+                   Prediction.finished_at < lease.at(now - timedelta(seconds=seconds)))
+
+
 def sweep(now: datetime, config: Mapping[str, Any], batch: int = BATCH) -> dict[str, int]:
-    """One pass (see the module docstring), deleting at most `batch` runs: how many runs
-    and checkpoints were deleted and free pages given back."""
-    deleted = 0
+    """One pass (see the module docstring), deleting at most `batch` runs and `batch` batch
+    predictions: how many runs, predictions and checkpoints were deleted and free pages
+    given back."""
+    deleted = predictions = 0
     seconds = float(config["RUN_RETENTION_SECONDS"])
     if seconds > 0:
-        with session_scope() as session:
-            due = session.scalars(sa.select(Run.id).where(expired(now, seconds))
-                                  .order_by(Run.finished_at).limit(batch)).all()
-        for run_id in due:
-            with session_scope() as session:
-                deleted += session.execute(
-                    sa.delete(Run).where(Run.id == run_id, expired(now, seconds)),
-                    execution_options=lease.NO_SYNC).rowcount
+        deleted = _delete_oldest(Run, expired(now, seconds), batch)
+        predictions = _delete_oldest(Prediction, expired_prediction(now, seconds), batch)
     with session_scope() as session:
         checkpoints = session.execute(sa.delete(Artifact).where(
             Artifact.kind == "checkpoint",
             Artifact.run_id.in_(sa.select(Run.id).where(Run.status.in_(FINISHED_STATUSES)))),
             execution_options=lease.NO_SYNC).rowcount
-    return {"deleted": deleted, "checkpoints": checkpoints, "pages": free_pages(engine())}
+    return {"deleted": deleted, "predictions": predictions, "checkpoints": checkpoints,
+            "pages": free_pages(engine())}
+
+
+def _delete_oldest(job: type[Run] | type[Prediction], due: sa.ColumnElement[bool],
+                   batch: int) -> int:
+    """Delete up to `batch` of the jobs `due` selects, oldest finished first, each in its own
+    transaction and again only if still `due`: how many."""
+    with session_scope() as session:
+        ids = session.scalars(sa.select(job.id).where(due).order_by(job.finished_at)
+                              .limit(batch)).all()
+    deleted = 0
+    for ident in ids:
+        with session_scope() as session:
+            deleted += session.execute(sa.delete(job).where(job.id == ident, due),
+                                       execution_options=lease.NO_SYNC).rowcount
+    return deleted

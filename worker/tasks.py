@@ -6,8 +6,8 @@ from celery import shared_task
 from celery.exceptions import Ignore
 from flask import current_app
 
-from service.queue import DELIVER_TASK, DISPATCH_TASK, RECONCILE_TASK, TRAIN_TASK
-from worker import memory, training, webhooks
+from service.queue import DELIVER_TASK, DISPATCH_TASK, PREDICT_TASK, RECONCILE_TASK, TRAIN_TASK
+from worker import memory, predictions, training, webhooks
 from worker import reconcile as reconciler
 
 
@@ -19,6 +19,17 @@ def train_run(run_id: str) -> str:
     with memory.limited(current_app.config["WORKER_MEMORY_LIMIT_BYTES"]):
         outcome = training.train_run(run_id)
     if outcome in training.NOT_TRAINED:
+        raise Ignore(outcome)
+    return outcome
+
+
+@shared_task(name=PREDICT_TASK)
+def run_prediction(prediction_id: str) -> str:
+    """Run the batch prediction within the memory a run may take; a message that did not
+    end its job here is logged as "ignored"."""
+    with memory.limited(current_app.config["WORKER_MEMORY_LIMIT_BYTES"]):
+        outcome = predictions.run_prediction(prediction_id)
+    if outcome in predictions.NOT_RUN:
         raise Ignore(outcome)
     return outcome
 

@@ -31,7 +31,7 @@ import nn
 from service import dataio, logs
 from service.db import connection_lost, session_scope
 from service.errors import size
-from service.models import Artifact, Dataset, Epoch, Run, utcnow
+from service.models import Artifact, Dataset, Epoch, Run, of_run, utcnow
 from service.queue import publish_run
 from service.serialize import finite
 from worker import lease, memory
@@ -108,10 +108,10 @@ def _claim_and_train(run_id: str) -> str:
         ).one_or_none() or START
         lease.forget_after(session, run_id, resume_phase, resume_epoch)
         epoch_rows = session.scalar(sa.select(sa.func.count()).select_from(Epoch)
-                                    .where(Epoch.run_id == run_id))
+                                    .where(of_run(Epoch, run_id)))
         claimed = Claimed(run_id, run.dataset_id, run.network, run.training, resume_phase,
                           resume_epoch, run.stats_thinned_after, epoch_rows)
-        held = Lease(run_id, token, cfg["LEASE_SECONDS"], cfg["FLUSH_SECONDS"],
+        held = Lease(run_id, run.seq, token, cfg["LEASE_SECONDS"], cfg["FLUSH_SECONDS"],
                      cfg["CHECKPOINT_SECONDS"],
                      deadline(run.started_at, cfg["RUN_TIME_LIMIT_SECONDS"]),
                      cancel=run.cancel_requested)

@@ -17,3 +17,8 @@ from worker.app import celery, flask_app
 # its own direct exchange, its name as the routing key.
 _name = webhook_queue(flask_app.config)
 celery.conf.task_queues = [Queue(_name, Exchange(_name, type="direct"), routing_key=_name)]
+# No remote control (nothing here sends it commands: health is the heartbeat file). Its
+# broadcast consumer, beside the threads pool, made a Redis restart kill this worker: kombu
+# closed the channel with unacked deliveries on a connection already torn down
+# (AttributeError: 'NoneType' object has no attribute 'hostname' in restore_unacked).
+celery.conf.worker_enable_remote_control = False

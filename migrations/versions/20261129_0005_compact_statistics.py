@@ -72,8 +72,13 @@ def upgrade() -> None:
     runs, epochs = sa.table('runs', sa.column('id'), sa.column('rows_bytes')), sa.table(
         'epochs', sa.column('run_id'))
     epoch_rows = sa.select(sa.func.count()).where(epochs.c.run_id == runs.c.id).scalar_subquery()
+    # service/usage.py's count, on this revision's tables (its own query follows the models).
+    stats_bytes = (sa.select(sa.func.coalesce(sa.func.sum(
+        usage.STATS_ROW_BYTES + sa.func.length(epoch_stats.c.layout)
+        + sa.func.length(epoch_stats.c.figures)), 0))
+        .where(epoch_stats.c.run_id == runs.c.id).scalar_subquery())
     conn.execute(sa.update(runs).values(
-        rows_bytes=usage.EPOCH_ROW_BYTES * epoch_rows + usage.stats_bytes(runs.c.id)))
+        rows_bytes=usage.EPOCH_ROW_BYTES * epoch_rows + stats_bytes))
 
 
 def downgrade() -> None:

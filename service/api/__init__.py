@@ -1,5 +1,5 @@
 """One blueprint per resource: data sets, runs (their results, their live events), usage,
-webhooks, health, admin; and the dashboard's pages."""
+webhooks, model aliases, batch predictions, health, admin; and the dashboard's pages."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from service.api import admin, datasets, events, health, results, runs, usage, webhooks
+    from service.api import (admin, datasets, events, health, models, predictions, results, runs,
+                             usage, webhooks)
 
     from service import dashboard
 
-    for module in (datasets, runs, results, events, usage, webhooks, health, admin, dashboard):
+    for module in (datasets, runs, results, events, models, predictions, usage, webhooks, health,
+                   admin, dashboard):
         app.register_blueprint(module.bp)

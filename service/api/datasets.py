@@ -14,13 +14,14 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import IntegrityError
 
 import nn
-from service import dataio, idempotency
+from nn.fields import as_integer
+from service import dataio, idempotency, offload
 from service.api.common import fetch, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
 from service.errors import ApiError, not_found, size, validation_error
 from service.limits import check_stored_bytes
-from service.models import Dataset, Run, new_id, utcnow
+from service.models import Dataset, Prediction, Run, new_id, utcnow
 from service.pagination import decode_cursor, encode_cursor, page, page_limit, request_cursor
 from service.params import json_object
 from service.schemas import validate
@@ -37,11 +38,11 @@ SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 @idempotency.idempotent
 def create() -> Response:
     limits = dataio.Limits.from_config(current_app.config)
-    if request.mimetype == "multipart/form-data":
-        incoming = _from_upload(limits)
-    else:
-        incoming = _from_json(limits)
-    dataset = _dataset(incoming)
+    # The body read here, on the loop; reading it into arrays may run off it (service/offload.py).
+    raw = request.get_data(cache=True)
+    read = _from_upload if request.mimetype == "multipart/form-data" else _from_json
+    incoming = offload.run(read, limits, size=len(raw))
+    dataset = offload.run(_dataset, incoming, size=incoming.inputs.nbytes)
     session = get_session()
     session.add(dataset)
     session.flush()  # counted by the quota (limits.lock_tenant)
@@ -65,7 +66,11 @@ def samples(dataset_id: uuid.UUID) -> Response:
     limit = min(page_limit(), max(1, SAMPLE_VALUES // max(1, math.prod(dataset.input_shape))))
     cursor = request_cursor()
     start = decode_cursor(cursor, (Dataset.n_samples,))[0] if cursor else 0
-    inputs, targets = dataio.decode(dataset.data)
+    return offload.run(_samples_page, dataset.data, start, limit, size=dataset.size_bytes)
+
+
+def _samples_page(data: bytes, start: int, limit: int) -> Response:
+    inputs, targets = dataio.decode(data)
     stop = min(start + limit, len(inputs))
     items = [{"index": i, "input": x, "target": t} for i, x, t in zip(
         range(start, stop), finite(inputs[start:stop].tolist()), targets[start:stop].tolist())]
@@ -92,29 +97,35 @@ def get(dataset_id: uuid.UUID) -> Response:
 
 @bp.delete("/<uuid:dataset_id>")
 def delete(dataset_id: uuid.UUID) -> Response:
-    """Refused (409 dataset_in_use) while any run, finished or not, references the data set."""
+    """Refused (409 dataset_in_use) while any run or batch prediction, finished or not,
+    references the data set."""
     session = get_session()
     dataset = fetch(session, Dataset, dataset_id, "data set")
     runs = session.scalars(sa.select(Run.id).where(Run.dataset_id == dataset.id).limit(20)).all()
-    if runs:
-        raise _in_use(dataset.id, list(runs))
+    jobs = session.scalars(sa.select(Prediction.id).where(Prediction.dataset_id == dataset.id)
+                           .limit(20)).all()
+    if runs or jobs:
+        raise _in_use(dataset.id, list(runs), list(jobs))
     try:
         done = session.execute(sa.delete(Dataset).where(owned(Dataset), Dataset.id == dataset.id))
         session.commit()
     except IntegrityError:  # a run was created meanwhile (the foreign key is RESTRICT)
         session.rollback()
-        raise _in_use(dataset.id, []) from None
+        raise _in_use(dataset.id, [], []) from None
     if done.rowcount == 0:  # deleted meanwhile by another request: that one answered 204
         raise not_found("data set", dataset.id)
     return Response(status=204)
 
 
-def _in_use(dataset_id: str, runs: list[str]) -> ApiError:
+def _in_use(dataset_id: str, runs: list[str], predictions: list[str]) -> ApiError:
+    users = "runs" if not predictions else "batch predictions" if not runs else \
+        "runs and batch predictions"
     return ApiError(
         409,
         "dataset_in_use",
-        f"data set {dataset_id} is used by runs; delete those runs first",
+        f"data set {dataset_id} is used by {users}; delete those first",
         runs=runs,
+        predictions=predictions,
     )
 
 
@@ -146,7 +157,10 @@ def _from_json(limits: dataio.Limits) -> Incoming:
 def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
     """nn.generate, with every parameter recorded in `source` (a missing seed is drawn), so
     the data set can be made again."""
-    spec = body["generator"]
+    # JSON has numbers only: 500.0 is the integer 500 the schema allows, and the engine's
+    # generators take Python ints.
+    spec = {k: v if k == "noise" or as_integer(v) is None else as_integer(v)
+            for k, v in body["generator"].items()}
     kind = spec["kind"]
     n_samples = spec.get("n_samples", 500)
     if isinstance(n_samples, int) and n_samples > limits.max_rows:
@@ -165,7 +179,8 @@ def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
         arrays = {"inputs": dataio.NpyHeader((n_samples, *x_shape), np.dtype(np.float64)),
                   "targets": dataio.NpyHeader((n_samples, *y_shape), np.dtype(np.int64))}
         _check_stored_size(dataio.stored_bytes(arrays), "generator.n_samples")
-        inputs, targets = nn.generate(**params)
+        inputs, targets = offload.run(lambda: nn.generate(**params),
+                                      size=dataio.stored_bytes(arrays))
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None
     source = {"kind": "generator", "generator": params}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, json
+from flask import Blueprint, Response, json, request
 
 from service import db
 from service.api.common import json_response
@@ -15,6 +15,9 @@ from service.schemas import spec, spec_text
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
+# The spec's media types: RFC 9512's first (the default), then the older one that tools
+# which read only text/* as text understand.
+YAML_TYPES = ("application/yaml", "text/yaml")
 
 
 @bp.get("/healthz")
@@ -57,7 +60,8 @@ def _broker_ok() -> bool:
 @bp.get("/v1/openapi.yaml")
 @public
 def openapi_yaml() -> Response:
-    return Response(spec_text(), mimetype="application/yaml")
+    media = request.accept_mimetypes.best_match(YAML_TYPES) or YAML_TYPES[0]
+    return Response(spec_text(), mimetype=media)
 
 
 @bp.get("/v1/openapi.json")

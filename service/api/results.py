@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import Session
 
 import nn
-from service import artifacts, dataio, onnx_export, statstore
+from service import artifacts, dataio, offload, onnx_export, statstore
 from service.api.common import fetch, json_response, run_artifact
 from service.db import get_session
 from service.errors import ApiError, not_found, size, validation_error
@@ -35,9 +35,12 @@ bp = Blueprint("results", __name__, url_prefix="/v1/runs/<uuid:run_id>")
 
 PHASES = ("pretrain", "train")
 MAX_POINTS = 100_000
+# Epochs and layers are INTEGER columns (32 bits in PostgreSQL).
+INT_COLUMN_MAX = 2**31 - 1
 MAX_GRID = 100  # GET .../boundary: at most MAX_GRID x MAX_GRID points
 GRID_MARGIN = 0.05  # the grid spans the data and this fraction of its range on each side
-NPZ_TYPES = ("application/x-npz", "application/octet-stream")
+OCTET_STREAM = "application/octet-stream"
+NPZ_TYPES = ("application/x-npz", OCTET_STREAM)
 # What one number of a prediction's answer costs while it is written: a Python float in a list
 # (32 bytes) and its JSON text as a str and as bytes (about 2 x 20); measured about 74.
 ANSWER_BYTES_PER_VALUE = 80
@@ -61,7 +64,7 @@ def layer_stats(run_id: uuid.UUID) -> Response:
     layer: service/statstore.py). ?layer keeps the epochs holding that layer, then the
     layer's rows; ?detail=false leaves out each row's `params` and `grad_norm_by_time`."""
     keys = (EpochStats.phase, EpochStats.epoch, LAYER_KEY)
-    layer = arg_int("layer", None, 0)
+    layer = arg_int("layer", None, 0, INT_COLUMN_MAX)
     detail = arg_choice("detail", ("true", "false"), "true") == "true"
     where = [] if layer is None else [statstore.has_layer(EpochStats.layout, layer)]
     session = get_session()
@@ -70,7 +73,7 @@ def layer_stats(run_id: uuid.UUID) -> Response:
     after = decode_cursor(cursor, keys) if cursor else None
     if after is not None:
         where.append(sa.tuple_(EpochStats.phase, EpochStats.epoch) >= sa.tuple_(
-            sa.literal(after[0]), sa.literal(after[1])))
+            sa.literal(after[0], EpochStats.phase.type), sa.literal(after[1])))
     # The cursor's own epoch may have no row left; every later epoch has one at least.
     stored = session.scalars(sa.select(EpochStats).where(*where)
                              .order_by(EpochStats.phase, EpochStats.epoch).limit(limit + 2))
@@ -96,13 +99,13 @@ def _series(
     last kept), ?limit (?cursor is the caller's)."""
     run = fetch(session, Run, run_id, "run")
     phase = arg_choice("phase", PHASES)
-    first = arg_int("from_epoch", None, 0)
-    last = arg_int("to_epoch", None, 0)
+    first = arg_int("from_epoch", None, 0, INT_COLUMN_MAX)
+    last = arg_int("to_epoch", None, 0, INT_COLUMN_MAX)
     if first is not None and last is not None and last < first:
         raise validation_error("query.to_epoch", "must be >= from_epoch")
     max_points = arg_int("max_points", None, 2, MAX_POINTS)
     limit = page_limit()
-    where = [entity.run_id == run.id, *where]
+    where = [entity.run_seq == run.seq, *where]
     if phase is not None:
         where.append(entity.phase == phase)
     if first is not None:
@@ -130,18 +133,32 @@ def weights(run_id: uuid.UUID) -> Response:
         if media != "application/json":
             raise ApiError(406, "not_acceptable", "which=latest is served as JSON")
         newest = _latest(get_session(), fetch(get_session(), Run, run_id, "run"))
-        layers = nn.weights_to_json(newest.model.weights)["layers"]
-        return json_response({"run_id": str(run_id), "which": newest.kind,
-                              "epoch": newest.epoch, "layers": layers})
+        return _weights_json(run_id, newest.kind, newest.epoch, newest.model)
     if media == onnx_export.MEDIA_TYPE:
         return _onnx(run_id, which)
     if media == "application/json":
         status, found = _stored_model(run_id, which)
         if found is None:
             raise _no_weights(str(run_id), which, status)
-        layers = nn.weights_to_json(found[1].weights)["layers"]
-        return json_response({"run_id": str(run_id), "which": which, "epoch": found[0],
-                              "layers": layers})
+        return _weights_json(run_id, which, found[0], found[1])
+    return _npz(run_id, which, media)
+
+
+# The weights as files, each of one type, for clients that pick how to read an answer by its
+# operation (generated ones): what GET .../weights answers for format=npz and format=onnx.
+
+@bp.get("/weights.npz")
+def weights_npz(run_id: uuid.UUID) -> Response:
+    return _npz(run_id, arg_choice("which", artifacts.MODEL_KINDS, "final"), OCTET_STREAM)
+
+
+@bp.get("/weights.onnx")
+def weights_onnx(run_id: uuid.UUID) -> Response:
+    return _onnx(run_id, arg_choice("which", artifacts.MODEL_KINDS, "final"), OCTET_STREAM)
+
+
+def _npz(run_id: uuid.UUID, which: str, media: str) -> Response:
+    """The stored .npz bytes of the run's `which` weights, as `media`."""
     session = get_session()
     run = fetch(session, Run, run_id, "run")
     row = artifacts.artifact(session, run.id, which, with_data=True)
@@ -152,7 +169,20 @@ def weights(run_id: uuid.UUID) -> Response:
     return resp
 
 
-def _onnx(run_id: uuid.UUID, which: str) -> Response:
+def _weights_json(run_id: uuid.UUID, which: str, epoch: int, model: nn.Model) -> Response:
+    def answer() -> Response:
+        layers = nn.weights_to_json(model.weights)["layers"]
+        return json_response({"run_id": str(run_id), "which": which, "epoch": epoch,
+                              "layers": layers})
+
+    return offload.run(answer, size=_nbytes(model))
+
+
+def _nbytes(model: nn.Model) -> int:
+    return sum(a.nbytes for layer in model.weights for a in layer.values())
+
+
+def _onnx(run_id: uuid.UUID, which: str, media: str = onnx_export.MEDIA_TYPE) -> Response:
     """The model as ONNX (service/onnx_export.py); 406 `not_exportable` naming the first
     layer that has no ONNX form."""
     status, found = _stored_model(run_id, which)
@@ -164,7 +194,7 @@ def _onnx(run_id: uuid.UUID, which: str) -> Response:
     except onnx_export.NotExportable as e:
         raise ApiError(406, "not_exportable", f"{e}; ask for application/json or "
                                               "application/x-npz", layer=e.path) from None
-    resp = Response(proto.SerializeToString(), mimetype=onnx_export.MEDIA_TYPE)
+    resp = Response(proto.SerializeToString(), mimetype=media)
     resp.headers["Content-Disposition"] = f'attachment; filename="run-{run_id}-{which}.onnx"'
     return resp
 
@@ -209,26 +239,50 @@ def _weights_media_type() -> str:
 def predict(run_id: uuid.UUID) -> Response:
     """Outputs (and for classifiers labels and probabilities) from stored weights, computed
     here without the queue (`_stored_model`: one query when the model is cached)."""
+    body, inputs = predict_inputs()
+    which = body.get("which", "final")
+    status, found = _stored_model(run_id, which)
+    return predict_answer(str(run_id), which, status, found, inputs)
+
+
+def predict_inputs() -> tuple[dict[str, Any], np.ndarray]:
+    """The PredictRequest body, checked (rows and the first sample counted before the body
+    is validated value by value; a 422 naming the field), and its inputs as an array; off
+    the event loop when large."""
+    return offload.run(_predict_request, size=len(request.get_data(cache=True)))
+
+
+def _predict_request() -> tuple[dict[str, Any], np.ndarray]:
     body = json_object()
     config = current_app.config
     dataio.check_samples(body.get("inputs"), "inputs", int(config["PREDICT_MAX_ROWS"]),
                          int(config["DATASET_MAX_FEATURES"]))
     validate("PredictRequest", body)
-    inputs = dataio.tensor(body["inputs"], "inputs")
-    which = body.get("which", "final")
-    status, found = _stored_model(run_id, which)
+    return body, dataio.tensor(body["inputs"], "inputs")
+
+
+def predict_answer(run_id: str, which: str, status: str, found: tuple[int, nn.Model] | None,
+                   inputs: np.ndarray) -> Response:
+    """The PredictResponse of the run's `which` weights (`found`: their epoch and model, None
+    while it has none: 409 run_not_ready) for `inputs`, within PREDICT_MAX_MEMORY_BYTES,
+    computed off the event loop when large."""
     if found is None:
         raise ApiError(
             409, "run_not_ready", f"run {run_id} has no {which} weights yet (it is {status})",
             status_now=status,
         )
     epoch, model = found
-    batch_size = _batch_size(model, len(inputs), int(config["PREDICT_MAX_MEMORY_BYTES"]))
-    try:
-        result = model.predict(inputs, batch_size)
-    except nn.SpecError as e:
-        raise validation_error(e.path, e.message) from None
-    return json_response({"run_id": str(run_id), "which": which, "epoch": epoch, **result})
+    batch_size = _batch_size(model, len(inputs),
+                             int(current_app.config["PREDICT_MAX_MEMORY_BYTES"]))
+
+    def answer() -> Response:
+        try:
+            result = model.predict(inputs, batch_size)
+        except nn.SpecError as e:
+            raise validation_error(e.path, e.message) from None
+        return json_response({"run_id": run_id, "which": which, "epoch": epoch, **result})
+
+    return offload.run(answer, size=inputs.nbytes + len(inputs) * model.sample_bytes)
 
 
 def _batch_size(model: nn.Model, rows: int, limit: int) -> int:
@@ -263,8 +317,9 @@ def boundary(run_id: uuid.UUID) -> Response:
                        f"{dataset.input_shape}; a boundary is drawn for two features")
     newest = _latest(session, run)
     key = ("boundary", newest.key, n)
-    return json_response(current_app.extensions["model_cache"].get(
-        key, lambda: _grid(newest, run, dataset, n)))
+    grid = current_app.extensions["model_cache"].get(
+        key, lambda: offload.run(_grid, newest, run.id, dataset.classes, n))
+    return offload.run(json_response, grid, size=8 * n * n)
 
 
 class _Latest(NamedTuple):
@@ -290,25 +345,31 @@ def _latest(session: Session, run: Run) -> _Latest:
 
     def load() -> _Latest:
         dataset = fetch(session, Dataset, run.dataset_id, "data set")
-        inputs, targets = dataio.decode(dataset.data)
-        plan = nn.build(run.network, run.training, nn.describe(inputs, targets, dataset.task))
         stored = None if row is None else artifacts.artifact(session, run.id, row.kind,
                                                              with_data=True)
         if row is not None and stored is None:  # deleted with the run since the first read
             raise not_found("run", run.id)
-        state = stored.data if stored is not None and stored.kind == "checkpoint" else None
-        found = nn.snapshot(plan, inputs, targets, state)
-        model = nn.Model.from_npz(stored.data) if stored is not None and state is None \
-            else found.model
+        data, task, network, training = dataset.data, dataset.task, run.network, run.training
+        weights = None if stored is None else (stored.kind, stored.data)
         kind, phase, epoch = ("initial", "train", 0) if row is None else (
             row.kind, row.phase, row.epoch)
-        return _Latest(kind, phase, epoch, model, found.validation, inputs.min(axis=0),
-                       inputs.max(axis=0), key)
+
+        def prepare() -> _Latest:  # the rows read above: the rest is computing
+            inputs, targets = dataio.decode(data)
+            plan = nn.build(network, training, nn.describe(inputs, targets, task))
+            state = weights[1] if weights is not None and weights[0] == "checkpoint" else None
+            found = nn.snapshot(plan, inputs, targets, state)
+            model = nn.Model.from_npz(weights[1]) if weights is not None and state is None \
+                else found.model
+            return _Latest(kind, phase, epoch, model, found.validation, inputs.min(axis=0),
+                           inputs.max(axis=0), key)
+
+        return offload.run(prepare, size=len(data))
 
     return current_app.extensions["model_cache"].get(key, load)
 
 
-def _grid(newest: _Latest, run: Run, dataset: Dataset, n: int) -> dict[str, Any]:
+def _grid(newest: _Latest, run_id: str, classes: Any, n: int) -> dict[str, Any]:
     lo, hi = newest.low, newest.high
     pad = np.where(hi > lo, (hi - lo) * GRID_MARGIN, 1.0)
     lo, hi = lo - pad, hi + pad
@@ -322,8 +383,8 @@ def _grid(newest: _Latest, run: Run, dataset: Dataset, n: int) -> dict[str, Any]
         labels = p.argmax(axis=1).reshape(n, n).tolist()
     else:
         values = np.asarray(answer["outputs"])[:, 0]
-    return {"run_id": run.id, "weights": newest.kind, "phase": newest.phase,
+    return {"run_id": run_id, "weights": newest.kind, "phase": newest.phase,
             "epoch": newest.epoch, "size": n, "x": [float(lo[0]), float(hi[0])],
             "y": [float(lo[1]), float(hi[1])], "values": finite(values.reshape(n, n).tolist()),
-            "labels": labels, "classes": dataset.classes,
+            "labels": labels, "classes": classes,
             "validation": newest.validation.tolist()}

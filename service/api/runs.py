@@ -7,24 +7,42 @@ Status changes made here are compare-and-set UPDATEs (`... WHERE id = :id AND st
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
 import nn
-from service import artifacts, dataio, idempotency, limits, statstore
+from service import artifacts, dataio, idempotency, limits, offload, schemas, statstore
 from service.api.common import fetch, find, json_response, owned, select_owned
 from service.auth import tenant_id
 from service.db import get_session
 from service.errors import ApiError, not_found, validation_error
-from service.models import ACTIVE_STATUSES, RUN_STATUSES, Artifact, Dataset, Run, new_id, utcnow
+from service.models import (
+    ACTIVE_STATUSES,
+    RUN_STATUSES,
+    Artifact,
+    Dataset,
+    ModelAlias,
+    Run,
+    new_id,
+    utcnow,
+)
 from service.pagination import page
-from service.params import arg_choices, arg_int, arg_uuid, json_object, parse_uuid
+from service.params import (
+    arg_choices,
+    arg_datetime,
+    arg_int,
+    arg_text,
+    arg_uuid,
+    json_object,
+    parse_uuid,
+)
 from service.schemas import validate
 from service.serialize import FINISHED_STATUSES, run_json
 from service.webhooks import emit_run
@@ -34,15 +52,23 @@ bp = Blueprint("runs", __name__, url_prefix="/v1/runs")
 # GET /v1/runs/{id}?wait=: how often the status is read. A finished run is answered within
 # this; a read is one indexed row, so a few waiting clients cost the database next to nothing.
 WAIT_POLL_SECONDS = 0.25
+_SCHEMAS = schemas.spec()["components"]["schemas"]
+# A run's name and tags, as openapi.yaml has them.
+NAME_MAX_LENGTH: int = _SCHEMAS["RunName"]["maxLength"]
+TAG_KEY = re.compile(_SCHEMAS["TagKey"]["pattern"])
+TAG_KEY_MAX_LENGTH: int = _SCHEMAS["TagKey"]["maxLength"]
+TAG_VALUE_MAX_LENGTH: int = _SCHEMAS["TagValue"]["maxLength"]
+MAX_TAGS: int = _SCHEMAS["Tags"]["maxProperties"]
 
 
 @bp.post("")
 @idempotency.idempotent
 def create() -> Response:
     body = json_object()
-    validate("RunCreate", body)
+    # Before the schema (which says it too, as "must be null"), to say it plainly.
     if body.get("init_from_run") is not None and body.get("initial_weights") is not None:
         raise validation_error("initial_weights", "give init_from_run or initial_weights, not both")
+    validate("RunCreate", body)
     dataset_id = parse_uuid(body["dataset_id"], "dataset_id")
     source_id = None
     if body.get("init_from_run") is not None:
@@ -59,6 +85,8 @@ def create() -> Response:
         network=plan.network,
         training=plan.training,
         init_from_run_id=source_id,
+        name=body.get("name"),
+        tags=body.get("tags") or {},
         epochs_total=plan.epochs_total,
         stats_thinned_after=_thinned_after(plan),
     )
@@ -97,6 +125,16 @@ def list_() -> Response:
     dataset_id = arg_uuid("dataset_id")
     if dataset_id:
         stmt = stmt.where(Run.dataset_id == dataset_id)
+    name = arg_text("name", NAME_MAX_LENGTH)
+    if name is not None:
+        stmt = stmt.where(Run.name == name)
+    for key, value in _tag_filters():
+        stmt = stmt.where(Run.tags[key].as_string() == value)
+    after, before = arg_datetime("created_after"), arg_datetime("created_before")
+    if after is not None:
+        stmt = stmt.where(Run.created_at >= after)
+    if before is not None:
+        stmt = stmt.where(Run.created_at < before)
     keys = (Run.created_at, Run.id)
     return json_response(page(get_session(), stmt, keys, run_json, descending=True))
 
@@ -128,36 +166,93 @@ def _wait_finished(session: Session, ident: str, deadline: float) -> None:
             return
 
 
+def _tag_filters() -> list[tuple[str, str]]:
+    """?tag=key:value, repeatable: (key, value) pairs, every one of which a run must have.
+    The spec's pattern for tag keys (no colon, no quote) keeps them plain in a JSON path."""
+    pairs = []
+    for raw in request.args.getlist("tag"):
+        key, colon, value = raw.partition(":")
+        if not (colon and TAG_KEY.fullmatch(key) and 1 <= len(key) <= TAG_KEY_MAX_LENGTH
+                and len(value) <= TAG_VALUE_MAX_LENGTH):
+            raise validation_error(
+                "query.tag", f"must be key:value (e.g. team:search) with a key of 1 to "
+                f"{TAG_KEY_MAX_LENGTH} characters matching {TAG_KEY.pattern} and a value of "
+                f"at most {TAG_VALUE_MAX_LENGTH}")
+        pairs.append((key, value))
+    return pairs
+
+
 @bp.patch("/<uuid:run_id>")
 def update(run_id: uuid.UUID) -> Response:
     """Sets the fields the body names (RunUpdate: each is the run's column of that name),
-    whatever the run's status."""
+    whatever the run's status; `tags` is merged into the run's (a null value removes its
+    key; `"tags": null` removes them all)."""
     body = json_object()
     validate("RunUpdate", body)
     session = get_session()
+    values = {k: v for k, v in body.items() if k != "tags"}
+    # The first UPDATE locks the row (PostgreSQL) or the database (SQLite) until the commit,
+    # so the tags read next are the latest and no concurrent PATCH's merge is lost.
     done = session.execute(
-        sa.update(Run).where(owned(Run), Run.id == str(run_id)).values(**body),
+        sa.update(Run).where(owned(Run), Run.id == str(run_id))
+        .values(**values, tags=Run.tags),
         execution_options={"synchronize_session": False},
     )
     if done.rowcount == 0:
         raise not_found("run", str(run_id))
+    if "tags" in body:
+        ident = str(run_id)
+        old = session.scalar(sa.select(Run.tags).where(owned(Run), Run.id == ident))
+        session.execute(sa.update(Run).where(owned(Run), Run.id == ident)
+                        .values(tags=_merged_tags(old, body["tags"])),
+                        execution_options={"synchronize_session": False})
     session.commit()
     return json_response(run_json(fetch(session, Run, run_id, "run")))
 
 
+def _merged_tags(tags: dict[str, str], change: dict[str, str | None] | None) -> dict[str, str]:
+    """A JSON merge patch (RFC 7396) of the tags; 422 at `tags` past MAX_TAGS."""
+    if change is None:
+        return {}
+    merged = {**tags, **change}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    if len(merged) > MAX_TAGS:
+        raise validation_error("tags", f"the run would have {len(merged)} tags; at most "
+                               f"{MAX_TAGS} are allowed: remove some (a null value)")
+    return merged
+
+
 @bp.delete("/<uuid:run_id>")
 def delete(run_id: uuid.UUID) -> Response:
-    """Deletes the run with its epochs, statistics and weights; 409 while it is active."""
+    """Deletes the run with its epochs, statistics and weights; 409 while it is active, or
+    while a model alias points at it (`run_aliased`, naming the aliases)."""
     session = get_session()
-    done = session.execute(
-        sa.delete(Run).where(owned(Run), Run.id == str(run_id), Run.status.not_in(ACTIVE_STATUSES))
-    )
+    _not_aliased(session, str(run_id))
+    try:
+        done = session.execute(sa.delete(Run).where(owned(Run), Run.id == str(run_id),
+                                                    Run.status.not_in(ACTIVE_STATUSES)))
+    except IntegrityError:  # an alias was made meanwhile (its foreign key is RESTRICT)
+        session.rollback()
+        _not_aliased(session, str(run_id))
+        raise ApiError(409, "conflict", f"run {run_id} changed while it was deleted; try "
+                                        "again") from None
     if done.rowcount == 0:
         run = fetch(session, Run, run_id, "run")
         detail = f"run {run.id} is {run.status}; cancel it and wait until it is cancelled"
         raise ApiError(409, "run_active", detail, status_now=run.status)
     session.commit()
     return Response(status=204)
+
+
+def _not_aliased(session: Session, ident: str) -> None:
+    """A 409 `run_aliased` naming the tenant's aliases that point at the run."""
+    names = session.scalars(sa.select(ModelAlias.name).where(
+        owned(ModelAlias), ModelAlias.run_id == ident).order_by(ModelAlias.name)).all()
+    if names:
+        listed = ", ".join(names)
+        raise ApiError(409, "run_aliased", f"run {ident} is what the model alias "
+                       f"{listed} points at; point it elsewhere (PUT /v1/models/{names[0]}) "
+                       f"or delete it first", models=list(names))
 
 
 @bp.post("/<uuid:run_id>/cancel")
@@ -210,9 +305,14 @@ def _plan(session: Session, dataset_id: str, body: dict[str, Any]
     dataset = find(session, Dataset, dataset_id, undefer(Dataset.data))
     if dataset is None:
         raise validation_error("dataset_id", "no data set with this id")
-    inputs, targets = dataio.decode(dataset.data)
-    info = nn.describe(inputs, targets, dataset.task)
-    plan = _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
+    data, task = dataset.data, dataset.task
+
+    def build() -> nn.Plan:
+        inputs, targets = dataio.decode(data)
+        info = nn.describe(inputs, targets, task)
+        return _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
+
+    plan = offload.run(build, size=len(data))
     return plan, limits.check_plan(plan, dataset.size_bytes, current_app.config)
 
 
@@ -231,7 +331,8 @@ def _initial_weights(
     """Inline initial_weights, or the final weights of init_from_run, checked against the plan."""
     if body.get("initial_weights") is not None:
         inline = {"layers": body["initial_weights"]["layers"]}  # run_id, which, epoch: ignored
-        return _spec_errors(nn.weights_from_json, inline, plan, path="initial_weights")
+        return offload.run(_spec_errors, nn.weights_from_json, inline, plan,
+                           path="initial_weights", size=len(request.get_data(cache=True)))
     if source_id is None:
         return None
     source = find(session, Run, source_id)

@@ -19,6 +19,8 @@ def usage() -> Response:
     return json_response({
         "stored_bytes": used.total,
         "max_stored_bytes": quota if quota > 0 else None,
-        "bytes": {"datasets": used.datasets, "weights": used.weights, "rows": used.rows},
-        "counts": {"datasets": used.n_datasets, "runs": used.n_runs},
+        "bytes": {"datasets": used.datasets, "weights": used.weights, "rows": used.rows,
+                  "predictions": used.predictions},
+        "counts": {"datasets": used.n_datasets, "runs": used.n_runs,
+                   "predictions": used.n_predictions},
     })

@@ -68,9 +68,10 @@ def measure(engine: sa.Engine, ids: list[str], submit_seconds: float) -> Outcome
             "SELECT id, status, attempts, epochs_total, created_at, started_at, finished_at "
             "FROM runs WHERE id = ANY(:ids)"), {"ids": ids}).all()
         epochs = {row.run_id: row for row in conn.execute(sa.text(
-            "SELECT run_id, count(*) AS n, count(DISTINCT epoch) AS distinct_n, "
-            "min(epoch) AS first, max(epoch) AS last FROM epochs "
-            "WHERE run_id = ANY(:ids) AND phase = 'train' GROUP BY run_id"), {"ids": ids})}
+            "SELECT r.id AS run_id, count(*) AS n, count(DISTINCT e.epoch) AS distinct_n, "
+            "min(e.epoch) AS first, max(e.epoch) AS last FROM epochs e "
+            "JOIN runs r ON r.seq = e.run_seq WHERE r.id = ANY(:ids) AND e.phase = 1 "  # train
+            "GROUP BY r.id"), {"ids": ids})}
     assert len(runs) == len(ids), "runs are missing from the database"
     statuses: dict[str, int] = {}
     attempts: dict[int, int] = {}

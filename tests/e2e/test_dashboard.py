@@ -1,8 +1,9 @@
 """The dashboard in a real browser: Debian's Chromium, driven by Playwright, against the
 embedded service (`backprop up` in an empty folder), as a newcomer would use it.
 
-Screenshots go to this test's folder; with BACKPROP_SCREENSHOTS=docs they replace the ones the
-README shows (`BACKPROP_SCREENSHOTS=docs scripts/test tests/e2e/test_dashboard.py`).
+Screenshots go to this test's folder; with BACKPROP_SCREENSHOTS=docs/screenshots they replace
+the ones the README shows (`BACKPROP_SCREENSHOTS=docs/screenshots scripts/test
+tests/e2e/test_dashboard.py`).
 """
 
 from __future__ import annotations

@@ -3,14 +3,17 @@ Redis, isolated from any dev server by their own database, Redis key prefix and 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import redis
 import requests
@@ -30,12 +33,14 @@ HEARTBEAT = "/tmp/backprop-heartbeat"  # docker-compose.yml's BACKPROP_HEARTBEAT
 
 def deploy(procs: Procs, db_url: str, prefix: str, password: str = "",
            worker_file: str = "docker-compose.yml", paths: dict[str, str] | None = None,
-           **settings: object) -> flow.Api:
+           others: tuple[str, ...] = ("worker", "webhooks", "beat"), **settings: object
+           ) -> flow.Api:
     """migrate, then api, worker, webhooks and beat as docker-compose.yml runs them (the worker as
     `worker_file` does), each with its compose environment, the containers' paths and ports
     replaced by this test's (`paths` adds more), and `settings` as BACKPROP_* variables
     (BROKER_URL among them: the machine's Redis unless given, or BROKER_URL_FILE). The
-    database password is `password` (none: ""), read from a file as in the containers."""
+    database password is `password` (none: ""), read from a file as in the containers.
+    `others`: the services started beside the api."""
     files = procs.log_dir.parent
     (files / "db_password").write_text(password + "\n")
     port, metrics_port = free_port(), free_port()
@@ -59,9 +64,9 @@ def deploy(procs: Procs, db_url: str, prefix: str, password: str = "",
     procs.start("api", command("api", **{"0.0.0.0:8000": f"127.0.0.1:{port}",
                                          "0.0.0.0:9100": f"127.0.0.1:{metrics_port}"}),
                 env=env("api"))
-    procs.start("worker", command("worker", worker_file), env=env("worker", worker_file))
-    procs.start("webhooks", command("webhooks"), env=env("webhooks"))
-    procs.start("beat", command("beat"), env=env("beat"))
+    for name in others:
+        file = worker_file if name == "worker" else "docker-compose.yml"
+        procs.start(name, command(name, file), env=env(name, file))
     base = f"http://127.0.0.1:{port}"
     procs.wait_http(f"{base}/readyz")
     return flow.Api(base, key)
@@ -266,3 +271,90 @@ def _checkpoint_epoch(engine: sa.Engine, run_id: str) -> int | None:
     with engine.connect() as conn:
         return conn.scalar(sa.text("SELECT epoch FROM artifacts WHERE run_id = :id "
                                    "AND kind = 'checkpoint'"), {"id": run_id})
+
+
+class _Times:
+    """When each answer of a cheap request, or each keep-alive of an event stream, arrived:
+    read on a thread of its own until `stop`."""
+
+    def __init__(self, api: flow.Api, path: str, stream: bool) -> None:
+        self.at: list[float] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.http = requests.Session()
+        self.http.headers.update(api.http.headers)
+        target = self._stream if stream else self._poll
+        self.thread = threading.Thread(target=target, args=(api.base + path,), daemon=True)
+        self.thread.start()
+
+    def _poll(self, url: str) -> None:
+        try:
+            while not self.stop.is_set():
+                assert self.http.get(url, timeout=60).status_code == 200
+                self.at.append(time.monotonic())
+                time.sleep(0.05)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+
+    def _stream(self, url: str) -> None:
+        try:
+            with self.http.get(url, stream=True, timeout=(10, 60)) as answer:
+                assert answer.status_code == 200, answer.text[:500]
+                for line in answer.iter_lines():
+                    if line.startswith(b": keep-alive"):
+                        self.at.append(time.monotonic())
+                    if self.stop.is_set():
+                        return
+        except BaseException as exc:  # noqa: BLE001
+            self.error = exc
+
+    def during(self, start: float, end: float) -> list[float]:
+        self.stop.set()
+        self.thread.join(30)
+        assert self.error is None, self.error
+        return [t for t in self.at if start <= t <= end]
+
+
+def test_heavy_requests_leave_the_loop_to_the_others(pg_url: str, redis_prefix: str,
+                                                     procs: Procs) -> None:
+    """One gevent worker: while it reads a large data set from JSON (parsing, the schema's
+    walk, the arrays, the npz: seconds of CPU), an event stream it serves keeps getting its
+    keep-alives and a cheap request keeps being answered, in the same process: the work runs
+    in a thread pool (service/offload.py), not on the loop that serves them. And the
+    master imported nothing before the worker patched (no MonkeyPatchWarning)."""
+    api = deploy(procs, pg_url, redis_prefix, others=(), EVENTS_KEEPALIVE_SECONDS=0.2)
+    argv = procs.procs["api"].args
+    procs.stop("api")
+    argv[argv.index("--workers") + 1] = "1"
+    procs.start("api", argv)
+    procs.wait_http(f"{api.base}/readyz")
+    run_id = flow.start_run(api, flow.create_xor(api))["id"]  # queued: no worker here
+    rng = np.random.default_rng(0)
+    rows = 300_000
+    body = json.dumps({"name": "large", "inputs": rng.normal(size=(rows, 2)).tolist(),
+                       "targets": rng.integers(0, 2, rows).tolist()})
+    stream = _Times(api, f"/v1/runs/{run_id}/events", stream=True)
+    cheap = _Times(api, f"/v1/runs/{run_id}", stream=False)
+    procs.wait_for("a keep-alive", lambda: stream.at, 10)
+    start = time.monotonic()
+    answer = api.http.post(f"{api.base}/v1/datasets", data=body, timeout=300,
+                           headers={"Content-Type": "application/json"})
+    end = time.monotonic()
+    assert answer.status_code == 201, answer.text[:500]
+    assert answer.json()["n_samples"] == rows
+    took = end - start
+    for name, times in (("keep-alives", stream.during(start, end)),
+                        ("cheap answers", cheap.during(start, end))):
+        gaps = np.diff([start, *times, end])
+        assert len(times) >= 3 and gaps.max() < took / 2, (
+            f"{name}: {len(times)} in the {took:.1f} s of the upload, the longest wait "
+            f"{gaps.max():.2f} s")
+    body = json.dumps({"name": "bad", "inputs": [[0.5, 0.5]] * 9_999 + [[0.5, "x"]],
+                       "targets": [0] * 10_000})  # read in the pool too: its 422 comes back
+    answer = api.http.post(f"{api.base}/v1/datasets", data=body, timeout=60,
+                           headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422, answer.text[:500]
+    assert [e["path"] for e in answer.json()["errors"]] == ["inputs[9999][1]"]
+    log = procs.report("api", lines=10_000)
+    assert "MonkeyPatchWarning" not in log
+    assert "Traceback" not in log  # the 422 was not printed as an error on its way back

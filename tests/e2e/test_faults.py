@@ -59,8 +59,8 @@ def row(engine: sa.Engine, run_id: str) -> Any:
 def epochs(engine: sa.Engine, run_id: str) -> list[tuple[int, float]]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(
-            "SELECT epoch, train_loss FROM epochs WHERE run_id = :id AND phase = 'train' "
-            "ORDER BY epoch"), {"id": run_id})]
+            "SELECT e.epoch, e.train_loss FROM epochs e JOIN runs r ON r.seq = e.run_seq "
+            "WHERE r.id = :id AND e.phase = 1 ORDER BY e.epoch"), {"id": run_id})]  # 1: train
 
 
 def artifacts(engine: sa.Engine, run_id: str) -> dict[str, tuple[int, Any, bytes]]:

@@ -66,6 +66,17 @@ def test_predict_softmax(trained):
     assert p["labels"] == [["a", "b", "c"][i] for i in np.argmax(p["outputs"], axis=1)]
 
 
+def test_predict_arrays_is_predict_as_arrays(trained):
+    """Label indices into the classes, outputs and probabilities as arrays: what predict
+    answers as lists."""
+    _, r, X = trained
+    arrays, lists = r.model.predict_arrays(X[:5]), r.model.predict(X[:5])
+    assert arrays["labels"].dtype == np.int64
+    assert [["a", "b", "c"][i] for i in arrays["labels"]] == lists["labels"]
+    assert arrays["outputs"].tolist() == lists["outputs"]
+    assert arrays["probabilities"].tolist() == lists["probabilities"]
+
+
 @pytest.mark.parametrize("inputs", [[[1.0, 2.0, 3.0]], [1.0, 2.0], [[np.nan, 1.0]],
                                     [["x", "y"]]])
 def test_predict_rejects_bad_inputs(trained, inputs):

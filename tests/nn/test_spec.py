@@ -36,6 +36,15 @@ def test_build_does_not_mutate_its_arguments():
     assert net == OK_NET and training == {"optimizer": {"type": "adam"}}
 
 
+def test_an_integer_may_be_written_as_a_float():
+    """JSON has numbers only (JSON Schema's `integer` takes 1.0 too): 1.0 is read as 1."""
+    plan = nn.build({"layers": [dense(3.0), dense(1)]}, {"epochs": 2.0, "batch_size": 4.0},
+                    INFO2)
+    units = plan.network["layers"][0]["units"]
+    assert units == 3 and type(units) is int
+    assert (plan.training["epochs"], plan.training["batch_size"]) == (2, 4)
+
+
 def test_softmax_with_squared_error_is_allowed():
     nn.build({"layers": [dense(4), dense(3, "softmax")]}, {}, INFO3)
 
@@ -58,7 +67,7 @@ BAD = [
     ({"layers": [{"units": 1}]}, {}, INFO2, "network.layers[0].type"),
     ({"layers": [dense(0)]}, {}, INFO2, "network.layers[0].units"),
     ({"layers": [dense(True)]}, {}, INFO2, "network.layers[0].units"),
-    ({"layers": [dense(1.0)]}, {}, INFO2, "network.layers[0].units"),
+    ({"layers": [dense(1.5)]}, {}, INFO2, "network.layers[0].units"),
     ({"layers": [dense(1, "swish")]}, {}, INFO2, "network.layers[0].activation"),
     ({"layers": [dense(1, color="red")]}, {}, INFO2, "network.layers[0].color"),
     ({"layers": [dense(4, "softmax"), dense(1)]}, {}, INFO2, "network.layers[0].activation"),

@@ -86,17 +86,18 @@ def add_epoch_rows(app: Flask, run_id: str, epochs: Iterable[int], *, phase: str
     worker's flush writes them; `running` also sets the run running and renews its
     heartbeat, as the flush's fence does."""
     with db.session_scope(app) as session:
+        seq = session.get(Run, run_id).seq
         last = 0
         for e in epochs:
             last = e
-            session.add(Epoch(run_id=run_id, phase=phase, epoch=e, train_loss=1.0 / e,
+            session.add(Epoch(run_seq=seq, phase=phase, epoch=e, train_loss=1.0 / e,
                               val_loss=1.5 / e, train_accuracy=0.5, val_accuracy=None,
                               learning_rate=0.5, duration_s=0.01))
             rows = [{"layer": layer, "name": f"dense_{layer}",
                      **{f: float(e + layer) for f in STAT_FIELDS}, "act_dead_fraction": None}
                     for layer in layers]
             layout, figures = statstore.pack(rows)
-            session.add(EpochStats(run_id=run_id, phase=phase, epoch=e, layout=layout,
+            session.add(EpochStats(run_seq=seq, phase=phase, epoch=e, layout=layout,
                                    figures=figures))
         if running:
             run = session.get(Run, run_id)

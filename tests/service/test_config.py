@@ -164,3 +164,28 @@ def test_a_bad_value_stops_every_process_at_start_with_one_line(
     assert done.returncode != 0
     assert (done.stdout + done.stderr).strip() == \
         "backprop: BACKPROP_LEASE_SECONDS='abc': expected an integer", done
+
+
+def test_gunicorns_master_imports_nothing_its_gevent_workers_must_patch_first(
+        tmp_path: Path) -> None:
+    """The config module, and the logging config it gives the master, import none of the
+    app's libraries: a module the master imports is imported unpatched in every gevent worker
+    (psycopg would then block the worker's loop on each query, redis keep ssl's classes).
+    The settings are still checked (by a child Python) before gunicorn goes on."""
+    libraries = ("flask", "werkzeug", "sqlalchemy", "psycopg", "redis", "kombu", "celery",
+                 "numpy", "ssl", "gevent", "nn")
+    script = ("import json, logging.config, sys\n"
+              "import service.gunicorn_conf as conf\n"
+              "logging.config.dictConfig(conf.logconfig_dict)\n"
+              f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {libraries})))")
+    env = clean_env(BACKPROP_DATABASE_URL=f"sqlite:///{tmp_path / 'db'}",
+                    BACKPROP_BROKER_URL="redis://127.0.0.1:6379/0")
+    done = subprocess.run([str(BIN / "python"), "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    env["BACKPROP_LEASE_SECONDS"] = "abc"
+    done = subprocess.run([str(BIN / "python"), "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr.strip()) == (
+        1, "", "backprop: BACKPROP_LEASE_SECONDS='abc': expected an integer")

@@ -11,7 +11,7 @@ from openapi_spec_validator import validate as validate_openapi
 
 import nn
 from service.models import PARAM_STAT_FIELDS, RUN_STATUSES, STAT_FIELDS
-from service.schemas import SPEC_PATH, errors_for, spec
+from service.schemas import SPEC_PATH, errors_for, spec, validator
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 # The dashboard's scripts and style: files of the page, not operations of the API.
@@ -48,15 +48,23 @@ def test_every_route_is_documented_and_every_documented_operation_is_routed(app:
 
 
 def test_path_parameters_are_uuids_in_both(app: Flask) -> None:
+    """Ids are UUIDs in the routes and in the spec; a model alias's name is the one path
+    parameter that is not an id (its pattern, ModelName, needs no escaping)."""
     for rule in app.url_map.iter_rules():
         if rule.endpoint in NOT_API:
             continue
         for name, converter in rule._converters.items():  # noqa: SLF001 - werkzeug has no API
-            assert type(converter).__name__ == "UUIDConverter", (rule.rule, name)
+            expected = "UnicodeConverter" if rule.rule.startswith("/v1/models/") else \
+                "UUIDConverter"
+            assert type(converter).__name__ == expected, (rule.rule, name)
     for path, item in spec()["paths"].items():
         for param in item.get("parameters", []):
             ref = param["$ref"].rsplit("/", 1)[-1]
-            assert spec()["components"]["parameters"][ref]["schema"]["format"] == "uuid", path
+            schema = spec()["components"]["parameters"][ref]["schema"]
+            if path.startswith("/v1/models/"):
+                assert schema == {"$ref": "#/components/schemas/ModelName"}, path
+            else:
+                assert schema["format"] == "uuid", path
 
 
 def test_every_operation_documents_its_errors_as_problems() -> None:
@@ -72,6 +80,35 @@ def test_every_operation_documents_its_errors_as_problems() -> None:
                     ), (method, path, status)
             if path.startswith("/v1/") and "openapi" not in path:
                 assert "500" in op["responses"], (method, path)
+
+
+def _pointer(*parts: str) -> str:
+    """A JSON pointer into the spec (RFC 6901 escapes)."""
+    return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def test_every_json_answer_has_examples_that_match_its_schema() -> None:
+    """Every 2xx JSON answer shows what it looks like, and what it shows is valid."""
+    checked = 0
+    for path, item in spec()["paths"].items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            for status, response in op["responses"].items():
+                for media_type, media in response.get("content", {}).items():
+                    if not status.startswith("2") or "json" not in media_type:
+                        continue
+                    examples = media.get("examples", {})
+                    assert examples, (method, path, status)
+                    where = ("paths", path, method, "responses", status, "content", media_type,
+                             "schema")
+                    check = validator(_pointer(*where))
+                    for example in examples.values():
+                        name = example["$ref"].rsplit("/", 1)[-1]
+                        value = spec()["components"]["examples"][name]["value"]
+                        assert [e.message for e in check.iter_errors(value)] == [], name
+                        checked += 1
+    assert checked >= 30
 
 
 def _schema(name: str) -> dict:
@@ -128,20 +165,28 @@ def test_spec_defaults_are_the_engines() -> None:
 
 
 def test_spec_generators_are_the_engines() -> None:
+    """One Generator variant per engine kind, discriminated by `kind`, each with only its
+    own fields and the engine's defaults for that kind."""
     import inspect
 
-    generator = _schema("Generator")["properties"]
+    from nn.generators import KINDS
+
     signature = inspect.signature(nn.generate).parameters
-    assert generator["n_samples"]["default"] == signature["n_samples"].default
-    assert generator["noise"]["default"] == signature["noise"].default
-    extra = {k for kind in nn.DEFAULTS["generator"].values() for k in kind}
-    assert set(generator) == {"kind", "n_samples", "noise", "seed", *extra}
-    for kind in generator["kind"]["enum"]:
+    union = _schema("Generator")
+    names = {}
+    for ref in union["oneOf"]:
+        name = ref["$ref"].rsplit("/", 1)[-1]
+        kind = _schema(name)["properties"]["kind"]["const"]
+        names[kind] = name
+        assert union["discriminator"]["mapping"][kind] == ref["$ref"]
+    assert set(names) == set(KINDS)
+    for kind, name in names.items():
+        assert _schema(name)["required"] == ["kind"], kind
+        assert _schema(name)["additionalProperties"] is False, kind
+        assert _defaults(name) == {
+            "n_samples": signature["n_samples"].default, "noise": signature["noise"].default,
+            "seed": None, **nn.DEFAULTS["generator"].get(kind, {})}, kind
         nn.generate(kind, 4, 0, 1)  # every documented kind exists
-    for kind, params in nn.DEFAULTS["generator"].items():
-        assert kind in generator["kind"]["enum"]
-        for key, value in params.items():
-            assert str(value) in generator[key]["description"] + str(generator[key]["default"])
     with pytest.raises(nn.SpecError):
         nn.generate("moons", 4, 0, 1)
 
@@ -202,5 +247,8 @@ def test_the_spec_is_served(client) -> None:  # noqa: ANN001
     as_yaml = client.get("/v1/openapi.yaml")
     assert as_yaml.status_code == 200
     assert yaml.safe_load(as_yaml.get_data(as_text=True)) == spec()
+    assert as_yaml.mimetype == "application/yaml"
+    as_text = client.get("/v1/openapi.yaml", headers={"Accept": "text/yaml, */*;q=0.1"})
+    assert as_text.mimetype == "text/yaml" and as_text.get_data() == as_yaml.get_data()
     as_json = client.get("/v1/openapi.json")
     assert as_json.get_json() == spec()

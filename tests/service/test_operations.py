@@ -33,7 +33,7 @@ def test_metrics_come_from_the_rows(any_app: Flask, any_client: SpecCheckingClie
         run.started_at = run.created_at + timedelta(seconds=1.5)  # waited 1.5 s
         run.heartbeat_at = run.finished_at
         for epoch, seconds in ((1, 0.002), (2, 0.02), (3, 0.2)):
-            session.execute(sa.update(Epoch).where(Epoch.run_id == run.id, Epoch.epoch == epoch)
+            session.execute(sa.update(Epoch).where(Epoch.run_seq == run.seq, Epoch.epoch == epoch)
                             .values(duration_s=seconds))
 
     assert any_client.post(f"/v1/runs/{runs[0]['id']}/predict",

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import io
+import uuid
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from sqlalchemy.orm import Session
 
 import nn
 from service import db, onnx_export, statstore
 from service.errors import size
-from service.models import PARAM_STAT_FIELDS, STAT_FIELDS, Artifact, Epoch, EpochStats
+from service.models import PARAM_STAT_FIELDS, STAT_FIELDS, Artifact, Epoch, EpochStats, Run
 from service.pagination import evenly_spaced
 from tests.service.helpers import (
     XOR_TRAINING,
@@ -114,8 +116,8 @@ def test_epochs_downsampled_pages(app: Flask, client, run: dict) -> None:  # noq
 def test_epochs_phases_are_ordered_and_downsampled_separately(app: Flask, client, run: dict) -> None:  # noqa: ANN001
     with db.session_scope(app) as session:
         for e in range(1, 6):
-            session.add(Epoch(run_id=run["id"], phase="pretrain", epoch=e, layer=(e - 1) // 3,
-                              train_loss=0.1, duration_s=0.1))
+            session.add(Epoch(run_seq=_seq(session, run["id"]), phase="pretrain", epoch=e,
+                              layer=(e - 1) // 3, train_loss=0.1, duration_s=0.1))
     url = f"/v1/runs/{run['id']}/epochs"
     rows = _items(client, url)
     assert [(r["phase"], r["epoch"]) for r in rows[:6]] == [("pretrain", e) for e in range(1, 6)] + [("train", 1)]
@@ -132,8 +134,8 @@ def test_epochs_phases_are_ordered_and_downsampled_separately(app: Flask, client
 
 def test_non_finite_losses_are_null(app: Flask, client, run: dict) -> None:  # noqa: ANN001
     with db.session_scope(app) as session:
-        session.add(Epoch(run_id=run["id"], phase="train", epoch=11, train_loss=float("inf"),
-                          val_loss=float("nan"), duration_s=0.1))
+        session.add(Epoch(run_seq=_seq(session, run["id"]), phase="train", epoch=11,
+                          train_loss=float("inf"), val_loss=float("nan"), duration_s=0.1))
     row = _items(client, f"/v1/runs/{run['id']}/epochs?from_epoch=11")[0]
     assert row["train_loss"] is None and row["val_loss"] is None
 
@@ -151,6 +153,8 @@ def test_non_finite_losses_are_null(app: Flask, client, run: dict) -> None:  # n
         ("limit=0", "query.limit"),
         ("cursor=bad", "query.cursor"),
         ("cursor=WzEsMl0", "query.cursor"),
+        ("cursor=WyJ6enoiLDFd", "query.cursor"),  # ["zzz", 1]: no such phase
+        ("cursor=WyJ6enoiLDEsMF0", "query.cursor"),  # ["zzz", 1, 0]
     ],
 )
 def test_series_bad_parameters(client, run: dict, query: str, path: str) -> None:  # noqa: ANN001
@@ -190,6 +194,10 @@ def test_layer_stats_bad_layer(client, run: dict) -> None:  # noqa: ANN001
     assert resp.status_code == 422 and problem_paths(resp) == ["query.detail"]
 
 
+def _seq(session: Session, run_id: str) -> int:
+    return session.get(Run, run_id).seq
+
+
 def _stored_epochs(app: Flask) -> int:
     with db.session_scope(app) as session:
         return session.scalar(sa.select(sa.func.count()).select_from(EpochStats))
@@ -207,8 +215,8 @@ def _recurrent_stats(app: Flask, run_id: str, epochs: int) -> None:
                                  "grad_std": None} for i, param in enumerate(arrays)]}
                     for layer, name, arrays in layers]
             layout, figures = statstore.pack(rows)
-            session.add(EpochStats(run_id=run_id, phase="train", epoch=e, layout=layout,
-                                   figures=figures))
+            session.add(EpochStats(run_seq=_seq(session, run_id), phase="train", epoch=e,
+                                   layout=layout, figures=figures))
 
 
 def test_layer_stats_per_array_and_by_time(any_app: Flask, any_client) -> None:  # noqa: ANN001
@@ -254,8 +262,8 @@ def test_layer_stats_by_layer_across_layouts(any_app: Flask, any_client) -> None
                 rows = [{"layer": layer, "name": f"dense_{layer}", "grad_norm": e + layer / 10}
                         for layer in (layers or ((e - 1) // 3,))]
                 layout, figures = statstore.pack(rows)
-                session.add(EpochStats(run_id=run["id"], phase=phase, epoch=e, layout=layout,
-                                       figures=figures))
+                session.add(EpochStats(run_seq=_seq(session, run["id"]), phase=phase, epoch=e,
+                                       layout=layout, figures=figures))
     url = f"/v1/runs/{run['id']}/layer-stats"
     every = [(r["phase"], r["epoch"], r["layer"], r["grad_norm"]) for r in _items(any_client, url)]
     assert every[:6] == [("pretrain", e, (e - 1) // 3, e + (e - 1) // 3 / 10) for e in range(1, 7)]
@@ -311,6 +319,23 @@ def test_weights_npz_by_format_and_accept(app: Flask, client, run: dict) -> None
         resp = client.get(url, headers={"Accept": accept})
         assert resp.status_code == 200 and resp.mimetype == media, accept
     assert client.get(f"{url}?format=json", headers={"Accept": "application/x-npz"}).is_json
+
+
+def test_weights_as_files_of_one_type(app: Flask, client, run: dict) -> None:  # noqa: ANN001
+    """weights.npz and weights.onnx: what ?format=npz and ?format=onnx answer, always as
+    application/octet-stream (the one type a generated client reads as a file)."""
+    url = f"/v1/runs/{run['id']}/weights"
+    for suffix in ("npz", "onnx"):
+        resp = client.get(f"{url}.{suffix}", headers={"Accept": "application/json"})
+        assert resp.status_code == 200 and resp.mimetype == "application/octet-stream"
+        assert resp.get_data() == client.get(f"{url}?format={suffix}").get_data()
+        assert resp.headers["Content-Disposition"] == \
+            f'attachment; filename="run-{run["id"]}-final.{suffix}"'
+        missing = client.get(f"{url}.{suffix}?which=best")
+        assert missing.status_code == 404 and missing.get_json()["code"] == \
+            "weights_not_available"
+        assert problem_paths(client.get(f"{url}.{suffix}?which=latest")) == ["query.which"]
+        assert client.get(f"/v1/runs/{uuid.uuid4()}/weights.{suffix}").status_code == 404
 
 
 def test_weights_not_acceptable(client, run: dict) -> None:  # noqa: ANN001

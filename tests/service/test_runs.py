@@ -8,6 +8,7 @@ import threading
 import time
 import types
 import uuid
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -467,6 +468,130 @@ def test_patch_refuses_what_it_cannot_set(client, body: dict, path: str) -> None
     assert resp.status_code == 422 and problem_paths(resp) == [path], resp.get_json()
     run.pop("estimate")  # the 202's alone
     assert client.get(f"/v1/runs/{run['id']}").get_json() == run
+
+
+# ---- names and tags ----------------------------------------------------------------------------
+
+def test_name_and_tags_are_stored_returned_and_patched(any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    tags = {"team": "search", "lr": "0.5", "k8s.io/app": "trainer", "empty": ""}
+    run = create_run(any_client, dataset["id"], name="xor baseline", tags=tags)
+    assert (run["name"], run["tags"]) == ("xor baseline", tags)
+    url = f"/v1/runs/{run['id']}"
+    assert any_client.get(url).get_json()["tags"] == tags
+    unnamed = create_run(any_client, dataset["id"])
+    assert (unnamed["name"], unnamed["tags"]) == (None, {})
+
+    changed = any_client.patch(url, json={"tags": {"lr": "0.1", "empty": None, "new": "x"}})
+    assert changed.status_code == 200, changed.get_json()
+    assert changed.get_json()["tags"] == {"team": "search", "lr": "0.1", "k8s.io/app": "trainer",
+                                          "new": "x"}  # merged: the others stay
+    assert changed.get_json()["name"] == "xor baseline"
+    renamed = any_client.patch(url, json={"name": "xor, reviewed", "pinned": True}).get_json()
+    assert (renamed["name"], renamed["pinned"], renamed["tags"]) == (
+        "xor, reviewed", True, changed.get_json()["tags"])
+    cleared = any_client.patch(url, json={"name": None, "tags": None}).get_json()
+    assert (cleared["name"], cleared["tags"]) == (None, {})
+    assert any_client.get(url).get_json() == cleared
+
+
+def test_at_most_50_tags_after_a_patch(client) -> None:  # noqa: ANN001
+    fifty = {f"k{i}": "v" for i in range(50)}
+    run = create_run(client, create_xor_dataset(client)["id"], tags=fifty)
+    url = f"/v1/runs/{run['id']}"
+    resp = client.patch(url, json={"tags": {"one-more": "v"}})
+    assert resp.status_code == 422 and problem_paths(resp) == ["tags"]
+    assert "51 tags" in resp.get_json()["errors"][0]["message"]
+    swapped = client.patch(url, json={"tags": {"one-more": "v", "k0": None}})
+    assert swapped.status_code == 200 and len(swapped.get_json()["tags"]) == 50
+    assert "k0" not in swapped.get_json()["tags"]
+
+
+def test_concurrent_tag_patches_both_land(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    """The merge reads the tags with the row locked: a PATCH made meanwhile waits for it
+    instead of overwriting it with what it read before."""
+    run = create_run(any_client, create_xor_dataset(any_client)["id"], tags={"a": "1"})
+    url = f"/v1/runs/{run['id']}"
+    other = any_app.test_client()
+    second: list = []
+    with paused(any_app, "SELECT runs.tags", lambda: other.patch(url, json={"tags": {"b": "2"}})):
+        thread = threading.Thread(
+            target=lambda: second.append(any_client.patch(url, json={"tags": {"c": "3"}})))
+        thread.start()
+        time.sleep(0.3)  # the second PATCH is waiting for the first's lock
+    thread.join(30)
+    assert second[0].status_code == 200
+    assert any_client.get(url).get_json()["tags"] == {"a": "1", "b": "2", "c": "3"}
+
+
+@pytest.mark.parametrize(("changes", "path"), [
+    ({"name": ""}, "name"), ({"name": "x" * 201}, "name"), ({"name": 3}, "name"),
+    ({"tags": ["a"]}, "tags"), ({"tags": {"a": 1}}, "tags.a"),
+    ({"tags": {"a": "v" * 501}}, "tags.a"), ({"tags": {"a": None}}, "tags.a"),
+    ({"tags": {"bad key": "v"}}, 'tags["bad key"]'), ({"tags": {"k:v": "v"}}, 'tags["k:v"]'),
+    ({"tags": {"": "v"}}, 'tags[""]'), ({"tags": {"k" * 101: "v"}}, f"tags.{'k' * 100}"),
+    ({"tags": {f"k{i}": "v" for i in range(51)}}, "tags"),
+])
+def test_bad_names_and_tags_name_the_field(client, changes: dict, path: str) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(client)
+    resp = client.post("/v1/runs", json=_body(dataset["id"], **changes))
+    assert resp.status_code == 422 and problem_paths(resp) == [path], resp.get_json()
+    if changes.get("tags") == {"a": None}:
+        return  # a null tag is how a PATCH removes one
+    run = create_run(client, dataset["id"])
+    resp = client.patch(f"/v1/runs/{run['id']}", json=changes)
+    assert resp.status_code == 422 and problem_paths(resp) == [path], resp.get_json()
+
+
+def test_list_by_name_tags_and_creation_time(any_app: Flask, any_client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    a = create_run(any_client, dataset["id"], name="sweep", tags={"team": "search", "lr": "0.5"})
+    b = create_run(any_client, dataset["id"], name="sweep", tags={"team": "search", "lr": "0.1"})
+    c = create_run(any_client, dataset["id"], name="other",
+                   tags={"team": "ads", "url": "http://x:1"})
+    with db.session_scope(any_app) as session:  # one a day apart, a second run at the same time
+        for run, when in ((a, "2026-12-01T10:00:00+00:00"), (b, "2026-12-02T10:00:00+00:00"),
+                          (c, "2026-12-02T10:00:00+00:00")):
+            session.get(Run, run["id"]).created_at = datetime.fromisoformat(when)
+
+    def ids(query: str) -> list[str]:
+        resp = any_client.get(f"/v1/runs?{query}")
+        assert resp.status_code == 200, resp.get_json()
+        return [r["id"] for r in resp.get_json()["items"]]
+
+    order = sorted([b["id"], c["id"]], reverse=True)
+    assert ids("name=sweep") == [b["id"], a["id"]]
+    assert ids("name=swee") == []
+    assert ids("tag=team:search") == [b["id"], a["id"]]
+    assert ids("tag=team:search&tag=lr:0.5") == [a["id"]]
+    assert ids("tag=team:search&tag=lr:0.2") == []
+    assert ids("tag=url:http://x:1") == [c["id"]]  # the value may hold colons
+    assert ids("tag=team:") == []
+    assert ids("tag=nokey:search") == []
+    assert ids("created_after=2026-12-02T10:00:00Z") == order  # at or after
+    assert ids("created_before=2026-12-02T10:00:00Z") == [a["id"]]  # strictly before
+    assert ids("created_after=2026-12-02T11:00:00%2B01:00") == order  # the same instant
+    assert ids("created_after=2026-12-01T00:00:00Z&created_before=2026-12-02T00:00:00.5z"
+               ) == [a["id"]]
+    assert ids("name=sweep&created_after=2026-12-02T00:00:00.1234567Z&tag=lr:0.1") == [b["id"]]
+    page = any_client.get("/v1/runs?tag=team:search&limit=1").get_json()
+    rest = any_client.get(f"/v1/runs?tag=team:search&limit=1&cursor={page['next_cursor']}")
+    assert [r["id"] for r in page["items"] + rest.get_json()["items"]] == [b["id"], a["id"]]
+
+
+@pytest.mark.parametrize(("query", "path"), [
+    ("tag=team", "query.tag"), ("tag=:v", "query.tag"), ("tag=bad key:v", "query.tag"),
+    ("tag=a:1&tag=b", "query.tag"), (f"tag={'k' * 101}:v", "query.tag"),
+    (f"tag=k:{'v' * 501}", "query.tag"), ("name=", "query.name"),
+    (f"name={'n' * 201}", "query.name"),
+    ("created_after=2026-12-02", "query.created_after"),
+    ("created_after=2026-12-02T10:00:00", "query.created_after"),
+    ("created_before=2026-13-02T10:00:00Z", "query.created_before"),
+    ("created_before=yesterday", "query.created_before"),
+])
+def test_list_bad_tag_and_time_filters(client, query: str, path: str) -> None:  # noqa: ANN001
+    resp = client.get(f"/v1/runs?{query}")
+    assert resp.status_code == 422 and problem_paths(resp) == [path], resp.get_json()
 
 
 @pytest.mark.parametrize("status", ["queued", "running", "cancelling"])

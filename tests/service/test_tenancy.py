@@ -20,6 +20,7 @@ from service.config import SettingError
 from service.models import ApiKey, Base, Run
 from service.schemas import spec
 from tests.service.conftest import add_tenant, make_app
+from worker.predictions import run_prediction
 from tests.service.helpers import (
     XOR_NETWORK,
     XOR_TRAINING,
@@ -56,7 +57,10 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/v1/runs/{run_id}"): {"pinned": True},
     ("POST", "/v1/admin/tenants"): {"name": "someone"},
     ("PATCH", "/v1/webhooks/{webhook_id}"): {"description": "changed"},
+    ("POST", "/v1/models/{name}/predict"): {"inputs": [[1.0, 1.0]]},
 }
+# Operations on a name that make what they name: tested on their own below.
+MAKERS = [("PUT", "/v1/models/{name}")]
 WEBHOOK = {"url": "http://93.184.215.14/hook", "events": ["*"]}  # never called here
 
 
@@ -135,15 +139,20 @@ def test_unrouted_requests_are_404_or_405_without_a_key(client) -> None:  # noqa
 
 @pytest.fixture
 def other(any_app: Flask) -> dict[str, Any]:
-    """Tenant B's client, data set, succeeded run (with final weights) and webhook."""
+    """Tenant B's client, data set, succeeded run (with final weights), webhook, model alias
+    (`name`, pointing at the run) and batch prediction (succeeded)."""
     _, key = add_tenant(any_app, "other")
     client = any_app.test_client(api_key=key)
     dataset = create_xor_dataset(client)
     run = create_run(client, dataset["id"])
     finish_run(any_app, run["id"], epochs=3, artifacts={"final": trained_model(run).to_npz()})
     webhook = client.post("/v1/webhooks", json=WEBHOOK).get_json()
+    assert client.put("/v1/models/theirs", json={"run_id": run["id"]}).status_code == 201
+    job = client.post("/v1/predictions", json={"model": "theirs", "dataset_id": dataset["id"]})
+    with any_app.app_context():
+        assert run_prediction(job.get_json()["id"]) == "succeeded"
     return {"client": client, "dataset_id": dataset["id"], "run_id": run["id"],
-            "webhook_id": webhook["id"]}
+            "webhook_id": webhook["id"], "name": "theirs", "prediction_id": job.get_json()["id"]}
 
 
 def _unchanged(other: dict[str, Any]) -> None:
@@ -154,13 +163,19 @@ def _unchanged(other: dict[str, Any]) -> None:
     webhook = b.get(f"/v1/webhooks/{other['webhook_id']}").get_json()
     assert (webhook["description"], webhook["disabled"]) == (None, False)
     assert webhook["previous_secret_expires_at"] is None  # not rotated
+    model = b.get(f"/v1/models/{other['name']}").get_json()
+    assert (model["run_id"], model["version"]) == (other["run_id"], 1)
+    job = b.get(f"/v1/predictions/{other['prediction_id']}").get_json()
+    assert (job["status"], job["cancel_requested"]) == ("succeeded", False)
 
 
-@pytest.mark.parametrize(("method", "template"), [op for op in TENANT if "{" in op[1]])
+@pytest.mark.parametrize(("method", "template"),
+                         [op for op in TENANT if "{" in op[1] and op not in MAKERS])
 def test_another_tenants_id_is_404(any_client, other: dict, method: str, template: str) -> None:  # noqa: ANN001
     """Every operation on an id: tenant A gets 404 for tenant B's ids, as for no id at all,
     and B's rows are untouched."""
-    ids = {name: other[name] for name in ("dataset_id", "run_id", "webhook_id")}
+    ids = {name: other[name] for name in ("dataset_id", "run_id", "webhook_id", "name",
+                                          "prediction_id")}
     theirs = _problem(_call(any_client, method, template, ids=ids), 404, "not_found")
     nobody = _problem(_call(any_client, method, template), 404, "not_found")
     assert theirs["detail"] == nobody["detail"].replace(MISSING, ids[_param(template)])
@@ -177,14 +192,18 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
     """Lists never show B's rows, usage never counts them; bodies that name B's rows are
     refused as naming nothing."""
     if template == "/v1/usage":
-        assert any_client.get(template).get_json()["counts"] == {"datasets": 0, "runs": 0}
-        assert other["client"].get(template).get_json()["counts"] == {"datasets": 1, "runs": 1}
+        assert any_client.get(template).get_json()["counts"] == {"datasets": 0, "runs": 0,
+                                                                 "predictions": 0}
+        assert other["client"].get(template).get_json()["counts"] == {"datasets": 1, "runs": 1,
+                                                                      "predictions": 1}
     elif method == "GET":
         resp = any_client.get(template)
         assert resp.status_code == 200
         assert other["dataset_id"] not in resp.get_data(as_text=True)
         assert other["run_id"] not in resp.get_data(as_text=True)
         assert other["webhook_id"] not in resp.get_data(as_text=True)
+        assert other["name"] not in resp.get_data(as_text=True)
+        assert other["prediction_id"] not in resp.get_data(as_text=True)
         assert other["client"].get(template).get_json()["items"]  # B sees its own
     elif (method, template) == ("POST", "/v1/runs"):
         body = {"dataset_id": other["dataset_id"], "network": XOR_NETWORK, "training": XOR_TRAINING}
@@ -198,12 +217,41 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
     elif (method, template) == ("POST", "/v1/datasets"):
         made = create_xor_dataset(any_client)
         assert other["client"].get(f"/v1/datasets/{made['id']}").status_code == 404
+    elif (method, template) == ("POST", "/v1/predictions"):
+        mine = create_xor_dataset(any_client)
+        for body, path in (({"run_id": other["run_id"], "dataset_id": mine["id"]}, "run_id"),
+                           ({"model": other["name"], "dataset_id": mine["id"]}, "model")):
+            resp = any_client.post(template, json=body)
+            assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == path
+        run = create_run(any_client, mine["id"])
+        finish_run(any_client.application, run["id"], epochs=3,
+                   artifacts={"final": trained_model(run).to_npz()})
+        resp = any_client.post(template, json={"run_id": run["id"],
+                                               "dataset_id": other["dataset_id"]})
+        assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "dataset_id"
     elif (method, template) == ("POST", "/v1/webhooks"):
         made = any_client.post(template, json=WEBHOOK).get_json()
         assert other["client"].get(f"/v1/webhooks/{made['id']}").status_code == 404
     else:
         pytest.fail(f"{method} {template}: add a case saying how it keeps tenants apart")
     _unchanged(other)
+
+
+def test_a_name_is_the_tenants_own(any_client, other: dict) -> None:  # noqa: ANN001
+    """PUT of B's alias name by A: A's run only (B's is a 422 naming run_id), and it makes
+    A's own alias, which B never sees."""
+    url = f"/v1/models/{other['name']}"
+    resp = any_client.put(url, json={"run_id": other["run_id"]})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0] == {
+        "path": "run_id", "message": "no run with this id"}
+    mine = create_run(any_client, create_xor_dataset(any_client)["id"])
+    app = any_client.application
+    finish_run(app, mine["id"], epochs=3, artifacts={"final": trained_model(mine).to_npz()})
+    made = any_client.put(url, json={"run_id": mine["id"]})
+    assert (made.status_code, made.get_json()["version"]) == (201, 1)
+    _unchanged(other)
+    assert any_client.delete(f"/v1/runs/{other['run_id']}").status_code == 404
+    assert other["client"].delete(f"/v1/runs/{mine['id']}").status_code == 404
 
 
 def test_filters_do_not_cross_tenants(any_client, other: dict) -> None:  # noqa: ANN001
@@ -357,8 +405,9 @@ def test_a_revoked_key_is_refused_within_the_key_cache_seconds(
 
 
 def test_views_scope_queries_in_one_place() -> None:
-    """Views read data sets and runs only through service/api/common.py (fetch, find,
-    select_owned), and every UPDATE or DELETE of them carries owned(...)."""
+    """Views read data sets, runs and model aliases only through service/api/common.py
+    (fetch, find, select_owned, find_model), and every UPDATE or DELETE of them carries
+    owned(...)."""
     from pathlib import Path
 
     import service.api
@@ -367,9 +416,10 @@ def test_views_scope_queries_in_one_place() -> None:
         if path.name == "common.py":
             continue
         text = path.read_text()
-        assert not re.search(r"session\.get\((Run|Dataset)\b", text), path.name
-        assert not re.search(r"select\((Run|Dataset)\)", text), path.name
-        for statement in re.findall(r"sa\.(?:update|delete)\((?:Run|Dataset)\)[^\n]*", text):
+        models = "Run|Dataset|ModelAlias|Prediction"
+        assert not re.search(rf"session\.get\(({models})\b", text), path.name
+        assert not re.search(rf"select\(({models})\)", text), path.name
+        for statement in re.findall(rf"sa\.(?:update|delete)\((?:{models})\)[^\n]*", text):
             assert "owned(" in statement, (path.name, statement)
 
 

@@ -29,8 +29,9 @@ def _usage(client) -> dict:  # noqa: ANN001
 
 def test_usage_counts_data_sets_weights_and_rows(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert _usage(any_client) == {"stored_bytes": 0, "max_stored_bytes": 10 * 1024**3,
-                                  "bytes": {"datasets": 0, "weights": 0, "rows": 0},
-                                  "counts": {"datasets": 0, "runs": 0}}
+                                  "bytes": {"datasets": 0, "weights": 0, "rows": 0,
+                                            "predictions": 0},
+                                  "counts": {"datasets": 0, "runs": 0, "predictions": 0}}
     dataset = create_xor_dataset(any_client)
     source = create_run(any_client, dataset["id"])
     final = trained_model(source).to_npz()
@@ -44,10 +45,11 @@ def test_usage_counts_data_sets_weights_and_rows(any_app: Flask, any_client) -> 
     with db.session_scope(any_app) as session:
         initial = session.scalar(sa.text("SELECT length(data) FROM artifacts WHERE run_id = :id"),
                                  {"id": copy["id"]})
-    expected = {"datasets": dataset["size_bytes"], "weights": len(final) + initial, "rows": rows}
+    expected = {"datasets": dataset["size_bytes"], "weights": len(final) + initial, "rows": rows,
+                "predictions": 0}
     assert _usage(any_client) == {"stored_bytes": sum(expected.values()),
                                   "max_stored_bytes": 10 * 1024**3, "bytes": expected,
-                                  "counts": {"datasets": 1, "runs": 2}}
+                                  "counts": {"datasets": 1, "runs": 2, "predictions": 0}}
 
     other = any_app.test_client(api_key=add_tenant(any_app, "other")[1])
     assert _usage(other)["stored_bytes"] == 0  # a tenant's own, only
@@ -55,7 +57,7 @@ def test_usage_counts_data_sets_weights_and_rows(any_app: Flask, any_client) -> 
     for run in (copy, source):
         assert any_client.delete(f"/v1/runs/{run['id']}").status_code == 204
     assert _usage(any_client)["bytes"] == {"datasets": dataset["size_bytes"], "weights": 0,
-                                           "rows": 0}
+                                           "rows": 0, "predictions": 0}
 
 
 def test_past_the_quota_creating_is_refused_and_nothing_is_lost(any_app: Flask, any_client) -> None:  # noqa: ANN001

@@ -14,7 +14,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from service import db, statstore
-from service.models import Artifact, Epoch, EpochStats, utcnow
+from service.models import Artifact, Epoch, EpochStats, of_run, utcnow
 from tests.worker.rows import get_run, set_run
 from worker import progress as progress_module
 from worker import shutdown
@@ -33,21 +33,21 @@ def db_url(pg_url: str) -> str:
 
 def _epochs(run_id: str) -> list[int]:
     with db.session_scope() as session:
-        return list(session.scalars(sa.select(Epoch.epoch).where(Epoch.run_id == run_id)
+        return list(session.scalars(sa.select(Epoch.epoch).where(of_run(Epoch, run_id))
                                     .order_by(Epoch.epoch)))
 
 
 def _losses(run_id: str) -> list[float]:
     with db.session_scope() as session:
         return list(session.scalars(sa.select(Epoch.train_loss)
-                                    .where(Epoch.run_id == run_id).order_by(Epoch.epoch)))
+                                    .where(of_run(Epoch, run_id)).order_by(Epoch.epoch)))
 
 
 def _stats(run_id: str) -> list[int]:
     """The epochs that have a statistics row."""
     with db.session_scope() as session:
         return list(session.scalars(sa.select(EpochStats.epoch)
-                                    .where(EpochStats.run_id == run_id).order_by(EpochStats.epoch)))
+                                    .where(of_run(EpochStats, run_id)).order_by(EpochStats.epoch)))
 
 
 def _thinned(epochs: int, thinned_after: int) -> list[int]:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 import nn
 from service import db
-from service.models import Epoch, EpochStats, utcnow
+from service.models import Epoch, EpochStats, of_run, utcnow
 from tests.worker.rows import get_run, in_context, set_run
 from worker import lease
 from worker.progress import Lease, Progress
@@ -37,7 +37,7 @@ def _report(epoch: int) -> nn.EpochReport:
 def _rows(run_id: str) -> int:
     with db.session_scope() as session:
         return sum(session.scalar(sa.select(sa.func.count()).select_from(t)
-                                  .where(t.run_id == run_id)) for t in (Epoch, EpochStats))
+                                  .where(of_run(t, run_id))) for t in (Epoch, EpochStats))
 
 
 def test_a_queued_run_is_claimed_once(make_run: Callable[..., str]) -> None:
@@ -86,10 +86,11 @@ def test_a_stale_lease_is_taken_over_and_the_old_worker_writes_nothing(
     _expire(run_id)
     new = _claim(run_id)
     assert new is not None and new != old
+    seq = get_run(run_id).seq
     assert get_run(run_id).attempts == 2
 
     # The old worker wakes up and flushes an epoch: its transaction is fenced off.
-    stale = Progress(Lease(run_id, old, 30, 1.0, 10.0, deadline=float("inf")), epoch=0)
+    stale = Progress(Lease(run_id, seq, old, 30, 1.0, 10.0, deadline=float("inf")), epoch=0)
     stale.on_epoch(_report(1))
     with pytest.raises(lease.LeaseLost):
         stale.flush()
@@ -98,7 +99,7 @@ def test_a_stale_lease_is_taken_over_and_the_old_worker_writes_nothing(
     assert (run.lease_token, run.epochs_completed) == (new, 0)
 
     # The new owner's flush goes through.
-    live = Progress(Lease(run_id, new, 30, 1.0, 10.0, deadline=float("inf")), epoch=0)
+    live = Progress(Lease(run_id, seq, new, 30, 1.0, 10.0, deadline=float("inf")), epoch=0)
     live.on_epoch(_report(1))
     live.flush()
     assert _rows(run_id) == 2 and get_run(run_id).epochs_completed == 1

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from service import db, statstore
-from service.models import Artifact, Epoch, EpochStats, Run, utcnow
+from service.models import Artifact, Epoch, EpochStats, ModelAlias, Run, utcnow
 from tests.worker.rows import get_run, set_run
 from worker import retention
 from worker.reconcile import reconcile
@@ -22,12 +22,13 @@ from worker.training import train_run
 HOUR = timedelta(hours=1)
 
 
-def _stored(run_id: str) -> dict[str, int]:
-    """The run's rows in each table that holds them."""
+def _stored(run_id: str, seq: int) -> dict[str, int]:
+    """The run's rows in each table that holds them (`seq`: the run's, read while it was)."""
+    mine = {Run: Run.id == run_id, Epoch: Epoch.run_seq == seq,
+            EpochStats: EpochStats.run_seq == seq, Artifact: Artifact.run_id == run_id}
     with db.session_scope() as session:
-        return {m.__tablename__: session.scalar(sa.select(sa.func.count()).select_from(m).where(
-            (m.id if m is Run else m.run_id) == run_id)) for m in (Run, Epoch, EpochStats,
-                                                                    Artifact)}
+        return {m.__tablename__: session.scalar(sa.select(sa.func.count()).select_from(m)
+                                                .where(where)) for m, where in mine.items()}
 
 
 def _finished(make_run: Callable[..., str], status: str, ago: timedelta, **columns: object
@@ -36,8 +37,9 @@ def _finished(make_run: Callable[..., str], status: str, ago: timedelta, **colum
     run_id = make_run(status=status, finished_at=utcnow() - ago, **columns)
     layout, figures = statstore.pack([{"layer": 0, "name": "dense_0", "grad_norm": 1.0}])
     with db.session_scope() as session:
-        session.add(Epoch(run_id=run_id, phase="train", epoch=1, duration_s=0.1))
-        session.add(EpochStats(run_id=run_id, phase="train", epoch=1, layout=layout,
+        seq = session.get(Run, run_id).seq
+        session.add(Epoch(run_seq=seq, phase="train", epoch=1, duration_s=0.1))
+        session.add(EpochStats(run_seq=seq, phase="train", epoch=1, layout=layout,
                                figures=figures))
         session.add(Artifact(run_id=run_id, kind="final", epoch=1, data=b"weights"))
     return run_id
@@ -53,13 +55,30 @@ def test_old_finished_runs_go_with_their_rows_unless_pinned(
             _finished(make_run, "succeeded", HOUR / 2),
             make_run(status="running", started_at=utcnow() - 2 * HOUR),
             make_run(status="queued")]
+    seqs = {run_id: get_run(run_id).seq for run_id in old + kept}
     swept = reconcile()
     assert (swept["deleted"], swept["checkpoints"]) == (3, 0)
     for run_id in old:
-        assert _stored(run_id) == {"runs": 0, "epochs": 0, "epoch_stats": 0, "artifacts": 0}
+        assert _stored(run_id, seqs[run_id]) == {"runs": 0, "epochs": 0, "epoch_stats": 0,
+                                                 "artifacts": 0}
     assert [get_run(run_id) is not None for run_id in kept] == [True] * 4
-    assert _stored(kept[0])["epoch_stats"] == 1
+    assert _stored(kept[0], seqs[kept[0]])["epoch_stats"] == 1
     assert reconcile()["deleted"] == 0
+
+
+def test_a_run_a_model_alias_points_at_is_kept(app: Flask, make_run: Callable[..., str]) -> None:
+    """Kept while an alias points at it, whatever its age; once the alias moves, it goes."""
+    aliased, other = (_finished(make_run, "succeeded", 2 * HOUR) for _ in range(2))
+    with db.session_scope() as session:
+        tenant_id = session.get(Run, aliased).tenant_id
+        session.add(ModelAlias(tenant_id=tenant_id, name="xor", run_id=aliased,
+                               weights="final", version=1))
+    app.config["RUN_RETENTION_SECONDS"] = 3600
+    assert reconcile()["deleted"] == 1 and get_run(other) is None
+    assert get_run(aliased) is not None
+    with db.session_scope() as session:
+        session.get(ModelAlias, (tenant_id, "xor")).run_id = make_run(status="succeeded")
+    assert reconcile()["deleted"] == 1 and get_run(aliased) is None
 
 
 def test_retention_is_off_by_default_and_goes_in_batches(
@@ -116,7 +135,7 @@ def test_a_run_that_ends_drops_its_checkpoint_and_so_do_settled_ones(
             session.add(Artifact(run_id=run_id, kind="checkpoint", epoch=3, data=b"state"))
     swept = reconcile()
     assert (swept["settled"], swept["checkpoints"]) == (2, 2)
-    assert [_stored(run_id)["artifacts"] for run_id in settled] == [0, 0]
+    assert [_stored(run_id, get_run(run_id).seq)["artifacts"] for run_id in settled] == [0, 0]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

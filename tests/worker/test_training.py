@@ -22,6 +22,7 @@ from service.models import (
     Dataset,
     Epoch,
     EpochStats,
+    of_run,
     utcnow,
 )
 from tests.worker.rows import add_dataset, add_run, get_run, in_context, set_run
@@ -34,7 +35,7 @@ from worker.training import train_run
 def _count(table: type, run_id: str) -> int:
     with db.session_scope() as session:
         return session.scalar(sa.select(sa.func.count()).select_from(table)
-                              .where(table.run_id == run_id))
+                              .where(of_run(table, run_id)))
 
 
 def _artifacts(run_id: str) -> dict[str, bytes]:
@@ -47,7 +48,7 @@ def _artifacts(run_id: str) -> dict[str, bytes]:
 def _losses(run_id: str) -> list[float]:
     with db.session_scope() as session:
         return list(session.scalars(sa.select(Epoch.train_loss)
-                                    .where(Epoch.run_id == run_id).order_by(Epoch.epoch)))
+                                    .where(of_run(Epoch, run_id)).order_by(Epoch.epoch)))
 
 
 @contextmanager
@@ -91,7 +92,7 @@ def _rows_bytes(run_id: str) -> int:
     """What the run's rows count toward its tenant's stored bytes, counted afresh."""
     with db.session_scope() as session:
         stats = session.execute(sa.select(EpochStats.layout, EpochStats.figures)
-                                .where(EpochStats.run_id == run_id)).all()
+                                .where(of_run(EpochStats, run_id))).all()
     return _count(Epoch, run_id) * usage.EPOCH_ROW_BYTES + sum(
         usage.STATS_ROW_BYTES + len(layout) + len(figures) for layout, figures in stats)
 
@@ -121,7 +122,7 @@ def test_many_tiny_epochs_are_written_in_few_transactions(
     # Checkpoints follow the clock (at most one per CHECKPOINT_SECONDS / 2), not the epochs.
     assert 1 <= len(checkpoints) - 1 <= seconds / 0.1 + 1  # - 1: the final weights
     with db.session_scope() as session:
-        numbers = session.scalars(sa.select(Epoch.epoch).where(Epoch.run_id == run_id)
+        numbers = session.scalars(sa.select(Epoch.epoch).where(of_run(Epoch, run_id))
                                   .order_by(Epoch.epoch)).all()
     assert numbers == list(range(1, epochs + 1))
     assert _count(EpochStats, run_id) == epochs
@@ -266,10 +267,9 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(
 DEMO_NET = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"}] * 4
             + [{"type": "dense", "units": 1, "activation": "sigmoid"}]}
 DEMO_EPOCHS = 100_000
-# What a database may hold after the demo. On PostgreSQL the epoch rows, every one kept,
-# take 20 MB by themselves (about 200 bytes each, 75 of them the 36-character run id, in the
-# row and in its key's index), and the total is about 22 MB (bench/STORAGE.md).
-DEMO_BYTES = {"sqlite": 20_000_000, "postgresql": 23_000_000}
+# What a database may hold after the demo, on either backend (bench/STORAGE.md has what each
+# holds: the epoch rows, every one kept, are most of it).
+DEMO_BYTES = 20_000_000
 
 
 def test_the_demo_of_100000_epochs_stores_at_most_20_mb(app: Flask, db_url: str) -> None:
@@ -279,7 +279,6 @@ def test_the_demo_of_100000_epochs_stores_at_most_20_mb(app: Flask, db_url: str)
     epoch's rows have the same size); the rows are those the rule keeps, and the database
     grows by at most the bound, data set, run and weights included. (bench/storage.py
     trains all 100,000: bench/STORAGE.md.)"""
-    backend = "sqlite" if db_url.startswith("sqlite") else "postgresql"
     app.config.update(FLUSH_SECONDS=1.0, CHECKPOINT_SECONDS=10.0)  # as deployed
     with db.engine().connect() as conn:
         empty = db.table_bytes(conn)
@@ -290,21 +289,22 @@ def test_the_demo_of_100000_epochs_stores_at_most_20_mb(app: Flask, db_url: str)
     assert train_run(run_id) == "succeeded"
     assert (thinned_after, _count(EpochStats, run_id)) == (402, 402 + 201 + 99)
     with db.session_scope() as session:
-        last = session.get(Epoch, (run_id, "train", trained))
-        stats = statstore.rows(session.get(EpochStats, (run_id, "train", trained)))
+        key = (get_run(run_id).seq, "train", trained)
+        last = session.get(Epoch, key)
+        stats = statstore.rows(session.get(EpochStats, key))
     for start in range(trained + 1, DEMO_EPOCHS + 1, 500):
         reports = [nn.EpochReport(e, "train", last.train_loss, last.val_loss,
                                   last.train_accuracy, last.val_accuracy, last.duration_s,
                                   last.learning_rate, stats)
                    for e in range(start, min(start + 500, DEMO_EPOCHS + 1))]
         with db.session_scope() as session:
-            write_epochs(session, run_id, reports, thinned_after=thinned_after)
+            write_epochs(session, key[0], reports, thinned_after=thinned_after)
     assert _count(Epoch, run_id) == DEMO_EPOCHS
     assert _count(EpochStats, run_id) == statstore.kept_count(DEMO_EPOCHS, thinned_after) == 1999
     with db.engine().connect() as conn:
         grown = {t: n - empty.get(t, 0) for t, n in db.table_bytes(conn).items()}
     assert grown["epoch_stats"] <= 1999 * 5 * 150  # at most 150 bytes a layer and epoch
-    assert sum(grown.values()) <= DEMO_BYTES[backend], grown
+    assert sum(grown.values()) <= DEMO_BYTES, grown
 
 
 # ---- the deep structures: per-array statistics, pretraining ---------------------------------
@@ -338,7 +338,7 @@ def _stored_stats(run_id: str) -> tuple[list[tuple], list[tuple]]:
     layer, param, *statistics) of every per-array entry, in order."""
     with db.session_scope() as session:
         rows = [row for stats in session.scalars(
-            sa.select(EpochStats).where(EpochStats.run_id == run_id)
+            sa.select(EpochStats).where(of_run(EpochStats, run_id))
             .order_by(EpochStats.phase, EpochStats.epoch)) for row in statstore.rows(stats)]
     return [(r["phase"], r["epoch"], r["layer"], r["grad_norm_by_time"]) for r in rows], [
         (r["phase"], r["epoch"], r["layer"], p["param"], *(p[f] for f in PARAM_STAT_FIELDS))
@@ -384,7 +384,7 @@ def test_calibration_measures_pretraining_epochs(monkeypatch: pytest.MonkeyPatch
     """A long pretraining need not checkpoint after each of its epochs: its epochs fix the
     checkpoint interval as training epochs do (no database: nothing is due to be written)."""
     monkeypatch.setattr(progress_module, "CALIBRATE_SECONDS", 0.0)
-    held = progress_module.Lease("run", "token", 30, float("inf"), 10.0, deadline=float("inf"))
+    held = progress_module.Lease("run", 1, "token", 30, float("inf"), 10.0, deadline=float("inf"))
     progress = Progress(held, epoch=0)
     progress.on_epoch(nn.EpochReport(1, "pretrain", 0.5, None, None, None, 0.001, 0.01, [],
                                      layer=0))
@@ -398,6 +398,7 @@ def test_rows_are_written_once_and_non_finite_numbers_as_null(make_run: Callable
     statistics are a part of their layer rows); NaN and infinities are stored as null on both backends (a
     PostgreSQL JSON column refuses NaN)."""
     run_id = make_run()
+    seq = get_run(run_id).seq
     row = {"layer": 0, "name": "rnn_0", "grad_norm": float("inf"),
            "grad_norm_by_time": [1.0, float("nan"), float("inf")],
            "params": [{"param": "Wx", "grad_norm": float("nan"), "weight_norm": 2.0},
@@ -405,13 +406,13 @@ def test_rows_are_written_once_and_non_finite_numbers_as_null(make_run: Callable
     report = nn.EpochReport(1, "train", 0.5, None, 0.5, None, 0.01, 0.5, [row])
     for replace in (False, True):
         with db.session_scope() as session:
-            write_epochs(session, run_id, [report], replace=replace)
+            write_epochs(session, seq, [report], replace=replace)
     layers, params = _stored_stats(run_id)
     assert layers == [("train", 1, 0, [1.0, None, None])]
     assert [(p[3], p[5], p[9]) for p in params] == [("Wx", None, 2.0), ("Wh", 1.0, 3.0)]
     with pytest.raises(sa.exc.IntegrityError):
         with db.session_scope() as session:
-            write_epochs(session, run_id, [report])  # without replace: the keys refuse it
+            write_epochs(session, seq, [report])  # without replace: the keys refuse it
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -422,6 +423,7 @@ def test_rows_cut_off_from_their_connection_are_a_connection_error(
     it is still the error a flush keeps its rows for (to write them again), and the pool
     gives the next transaction a working connection."""
     run_id = make_run()
+    seq = get_run(run_id).seq
     row = {"layer": 0, "name": "dense_0", "grad_norm": 1.0, "params": [{"param": "W"}]}
     report = nn.EpochReport(1, "train", 0.5, None, 0.5, None, 0.01, 0.5, [row])
     with pytest.raises(sa.exc.DBAPIError) as caught:
@@ -430,10 +432,10 @@ def test_rows_cut_off_from_their_connection_are_a_connection_error(
             with db.engine().connect() as other:  # and wait (up to 5 s) until it is gone
                 assert other.scalar(sa.text("SELECT pg_terminate_backend(:pid, 5000)"),
                                     {"pid": pid})
-            write_epochs(session, run_id, [report])
+            write_epochs(session, seq, [report])
     assert connection_lost(caught.value) and caught.value.statement.startswith("COPY")
     with db.session_scope() as session:
-        write_epochs(session, run_id, [report])
+        write_epochs(session, seq, [report])
     assert (_count(Epoch, run_id), _count(EpochStats, run_id)) == (1, 1)
     assert _stored_stats(run_id)[1] == [("train", 1, 0, "W", *[None] * 8)]
 
@@ -446,16 +448,17 @@ def test_statistics_past_the_threshold_keep_the_rules_epochs_and_the_latest(
     after a resume (the latest is then the checkpoint's epoch) or is written again after an
     ambiguous COMMIT; pretraining's last epoch stays."""
     run_id = make_run()
+    seq = get_run(run_id).seq
     row = {"layer": 0, "name": "dense_0", "params": [{"param": "W"}, {"param": "b"}]}
 
     def flush(phase: str, epochs: range, *, replace: bool = False) -> list[tuple[str, int]]:
         reports = [nn.EpochReport(e, phase, 0.5, None, None, None, 0.01, 0.5, [row])
                    for e in epochs]
         with db.session_scope() as session:
-            write_epochs(session, run_id, reports, replace=replace, thinned_after=4)
+            write_epochs(session, seq, reports, replace=replace, thinned_after=4)
         with db.session_scope() as session:
             return [tuple(k) for k in session.execute(
-                sa.select(EpochStats.phase, EpochStats.epoch).where(EpochStats.run_id == run_id)
+                sa.select(EpochStats.phase, EpochStats.epoch).where(of_run(EpochStats, run_id))
                 .order_by(EpochStats.phase, EpochStats.epoch))]
 
     assert [statstore.kept(e, 4) for e in range(1, 18)] == [
@@ -477,18 +480,19 @@ def test_forgetting_after_a_checkpoint_follows_the_phases(make_run: Callable[...
     epoch; one at training epoch e keeps every pretraining epoch and training epochs 1..e.
     Per-array rows go with their layer rows."""
     run_id = make_run()
+    seq = get_run(run_id).seq
     row = {"layer": 0, "name": "dense_0", "params": [{"param": "W"}, {"param": "b"}]}
     reports = [nn.EpochReport(e, phase, 0.5, None, None, None, 0.01, 0.5, [row])
                for phase, n in (("pretrain", 6), ("train", 4)) for e in range(1, n + 1)]
     with db.session_scope() as session:
-        write_epochs(session, run_id, reports)
+        write_epochs(session, seq, reports)
 
     def kept() -> list[tuple[str, int]]:
         layers, params = _stored_stats(run_id)
         assert [p[:3] for p in params] == [k[:3] for k in layers for _ in "Wb"]
         with db.session_scope() as session:
             epochs = session.execute(sa.select(Epoch.phase, Epoch.epoch).where(
-                Epoch.run_id == run_id).order_by(Epoch.phase, Epoch.epoch)).all()
+                of_run(Epoch, run_id)).order_by(Epoch.phase, Epoch.epoch)).all()
         assert [tuple(e) for e in epochs] == [k[:2] for k in layers]
         return [tuple(e) for e in epochs]
 
@@ -560,7 +564,7 @@ def test_a_pretrained_run_resumes_where_it_stopped(
     assert run.attempts == 2 and run.metrics == ref.metrics
     with db.session_scope() as session:
         rows = [session.execute(sa.select(Epoch.phase, Epoch.epoch, Epoch.layer, Epoch.train_loss,
-                                          Epoch.val_loss).where(Epoch.run_id == r)
+                                          Epoch.val_loss).where(of_run(Epoch, r))
                                 .order_by(Epoch.phase, Epoch.epoch)).all()
                 for r in (run_id, reference)]
     assert rows[0] == rows[1]
