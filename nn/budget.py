@@ -51,8 +51,6 @@ import sys
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-import numpy as np
-
 from .data import split_counts
 from .engines import COPY_BYTES, dense
 from .layers import Cost, Layer

@@ -21,7 +21,8 @@ each layer type covers); for dense layers:
 
 Cost: one forward and backward pass over the probe batch per epoch, plus a dozen reductions
 over all the layers' arrays at once: a few percent of an epoch for the benchmarked workloads
-(bench/RESULTS.md); relatively more when an epoch is itself only one or two batches.
+(bench/RESULTS.md); relatively more when an epoch is itself only one or two batches, or a
+few hundred samples (the probe pass alone is 16% of a 200-sample epoch).
 
 Rows are ordered as the layers; `layer` is the index in network.layers and `name` is
 "dense_<index>". Numbers are Python floats (computed in float64).

@@ -9,7 +9,6 @@ import pytest
 import nn
 from nn import engines, network
 from nn.driver import measure
-from nn.engines import dense as dense_engine
 from nn.engines.dense import DenseStack
 from nn.engines.reference import Reference
 from nn.gradcheck import numerical_gradient
