@@ -209,7 +209,25 @@ class Dataset(Base):
         return f"<Dataset {self.id} {self.name!r} n={self.n_samples}>"
 
 
-class Run(Base):
+class Job:
+    """What a worker's job (a run, a batch prediction) carries for its lifecycle: how it
+    ended, the cooperative cancel, and the lease worker/lease.py claims and fences."""
+
+    error_code: Mapped[Optional[str]] = mapped_column(String(40))
+    error_message: Mapped[Optional[str]] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The lease: a worker owns a running run while lease_expires_at is in the future; every
+    # write it makes is fenced by lease_token, so a stale worker's writes change nothing.
+    lease_token: Mapped[Optional[str]] = mapped_column(String(36))
+    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
+    # When the task message was last published (the reconciler republishes stale ones).
+    published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+
+class Run(Job, Base):
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -233,18 +251,6 @@ class Run(Base):
     epochs_total: Mapped[int] = mapped_column(Integer)
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
     metrics: Mapped[Optional[dict]] = mapped_column(JSON)
-    error_code: Mapped[Optional[str]] = mapped_column(String(40))
-    error_message: Mapped[Optional[str]] = mapped_column(Text)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    # The lease: a worker owns a running run while lease_expires_at is in the future; every
-    # write it makes is fenced by lease_token, so a stale worker's writes change nothing.
-    lease_token: Mapped[Optional[str]] = mapped_column(String(36))
-    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[Optional[str]] = mapped_column(String(200))
-    # When the task message was last published (the reconciler republishes stale ones).
-    published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     # Kept whatever its age (worker/retention.py).
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Statistics are kept for every epoch up to this one, then thinned (service/statstore.py);
@@ -517,7 +523,7 @@ class ModelVersion(Base):
 
 
 # ---- batch predictions -----------------------------------------------------------------------
-class Prediction(Base):
+class Prediction(Job, Base):
     """A batch prediction job (POST /v1/predictions): a run's weights over a data set, run by
     a worker in chunks of `chunk_rows` rows, each stored as it is made (`PredictionChunk`).
 
@@ -549,16 +555,6 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    error_code: Mapped[Optional[str]] = mapped_column(String(40))
-    error_message: Mapped[Optional[str]] = mapped_column(Text)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    # The lease, as a run's (Run).
-    lease_token: Mapped[Optional[str]] = mapped_column(String(36))
-    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[Optional[str]] = mapped_column(String(200))
-    published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index("ix_predictions_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
