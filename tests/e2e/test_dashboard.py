@@ -143,7 +143,8 @@ def test_xor_trains_live_from_the_form(service: tuple[str, str], page: Any, shot
     trains (from its event stream), then the boundary, the heatmap and the network are
     drawn, on a laptop screen, without a console error."""
     base, key = service
-    _start_demo(page, base, key, "XOR · 1 × 4 sigmoid", epochs="3000")
+    # Long enough to be watched with the compiled dense engine (about a million samples/s).
+    _start_demo(page, base, key, "XOR · 1 × 4 sigmoid", epochs="30000")
     first = _until(page, "the first points of the loss curve", lambda: _points(page))
     _until(page, "the loss curve to grow", lambda: _points(page) > first)
     assert page.locator("h1 .badge.running").count() == 1, "it grew only once the run ended"

@@ -377,7 +377,7 @@ def test_pretraining_that_takes_the_time_names_its_epochs(any_app: Flask) -> Non
     any_app.config["RUN_TIME_LIMIT_SECONDS"] = 5
     client = any_app.test_client()
     dataset = create_xor_dataset(client, n_samples=2000)["id"]
-    resp = _run(client, dataset, epochs=1, pretrain={"epochs": 5000})
+    resp = _run(client, dataset, epochs=1, pretrain={"epochs": 50_000})
     message = _field_error(resp, 422, "training.pretrain.epochs", "the limit is 5 s")
     fits = int(message.split("at most ")[1].split(" epochs fit")[0])
     assert _run(client, dataset, epochs=1, pretrain={"epochs": fits}).status_code == 202
