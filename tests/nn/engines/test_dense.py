@@ -81,6 +81,25 @@ BUFFER_CASES = {
 }
 
 
+def assert_stats_agree(fast, general, layers: int, training) -> None:
+    """Two runs' per-epoch statistics, a row for each of `layers` layers, equal up to
+    rounding (float32: its precision), their params in the same order."""
+    rel = 1e-4 if training.get("dtype") == "float32" else 1e-9
+    for a, b in zip(fast, general, strict=True):
+        assert len(a.layer_stats) == len(b.layer_stats) == layers
+        for ra, rb in zip(a.layer_stats, b.layer_stats, strict=True):
+            assert ra.keys() == rb.keys()
+            for key, value in ra.items():
+                if key == "params":
+                    for pa, pb in zip(value, rb[key], strict=True):
+                        assert pa.pop("param") == pb.pop("param")
+                        assert pa == pytest.approx(pb, rel=rel, abs=1e-12), key
+                elif isinstance(value, float):
+                    assert value == pytest.approx(rb[key], rel=rel, abs=1e-12), key
+                else:
+                    assert value == rb[key], key
+
+
 def data(kind, xor_data):
     return xor_data if kind == "xor" else regression_data()
 
@@ -171,19 +190,7 @@ def test_kernel_statistics_match_the_reference_probe(case, xor_data):
     training = {"epochs": 2, "seed": 1, "optimizer": SGD, **training}
     _, general = run("reference", layers, training, X, y)
     _, fast = run("auto", layers, training, X, y)
-    rel = 1e-4 if training.get("dtype") == "float32" else 1e-9
-    for a, b in zip(fast, general, strict=True):
-        for ra, rb in zip(a.layer_stats, b.layer_stats, strict=True):
-            assert ra.keys() == rb.keys()
-            for key, value in ra.items():
-                if key == "params":
-                    for pa, pb in zip(value, rb[key]):
-                        assert pa.pop("param") == pb.pop("param")
-                        assert pa == pytest.approx(pb, rel=rel, abs=1e-12), key
-                elif isinstance(value, float):
-                    assert value == pytest.approx(rb[key], rel=rel, abs=1e-12), key
-                else:
-                    assert value == rb[key], key
+    assert_stats_agree(fast, general, len(layers), training)
 
 
 @pytest.mark.parametrize("case", list(KERNEL_CASES))
@@ -339,19 +346,7 @@ def test_statistics_of_the_engine_probe_for_every_loss_and_activation(case, xor_
     training = {"epochs": 2, "seed": 5, **training}
     _, general = run("reference", layers, training, X, y)
     _, fast = run("auto", layers, training, X, y)
-    rel = 1e-4 if training.get("dtype") == "float32" else 1e-9
-    for a, b in zip(fast, general):
-        assert len(a.layer_stats) == len(b.layer_stats) == len(layers)
-        for ra, rb in zip(a.layer_stats, b.layer_stats):
-            for key, value in ra.items():
-                if key == "params":
-                    for pa, pb in zip(value, rb[key]):
-                        assert pa.pop("param") == pb.pop("param")
-                        assert pa == pytest.approx(pb, rel=rel, abs=1e-12), key
-                elif isinstance(value, float):
-                    assert value == pytest.approx(rb[key], rel=rel, abs=1e-12), key
-                else:
-                    assert value == rb[key], key
+    assert_stats_agree(fast, general, len(layers), training)
 
 
 @pytest.mark.parametrize("layers", [[dense(8, "relu"), dense(2, "softmax")],
