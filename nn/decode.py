@@ -57,7 +57,7 @@ class Decoder:
         self.layers, self.params = model.layers, model.weights
         self.dtype = np.dtype(model.meta["dtype"])
         self.dec = list(zip(self.layers[self.n_enc:], self.params[self.n_enc:]))
-        self.blocks = [i for i, (l, _) in enumerate(self.dec) if l.kind == "transformer_decoder"]
+        self.blocks = [i for i, (l, _) in enumerate(self.dec) if l.takes_memory]
 
     def encode(self, src: np.ndarray) -> np.ndarray:
         """(N, T_src) ids -> the encoder's output (N, T_src, D), computed once."""
@@ -71,21 +71,16 @@ class Decoder:
              states: list) -> tuple[np.ndarray, list, list]:
         """ids (R,) the tokens at position t -> (log-probabilities (R, V), states, the
         cross-attention weights of each block (R, heads, T_src))."""
-        from .layers import transformer_decoder
         weights = []
         h = None
         for j, (layer, p) in enumerate(self.dec):
-            s = layer.spec
             if layer.kind == "embedding":
                 h = p["E"][ids]
             elif layer.kind == "positional_encoding":
                 h = h + (p["P"][t] if layer.learned else layer.table[t].astype(h.dtype))
-            elif layer.kind == "transformer_decoder":
+            elif layer.takes_memory:
                 k = self.blocks.index(j)
-                out, states[k], w = transformer_decoder.step(
-                    h[:, None, :], memory, p, states[k], s["heads"], s["activation"],
-                    s["norm"], layer.EPS, src_mask=src_mask)
-                h = out.reshape(h.shape)
+                h, states[k], w = layer.step(h, p, states[k], memory, src_mask)
                 weights.append(w)
             elif j == len(self.dec) - 1:                      # the output layer: its z
                 h = layer.forward(h, p, train=False)[1].z

@@ -147,26 +147,15 @@ def add(a: Scores, b: Scores) -> Scores:
 
 # --- the two stacks, forward and backward -----------------------------------------------------
 
-def _decoder_module():
-    from .layers import transformer_decoder
-    return transformer_decoder
-
-
 def layer_forward(layer, x, params, *, train: bool, rng=None, mask=None, memory=None,
                   src_mask=None):
-    """One layer of either stack: the attention layers with their key padding masks (and
-    the decoder block with the encoder's output), the others as in any network."""
-    s = layer.spec
-    if layer.kind == "transformer_decoder":
-        return _decoder_module().forward(x, memory, params, s["heads"], s["activation"],
-                                         s["norm"], layer.EPS, src_mask=src_mask, tgt_mask=mask)
-    if layer.kind == "transformer_encoder":
-        from .layers import transformer_encoder
-        return transformer_encoder.forward(x, params, s["heads"], s["causal"], s["activation"],
-                                           s["norm"], layer.EPS, key_mask=mask)
-    if layer.kind == "self_attention":
-        from .layers import self_attention
-        return self_attention.forward(x, params, s["heads"], s["causal"], key_mask=mask)
+    """One layer of either stack: the attention layers with their key padding mask (mask:
+    the stack's own tokens), a decoder block also with the encoder's output and its mask."""
+    if layer.takes_memory:
+        return layer.forward(x, params, train=train, rng=rng, memory=memory,
+                             src_mask=src_mask, tgt_mask=mask)
+    if layer.masks_keys:
+        return layer.forward(x, params, train=train, rng=rng, key_mask=mask)
     return layer.forward(x, params, train=train, rng=rng)
 
 
@@ -218,8 +207,11 @@ def backward(layers, n_enc: int, dz: np.ndarray, run: Pass, traces: list | None 
         layer, need_dx = layers[i], i > n_enc
         if i == last:
             d, grads[i] = layer.backward_z(d, caches[i], need_dx)
-        elif layer.kind == "transformer_decoder":
-            d, dm, grads[i] = _decoder_module().backward(d, caches[i])
+        elif layer.takes_memory:
+            if traces is not None:
+                d, dm, grads[i], traces[i] = layer.backward_traced(d, caches[i])
+            else:
+                d, dm, grads[i] = layer.backward(d, caches[i])
             dmem += dm
         elif traces is not None:
             d, grads[i], traces[i] = layer.backward_traced(d, caches[i], need_dx)

@@ -98,9 +98,9 @@ def _parse_stack(stack, in_shape: tuple[int, ...], lpath: str, output: bool,
         if not isinstance(spec, dict):
             raise SpecError(p, "must be an object")
         cls = LAYERS[f.choice(spec, "type", p, tuple(LAYERS))]
-        if kinds is None and cls.kind == "transformer_decoder":
-            raise SpecError(f"{p}.type", "transformer_decoder attends to an encoder's output: "
-                                         'use the form {"encoder": {"layers"}, "decoder": '
+        if kinds is None and cls.takes_memory:
+            raise SpecError(f"{p}.type", f"{cls.kind} attends to an encoder's output: use "
+                                         'the form {"encoder": {"layers"}, "decoder": '
                                          '{"layers"}} with a seq2seq data set')
         if kinds is not None and cls.kind not in kinds:
             stack = lpath.split(".")[-2]
@@ -110,9 +110,8 @@ def _parse_stack(stack, in_shape: tuple[int, ...], lpath: str, output: bool,
         if cls.first_only and i > 0:
             raise SpecError(f"{p}.type", f"{cls.kind} must be the first layer: it reads "
                                          "integer token ids from the inputs")
-        layer = cls.parse(spec, shape, p)
-        if memory_shape is not None and layer.kind == "transformer_decoder":
-            layer.memory_shape = tuple(memory_shape)          # its cost counts cross-attention
+        layer = cls.parse(spec, shape, p, memory_shape=memory_shape) if cls.takes_memory \
+            else cls.parse(spec, shape, p)
         if layer.activation == "softmax" and not (output and i == len(specs) - 1):
             raise SpecError(f"{p}.activation", "softmax is only allowed on the output layer")
         layers.append(layer)
@@ -152,19 +151,9 @@ def _parse_encoder_decoder(network: dict, in_shape, target_shape, path: str
                                                            f"sequence (T, D), not {memory}")
     decoder = _parse_stack(stacks["decoder"], target_shape, dec_path, True, DECODER_KINDS,
                            memory_shape=memory)
-    blocks = [i for i, l in enumerate(decoder) if l.kind == "transformer_decoder"]
-    if not blocks:
+    if not any(l.takes_memory for l in decoder):
         raise SpecError(dec_path, "needs a transformer_decoder layer: without one the decoder "
                                   "never reads the encoder's output")
-    for i in blocks:
-        D = decoder[i].in_shape[-1]
-        if D != memory[-1]:
-            # the embedding's dim, unless a layer between changes it
-            same = all(l.out_shape[-1] == decoder[0].out_shape[-1] for l in decoder[:i])
-            where = f"{dec_path}[0].dim" if same else f"{dec_path}[{i}]"
-            raise SpecError(where, f"the decoder's width is {D} at layers[{i}] but the "
-                                   f"encoder's output has {memory[-1]} features; "
-                                   "cross-attention needs them equal")
     _check_size(encoder + decoder, path)
     net = {"encoder": {"layers": copy.deepcopy([l.spec for l in encoder])},
            "decoder": {"layers": copy.deepcopy([l.spec for l in decoder])}}
