@@ -1,18 +1,16 @@
 """The encoder-decoder engine: backprop through both stacks (nn/seq2seq.py), teacher forced,
 the loss the mean over each batch's real (non-PAD) target tokens. There is no fast variant:
-training.engine "auto" runs this for every encoder-decoder plan. Same contract as the
-reference engine (nn/engines/__init__.py); zbuf receives each batch's logits (N, T_tgt, V).
+training.engine "auto" runs this for every encoder-decoder plan. The reference engine's
+epoch loop (nn/engines/reference.py) with this batch step; zbuf receives each batch's logits
+(N, T_tgt, V).
 """
-from typing import Callable
-
 import numpy as np
 
-from .. import network, seq2seq
+from .. import seq2seq
 from ..layers import Layer
 from ..network import Weights
-from ..optim import Flat, Optimizer
 from ..stats import LayerStats
-from . import copied
+from .reference import Reference
 
 
 def stat_names(layers: list[Layer], n_enc: int) -> list[str]:
@@ -21,38 +19,22 @@ def stat_names(layers: list[Layer], n_enc: int) -> list[str]:
             for i, l in enumerate(layers)]
 
 
-class Seq2Seq:
+class Seq2Seq(Reference):
+    """The reference engine's epoch, with the encoder-decoder's batch step and probe."""
+
     def __init__(self, layers: list[Layer], n_enc: int) -> None:
-        self.layers, self.n_enc = layers, n_enc
+        super().__init__(layers, "cross_entropy")
+        self.n_enc = n_enc
 
-    def epoch(self, params: Weights, opt: Optimizer, x: np.ndarray, ts: np.ndarray,
-              order: np.ndarray | None, batch_size: int | None, lr: float, zbuf: np.ndarray,
-              rng: np.random.Generator, poll: Callable[[], bool]) -> bool:
-        """Minibatch steps over the sources x (N, T_src) in order, targets ts (N, T_tgt)
-        already in that order; each batch's logits into zbuf before its update. -> False when
-        poll() asked to stop."""
-        if order is not None and copied(x):
-            x, order = x[order], None
-        n = len(ts)
-        batch = min(batch_size or n, n)
-        flat = Flat(params)
-        flat.adopt(params)
-        for k, s in enumerate(range(0, n, batch)):
-            xb = x[s:s + batch] if order is None else x[order[s:s + batch]]
-            t = ts[s:s + batch]
-            a, run = seq2seq.forward(self.layers, self.n_enc, params, xb,
-                                     seq2seq.teacher_input(t), train=True, rng=rng)
-            z = seq2seq.logits(run)
-            zbuf[s:s + batch] = z
-            dz = seq2seq.loss_grad(z, a, t)
-            flat.gather(seq2seq.backward(self.layers, self.n_enc, dz, run))
-            opt.step_flat(flat, lr)
-            if k & 15 == 15 and poll():
-                return False
-        return True
-
-    def finite(self, params: Weights) -> bool:
-        return network.weights_finite(params)
+    def batch(self, params: Weights, xb: np.ndarray, tb: np.ndarray,
+              rng: np.random.Generator, zout: np.ndarray) -> Weights:
+        """Sources xb (B, T_src), targets tb (B, T_tgt): teacher forced forward (the logits
+        into zout), the loss over the real target tokens, backward through both stacks."""
+        a, run = seq2seq.forward(self.layers, self.n_enc, params, xb,
+                                 seq2seq.teacher_input(tb), train=True, rng=rng)
+        z = seq2seq.logits(run)
+        zout[...] = z
+        return seq2seq.backward(self.layers, self.n_enc, seq2seq.loss_grad(z, a, tb), run)
 
     def stats(self, reporter: LayerStats, params: Weights, x: np.ndarray, t: np.ndarray
               ) -> list[dict]:
