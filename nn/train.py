@@ -85,7 +85,8 @@ class Training:
         self.reporter = LayerStats(self.layers, stat_names(self.layers, n_enc) if n_enc
                                    else None)
         self.monitor = "val_loss" if len(data.x_val) else "train_loss"
-        self.zbuf = np.empty((len(data.x), *self.layers[-1].out_shape), dtype=data.x.dtype)
+        # the outputs in the plan's dtype (a seq2seq run's inputs are int64 token ids)
+        self.zbuf = np.empty((len(data.x), *self.layers[-1].out_shape), dtype=tr["dtype"])
         self.probe_x, self.probe_t = data.x[data.probe], data.t[data.probe]
         self.ts = self.ys = None
 

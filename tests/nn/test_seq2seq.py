@@ -203,6 +203,20 @@ def test_epoch_rows_statistics_and_bit_identical_resume():
     assert crows[0].val_exact_match is None and "val_exact_match" not in res.metrics
 
 
+def test_train_metrics_are_the_outputs_before_the_update():
+    """One batch of the whole split with a negligible step: the epoch's on-the-fly
+    training metrics are those of the initial weights in eval mode."""
+    X, y, info = data(40)
+    p = plan(None, {"epochs": 1, "batch_size": None, "validation_fraction": 0.0,
+                    "optimizer": {"type": "sgd", "learning_rate": 1e-300}}, info)
+    rows: list = []
+    nn.train(p, X, y, on_epoch=rows.append)
+    initial = nn.train(plan(None, {"epochs": 0, "validation_fraction": 0.0}, info), X, y)
+    assert rows[0].train_loss == pytest.approx(initial.metrics["train_loss"], rel=1e-12)
+    assert rows[0].train_accuracy == initial.metrics["train_accuracy"]
+    assert rows[0].train_exact_match == initial.metrics["train_exact_match"]
+
+
 def test_no_epochs_measures_the_initial_weights():
     X, y, info = data(40)
     r = nn.train(plan(None, {"epochs": 0}, info), X, y)
