@@ -203,6 +203,25 @@ def test_epoch_rows_statistics_and_bit_identical_resume():
     assert crows[0].val_exact_match is None and "val_exact_match" not in res.metrics
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_per_sample_sgd_with_dropout_resumes_bit_identically(dtype):
+    X, y, info = data(24)
+    net = network()
+    net["encoder"]["layers"].insert(2, {"type": "dropout", "drop_prob": 0.2})
+    net["decoder"]["layers"].insert(3, {"type": "dropout", "drop_prob": 0.2})
+    p = plan(net, {"epochs": 3, "batch_size": 1, "dtype": dtype,
+                   "optimizer": {"type": "adam", "learning_rate": 0.001},
+                   "lr_schedule": {"type": "exponential", "gamma": 0.9}}, info)
+    saved = {}
+    full = nn.train(p, X, y, checkpoint_every=1, on_checkpoint=lambda e, b: saved.setdefault(e, b))
+    resumed = nn.train(p, X, y, resume=saved[1])
+    assert full.weights[0]["E"].dtype == np.dtype(dtype)
+    for a, b in zip(full.weights, resumed.weights):
+        for k in a:
+            assert np.array_equal(a[k], b[k])
+    assert full.metrics == resumed.metrics
+
+
 def test_train_metrics_are_the_outputs_before_the_update():
     """One batch of the whole split with a negligible step: the epoch's on-the-fly
     training metrics are those of the initial weights in eval mode."""
