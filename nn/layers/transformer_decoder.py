@@ -193,7 +193,10 @@ class TransformerDecoder(Layer):
         gradient beside the largest of its stages, a sum, and dmemory (T_src D_m) from the
         cross-attention's backward on. Eval: the larger attention's peak (its inputs
         included), and what the block keeps beside it: three layer norms' outputs and
-        caches, x1, x2, the feed-forward's z, a and a temporary (3 T F)."""
+        caches, x1, x2, the feed-forward's z, a and a temporary (3 T F). Calls: a pass over
+        one sample with both masks took 2.2x the encoder's 182 calls' time (bench/budget.py's
+        layer_seconds): 400 calls; the masks, sub-layers and gradients' dicts add to the
+        attentions' and norms'."""
         (T, D), (T_s, D_m), F = self.in_shape, self.memory_shape, self.spec["ff_units"]
         heads = self.spec["heads"]
         attn = self_attention.cost(T, D, heads)
@@ -203,7 +206,7 @@ class TransformerDecoder(Layer):
                     attn.kept + cross.kept + 3 * norm.kept + 4 * T * D + 2 * T * F,
                     3 * T * D + T_s * D_m
                     + max(4 * T * F + T * D, attn.scratch, cross.scratch, norm.scratch),
-                    attn.calls + cross.calls + 3 * norm.calls + 50,
+                    attn.calls + cross.calls + 3 * norm.calls + 145,
                     max(attn.infer + T_s * D_m, cross.infer) + 14 * T * D + 3 * T * F)
 
     def init(self, rng, dtype):

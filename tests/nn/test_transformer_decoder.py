@@ -245,7 +245,7 @@ def test_key_mask_gradients_and_a_query_with_no_keys(causal):
 
 def test_layers_take_key_masks():
     """The self_attention and transformer_encoder layers pass key_mask= on (an encoder
-    masks its source's PAD)."""
+    masks its source's PAD), and their gradients with it agree with finite differences."""
     rng = np.random.default_rng(6)
     x = rng.normal(size=(2, 5, 4))
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=bool)
@@ -260,3 +260,11 @@ def test_layers_take_key_masks():
         assert np.array_equal(out[mask], out2[mask]), kind
         everything = layer.forward(x, p, train=False, key_mask=np.ones_like(mask))[0]
         assert np.array_equal(layer.forward(x, p, train=False)[0], everything)
+        f = lambda layer=layer, p=p: layer.forward(x, p, train=False, key_mask=mask)[0]
+        out, cache = layer.forward(x, p, train=False, key_mask=mask)
+        dout = rng.normal(size=out.shape)
+        dx, grads = layer.backward(dout, cache)
+        assert rel_error(dx, numerical_gradient_array(f, x, dout)) < TOL
+        for key in p:
+            num = numerical_gradient_array(f, p[key], dout)
+            assert rel_error(grads[key], num) < TOL or np.abs(grads[key] - num).max() < 1e-9
