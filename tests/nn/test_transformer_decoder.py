@@ -268,3 +268,23 @@ def test_layers_take_key_masks():
         for key in p:
             num = numerical_gradient_array(f, p[key], dout)
             assert rel_error(grads[key], num) < TOL or np.abs(grads[key] - num).max() < 1e-9
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_cross_attention_matches_naive_loops(heads):
+    """Queries from x, keys and values from memory (D_m != D), PAD keys skipped."""
+    rng = np.random.default_rng(7)
+    D, D_m = 4, 6
+    p = self_attention.init_attention(D, {"type": "uniform", "scale": 0.5}, rng, np.float64, D_m)
+    x, memory = rng.normal(size=(3, 4, D)), rng.normal(size=(3, 5, D_m))
+    out = self_attention.forward(x, p, heads, key_mask=SRC_MASK, memory=memory)[0]
+    q, k, v = x @ p["Wq"] + p["bq"], memory @ p["Wk"] + p["bk"], memory @ p["Wv"] + p["bv"]
+    d = D // heads
+    ctx = np.zeros_like(x)
+    for s, h, i in np.ndindex(3, heads, 4):
+        cols, keys = slice(h * d, (h + 1) * d), np.flatnonzero(SRC_MASK[s])
+        if len(keys):                                   # no real key: an empty sum, 0
+            scores = np.array([q[s, i, cols] @ k[s, j, cols] / np.sqrt(d) for j in keys])
+            weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+            ctx[s, i, cols] = sum(wj * v[s, j, cols] for wj, j in zip(weights, keys))
+    assert np.allclose(out, ctx @ p["Wo"] + p["bo"], rtol=0, atol=1e-12)
