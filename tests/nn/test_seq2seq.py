@@ -86,6 +86,9 @@ def test_spec_errors_name_their_fields():
     bad = copy.deepcopy(net)
     bad["encoder"]["layers"].append({"type": "dense", "units": 8, "activation": "softmax"})
     assert _error(bad) == "network.encoder.layers[3].activation"
+    bad = copy.deepcopy(net)
+    bad["decoder"]["layers"].insert(3, {"type": "dense", "units": 8, "activation": "step"})
+    assert _error(bad) == "network.decoder.layers[3].activation"
     assert _error({**net, "extra": 1}) == "network.extra"
     assert _error({"encoder": net["encoder"]}) == "network.decoder"
     assert _error(net, {"loss": "squared_error"}) == "training.loss"
