@@ -9,7 +9,7 @@ import nn
 from nn import seq2seq
 from nn.generators import generate
 from nn.gradcheck import numerical_gradient, rel_error
-from nn.seq2seq import EOS, PAD
+from nn.seq2seq import BOS, EOS, PAD
 
 V = 8
 
@@ -274,7 +274,9 @@ def _recompute_greedy(model, src, steps):
     for step in range(steps):
         _, run = seq2seq.forward(layers, n_enc, model.weights, x, seq2seq.teacher_input(t),
                                  train=False)
-        nxt = seq2seq.logits(run)[:, step].argmax(axis=-1)
+        z = seq2seq.logits(run)[:, step]
+        z[:, [PAD, BOS]] = -np.inf
+        nxt = z.argmax(axis=-1)
         t[:, step] = np.where(done, PAD, nxt)
         done |= nxt == EOS
     out = []
@@ -293,9 +295,35 @@ def test_cached_greedy_equals_recomputing_and_beam_of_one(trained):
     batched = trained.decode(src, batch_size=1)
     assert batched["outputs"] == greedy["outputs"]
     np.testing.assert_allclose(batched["scores"], greedy["scores"], rtol=1e-12)
-    wide = trained.decode(src, beam_size=4)
-    assert all(b >= g - 1e-9 for b, g in zip(wide["scores"], greedy["scores"]))
     assert all(s <= 0 for s in greedy["scores"])
+
+
+def test_a_wide_beam_finds_the_best_sequence(trained):
+    """max_length 2 and beam_size V * V: the beam keeps every candidate, so it returns the
+    most probable of all sequences of up to two tokens, found here by brute force."""
+    layers, n_enc = trained.layers, trained.encoder_layers
+    for row in ([3, 4, 5], [7, 6]):
+        x = np.zeros((1, 5), np.int64)
+        x[0, :len(row)] = row
+        best, best_out = -np.inf, None
+        for t1 in range(EOS, V):
+            t_in = np.zeros((1, 6), np.int64)
+            t_in[0, :2] = BOS, t1
+            _, run = seq2seq.forward(layers, n_enc, trained.weights, x, t_in, train=False)
+            z = seq2seq.logits(run)[0]
+            m = z.max(axis=-1, keepdims=True)
+            logp = z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+            if t1 == EOS:
+                cands = [(logp[0, EOS], [])]
+            else:
+                cands = [(logp[0, t1] + logp[1, t2], [t1] if t2 == EOS else [t1, t2])
+                         for t2 in range(EOS, V)]
+            for score, out in cands:
+                if score > best:
+                    best, best_out = score, out
+        r = trained.decode([row], max_length=2, beam_size=V * V)
+        assert r["outputs"] == [best_out]
+        assert r["scores"][0] == pytest.approx(best, rel=1e-12)
 
 
 def test_decode_attention_and_errors(trained):
