@@ -49,7 +49,12 @@ DEFAULTS: dict = {
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """A validated run: normalised JSON specs with every default filled in, and the layers."""
+    """A validated run: normalised JSON specs with every default filled in, and the layers.
+
+    An encoder-decoder network's two stacks are one flat `layers` tuple, the encoder's
+    `encoder_layers` first: the driver, checkpoints, optimizers, statistics and the budget
+    read plan.layers and the weights list as for any network, and only nn/seq2seq.py's
+    forward and backward (and decoding) know where the encoder ends."""
     network: dict
     training: dict
     data: DataInfo

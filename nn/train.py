@@ -18,8 +18,8 @@ import numpy as np
 
 from . import budget, checkpoint, driver, engines, network, pretrain, seq2seq
 from .checkpoint import TrainState
-from .engines.seq2seq import Seq2Seq, stat_names
 from .driver import EpochReport, Metrics, Poll, measure, metrics
+from .engines.seq2seq import Seq2Seq, stat_names
 from .model import Model, model_meta
 from .optim import learning_rate, make_optimizer
 from .perceptron import count_errors
