@@ -7,6 +7,7 @@ import pytest
 
 import nn
 from nn import seq2seq
+from nn.decode import Decoder
 from nn.generators import generate
 from nn.gradcheck import numerical_gradient, rel_error
 from nn.seq2seq import BOS, EOS, PAD
@@ -296,6 +297,36 @@ def test_cached_greedy_equals_recomputing_and_beam_of_one(trained):
     assert batched["outputs"] == greedy["outputs"]
     np.testing.assert_allclose(batched["scores"], greedy["scores"], rtol=1e-12)
     assert all(s <= 0 for s in greedy["scores"])
+
+
+def test_cached_decoding_through_every_decoder_layer_type():
+    """Learned positions, dropout, a layer norm and a hidden dense layer run a position at a
+    time as they run on the whole sequence; two decoder blocks, post-norm."""
+    X, y, info = data(48, seed=2)
+    net = network(dim=8, norm="post", blocks=2)
+    dec = net["decoder"]["layers"]
+    dec[1] = {"type": "positional_encoding", "mode": "learned"}
+    dec[4:4] = [{"type": "dropout", "drop_prob": 0.1}, {"type": "layer_norm"},
+                {"type": "dense", "units": 8, "activation": "tanh"}]
+    model = nn.train(plan(net, {"epochs": 2}, info), X, y).model
+    src = [[3, 4, 5], [7, 6, 5, 4, 3], [5, 5]]
+    assert model.decode(src)["outputs"] == _recompute_greedy(model, src, 6)
+    # each step's log-probabilities, fed the targets, are the teacher-forced pass's (at the
+    # real target positions: past EOS the pass masks its PAD inputs, decoding never feeds any)
+    x, t = X[:4].astype(np.int64), y[:4]
+    t_in = seq2seq.teacher_input(t)
+    _, run = seq2seq.forward(model.layers, model.encoder_layers, model.weights, x, t_in,
+                             train=False)
+    z = seq2seq.logits(run)
+    want = z - z.max(-1, keepdims=True)
+    want -= np.log(np.exp(want).sum(-1, keepdims=True))
+    dec = Decoder(model)
+    memory, states = dec.encode(x), [None, None]
+    for step in range(t.shape[1]):
+        logp, states, _ = dec.step(t_in[:, step], step, memory, x != PAD, states)
+        real = t[:, step] != PAD
+        np.testing.assert_allclose(logp[real, EOS:], want[real, step, EOS:], rtol=1e-10,
+                                   atol=1e-12)
 
 
 def test_a_wide_beam_finds_the_best_sequence(trained):
