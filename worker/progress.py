@@ -24,8 +24,10 @@ from worker import lease, shutdown
 
 log = logging.getLogger(__name__)
 
-# How long to measure epochs before fixing the checkpoint interval (seconds).
+# How long to measure epochs before fixing the checkpoint interval: at most this many seconds,
+# or this many epochs.
 CALIBRATE_SECONDS = 0.5
+CALIBRATE_EPOCHS = 32
 # The stop reason that ends the calibration segment (never stored).
 CALIBRATED = "calibrated"
 # The stop reason of a worker shutting down: the run goes back to the queue (never stored).
@@ -104,9 +106,12 @@ class Progress:
 
     # -- calibration ---------------------------------------------------------------------
     def _calibrate(self) -> str | None:
-        """At an epoch boundary while measuring: fix N, and stop to restart with it if > 1."""
+        """At an epoch boundary while measuring: fix N, and stop to restart with it if > 1.
+        Each measured epoch is checkpointed (N = 1), which costs more than a tiny epoch: hence
+        at most CALIBRATE_EPOCHS of them."""
         measured = self._measured
-        if monotonic() - self._started < CALIBRATE_SECONDS or not measured:
+        if not measured or (len(measured) < CALIBRATE_EPOCHS
+                            and monotonic() - self._started < CALIBRATE_SECONDS):
             return None
         seconds = max(sum(measured) / len(measured), 1e-6)
         self.every = max(1, math.ceil(self.lease.checkpoint_seconds / seconds))
