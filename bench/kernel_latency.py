@@ -32,12 +32,13 @@ t1 = time.perf_counter()
 import numba
 t2 = time.perf_counter()
 from nn.engines import kernel
+c2 = time.process_time()
 kernel.warm()
-t3 = time.perf_counter()
+t3, c3 = time.perf_counter(), time.process_time()
 nn.train(plan, X, y)
-print(t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
+print(t1 - t0, t2 - t1, t3 - t2, c3 - c2, time.perf_counter() - t3)
 """
-COLUMNS = ("import_and_plan_s", "import_numba_s", "warm_s", "first_train_s")
+COLUMNS = ("import_and_plan_s", "import_numba_s", "warm_s", "warm_cpu_s", "first_train_s")
 
 
 def once(cache: str) -> tuple[float, ...]:
@@ -69,7 +70,8 @@ def main() -> None:
         f"Command: `{command()}` (fresh processes; medians of {args.repeats}).", "",
         *machine(), "",
         *table(["numba cache", "import nn and build the plan, s", "import numba, s",
-                "kernel.warm() (both dtypes), s", "then the first nn.train (1 epoch of XOR), s"],
+                "kernel.warm() (both dtypes), s", "of it CPU, s",
+                "then the first nn.train (1 epoch of XOR), s"],
                rows), "",
         "- cold: an empty cache, so warm() compiles the kernels (two entry points, float64 "
         "and float32); warm: the cache the cold run wrote, so warm() loads them. A worker "
