@@ -123,7 +123,8 @@ class LayerStats:
     encoder) combine their arrays' moments (combine()). Activations: the mean accumulated
     in float64, and the saturated / dead counts; when the caller has every layer's output
     in one vector (the fast path's probe) those take a few calls in all, else a few per
-    layer."""
+    layer. The compiled kernel does the whole step in one call, filling the table that
+    kernel_layout() gives it, and tabled() makes the rows."""
 
     def __init__(self, layers) -> None:
         keyed = [(i, layer, layer.param_shapes()) for i, layer in enumerate(layers)]

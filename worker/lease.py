@@ -30,7 +30,15 @@ from time import monotonic
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service.models import Epoch, EpochStats, Prediction, Run, UTCDateTime, of_run, utcnow
+from service.models import (
+    Epoch,
+    EpochStats,
+    Prediction,
+    Run,
+    UTCDateTime,
+    of_run,
+    utcnow,
+)
 from service.webhooks import emit_status
 
 log = logging.getLogger(__name__)
