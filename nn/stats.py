@@ -123,7 +123,8 @@ class LayerStats:
     encoder) combine their arrays' moments (combine()). Activations: the mean accumulated
     in float64, and the saturated / dead counts; when the caller has every layer's output
     in one vector (the fast path's probe) those take a few calls in all, else a few per
-    layer."""
+    layer. The compiled kernel does the whole step in one call, filling the table that
+    kernel_layout() gives it, and tabled() makes the rows."""
 
     def __init__(self, layers, names: list[str] | None = None) -> None:
         """names: each layer's row name (default "<kind>_<index>")."""
@@ -160,21 +161,44 @@ class LayerStats:
             if row.counted is not None:
                 self.kinds.setdefault(row.activation, []).append(r)
         self.act_layout: tuple | None = None           # (bounds, cuts, sizes) of acts
-        self.kernel_layout: tuple | None = None        # (bounds, their array, kinds, out)
+        self.kernel_table: tuple | None = None         # kernel_layout()
 
     def __call__(self, params, grads, outputs, caches, traces=None, flat=None,
-                 acts: tuple | None = None, kernel=None) -> list[dict]:
+                 acts: tuple | None = None) -> list[dict]:
         """The rows (layer_stats()). flat: an nn/optim.py Flat of which params and grads
         are views (the dense engine's probe has just adopted them): its vector is read as it
         lies. acts: (vector, [(start, end)]): every row's layer's outputs lie in
-        vector[start:end] (the dense engine's probe). kernel: nn/engines/kernel.py, whose
-        compiled reductions then replace NumPy's dozen calls (for epochs of microseconds)."""
-        with_grads = grads is not None
-        if kernel is not None and with_grads and not self.combines and acts is not None:
-            values, act = self._compiled(kernel, params, grads, flat, *acts)
-        else:
-            values = self._values(params, grads, flat)
-            act = self._acts(outputs, caches) if acts is None else self._flat_acts(*acts)
+        vector[start:end] (the dense engine's probe)."""
+        values = self._values(params, grads, flat)
+        act = self._acts(outputs, caches) if acts is None else self._flat_acts(*acts)
+        return self._rows(values, act, grads is not None, traces)
+
+    def kernel_layout(self, flat) -> tuple:
+        """What nn/engines/kernel.py's probe_stats needs besides the net: (where each array
+        starts in flat.wg, its size, each row's activation kind, the table to fill). The
+        kernel's rows are the dense layers, one each, in flat's order."""
+        if self.kernel_table is None:
+            assert [(i, key) for i, key, _, _ in flat.entries] == self.arrays
+            kinds = [0 if row.counted is None else
+                     ("sigmoid", "tanh", "relu").index(row.activation) + 1
+                     for row in self.rows_plan]
+            self.kernel_table = (self.starts.astype(np.int64), self.counts.astype(np.int64),
+                                 np.array(kinds, np.int64),
+                                 np.empty((4, len(self.starts) + len(kinds))))
+        return self.kernel_table
+
+    def tabled(self, table: np.ndarray) -> list[dict]:
+        """The rows from the table kernel_layout() gave the kernel to fill: per array, its
+        weights' then its gradients' STAT_KEYS; then per row its act_mean and fraction."""
+        columns = table.T.tolist()
+        j = len(self.starts)
+        act = [(mean, frac if row.counted is not None else None)
+               for (mean, frac, _, _), row in zip(columns[j:], self.rows_plan)]
+        return self._rows(columns[:j], act, True, None)
+
+    def _rows(self, values: list[list[float]], act: list[tuple[float, float | None]],
+              with_grads: bool, traces) -> list[dict]:
+        """The rows from the arrays' values (_values()) and the rows' act_* (_acts())."""
         k = len(self.arrays)
         per = [(values[k + j] if with_grads else NO_GRAD_LIST) + values[j] for j in range(k)]
         rows = []
@@ -218,24 +242,6 @@ class LayerStats:
         np.divide(out[::3], sizes, out=out[::3])       # mean |x|, ssd / n
         np.sqrt(out[1::2], out=out[1::2])              # norm = sqrt(sum x^2), std
         return out.T.tolist()
-
-    def _compiled(self, kernel, params, grads, flat, acts: np.ndarray,
-                  bounds: list[tuple[int, int]]) -> tuple[list, list]:
-        """_values() and _flat_acts() by the kernel's reductions, in two calls."""
-        x, _ = self._source(params, grads, flat)
-        kernel.array_stats(x, self.starts, self.counts, self.out)
-        if self.kernel_layout is None or self.kernel_layout[0] != bounds:
-            kinds = np.zeros(len(bounds), np.int64)
-            for r, row in enumerate(self.rows_plan):
-                if row.counted is not None:
-                    kinds[r] = ("sigmoid", "tanh", "relu").index(row.activation) + 1
-            self.kernel_layout = (bounds, np.array(bounds, np.int64).reshape(-1, 2), kinds,
-                                  np.empty((2, len(bounds))))
-        _, cuts, kinds, res = self.kernel_layout
-        kernel.act_stats(acts, cuts, kinds, res)
-        means, fracs = res.tolist()
-        return self.out.T.tolist(), [(m, f if k else None)
-                                     for m, f, k in zip(means, fracs, kinds.tolist())]
 
     def _source(self, params, grads, flat) -> tuple[np.ndarray, bool]:
         """Every weight array, then every gradient array, end to end, in float64: flat.wg

@@ -21,23 +21,88 @@ clock would need per-backend SQL), so their skew must stay well under LEASE_SECO
 
 from __future__ import annotations
 
+import logging
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from time import monotonic
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from service.models import Epoch, EpochStats, Prediction, Run, UTCDateTime, of_run
+from service.models import (
+    Epoch,
+    EpochStats,
+    Prediction,
+    Run,
+    UTCDateTime,
+    of_run,
+    utcnow,
+)
 from service.webhooks import emit_status
+
+log = logging.getLogger(__name__)
 
 Job = type[Run] | type[Prediction]
 
 # ORM-enabled UPDATEs without looking for matching objects in the session (there are none).
 NO_SYNC = {"synchronize_session": False}
+# While writes keep failing, one warning per this many seconds.
+WARN_EVERY_SECONDS = 5.0
 
 
 class LeaseLost(Exception):
     """Another worker owns the run now; stop without writing anything else."""
+
+
+@dataclass
+class Held:
+    """A lease a worker holds on a run, the settings its writes follow, and what became of its
+    last writes."""
+
+    run_id: str
+    run_seq: int  # the run's number in its rows (Run.seq)
+    token: str
+    lease_seconds: float
+    flush_seconds: float
+    checkpoint_seconds: float
+    deadline: float  # monotonic() time past which the run times out
+    cancel: bool = False  # the cancel flag, as of the last flush
+    # monotonic() time of the last renewal that committed (the claim, at first): from then
+    # on the lease in the database lasts lease_seconds.
+    renewed: float = field(default_factory=monotonic)
+    failing_since: float | None = None  # monotonic() time of the first of failing writes
+    _warned: float = 0.0
+
+    def fence(self, session: Session, epochs_completed: int) -> None:
+        self.cancel = fence(
+            session, self.run_id, self.token, now=utcnow(),
+            lease_seconds=self.lease_seconds, epochs_completed=epochs_completed,
+        )
+
+    def unreachable(self, exc: BaseException) -> None:
+        """A write failed on its connection: carry on while the lease may still be ours,
+        give the run up (LeaseLost) once it has surely expired."""
+        if monotonic() - self.renewed >= self.lease_seconds:
+            log.warning("run %s: no write for the whole lease (%s s); giving the run up: "
+                        "whoever claims it next resumes it from its last checkpoint",
+                        self.run_id, self.lease_seconds)
+            raise LeaseLost(self.run_id) from exc
+        if self.failing_since is None or monotonic() - self._warned >= WARN_EVERY_SECONDS:
+            log.warning("run %s: database write failed (%s: %s); keeping the rows to try "
+                        "again", self.run_id, type(exc).__name__,
+                        (str(exc).splitlines() or [""])[0])
+            self._warned = monotonic()
+        if self.failing_since is None:
+            self.failing_since = monotonic()
+
+    def reached(self, started: float) -> None:
+        """A write that began at monotonic() time `started` committed: the lease is renewed."""
+        self.renewed = started
+        if self.failing_since is not None:
+            log.info("run %s: database writes resumed after %.1f s", self.run_id,
+                     monotonic() - self.failing_since)
+            self.failing_since = None
 
 
 def at(t: datetime) -> sa.ColumnElement:

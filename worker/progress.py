@@ -1,61 +1,6 @@
-"""What a training run writes while it trains: the engine's callbacks, batched.
-
-Epochs can take microseconds, so rows are buffered and written by a flush at most every
-FLUSH_SECONDS: one short transaction that renews the lease (fenced by its token), inserts the
-buffered epoch and statistics rows, records what the run's rows count toward its tenant's
-stored bytes (service/usage.py), stores a due checkpoint and reads the cancel flag back.
-`should_stop` answers from what the last flush saw and flushes when one is due, so a long
-epoch still renews the lease (the engine asks about every 0.25 s within an epoch).
-
-How the rows are written, measured (bench/service.py; py-spy on the Celery child): a tiny
-epoch (xor-online, 2 ms) brings 3 rows (1 epoch, 2 layer-stat). Written with the ORM's bulk
-INSERT (psycopg's pipelined executemany) they cost about 0.3 ms per epoch, 13-15% of the
-run: SQLAlchemy's parameter processing and PostgreSQL executing one INSERT per row. So
-write_epochs builds plain tuples once and, on PostgreSQL, sends them with COPY ... FROM STDIN
-in binary format, in the same fenced transaction (SQLite keeps an executemany INSERT of the
-same tuples). What PostgreSQL does per row was then most of the rest (inserting it, and
-checking its foreign key): as a row per weight array (4 more rows per epoch here), a flush
-of 460 such epochs cost about 120 us per epoch; with the arrays as JSON in their layer's row
-about 80, a third of it encoding the JSON. Now an epoch's statistics are one packed row
-(service/statstore.py), written only for the epochs the run's thinning rule keeps (and the
-latest), so most epochs bring a single row. Numbers are written as they are: float columns
-may hold NaN or infinities (the API answers null for them).
-
-The flush stays synchronous, in the training thread: a background writer could hide only
-PostgreSQL's share (and on these 2 cores PostgreSQL working beside the training slows it
-down anyway, while the writer's Python work would share the GIL), and it would make every
-guarantee here (rows before their checkpoint, the retry after a lost connection, the lease
-given up in time, cancel, shutdown) depend on two threads' timing, against the tests that
-check them one epoch at a time.
-
-Checkpoints: the engine can only checkpoint every N epochs, N fixed per call, and
-serialising the state costs about as much as a tiny epoch. So training starts with N = 1
-while it measures the epochs ("calibrating", at most CALIBRATE_SECONDS), then, when N should
-be larger, stops at an epoch boundary and resumes from the in-memory state with
-N = ceil(CHECKPOINT_SECONDS / epoch duration): bit-identical, the engine guarantees it.
-A checkpoint is stored at most every CHECKPOINT_SECONDS / 2, and only once the epoch rows up
-to it are written with it, so resuming from it never leaves a hole in the rows.
-
-Pretraining (training.pretrain) is checkpointed like training: the engine reports a
-checkpoint within pretraining as on_checkpoint(0, state), right after the report of
-pretraining epoch p, and it is stored at position ("pretrain", p) (Artifact.phase and
-epoch), so a run whose worker dies while fine-tuning does not pretrain again, and one that
-dies while pretraining goes on from its last pretraining checkpoint. Positions order as the
-run goes: ("pretrain", p) < ("train", e) for every p and e >= 1. Calibration measures
-pretraining and training epochs alike (so a long pretraining does not serialise a
-checkpoint after each of its epochs); the one interval then serves both phases, whose
-epochs differ in cost by a small factor (a pretraining epoch is one layer's autoencoder).
-
-The database may go away (a restart, a failover, a killed connection). A flush that fails
-with a connection error keeps its rows and its checkpoint and is tried again FLUSH_SECONDS
-later, with the rows re-inserted idempotently (the failed COMMIT may have gone through);
-training goes on meanwhile. Only when no flush has renewed the lease for LEASE_SECONDS does
-the worker give the run up (LeaseLost): by then another worker may own it, and the run is
-resumed from its last stored checkpoint, by whoever claims it next.
-
-Warm shutdown (worker/shutdown.py): `should_stop` answers SHUTDOWN at the first epoch boundary
-whose checkpoint is in hand (about CHECKPOINT_SECONDS later at most), or at once when none
-came within twice that (the run then resumes from its last stored checkpoint).
+"""What a training run writes while it trains: the engine's callbacks, with the rows buffered
+and written in one fenced transaction at most every flush_seconds, because epochs can take
+microseconds (the measurements and the rules behind it: bench/README.md, "The worker's writes").
 """
 
 from __future__ import annotations
@@ -79,12 +24,12 @@ from worker import lease, shutdown
 
 log = logging.getLogger(__name__)
 
-# How long to measure epochs before fixing the checkpoint interval (seconds).
+# How long to measure epochs before fixing the checkpoint interval: at most this many seconds,
+# or this many epochs.
 CALIBRATE_SECONDS = 0.5
+CALIBRATE_EPOCHS = 32
 # The stop reason that ends the calibration segment (never stored).
 CALIBRATED = "calibrated"
-# While writes keep failing, one warning per this many seconds.
-WARN_EVERY_SECONDS = 5.0
 # The stop reason of a worker shutting down: the run goes back to the queue (never stored).
 SHUTDOWN = "shutdown"
 
@@ -95,59 +40,10 @@ START: Position = ("pretrain", 0)  # nothing done yet (with or without pretraini
 
 
 @dataclass
-class Lease:
-    """The run a worker holds, and the settings its writes follow."""
-
-    run_id: str
-    run_seq: int  # the run's number in its rows (Run.seq)
-    token: str
-    lease_seconds: float
-    flush_seconds: float
-    checkpoint_seconds: float
-    deadline: float  # monotonic() time past which the run times out
-    cancel: bool = False  # the cancel flag, as of the last flush
-    # monotonic() time of the last renewal that committed (the claim, at first): from then
-    # on the lease in the database lasts lease_seconds.
-    renewed: float = field(default_factory=monotonic)
-    failing_since: float | None = None  # monotonic() time of the first of failing writes
-    _warned: float = 0.0
-
-    def fence(self, session: Session, epochs_completed: int) -> None:
-        self.cancel = lease.fence(
-            session, self.run_id, self.token, now=utcnow(),
-            lease_seconds=self.lease_seconds, epochs_completed=epochs_completed,
-        )
-
-    def unreachable(self, exc: BaseException) -> None:
-        """A write failed on its connection: carry on while the lease may still be ours,
-        give the run up (LeaseLost) once it has surely expired."""
-        if monotonic() - self.renewed >= self.lease_seconds:
-            log.warning("run %s: no write for the whole lease (%s s); giving the run up: "
-                        "whoever claims it next resumes it from its last checkpoint",
-                        self.run_id, self.lease_seconds)
-            raise lease.LeaseLost(self.run_id) from exc
-        if self.failing_since is None or monotonic() - self._warned >= WARN_EVERY_SECONDS:
-            log.warning("run %s: database write failed (%s: %s); keeping the rows to try "
-                        "again", self.run_id, type(exc).__name__,
-                        (str(exc).splitlines() or [""])[0])
-            self._warned = monotonic()
-        if self.failing_since is None:
-            self.failing_since = monotonic()
-
-    def reached(self, started: float) -> None:
-        """A write that began at monotonic() time `started` committed: the lease is renewed."""
-        self.renewed = started
-        if self.failing_since is not None:
-            log.info("run %s: database writes resumed after %.1f s", self.run_id,
-                     monotonic() - self.failing_since)
-            self.failing_since = None
-
-
-@dataclass
 class Progress:
     """The engine's callbacks for one run: on_epoch, should_stop, on_checkpoint."""
 
-    lease: Lease
+    lease: lease.Held
     epoch: int  # the last completed training epoch (the resume point at the start)
     pretrained: int = 0  # the last completed pretraining epoch (likewise)
     thinned_after: int | None = None  # the run's statistics thinning (service/statstore.py)
@@ -210,9 +106,12 @@ class Progress:
 
     # -- calibration ---------------------------------------------------------------------
     def _calibrate(self) -> str | None:
-        """At an epoch boundary while measuring: fix N, and stop to restart with it if > 1."""
+        """At an epoch boundary while measuring: fix N, and stop to restart with it if > 1.
+        Each measured epoch is checkpointed (N = 1), which costs more than a tiny epoch: hence
+        at most CALIBRATE_EPOCHS of them."""
         measured = self._measured
-        if monotonic() - self._started < CALIBRATE_SECONDS or not measured:
+        if not measured or (len(measured) < CALIBRATE_EPOCHS
+                            and monotonic() - self._started < CALIBRATE_SECONDS):
             return None
         seconds = max(sum(measured) / len(measured), 1e-6)
         self.every = max(1, math.ceil(self.lease.checkpoint_seconds / seconds))
@@ -234,7 +133,8 @@ class Progress:
 
     def flush(self) -> None:
         """One fenced transaction: heartbeat, buffered rows, a due checkpoint, cancel flag.
-        A connection error keeps everything for the next flush (see the module docstring)."""
+        A connection error keeps everything for the next flush (bench/README.md, "The
+        worker's writes")."""
         started = monotonic()
         try:
             with session_scope() as session:
@@ -296,8 +196,8 @@ def write_epochs(session: Session, run_seq: int, reports: list[nn.EpochReport], 
     contiguous, and a resumed run starts right after its checkpoint, whose epoch's rows were
     written with it (the rows past it were deleted at the claim).
 
-    On PostgreSQL the rows go in by COPY (see the module docstring), elsewhere by an
-    executemany INSERT; the same tuples either way."""
+    On PostgreSQL the rows go in by COPY (bench/README.md, "The worker's writes"), elsewhere
+    by an executemany INSERT; the same tuples either way."""
     if not reports:
         return
     if replace:

@@ -39,7 +39,6 @@ from worker.progress import (
     CALIBRATED,
     SHUTDOWN,
     START,
-    Lease,
     Progress,
     deadline,
     put_artifact,
@@ -111,10 +110,10 @@ def _claim_and_train(run_id: str) -> str:
                                     .where(of_run(Epoch, run_id)))
         claimed = Claimed(run_id, run.dataset_id, run.network, run.training, resume_phase,
                           resume_epoch, run.stats_thinned_after, epoch_rows)
-        held = Lease(run_id, run.seq, token, cfg["LEASE_SECONDS"], cfg["FLUSH_SECONDS"],
-                     cfg["CHECKPOINT_SECONDS"],
-                     deadline(run.started_at, cfg["RUN_TIME_LIMIT_SECONDS"]),
-                     cancel=run.cancel_requested)
+        held = lease.Held(run_id, run.seq, token, cfg["LEASE_SECONDS"], cfg["FLUSH_SECONDS"],
+                          cfg["CHECKPOINT_SECONDS"],
+                          deadline(run.started_at, cfg["RUN_TIME_LIMIT_SECONDS"]),
+                          cancel=run.cancel_requested)
         attempts = run.attempts
     logs.bind(dataset_id=claimed.dataset_id)
     log.info("run %s: claimed by %s (attempt %d, from %sepoch %d)", run_id, worker, attempts,

@@ -182,9 +182,8 @@ class DenseStack:
               ) -> list[dict]:
         """The statistics rows of the probe rows (x, t), from this engine's own pass."""
         if self.kernel is not None:
-            acts = self.kernel.probe(self._adopt(params), x, t)
-            return reporter(params, self.flat.grads, None, None, flat=self.flat, acts=acts,
-                            kernel=self.kernel.k)
+            flat = self._adopt(params)
+            return reporter.tabled(self.kernel.stats(flat, x, t, reporter.kernel_layout(flat)))
         outputs, grads, acts = self.probe(params, x, t)
         return reporter(params, grads, outputs, None, flat=self.flat, acts=acts)
 
@@ -226,7 +225,7 @@ class _Kernel:
         self.loss = kernel.LOSS_CODES[stack.loss]
         self.layout = None                       # (w_at, b_at, scratch...) once a Flat is
         self.cols: dict[int, tuple] = {}         # n -> (order 0..n-1, empty targets)
-        self.probe_out: tuple | None = None      # (n, outputs vector, out_at, bounds)
+        self.probe_in: tuple | None = None       # (x, t, x contiguous, tf, ti)
 
     def _layout(self, flat: Flat) -> tuple:
         if self.layout is None or self.layout[0] is not flat:
@@ -270,20 +269,15 @@ class _Kernel:
                 return False
         return True
 
-    def probe(self, flat: Flat, x: np.ndarray, t: np.ndarray) -> tuple:
-        """The gradient of the mean loss over the probe rows into flat.g; -> (every layer's
-        outputs in one vector, [(start, end)] of each layer's)."""
+    def stats(self, flat: Flat, x: np.ndarray, t: np.ndarray, layout: tuple) -> np.ndarray:
+        """The statistics step on the probe rows (x, t, the same every epoch) in one
+        compiled call: the gradient of their mean loss into flat.g, and the table
+        LayerStats.tabled() reads. layout: LayerStats.kernel_layout()."""
         w_at, b_at, z, a, d, dx = self._layout(flat)
-        n = len(x)
-        if self.probe_out is None or self.probe_out[0] != n:
-            widths = [n * int(h) for h in self.sizes[1:]]
-            ends = list(accumulate(widths))
-            out_at = np.array([e - w for e, w in zip(ends, widths)], np.int64)
-            self.probe_out = (n, np.empty(ends[-1], flat.w.dtype), out_at,
-                              [(e - w, e) for e, w in zip(ends, widths)])
-        _, outputs, out_at, bounds = self.probe_out
-        tf, ti = self._targets(t, flat.w.dtype)
-        self.k.probe_rows(flat.w, flat.g, self.sizes, w_at, b_at, self.acts, self.loss,
-                          np.ascontiguousarray(x, flat.w.dtype), tf, ti, out_at, outputs, z,
-                          a, d, dx)
-        return outputs, bounds
+        if self.probe_in is None or self.probe_in[0] is not x or self.probe_in[1] is not t:
+            self.probe_in = (x, t, np.ascontiguousarray(x, flat.w.dtype),
+                             *self._targets(t, flat.w.dtype))
+        _, _, xc, tf, ti = self.probe_in
+        self.k.probe_stats(flat.w, flat.g, self.sizes, w_at, b_at, self.acts, self.loss, xc,
+                           tf, ti, z, a, d, dx, flat.wg, *layout)
+        return layout[-1]

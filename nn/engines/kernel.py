@@ -162,33 +162,15 @@ def sgd_rows(w, g, sizes, w_at, b_at, acts, loss, xs, order, tf, ti, start, stop
 
 
 @njit(cache=True)
-def probe_rows(w, g, sizes, w_at, b_at, acts, loss, xs, tf, ti, out_at, outputs, z, a, d,
-               dx):
-    """The statistics' probe: g = the gradient of the mean loss over xs's rows, and layer
-    l's outputs at outputs[out_at[l]:], sample by sample (sizes[l + 1] each)."""
-    n = len(xs)
-    g[:] = 0.0
-    for i in range(n):
-        _sample(w, g, sizes, w_at, b_at, acts, loss, xs[i], tf[i], ti[i], 1.0 / n, z, a, d,
-                dx)
-        lo = sizes[0]
-        for l in range(len(acts)):
-            h = sizes[l + 1]
-            for j in range(h):
-                outputs[out_at[l] + i * h + j] = a[lo + j]
-            lo += h
-
-
-@njit(cache=True)
 def array_stats(x, starts, counts, out):
     """Per array j of x (counts[j] numbers from starts[j]): out[:, j] = mean |x|, L2 norm,
-    max |x|, std (nn/stats.py's STAT_KEYS), the std in two passes, NaN kept."""
+    max |x|, std (nn/stats.py's STAT_KEYS), in float64, the std in two passes, NaN kept."""
     for j in range(len(starts)):
         s, n = starts[j], counts[j]
         total = sum_abs = sum_sq = 0.0
         top = 0.0
         for i in range(s, s + n):
-            v = x[i]
+            v = np.float64(x[i])
             total += v
             sum_abs += abs(v)
             sum_sq += v * v
@@ -198,7 +180,7 @@ def array_stats(x, starts, counts, out):
         mean = total / n
         ssd = 0.0
         for i in range(s, s + n):
-            dev = x[i] - mean
+            dev = np.float64(x[i]) - mean
             ssd += dev * dev
         out[0, j] = sum_abs / n
         out[1, j] = math.sqrt(sum_sq)
@@ -207,25 +189,41 @@ def array_stats(x, starts, counts, out):
 
 
 @njit(cache=True)
-def act_stats(a, bounds, kinds, out):
-    """Per row r, over a[bounds[r, 0]:bounds[r, 1]]: out[0, r] = the mean (summed in
-    float64), out[1, r] = the fraction saturated (kinds[r] 1: sigmoid, < .01 or > .99;
-    2: tanh, |a| > .99) or dead (3: relu, exactly 0); 0 for other kinds."""
-    for r in range(len(kinds)):
-        lo, hi = bounds[r, 0], bounds[r, 1]
-        total = 0.0
-        hits = 0
-        for i in range(lo, hi):
-            v = np.float64(a[i])
-            total += v
-            if kinds[r] == 1:
-                hits += abs(v - 0.5) > 0.49
-            elif kinds[r] == 2:
-                hits += abs(v) > 0.99
-            elif kinds[r] == 3:
-                hits += v == 0.0
-        out[0, r] = total / (hi - lo)
-        out[1, r] = hits / (hi - lo)
+def probe_stats(w, g, sizes, w_at, b_at, acts, loss, xs, tf, ti, z, a, d, dx, wg, starts,
+                counts, kinds, out):
+    """The statistics step in one call. g = the gradient of the mean loss over xs's rows
+    (the probe); then for every array j of wg (w then g, counts[j] numbers from starts[j]),
+    out[:, j] = array_stats; for every layer l, out[0, J + l] = the mean of its outputs
+    over the rows and units (summed in float64, sample by sample), out[1, J + l] = the
+    fraction saturated (kinds[l] 1: sigmoid, < .01 or > .99; 2: tanh, |a| > .99) or dead
+    (3: relu, exactly 0); 0 for other kinds. J = len(starts)."""
+    n = len(xs)
+    at = len(starts)
+    out[:2, at:] = 0.0
+    g[:] = 0.0
+    for i in range(n):
+        _sample(w, g, sizes, w_at, b_at, acts, loss, xs[i], tf[i], ti[i], 1.0 / n, z, a, d,
+                dx)
+        lo = sizes[0]
+        for l in range(len(acts)):
+            total = 0.0
+            hits = 0
+            for j in range(lo, lo + sizes[l + 1]):
+                v = np.float64(a[j])
+                total += v
+                if kinds[l] == 1:
+                    hits += abs(v - 0.5) > 0.49
+                elif kinds[l] == 2:
+                    hits += abs(v) > 0.99
+                elif kinds[l] == 3:
+                    hits += v == 0.0
+            out[0, at + l] += total
+            out[1, at + l] += hits
+            lo += sizes[l + 1]
+    for l in range(len(acts)):
+        out[0, at + l] /= n * sizes[l + 1]
+        out[1, at + l] /= n * sizes[l + 1]
+    array_stats(wg, starts, counts, out)
 
 
 def warm() -> None:
@@ -239,7 +237,5 @@ def warm() -> None:
         z, a, d = (np.zeros(2, dtype) for _ in range(3))
         sgd_rows(w, g, sizes, at, at + 1, at, 0, x, ti, tf, ti, 0, 1, 1, 0.0, 0.0,
                  np.zeros((1, 1), dtype), z, a, d, np.zeros(1, dtype))
-        probe_rows(w, g, sizes, at, at + 1, at, 0, x, tf, ti, at, np.zeros(1, dtype), z, a,
-                   d, np.zeros(1, dtype))
-        act_stats(np.zeros(1, dtype), np.array([[0, 1]], np.int64), at, np.zeros((2, 1)))
-    array_stats(np.zeros(1), at, at + 1, np.zeros((4, 1)))
+        probe_stats(w, g, sizes, at, at + 1, at, 0, x, tf, ti, z, a, d, np.zeros(1, dtype),
+                    np.zeros(4, dtype), at, at + 1, at, np.zeros((4, 2)))

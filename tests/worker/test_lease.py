@@ -14,7 +14,7 @@ from service import db
 from service.models import Epoch, EpochStats, of_run, utcnow
 from tests.worker.rows import get_run, in_context, set_run
 from worker import lease
-from worker.progress import Lease, Progress
+from worker.progress import Progress
 from worker.training import train_run
 
 LEASE = {"lease_seconds": 30, "max_attempts": 3, "worker": "test"}
@@ -90,7 +90,7 @@ def test_a_stale_lease_is_taken_over_and_the_old_worker_writes_nothing(
     assert get_run(run_id).attempts == 2
 
     # The old worker wakes up and flushes an epoch: its transaction is fenced off.
-    stale = Progress(Lease(run_id, seq, old, 30, 1.0, 10.0, deadline=float("inf")), epoch=0)
+    stale = Progress(lease.Held(run_id, seq, old, 30, 1.0, 10.0, deadline=float("inf")), epoch=0)
     stale.on_epoch(_report(1))
     with pytest.raises(lease.LeaseLost):
         stale.flush()
@@ -99,7 +99,7 @@ def test_a_stale_lease_is_taken_over_and_the_old_worker_writes_nothing(
     assert (run.lease_token, run.epochs_completed) == (new, 0)
 
     # The new owner's flush goes through.
-    live = Progress(Lease(run_id, seq, new, 30, 1.0, 10.0, deadline=float("inf")), epoch=0)
+    live = Progress(lease.Held(run_id, seq, new, 30, 1.0, 10.0, deadline=float("inf")), epoch=0)
     live.on_epoch(_report(1))
     live.flush()
     assert _rows(run_id) == 2 and get_run(run_id).epochs_completed == 1

@@ -384,7 +384,7 @@ def test_calibration_measures_pretraining_epochs(monkeypatch: pytest.MonkeyPatch
     """A long pretraining need not checkpoint after each of its epochs: its epochs fix the
     checkpoint interval as training epochs do (no database: nothing is due to be written)."""
     monkeypatch.setattr(progress_module, "CALIBRATE_SECONDS", 0.0)
-    held = progress_module.Lease("run", 1, "token", 30, float("inf"), 10.0, deadline=float("inf"))
+    held = lease.Held("run", 1, "token", 30, float("inf"), 10.0, deadline=float("inf"))
     progress = Progress(held, epoch=0)
     progress.on_epoch(nn.EpochReport(1, "pretrain", 0.5, None, None, None, 0.001, 0.01, [],
                                      layer=0))

@@ -14,6 +14,7 @@ from nn.engines.reference import Reference
 from nn.gradcheck import numerical_gradient
 from nn.optim import make_optimizer
 from nn.prepare import prepare
+from nn.stats import LayerStats
 from tests.nn.conftest import dense, plan_for
 from tests.nn.test_train import same
 
@@ -205,7 +206,8 @@ def test_kernel_gradients_pass_a_finite_difference_check(case, xor_data):
     x, t = data_.x[:9], data_.t[:9]
     params = network.init_params(net, np.random.default_rng(1), np.float64)
     engine = DenseStack(net, loss, compiled=True)
-    engine.kernel.probe(engine._adopt(params), x, t)
+    flat = engine._adopt(params)
+    engine.kernel.stats(flat, x, t, LayerStats(net).kernel_layout(flat))
     for p, g in zip(params, engine.flat.grads):
         for key in ("W", "b"):
             numeric = numerical_gradient(
