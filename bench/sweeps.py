@@ -138,10 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         f"ASHA trained {asha['epochs'] / two['epochs']:.0%} of the full grid's epochs in "
         f"{asha['wall'] / two['wall']:.0%} of its wall time; its best val_loss is "
         f"{asha['best'] / two['best']:.3g}x the full grid's (a child stopped at a rung may be "
-        "one that would have ended best). A rung is decided in the first flush after a child "
-        "reaches it (FLUSH_SECONDS, 1 s by default), so a child whose whole run takes a few "
-        "seconds has trained past its rung when it stops: the saving grows with the runs' "
-        "length.",
+        "one that would have ended best). The epoch that reaches a rung flushes at once and "
+        "the rung is decided in that flush, so a child stops at the rung it loses at.",
     ]
     write_section("sweeps", lines, pathlib.Path(args.out))
 
