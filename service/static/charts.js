@@ -58,7 +58,8 @@ function legend(items) {
   return box;
 }
 
-// series: [{name, color, dashed, points: [[x, y], ...]}]; y <= 0 is left out on a log scale.
+// series: [{name, color, dashed, markers, points: [[x, y], ...]}]; y <= 0 is left out on a
+// log scale; a series with `markers` is drawn as dots (a scatter), not a line.
 export function lineChart(container, { series, log = false, xLabel = "epoch", yLabel = "", yMin,
                                        yMax }) {
   const W = 480, H = 220, L = 48, R = 22, T = 10, B = 34;
@@ -105,6 +106,13 @@ export function lineChart(container, { series, log = false, xLabel = "epoch", yL
   chart.append(axis);
   for (const s of shown) {
     if (!s.points.length) continue;
+    if (s.markers) {
+      for (const [x, y] of s.points) {
+        chart.append(svg("circle", { cx: px(x).toFixed(1), cy: py(log ? Math.log10(y) : y).toFixed(1),
+                                     r: 4, fill: s.color }));
+      }
+      continue;
+    }
     const d = s.points.map(([x, y], i) =>
       `${i ? "L" : "M"}${px(x).toFixed(1)},${py(log ? Math.log10(y) : y).toFixed(1)}`).join("");
     chart.append(svg("path", { d, fill: "none", stroke: s.color, "stroke-width": 1.8,

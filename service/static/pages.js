@@ -4,14 +4,14 @@ import { api, ApiError, el, navigate } from "./app.js";
 import { follow } from "./sse.js";
 import * as charts from "./charts.js";
 
-const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
-const STATUSES = ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
+export const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const STATUSES = ["pending", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
 
-function badge(status) {
+export function badge(status) {
   return el(`span.badge.${status}`, {}, status);
 }
 
-function shortId(id) {
+export function shortId(id) {
   return id.slice(0, 8);
 }
 
@@ -20,13 +20,13 @@ function describeNetwork(network) {
     : l.filters ? `conv ${l.filters}` : l.type)).join(" → ");
 }
 
-function problemText(error) {
+export function problemText(error) {
   if (!(error instanceof ApiError)) return String(error);
   const fields = (error.problem.errors || []).map((e) => `${e.path || "body"}: ${e.message}`);
   return [error.message, ...fields].join("\n");
 }
 
-function card(title, chart, ...extra) {
+export function card(title, chart, ...extra) {
   return el("section.card", { "aria-label": title }, el("h2", {}, title), ...extra, chart);
 }
 
@@ -39,12 +39,15 @@ export function runsPage(main) {
                     STATUSES.map((s) => el("option", { value: s }, s)));
   status.value = params.get("status") || "";
   const dataset = params.get("dataset_id");
+  const sweep = params.get("sweep_id");  // a sweep's children (the sweep page links here)
   const body = el("tbody");
   main.replaceChildren(
     el("h1", {}, "Runs"),
     el("div.toolbar", {}, status,
        dataset ? el("span", {}, "data set ", el("a", { href: `/datasets/${dataset}` }, shortId(dataset)),
                     " ", el("a", { href: "/" }, "(all)")) : null,
+       sweep ? el("span", {}, "sweep ", el("a", { href: `/sweeps/${sweep}` }, shortId(sweep)),
+                  " ", el("a", { href: "/" }, "(all)")) : null,
        el("a", { href: "/new" }, el("button.primary", { type: "button", tabindex: -1 }, "New run"))),
     el("table", {}, el("thead", {}, el("tr", {}, ["run", "status", "progress", "network",
                                                    "data set", "created"].map((h) => el("th", {}, h)))),
@@ -55,6 +58,7 @@ export function runsPage(main) {
     const query = new URLSearchParams({ limit: "50" });
     if (status.value) query.set("status", status.value);
     if (dataset) query.set("dataset_id", dataset);
+    if (sweep) query.set("sweep_id", sweep);
     try {
       const page = await api(`/v1/runs?${query}`);
       body.replaceChildren(...page.items.map((run) => el("tr", {},
