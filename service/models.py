@@ -44,7 +44,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 PHASES = ("pretrain", "train")  # in the order a run goes through them
-RUN_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+# "pending": a sweep's child held back until the sweep may have another run going
+# (service/sweeps.py); only pending -> queued (released) or -> cancelled leave it.
+RUN_STATUSES = ("pending", "queued", "running", "cancelling", "succeeded", "failed",
+                "cancelled")
 ACTIVE_STATUSES = ("queued", "running", "cancelling")
 ARTIFACT_KINDS = ("initial", "checkpoint", "final", "best")
 
@@ -227,6 +230,45 @@ class Job:
     published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
 
 
+class Sweep(Base):
+    """A grid or random search (POST /v1/sweeps): its children are ordinary runs carrying
+    `sweep_id`, made all at once and held `pending` until released (service/sweeps.py).
+
+    Its status is derived from its children's rows whenever it is read; `finished_at` and
+    `outcome` are set once, by whoever settles it first (a compare-and-set), which is what
+    makes its sweep.* webhook event exactly-once."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
+    name: Mapped[Optional[str]] = mapped_column(String(200))
+    tags: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    dataset_id: Mapped[str] = mapped_column(String(36))
+    spec: Mapped[dict] = mapped_column(JSON)  # the base run: network, training
+    parameters: Mapped[dict] = mapped_column(JSON)
+    method: Mapped[str] = mapped_column(String(20))  # grid | random
+    max_concurrent: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[Optional[int]] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(40))
+    goal: Mapped[str] = mapped_column(String(20))  # minimize | maximize
+    early_stopping: Mapped[Optional[dict]] = mapped_column(JSON)
+    runs_total: Mapped[int] = mapped_column(Integer)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    outcome: Mapped[Optional[str]] = mapped_column(String(20))  # its status when settled
+
+    __table_args__ = (
+        Index("ix_sweeps_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+        # The sweeps not settled yet (the reconciler's pass).
+        Index("ix_sweeps_finished_at", "finished_at"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Sweep {self.id} {self.method} {self.runs_total} runs>"
+
+
 class Run(Job, Base):
     __tablename__ = "runs"
 
@@ -262,10 +304,16 @@ class Run(Job, Base):
     # Where each claim that discarded rows went back to, in order: [[phase, epoch], ...]
     # (worker/lease.py forget_after). Event streams compare it with what they have sent.
     rewinds: Mapped[Optional[list]] = mapped_column(JSON)
+    # A sweep's child: its sweep, and the values its parameters took ({json path: value}).
+    sweep_id: Mapped[Optional[str]] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="SET NULL"))
+    sweep_parameters: Mapped[Optional[dict]] = mapped_column(JSON)
 
     __table_args__ = (
         # A tenant's list, newest first (and every lookup by tenant).
         Index("ix_runs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+        # A sweep's children by status (its counts, the pending ones to release).
+        Index("ix_runs_sweep_id_status", "sweep_id", "status"),
         # A tenant's runs of one name (GET /v1/runs?name=).
         Index("ix_runs_tenant_id_name", "tenant_id", "name"),
         # A tenant's active runs (the TENANT_MAX_ACTIVE_RUNS check).

@@ -109,6 +109,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "heartbeat_at": timestamp(run.heartbeat_at),
         "stats_thinned_after": run.stats_thinned_after,
         "pinned": bool(run.pinned),
+        "sweep_id": run.sweep_id,
+        "sweep_parameters": run.sweep_parameters,
         "links": {
             "self": base,
             "dataset": f"/v1/datasets/{run.dataset_id}",

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 # `emit` where its status changes.
 EVENT_TYPES = ("run.started", "run.succeeded", "run.failed", "run.cancelled",
                "prediction.started", "prediction.succeeded", "prediction.failed",
-               "prediction.cancelled")
+               "prediction.cancelled", "sweep.succeeded", "sweep.failed", "sweep.cancelled")
 ALL_EVENTS = "*"
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # Standard Webhooks: 24 to 64 random bytes

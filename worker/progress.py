@@ -71,7 +71,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import nn
-from service import statstore, usage
+from service import statstore, sweeps, usage
 from service.db import connection_lost, session_scope
 from service.models import Artifact, Epoch, EpochStats, utcnow
 from service.serialize import finite
@@ -165,6 +165,9 @@ class Progress:
     _at_boundary: bool = False
     _retry: bool = False  # the last flush failed: its rows may be in the database already
     _shutdown_by: float | None = None  # monotonic() time by which a shutdown stops at once
+    # A sweep's child with early stopping: its rung decisions, made in the flush that writes
+    # the rung's epoch row (service/sweeps.py says why there).
+    asha: sweeps.Asha | None = None
 
     @property
     def position(self) -> Position:
@@ -253,14 +256,20 @@ class Progress:
         self._last_flush = monotonic()
         self.lease.unreachable(exc)
 
-    def write(self, session: Session) -> Position | None:
-        """The flush's statements, in the caller's transaction (the final one reuses it);
-        the position of the checkpoint it stored, or None. The buffer is kept until the
-        transaction commits, so a failed one loses no row: the next one writes it."""
+    def write(self, session: Session, *, final: bool = False) -> Position | None:
+        """The flush's statements, in the caller's transaction (the final one reuses it,
+        `final`: no rung is decided for a run that has ended anyway); the position of the
+        checkpoint it stored, or None. The buffer is kept until the transaction commits, so
+        a failed one loses no row: the next one writes it."""
         self.lease.fence(session, self.epoch)
         write_epochs(session, self.lease.run_seq, self.buffer, replace=self._retry,
                      thinned_after=self.thinned_after)
         usage.record_rows(session, self.lease.run_id, self.epoch_rows + len(self.buffer))
+        if self.asha is not None and not final and not self.lease.cancel:
+            why = self.asha.decide(session, self.epoch)
+            if why is not None:
+                log.info("run %s: %s", self.lease.run_id, why)
+                self.lease.cancel = True  # should_stop answers "cancelled" from now on
         if self.state is not None and self.stored < self._state_at <= self.position:
             phase, epoch = self._state_at
             put_artifact(session, self.lease.run_id, "checkpoint", epoch, self.state,
@@ -269,6 +278,8 @@ class Progress:
         return None
 
     def written(self, checkpoint: Position | None) -> None:
+        if self.asha is not None:
+            self.asha.decided = self.epoch  # the rungs through it are committed
         self.epoch_rows += len(self.buffer)
         self.buffer = []
         self._retry = False

@@ -11,6 +11,9 @@ beat, a manual run) are harmless, and a message it publishes twice is dropped by
 - running runs whose lease expired are republished once per expiry (and again every
   REQUEUE_AFTER_SECONDS while no worker takes them): the next worker's claim takes the run
   over and resumes it from its checkpoint;
+- sweeps not settled release the children they may run now (what a worker that died
+  after finishing a child left held, what a cancel or another run of the tenant freed), and
+  are settled once every child is done (service/sweeps.py);
 - old finished runs and batch predictions, and finished runs' checkpoints, are deleted
   (worker/retention.py).
 
@@ -35,8 +38,9 @@ import sqlalchemy as sa
 from flask import current_app
 
 from service.db import connection_lost, session_scope
-from service.models import Prediction, Run, WebhookDelivery, utcnow
-from service.queue import send_delivery, send_prediction, send_run
+from service import sweeps
+from service.models import Prediction, Run, Sweep, WebhookDelivery, utcnow
+from service.queue import publish_run, send_delivery, send_prediction, send_run
 from worker import lease, retention
 
 log = logging.getLogger(__name__)
@@ -88,12 +92,34 @@ def _pass() -> dict[str, int]:
         republished += _republish(job, send, now)
     if settled or republished:
         log.info("reconcile: %d settled, %d republished", settled, republished)
+    released, sweeps_settled = _sweeps(int(cfg["TENANT_MAX_ACTIVE_RUNS"]))
+    if released or sweeps_settled:
+        log.info("reconcile: %d sweep children released, %d sweeps settled", released,
+                 sweeps_settled)
     swept = retention.sweep(now, cfg)
     if swept["deleted"] or swept["predictions"] or swept["checkpoints"]:
         log.info("reconcile: deleted %d old runs, %d old batch predictions and %d checkpoints "
                  "of finished runs", swept["deleted"], swept["predictions"],
                  swept["checkpoints"])
     return {"settled": settled, "republished": republished, **swept}
+
+
+def _sweeps(tenant_limit: int) -> tuple[int, int]:
+    """Every sweep not yet settled: release the children it may run now and settle it when
+    they are all done (service/sweeps.py); each in a transaction of its own. How many
+    children were released, and sweeps settled."""
+    with session_scope() as session:
+        open_ids = session.scalars(sa.select(Sweep.id).where(Sweep.finished_at.is_(None))
+                                   .order_by(Sweep.created_at).limit(BATCH)).all()
+    released = settled = 0
+    for sweep_id in open_ids:
+        with session_scope() as session:
+            ids = sweeps.release(session, sweep_id, tenant_limit)
+            settled += sweeps.settle(session, sweep_id) is not None
+        for run_id in ids:
+            publish_run(run_id)  # a lost message: a later pass republishes it (queued)
+        released += len(ids)
+    return released, settled
 
 
 def _republish(job: lease.Job, send: Callable[[str], None], now: datetime) -> int:

@@ -28,12 +28,12 @@ from flask import current_app
 from sqlalchemy.orm import undefer
 
 import nn
-from service import dataio, logs
+from service import dataio, logs, sweeps
 from service.db import connection_lost, session_scope
 from service.errors import size
-from service.models import Artifact, Dataset, Epoch, Run, of_run, utcnow
+from service.models import Artifact, Dataset, Epoch, Run, Sweep, of_run, utcnow
 from service.queue import publish_run
-from service.serialize import finite
+from service.serialize import FINISHED_STATUSES, finite
 from worker import lease, memory
 from worker.progress import (
     CALIBRATED,
@@ -80,11 +80,33 @@ def train_run(run_id: str) -> str:
     again and die."""
     with logs.bound(run_id=run_id):
         try:
-            return _claim_and_train(run_id)
+            status = _claim_and_train(run_id)
         except MemoryError:
             log.error("run %s: out of memory while claiming it or recording that it ran out; "
                       "left to the reconciler", run_id)
             return "lease_lost"
+        if status in FINISHED_STATUSES:
+            _next_in_sweep(run_id)
+        return status
+
+
+def _next_in_sweep(run_id: str) -> None:
+    """A sweep's child ended: release its sweep's next children and settle the sweep if it
+    is done, in a transaction of its own after the run's last one. A failure here (the
+    database, the broker) is left to the reconciler, which does the same every pass."""
+    try:
+        with session_scope() as session:
+            sweep_id = session.scalar(sa.select(Run.sweep_id).where(Run.id == run_id))
+            if sweep_id is None:
+                return
+            released = sweeps.release(session, sweep_id,
+                                      int(current_app.config["TENANT_MAX_ACTIVE_RUNS"]))
+            sweeps.settle(session, sweep_id)
+        for child in released:
+            publish_run(child)
+    except Exception:  # noqa: BLE001 - the run itself is recorded; this is catch-up work
+        log.warning("run %s: could not release its sweep's next children; the reconciler "
+                    "will", run_id, exc_info=True)
 
 
 def _claim_and_train(run_id: str) -> str:
@@ -111,6 +133,8 @@ def _claim_and_train(run_id: str) -> str:
                                     .where(of_run(Epoch, run_id)))
         claimed = Claimed(run_id, run.dataset_id, run.network, run.training, resume_phase,
                           resume_epoch, run.stats_thinned_after, epoch_rows)
+        sweep = session.get(Sweep, run.sweep_id) if run.sweep_id is not None else None
+        asha = sweeps.Asha.of(sweep, run_id, run.epochs_total) if sweep is not None else None
         held = Lease(run_id, run.seq, token, cfg["LEASE_SECONDS"], cfg["FLUSH_SECONDS"],
                      cfg["CHECKPOINT_SECONDS"],
                      deadline(run.started_at, cfg["RUN_TIME_LIMIT_SECONDS"]),
@@ -122,7 +146,10 @@ def _claim_and_train(run_id: str) -> str:
     train = resume_phase == "train"
     progress = Progress(held, epoch=resume_epoch if train else 0,
                         pretrained=0 if train else resume_epoch,
-                        thinned_after=claimed.thinned_after, epoch_rows=claimed.epoch_rows)
+                        thinned_after=claimed.thinned_after, epoch_rows=claimed.epoch_rows,
+                        asha=asha)
+    if asha is not None:
+        asha.decided = resume_epoch if train else 0  # rungs up to the checkpoint were passed
     try:
         try:
             result = _train(claimed, progress)
@@ -266,9 +293,11 @@ def _finish(progress: Progress, result: nn.TrainResult | None, *, status: str,
             if retried and _recorded(run_id, status):
                 break  # the COMMIT that failed on its connection had gone through
             with session_scope() as session:
-                progress.write(session)
+                progress.write(session, final=True)
                 if progress.lease.cancel:
-                    status, error_code, error_message = "cancelled", None, None
+                    # A cancel, or ASHA's stop: that one keeps its stopped_early error.
+                    status, error_code, error_message = "cancelled", *_stop_note(session,
+                                                                                 run_id)
                 _final_writes(session, run_id, progress.lease.token, result, status=status,
                               error_code=error_code, error_message=error_message)
             break
@@ -281,6 +310,14 @@ def _finish(progress: Progress, result: nn.TrainResult | None, *, status: str,
     log.info("run %s: %s%s", run_id, status, f" ({error_code}: {error_message})"
              if error_code else "")
     return status
+
+
+def _stop_note(session: sa.orm.Session, run_id: str) -> tuple[str | None, str | None]:
+    """(error_code, error_message) of a cancelled run: ASHA's stopped_early note if the
+    sweep stopped it (service/sweeps.py), else none."""
+    code, message = session.execute(sa.select(Run.error_code, Run.error_message)
+                                    .where(Run.id == run_id)).one()
+    return (code, message) if code == sweeps.STOPPED_EARLY else (None, None)
 
 
 def _recorded(run_id: str, status: str) -> bool:

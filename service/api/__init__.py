@@ -1,5 +1,5 @@
 """One blueprint per resource: data sets, runs (their results, their live events), usage,
-webhooks, model aliases, batch predictions, health, admin; and the dashboard's pages."""
+sweeps, webhooks, model aliases, batch predictions, health, admin; and the dashboard's pages."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     from service.api import (admin, datasets, events, health, models, predictions, results, runs,
-                             usage, webhooks)
+                             sweeps, usage, webhooks)
 
     from service import dashboard
 
-    for module in (datasets, runs, results, events, models, predictions, usage, webhooks, health,
-                   admin, dashboard):
+    for module in (datasets, runs, results, events, models, predictions, sweeps, usage, webhooks,
+                   health, admin, dashboard):
         app.register_blueprint(module.bp)

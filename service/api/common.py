@@ -1,6 +1,6 @@
 """Small helpers the blueprints share, and the one place that scopes queries to a tenant.
 
-Every query of data sets, runs, webhooks, model aliases and batch predictions a tenant
+Every query of data sets, runs, sweeps, webhooks, model aliases and batch predictions a tenant
 endpoint makes carries `owned(Model)` (lists, updates, deletes) or goes through `fetch` (one
 row by id; an alias by its name: `find_model`, `model_artifact`). Epochs, statistics and
 artifacts are reached only through a run fetched so, or joined to it (`run_artifact`);
@@ -22,13 +22,13 @@ from sqlalchemy.orm import Session
 from service.auth import tenant_id
 from service.db import read_row
 from service.errors import ApiError, not_found
-from service.models import Artifact, Dataset, ModelAlias, Prediction, Run, Webhook
+from service.models import Artifact, Dataset, ModelAlias, Prediction, Run, Sweep, Webhook
 
-T = TypeVar("T", Dataset, Run, Webhook, ModelAlias, Prediction)
+T = TypeVar("T", Dataset, Run, Webhook, ModelAlias, Prediction, Sweep)
 
 
 def owned(model: type[Dataset] | type[Run] | type[Webhook] | type[ModelAlias] | type[Prediction]
-          ) -> sa.ColumnElement[bool]:
+          | type[Sweep]) -> sa.ColumnElement[bool]:
     """The WHERE clause limiting `model`'s rows to the calling tenant's."""
     return model.tenant_id == tenant_id()
 

@@ -64,13 +64,22 @@ def put(name: str) -> Response:
     body = json_object()
     validate("ModelPut", body)
     run_id = parse_uuid(body["run_id"], "run_id")
-    weights = body.get("weights", "final")
-    session = get_session()
+    alias, created = point(get_session(), name, run_id, body.get("weights", "final"))
+    if created:
+        return json_response(model_json(alias), 201, f"/v1/models/{name}")
+    return json_response(model_json(alias))
+
+
+def point(session: sa.orm.Session, name: str, run_id: str, weights: str
+          ) -> tuple[ModelAlias, bool]:
+    """Point the calling tenant's alias `name` at the run's weights, committed: the alias,
+    and whether it was made now. A new version only when it moved (a PUT may be repeated);
+    a 422 naming run_id or weights when the run has no such weights."""
     for _attempt in range(PUT_ATTEMPTS):
         _check_weights(session, run_id, weights)
         alias = find_model(session, name)
         if alias is not None and (alias.run_id, alias.weights) == (run_id, weights):
-            return json_response(model_json(alias))
+            return alias, False
         now = utcnow()
         created = alias is None
         if alias is None:
@@ -85,9 +94,7 @@ def put(name: str) -> Response:
         except IntegrityError:  # another PUT took this version, or the run was deleted
             session.rollback()
             continue
-        if created:
-            return json_response(model_json(alias), 201, f"/v1/models/{name}")
-        return json_response(model_json(alias))
+        return alias, created
     raise ApiError(409, "conflict", f"model {name} changed while this PUT was made; try again")
 
 

@@ -10,6 +10,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -125,6 +126,9 @@ def list_() -> Response:
     dataset_id = arg_uuid("dataset_id")
     if dataset_id:
         stmt = stmt.where(Run.dataset_id == dataset_id)
+    sweep_id = arg_uuid("sweep_id")
+    if sweep_id:
+        stmt = stmt.where(Run.sweep_id == sweep_id)
     name = arg_text("name", NAME_MAX_LENGTH)
     if name is not None:
         stmt = stmt.where(Run.name == name)
@@ -257,15 +261,17 @@ def _not_aliased(session: Session, ident: str) -> None:
 
 @bp.post("/<uuid:run_id>/cancel")
 def cancel(run_id: uuid.UUID) -> Response:
-    """queued -> cancelled at once (with its run.cancelled event); running -> cancelling (the
-    worker stops and finishes it).
+    """pending (a sweep's held child) or queued -> cancelled at once (with its run.cancelled
+    event); running -> cancelling (the worker stops and finishes it).
 
     Idempotent: cancelling or cancelled runs are returned as they are. 409 when finished.
     """
     session = get_session()
     ident = str(run_id)
+    now = utcnow()
     moves = (
-        ("queued", {"status": "cancelled", "cancel_requested": True, "finished_at": utcnow()}),
+        ("pending", {"status": "cancelled", "cancel_requested": True, "finished_at": now}),
+        ("queued", {"status": "cancelled", "cancel_requested": True, "finished_at": now}),
         ("running", {"status": "cancelling", "cancel_requested": True}),
     )
     for _attempt in range(3):  # the status may move between our reads; try again
@@ -302,18 +308,31 @@ def _plan(session: Session, dataset_id: str, body: dict[str, Any]
           ) -> tuple[nn.Plan, nn.budget.Estimate]:
     """Build the plan against the data set and estimate it: every spec error and every limit
     passed is a 422 naming its field."""
+    return planner(session, dataset_id)(body)
+
+
+def planner(session: Session, dataset_id: str
+            ) -> Callable[[dict[str, Any]], tuple[nn.Plan, nn.budget.Estimate]]:
+    """`_plan` for any number of run bodies on one data set (a sweep's children): the data
+    set is read (a 422 at dataset_id without one) and decoded once."""
     dataset = find(session, Dataset, dataset_id, undefer(Dataset.data))
     if dataset is None:
         raise validation_error("dataset_id", "no data set with this id")
-    data, task = dataset.data, dataset.task
+    data, task, stored = dataset.data, dataset.task, dataset.size_bytes
+    described: list[nn.DataInfo] = []
 
-    def build() -> nn.Plan:
-        inputs, targets = dataio.decode(data)
-        info = nn.describe(inputs, targets, task)
-        return _spec_errors(nn.build, body["network"], body.get("training") or {}, info)
+    def plan(body: dict[str, Any]) -> tuple[nn.Plan, nn.budget.Estimate]:
+        def build() -> nn.Plan:
+            if not described:
+                inputs, targets = dataio.decode(data)
+                described.append(nn.describe(inputs, targets, task))
+            return _spec_errors(nn.build, body["network"], body.get("training") or {},
+                                described[0])
 
-    plan = offload.run(build, size=len(data))
-    return plan, limits.check_plan(plan, dataset.size_bytes, current_app.config)
+        built = offload.run(build, size=len(data))
+        return built, limits.check_plan(built, stored, current_app.config)
+
+    return plan
 
 
 def _thinned_after(plan: nn.Plan) -> int | None:

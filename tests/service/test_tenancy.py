@@ -58,6 +58,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/admin/tenants"): {"name": "someone"},
     ("PATCH", "/v1/webhooks/{webhook_id}"): {"description": "changed"},
     ("POST", "/v1/models/{name}/predict"): {"inputs": [[1.0, 1.0]]},
+    ("POST", "/v1/sweeps/{sweep_id}/promote"): {"model": "promoted"},
 }
 # Operations on a name that make what they name: tested on their own below.
 MAKERS = [("PUT", "/v1/models/{name}")]
@@ -151,8 +152,16 @@ def other(any_app: Flask) -> dict[str, Any]:
     job = client.post("/v1/predictions", json={"model": "theirs", "dataset_id": dataset["id"]})
     with any_app.app_context():
         assert run_prediction(job.get_json()["id"]) == "succeeded"
+    sweep = client.post("/v1/sweeps", json=_sweep_body(dataset["id"]))
+    assert sweep.status_code == 202, sweep.get_json()
     return {"client": client, "dataset_id": dataset["id"], "run_id": run["id"],
-            "webhook_id": webhook["id"], "name": "theirs", "prediction_id": job.get_json()["id"]}
+            "webhook_id": webhook["id"], "name": "theirs", "prediction_id": job.get_json()["id"],
+            "sweep_id": sweep.get_json()["id"]}
+
+
+def _sweep_body(dataset_id: str) -> dict[str, Any]:
+    return {"dataset_id": dataset_id, "network": XOR_NETWORK, "training": XOR_TRAINING,
+            "parameters": {"training.optimizer.learning_rate": [0.1, 0.5]}}
 
 
 def _unchanged(other: dict[str, Any]) -> None:
@@ -167,6 +176,8 @@ def _unchanged(other: dict[str, Any]) -> None:
     assert (model["run_id"], model["version"]) == (other["run_id"], 1)
     job = b.get(f"/v1/predictions/{other['prediction_id']}").get_json()
     assert (job["status"], job["cancel_requested"]) == ("succeeded", False)
+    sweep = b.get(f"/v1/sweeps/{other['sweep_id']}").get_json()
+    assert (sweep["status"], sweep["cancel_requested"]) == ("queued", False)
 
 
 @pytest.mark.parametrize(("method", "template"),
@@ -175,7 +186,7 @@ def test_another_tenants_id_is_404(any_client, other: dict, method: str, templat
     """Every operation on an id: tenant A gets 404 for tenant B's ids, as for no id at all,
     and B's rows are untouched."""
     ids = {name: other[name] for name in ("dataset_id", "run_id", "webhook_id", "name",
-                                          "prediction_id")}
+                                          "prediction_id", "sweep_id")}
     theirs = _problem(_call(any_client, method, template, ids=ids), 404, "not_found")
     nobody = _problem(_call(any_client, method, template), 404, "not_found")
     assert theirs["detail"] == nobody["detail"].replace(MISSING, ids[_param(template)])
@@ -194,7 +205,8 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
     if template == "/v1/usage":
         assert any_client.get(template).get_json()["counts"] == {"datasets": 0, "runs": 0,
                                                                  "predictions": 0}
-        assert other["client"].get(template).get_json()["counts"] == {"datasets": 1, "runs": 1,
+        # B's runs: its run and its sweep's two children.
+        assert other["client"].get(template).get_json()["counts"] == {"datasets": 1, "runs": 3,
                                                                       "predictions": 1}
     elif method == "GET":
         resp = any_client.get(template)
@@ -204,6 +216,7 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
         assert other["webhook_id"] not in resp.get_data(as_text=True)
         assert other["name"] not in resp.get_data(as_text=True)
         assert other["prediction_id"] not in resp.get_data(as_text=True)
+        assert other["sweep_id"] not in resp.get_data(as_text=True)
         assert other["client"].get(template).get_json()["items"]  # B sees its own
     elif (method, template) == ("POST", "/v1/runs"):
         body = {"dataset_id": other["dataset_id"], "network": XOR_NETWORK, "training": XOR_TRAINING}
@@ -229,6 +242,13 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
         resp = any_client.post(template, json={"run_id": run["id"],
                                                "dataset_id": other["dataset_id"]})
         assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "dataset_id"
+    elif (method, template) == ("POST", "/v1/sweeps"):
+        resp = any_client.post(template, json=_sweep_body(other["dataset_id"]))
+        assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "dataset_id"
+        made = any_client.post(template, json=_sweep_body(create_xor_dataset(any_client)["id"]))
+        assert other["client"].get(f"/v1/sweeps/{made.get_json()['id']}").status_code == 404
+        assert other["client"].get(f"/v1/runs?sweep_id={made.get_json()['id']}").get_json()[
+            "items"] == []
     elif (method, template) == ("POST", "/v1/webhooks"):
         made = any_client.post(template, json=WEBHOOK).get_json()
         assert other["client"].get(f"/v1/webhooks/{made['id']}").status_code == 404
