@@ -33,6 +33,8 @@ bp = Blueprint("dashboard", __name__)
 @bp.get("/new")
 @bp.get("/runs/<uuid:run_id>")
 @bp.get("/datasets/<uuid:dataset_id>")
+@bp.get("/sweeps")
+@bp.get("/sweeps/<uuid:sweep_id>")
 @public
 def page(**_ids: Any) -> Response:
     return _send("index.html", "no-cache")

@@ -1,5 +1,5 @@
-// The dashboard's entry: the API key, the API client, and the router (one page, four views).
-import { runsPage, runPage, datasetPage, newRunPage } from "./pages.js";
+// The dashboard's entry: the API key, the API client, and the router (one page, six views).
+import { runsPage, runPage, datasetPage, newRunPage, sweepsPage, sweepPage } from "./pages.js";
 
 const KEY = "backprop-key";
 
@@ -91,6 +91,8 @@ export function route() {
   let match;
   if ((match = path.match(new RegExp(`^/runs/${id}$`)))) leave = runPage(main, match[1]);
   else if ((match = path.match(new RegExp(`^/datasets/${id}$`)))) leave = datasetPage(main, match[1]);
+  else if ((match = path.match(new RegExp(`^/sweeps/${id}$`)))) leave = sweepPage(main, match[1]);
+  else if (path === "/sweeps") leave = sweepsPage(main);
   else if (path === "/new") leave = newRunPage(main);
   else leave = runsPage(main);
 }

@@ -10,7 +10,8 @@ from flask.testing import FlaskClient
 
 def test_every_dashboard_path_serves_the_page_without_a_key(client) -> None:  # noqa: ANN001
     anonymous = client.application.test_client(api_key=None)
-    for path in ("/", "/new", f"/runs/{uuid.uuid4()}", f"/datasets/{uuid.uuid4()}"):
+    for path in ("/", "/new", f"/runs/{uuid.uuid4()}", f"/datasets/{uuid.uuid4()}", "/sweeps",
+                 f"/sweeps/{uuid.uuid4()}"):
         page = anonymous.get(path)
         assert page.status_code == 200 and page.mimetype == "text/html", path
         assert b'<script type="module" src="/static/app.js">' in page.data
@@ -28,3 +29,4 @@ def test_its_files_are_served_and_nothing_else(app) -> None:  # noqa: ANN001
     assert files.get("/static/nothing.js").status_code == 404
     assert files.get("/static/../dashboard.py").status_code == 404
     assert files.get("/runs/not-a-uuid").status_code == 404
+    assert files.get("/sweeps/not-a-uuid").status_code == 404
