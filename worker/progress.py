@@ -189,7 +189,10 @@ class Progress:
         if self.every is None:
             self._measured.append(report.duration_s)
         self._at_boundary = True
-        self._maybe_flush()
+        if self.asha is not None and report.phase == "train" and self.asha.due(report.epoch):
+            self.flush()  # at the rung itself: its decision is not left to the next flush
+        else:
+            self._maybe_flush()
 
     def on_checkpoint(self, epoch: int, state: bytes) -> None:
         # epoch 0: taken within pretraining, right after the report of its latest epoch.

@@ -1,5 +1,6 @@
 // The dashboard's entry: the API key, the API client, and the router (one page, six views).
-import { runsPage, runPage, datasetPage, newRunPage, sweepsPage, sweepPage } from "./pages.js";
+import { runsPage, runPage, datasetPage, newRunPage } from "./pages.js";
+import { sweepsPage, sweepPage } from "./sweeps.js";
 
 const KEY = "backprop-key";
 

@@ -23,7 +23,7 @@ def test_every_dashboard_path_serves_the_page_without_a_key(client) -> None:  # 
 def test_its_files_are_served_and_nothing_else(app) -> None:  # noqa: ANN001
     files = FlaskClient(app)  # not the API's contract: no openapi.yaml check
     for name, mimetype in (("app.js", "text/javascript"), ("charts.js", "text/javascript"),
-                           ("style.css", "text/css")):
+                           ("sweeps.js", "text/javascript"), ("style.css", "text/css")):
         answer = files.get(f"/static/{name}")
         assert answer.status_code == 200 and answer.mimetype == mimetype, name
     assert files.get("/static/nothing.js").status_code == 404

@@ -82,6 +82,13 @@ SEMANTIC: dict[str, list[tuple[str, str]]] = {
                              ("model", "no model with this name|has no (final|best) weights"),
                              ("weights", "has no (final|best) weights"),
                              ("dataset_id", "no data set with this id|samples have the shape")],
+    # A sweep's children, each built as a run (a path must exist in the spec; each value
+    # must make a valid run); a grid's size; a validation metric needs a validation split;
+    # a distribution's range the right way round.
+    "POST /v1/sweeps": [(r"parameters\['.*'\](\[\d+\]|\.\w+)?", ""),
+                        ("dataset_id", "no data set with this id"),
+                        ("parameters", "combinations"),
+                        ("metric", "needs a validation split")],
     "GET /v1/runs/{run_id}/epochs": [(r"query\.to_epoch", "must be >= from_epoch")],
     "GET /v1/runs/{run_id}/layer-stats": [(r"query\.to_epoch", "must be >= from_epoch")],
     "GET /v1/runs/{run_id}/events": [(r"header\.Last-Event-ID|query\.last_event_id",

@@ -100,8 +100,6 @@ def test_bad_paths_and_values_are_422s_naming_the_parameter_and_value(client) ->
         assert problem_paths(resp)[0] == path, (parameters, resp.get_json())
     bad = client.post("/v1/sweeps", json={**_body(dataset["id"]), "parameters": {LR: [0.5, -1.0]}})
     assert "-1.0" in bad.get_json()["errors"][0]["message"]
-    random_needs_runs = client.post("/v1/sweeps", json=_body(dataset["id"], method="random"))
-    assert problem_paths(random_needs_runs) == ["max_runs"]
     too_big = client.post("/v1/sweeps", json=_body(dataset["id"], max_runs=5))
     assert problem_paths(too_big) == ["parameters"]
     upside_down = client.post("/v1/sweeps", json={
@@ -267,3 +265,22 @@ def _set_val_loss(app: Flask, run_id: str, epoch: int, value: float | None) -> N
         seq = session.get(Run, run_id).seq
         session.execute(sa.update(Epoch).where(Epoch.run_seq == seq, Epoch.epoch == epoch)
                         .values(val_loss=value))
+
+
+def test_a_retried_submission_makes_one_sweep(any_client, published) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(any_client)
+    key = {"Idempotency-Key": "sweep-1"}
+    first = any_client.post("/v1/sweeps", json=_body(dataset["id"]), headers=key)
+    again = any_client.post("/v1/sweeps", json=_body(dataset["id"]), headers=key)
+    assert first.status_code == again.status_code == 202
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(any_client.get("/v1/sweeps").get_json()["items"]) == 1
+    assert len(_children(any_client, first.get_json()["id"])) == 6
+    assert len(published) == 1  # max_concurrent 1: one child released, published once
+
+
+def test_a_random_sweep_without_max_runs_is_refused_by_the_schema(client) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(client)
+    resp = client.post("/v1/sweeps", json=_body(dataset["id"], method="random"))
+    assert resp.status_code == 422 and problem_paths(resp) == ["max_runs"]
