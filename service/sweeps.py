@@ -36,6 +36,7 @@ commit leaves neither, and the run resumed from its checkpoint reaches the rung 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -79,12 +80,17 @@ def parse_path(path: str) -> list[str | int]:
     return steps
 
 
-def set_path(spec: dict[str, Any], steps: list[str | int], value: Any) -> None:
-    """Put `value` at `steps` in `spec` (changed in place): missing objects on the way are
-    made; a list index must exist. ValueError saying where the path leaves the spec."""
+def set_path(spec: dict[str, Any], steps: list[str | int], value: Any,
+             defaults: dict[str, Any] | None = None) -> None:
+    """Put `value` at `steps` in `spec` (changed in place). An object missing on the way is
+    taken from `defaults` (the base spec as built, every default filled in), so that
+    training.optimizer.learning_rate on a base without an optimizer keeps the default
+    optimizer's other fields; else it is made empty. A list index must exist. ValueError
+    saying where the path leaves the spec."""
     node: Any = spec
+    default: Any = defaults
     for i, step in enumerate(steps[:-1]):
-        node = _child(node, step, steps[i + 1], i)
+        node, default = _child(node, default, step, steps[i + 1], i)
     last = steps[-1]
     if isinstance(last, int):
         if not isinstance(node, list) or last >= len(node):
@@ -94,18 +100,26 @@ def set_path(spec: dict[str, Any], steps: list[str | int], value: Any) -> None:
     node[last] = value
 
 
-def _child(node: Any, step: str | int, next_step: str | int, i: int) -> Any:
+def _child(node: Any, default: Any, step: str | int, next_step: str | int, i: int
+           ) -> tuple[Any, Any]:
+    """The node one step down, and the defaults' node there (None where they have none)."""
+    if isinstance(default, dict):
+        below = default.get(step) if isinstance(step, str) else None
+    elif isinstance(default, list) and isinstance(step, int) and step < len(default):
+        below = default[step]
+    else:
+        below = None
     if isinstance(step, int):
         if not isinstance(node, list) or step >= len(node):
             raise ValueError(f"has no item {step} at step {i + 1}")
-        return node[step]
+        return node[step], below
     if not isinstance(node, dict):
         raise ValueError(f"{step!r} (step {i + 1}) is inside something that is not an object")
     if step not in node or node[step] is None:
         if isinstance(next_step, int):
             raise ValueError(f"{step!r} (step {i + 1}) is not in the base spec")
-        node[step] = {}
-    return node[step]
+        node[step] = copy.deepcopy(below) if isinstance(below, dict) else {}
+    return node[step], below
 
 
 @dataclass

@@ -57,6 +57,7 @@ def create() -> Response:
             "training": body.get("training") or {}}
     session = get_session()
     plan = planner(session, dataset_id)
+    defaults = _built(plan, base)
     tags = body.get("tags") or {}
     early = body.get("early_stopping")
     if early is not None:  # stored with its default filled in, as the runs' specs are
@@ -73,7 +74,7 @@ def create() -> Response:
         child = copy.deepcopy(base)
         for name, choice in combo.items():
             try:
-                sweeps.set_path(child, steps[name], copy.deepcopy(choice.value))
+                sweeps.set_path(child, steps[name], copy.deepcopy(choice.value), defaults)
             except ValueError as e:
                 raise validation_error(f"parameters['{name}']",
                                        f"is not a place in the base spec: {e}") from None
@@ -127,6 +128,19 @@ def _paths(parameters: dict[str, Any], method: str) -> dict[str, list[str | int]
             except sweeps.SweepError as e:
                 raise validation_error(e.path, e.message) from None
     return steps
+
+
+def _built(plan: Any, base: dict[str, Any]) -> dict[str, Any] | None:
+    """The base spec as built (every default filled in), where a parameter's path finds the
+    objects the base leaves out; None when the base alone is no valid run (its children may
+    still be: a parameter may replace what is wrong in it)."""
+    try:
+        built, _estimate = plan(base)
+    except ApiError as e:
+        if e.status != 422:
+            raise
+        return None
+    return {"network": built.network, "training": built.training}
 
 
 def _checked(plan: Any, child: dict[str, Any], combo: dict[str, sweeps.Choice]) -> Any:

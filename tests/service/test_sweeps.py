@@ -284,3 +284,25 @@ def test_a_random_sweep_without_max_runs_is_refused_by_the_schema(client) -> Non
     dataset = create_xor_dataset(client)
     resp = client.post("/v1/sweeps", json=_body(dataset["id"], method="random"))
     assert resp.status_code == 422 and problem_paths(resp) == ["max_runs"]
+
+
+def test_a_path_through_objects_the_base_leaves_out_keeps_their_defaults(client, published) -> None:  # noqa: ANN001
+    """training.optimizer.learning_rate on a base without an optimizer: the default
+    optimizer (its type among the rest) with that learning rate."""
+    dataset = create_xor_dataset(client)
+    sweep = _submit(client, {"dataset_id": dataset["id"], "network": XOR_NETWORK,
+                             "training": {"epochs": 5, "validation_fraction": 0.2},
+                             "parameters": {LR: [0.1, 1.0]}})
+    children = _children(client, sweep["id"])
+    default = create_run_optimizer(client, dataset["id"])
+    for child in children:
+        optimizer = child["training"]["optimizer"]
+        assert optimizer == {**default, "learning_rate": child["sweep_parameters"][LR]}
+    # the network's untouched fields are as a run would have them: not from the base as built
+    assert [c["network"] for c in children][0] == [c["network"] for c in children][1]
+
+
+def create_run_optimizer(client, dataset_id: str) -> dict[str, Any]:  # noqa: ANN001
+    resp = client.post("/v1/runs", json={"dataset_id": dataset_id, "network": XOR_NETWORK,
+                                         "training": {"epochs": 5, "validation_fraction": 0.2}})
+    return resp.get_json()["training"]["optimizer"]
