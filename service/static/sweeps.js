@@ -1,7 +1,8 @@
 // The sweeps' views: the list, and one sweep (its metric against each parameter, the
 // leaderboard with links to the children), read again every POLL_MS until it is settled.
 import { api, ApiError, el, navigate } from "./app.js";
-import { badge, card, FINISHED, POLL_MS, problemText, shortId, STATUSES } from "./pages.js";
+import { badge, card, FINISHED, POLL_MS, polledTable, problemText, shortId,
+         STATUSES } from "./pages.js";
 import * as charts from "./charts.js";
 
 // A parameter's value as a short label: a number, a word, or a list of layers ("6 × 4 relu
@@ -64,41 +65,24 @@ function childStyle(item, sweep) {
 }
 
 export function sweepsPage(main) {
-  const body = el("tbody");
+  const list = polledTable(["sweep", "status", "children", "parameters", "metric", "best",
+                            "created"], () => "/v1/sweeps?limit=50", (s) => {
+    const done = ["succeeded", "failed", "cancelled"].reduce((n, k) => n + s.counts[k], 0);
+    return el("tr", {},
+      el("td", {}, el("a", { href: `/sweeps/${s.id}` }, s.name || shortId(s.id))),
+      el("td", {}, badge(s.status)),
+      el("td", {}, el("progress", { max: s.runs_total, value: done }), ` ${done}/${s.runs_total}`),
+      el("td", {}, `${s.method}: ${Object.keys(s.parameters).join(", ")}`),
+      el("td", {}, `${s.metric} (${s.goal})`),
+      el("td", {}, s.best_run_id ? el("a", { href: `/runs/${s.best_run_id}` },
+                                      metricText(s.best_metric)) : "–"),
+      el("td", {}, new Date(s.created_at).toLocaleString()));
+  }, "No sweeps yet: POST /v1/sweeps (the README has examples).");
   main.replaceChildren(
     el("h1", {}, "Sweeps"),
     el("p.muted", {}, "Grid and random searches (POST /v1/sweeps); each child is a run."),
-    el("table", {}, el("thead", {}, el("tr", {}, ["sweep", "status", "children", "parameters",
-                                                   "metric", "best", "created"].map((h) => el("th", {}, h)))),
-       body));
-  let timer;
-  async function refresh() {
-    clearTimeout(timer);
-    try {
-      const page = await api("/v1/sweeps?limit=50");
-      body.replaceChildren(...page.items.map((s) => {
-        const done = ["succeeded", "failed", "cancelled"].reduce((n, k) => n + s.counts[k], 0);
-        return el("tr", {},
-          el("td", {}, el("a", { href: `/sweeps/${s.id}` }, s.name || shortId(s.id))),
-          el("td", {}, badge(s.status)),
-          el("td", {}, el("progress", { max: s.runs_total, value: done }), ` ${done}/${s.runs_total}`),
-          el("td", {}, `${s.method}: ${Object.keys(s.parameters).join(", ")}`),
-          el("td", {}, `${s.metric} (${s.goal})`),
-          el("td", {}, s.best_run_id ? el("a", { href: `/runs/${s.best_run_id}` },
-                                          metricText(s.best_metric)) : "–"),
-          el("td", {}, new Date(s.created_at).toLocaleString()));
-      }));
-      if (!page.items.length) {
-        body.replaceChildren(el("tr", {}, el("td", { colspan: 7 },
-          "No sweeps yet: POST /v1/sweeps (the README has examples).")));
-      }
-    } catch (error) {
-      body.replaceChildren(el("tr", {}, el("td.errors", { colspan: 7 }, problemText(error))));
-    }
-    timer = setTimeout(refresh, POLL_MS);
-  }
-  refresh();
-  return () => clearTimeout(timer);
+    list.table);
+  return list.stop;
 }
 
 const BOARD_PAGE = 10;  // leaderboard rows a page
