@@ -168,6 +168,7 @@ class Progress:
     # A sweep's child with early stopping: its rung decisions, made in the flush that writes
     # the rung's epoch row (service/sweeps.py says why there).
     asha: sweeps.Asha | None = None
+    _stop_early: bool = False  # ASHA's stop, written in the flush being committed
 
     @property
     def position(self) -> Position:
@@ -256,6 +257,7 @@ class Progress:
     def failed(self, exc: BaseException) -> None:
         """A transaction of ours failed on its connection (and was rolled back, or not)."""
         self._retry = True
+        self._stop_early = False  # decided again by the next flush, from what committed
         self._last_flush = monotonic()
         self.lease.unreachable(exc)
 
@@ -272,7 +274,9 @@ class Progress:
             why = self.asha.decide(session, self.epoch)
             if why is not None:
                 log.info("run %s: %s", self.lease.run_id, why)
-                self.lease.cancel = True  # should_stop answers "cancelled" from now on
+                # acted on once committed (`written`): a transaction that fails leaves no
+                # decision, and the next flush decides the rung again
+                self._stop_early = True
         if self.state is not None and self.stored < self._state_at <= self.position:
             phase, epoch = self._state_at
             put_artifact(session, self.lease.run_id, "checkpoint", epoch, self.state,
@@ -283,6 +287,8 @@ class Progress:
     def written(self, checkpoint: Position | None) -> None:
         if self.asha is not None:
             self.asha.decided = self.epoch  # the rungs through it are committed
+            if self._stop_early:
+                self.lease.cancel = True  # should_stop answers "cancelled" from now on
         self.epoch_rows += len(self.buffer)
         self.buffer = []
         self._retry = False
