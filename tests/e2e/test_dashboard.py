@@ -288,34 +288,3 @@ def test_a_sweep_over_whole_networks(service: tuple[str, str], page: Any, shots:
 def test_chromium_is_debians() -> None:
     """Playwright's own browser download is not used (nor reachable here)."""
     assert shutil.which("chromium") == CHROMIUM
-
-
-def test_a_sweep_page_plots_the_metric_against_each_parameter(
-        service: tuple[str, str], page: Any, shots: Path) -> None:
-    """A 2 x 2 XOR sweep made through the API: its page draws one chart per parameter and
-    the leaderboard links to every child, once the embedded worker has trained them."""
-    import requests
-
-    base, key = service
-    auth = {"Authorization": f"Bearer {key}"}
-    dataset = requests.post(f"{base}/v1/datasets", headers=auth, timeout=30, json={
-        "name": "xor", "generator": {"kind": "xor", "n_samples": 100, "seed": 1}}).json()
-    network = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"},
-                          {"type": "dense", "units": 1, "activation": "sigmoid"}]}
-    sweep = requests.post(f"{base}/v1/sweeps", headers=auth, timeout=60, json={
-        "dataset_id": dataset["id"], "network": network, "name": "xor lr x units",
-        "training": {"epochs": 50, "validation_fraction": 0.2, "seed": 1},
-        "parameters": {"training.optimizer.learning_rate": [0.1, 1.0],
-                       "network.layers[0].units": [2, 8]}, "max_concurrent": 2})
-    assert sweep.status_code == 202, sweep.text
-    page.goto(f"{base}/#key={key}")
-    page.get_by_role("link", name="Sweeps").click()
-    page.locator(f"a[href='/sweeps/{sweep.json()['id']}']").click()
-    page.locator("h1 .badge.succeeded").wait_for()
-    _until(page, "the leaderboard", lambda: page.locator("tbody tr").count() == 4)
-    assert page.locator("[data-chart=sweep-parameter]").count() == 2
-    assert page.locator("[data-chart=sweep-parameter] circle").count() == 8  # 4 per parameter
-    page.screenshot(path=shots / "dashboard-sweep.png", full_page=True)
-    page.locator("tbody a").first.click()  # the best child
-    page.locator("h1 .badge.succeeded").wait_for()
-    assert page.errors == []
