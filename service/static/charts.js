@@ -58,8 +58,7 @@ function legend(items) {
   return box;
 }
 
-// series: [{name, color, dashed, markers, points: [[x, y], ...]}]; y <= 0 is left out on a
-// log scale; a series with `markers` is drawn as dots (a scatter), not a line.
+// series: [{name, color, dashed, points: [[x, y], ...]}]; y <= 0 is left out on a log scale.
 export function lineChart(container, { series, log = false, xLabel = "epoch", yLabel = "", yMin,
                                        yMax }) {
   const W = 480, H = 220, L = 48, R = 22, T = 10, B = 34;
@@ -106,13 +105,6 @@ export function lineChart(container, { series, log = false, xLabel = "epoch", yL
   chart.append(axis);
   for (const s of shown) {
     if (!s.points.length) continue;
-    if (s.markers) {
-      for (const [x, y] of s.points) {
-        chart.append(svg("circle", { cx: px(x).toFixed(1), cy: py(log ? Math.log10(y) : y).toFixed(1),
-                                     r: 4, fill: s.color }));
-      }
-      continue;
-    }
     const d = s.points.map(([x, y], i) =>
       `${i ? "L" : "M"}${px(x).toFixed(1)},${py(log ? Math.log10(y) : y).toFixed(1)}`).join("");
     chart.append(svg("path", { d, fill: "none", stroke: s.color, "stroke-width": 1.8,
@@ -305,4 +297,93 @@ export function bars(container, items, label) {
                      String(item.value)));
   });
   container.replaceChildren(chart);
+}
+
+// A sweep's children by style: fill and ring (the page's legend uses the same, style.css).
+const DOTS = { best: ["#15803d", "#15803d"], done: [BLUE, BLUE], stopped: ["#fff", ORANGE],
+               running: ["#fff", BLUE], other: ["#fff", "#9ca3af"] };
+
+// One parameter of a sweep against its metric. points: [{x, y, title, style (a DOTS key),
+// onclick}];
+// x numbers (on a log axis with `log`; ticks at `marks`, a grid's values, when given) or, with
+// `categories`, one of them (a string). Points without a y are left out. data-points and
+// data-scale record what was drawn.
+export function scatter(container, { points, categories, marks, log = false, logY = false,
+                                     xLabel, yLabel }) {
+  // Category names that would overlap are turned, and the chart grows to hold them.
+  const slot = categories ? (330 - 62) / categories.length : Infinity;
+  const longest = categories ? Math.max(...categories.map((c) => c.length)) : 0;
+  const turn = longest * 6 > slot;
+  const extra = turn ? Math.min(90, Math.round(longest * 6 * 0.5)) : 0;
+  const W = 330, H = 200 + extra, L = 48, R = 14, T = 10, B = 34 + extra;
+  const shown = points.filter((p) => p.y !== null && Number.isFinite(p.y) && (!logY || p.y > 0)
+    && (categories ? categories.includes(p.x) : Number.isFinite(p.x) && (!log || p.x > 0)));
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img",
+                             "aria-label": `${yLabel} by ${xLabel}` });
+  container.dataset.points = String(shown.length);
+  container.dataset.scale = categories ? "category" : log ? "log" : "linear";
+  if (!shown.length) {
+    chart.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no finished child yet"));
+    container.replaceChildren(chart);
+    return;
+  }
+  const fx = (x) => (categories ? categories.indexOf(x) : log ? Math.log10(x) : x);
+  const fy = (y) => (logY ? Math.log10(y) : y);
+  const xs = categories ? [-0.5, categories.length - 0.5]
+    : [...shown.map((p) => fx(p.x)), ...(marks || []).map(fx)];  // a grid's axis stays put
+  const ys = shown.map((p) => fy(p.y));
+  let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (!categories) {  // a margin, so no point sits on the frame
+    const pad = x1 > x0 ? (x1 - x0) * 0.06 : 0.5;
+    [x0, x1] = [x0 - pad, x1 + pad];
+  }
+  const padY = y1 > y0 ? (y1 - y0) * 0.08 : 0.5;
+  [y0, y1] = [y0 - padY, y1 + padY];
+  const px = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const py = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
+  const axis = svg("g", { class: "axis" });
+  const xTicks = categories ? categories.map((_, i) => i) : marks ? marks.map(fx)
+    : log ? decades(x0, x1) : ticks(x0, x1, 4);
+  for (const [k, v] of xTicks.entries()) {
+    if (v < x0 - 1e-9 || v > x1 + 1e-9) continue;
+    const text = categories ? categories[v] : marks ? fmt(marks[k])
+      : log ? fmt(10 ** v) : fmt(v, xTicks[1] - xTicks[0]);
+    axis.append(svg("line", { x1: px(v), x2: px(v), y1: H - B, y2: H - B + 4 }), turn
+      ? svg("text", { x: px(v), y: H - B + 14, "text-anchor": "end",
+                      transform: `rotate(-30 ${px(v)} ${H - B + 14})` }, text)
+      : svg("text", { x: px(v), y: H - B + 16, "text-anchor": "middle" }, text));
+  }
+  const yTicks = logY ? decades(y0, y1) : ticks(y0, y1, 4);
+  for (const v of yTicks) {
+    if (v < y0 - 1e-9 || v > y1 + 1e-9) continue;
+    axis.append(svg("line", { x1: L, x2: W - R, y1: py(v), y2: py(v), opacity: 0.5 }),
+                svg("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end" },
+                    logY ? fmt(10 ** v) : fmt(v, yTicks[1] - yTicks[0])));
+  }
+  axis.append(svg("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" },
+                  xLabel + (log ? " (log)" : "")),
+              svg("text", { x: 12, y: (T + H - B) / 2, transform: `rotate(-90 12 ${(T + H - B) / 2})`,
+                            "text-anchor": "middle" }, yLabel + (logY ? " (log)" : "")));
+  chart.append(axis);
+  // the best last, so it is drawn on top of its neighbours
+  const order = (p) => (p.style === "best" ? 1 : 0);
+  for (const p of [...shown].sort((a, b) => order(a) - order(b))) {
+    const [fill, ring] = DOTS[p.style] || DOTS.other;
+    const dot = svg("circle", { cx: px(fx(p.x)).toFixed(1), cy: py(fy(p.y)).toFixed(1),
+                                r: p.style === "best" ? 6 : 4.5, "stroke-width": 1.8, fill,
+                                "fill-opacity": 0.8, stroke: ring, "data-style": p.style,
+                                cursor: p.onclick ? "pointer" : "default" },
+                        svg("title", {}, p.title));
+    if (p.onclick) dot.addEventListener("click", p.onclick);
+    chart.append(dot);
+  }
+  container.replaceChildren(chart);
+}
+
+// The integer powers of ten within [lo, hi] (logs), or lo and hi when no power is inside.
+function decades(lo, hi) {
+  const out = [];
+  for (let v = Math.ceil(lo - 1e-9); v <= hi + 1e-9; v++) out.push(v);
+  return out.length >= 2 ? out : [lo + (hi - lo) * 0.1, lo + (hi - lo) * 0.9];
 }

@@ -1,11 +1,14 @@
-// The four views: runs, one run (live), one data set, a new run. Each returns a function
-// that stops what it started (streams, timers) when the view is left.
+// The views: runs, one run (live), one data set, a new run (sweeps.js has the sweeps'). Each
+// returns a function that stops what it started (streams, timers) when the view is left.
 import { api, ApiError, el, navigate } from "./app.js";
 import { follow } from "./sse.js";
 import * as charts from "./charts.js";
 
 export const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
-const STATUSES = ["pending", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
+// pending: a sweep's child held until the sweep may run one more (service/sweeps.py)
+export const STATUSES = ["pending", "queued", "running", "cancelling", "succeeded", "failed",
+                         "cancelled"];
+export const POLL_MS = 2000;  // how often the lists and a sweep are read again
 
 export function badge(status) {
   return el(`span.badge.${status}`, {}, status);
@@ -34,13 +37,31 @@ export function card(title, chart, ...extra) {
 
 export function runsPage(main) {
   const params = new URLSearchParams(location.search);
-  const status = el("select", { "aria-label": "status", onchange: refresh },
+  const status = el("select", { "aria-label": "status", onchange: () => list.refresh() },
                     el("option", { value: "" }, "any status"),
                     STATUSES.map((s) => el("option", { value: s }, s)));
   status.value = params.get("status") || "";
   const dataset = params.get("dataset_id");
   const sweep = params.get("sweep_id");  // a sweep's children (the sweep page links here)
-  const body = el("tbody");
+  function path() {
+    const query = new URLSearchParams({ limit: "50" });
+    if (status.value) query.set("status", status.value);
+    if (dataset) query.set("dataset_id", dataset);
+    if (sweep) query.set("sweep_id", sweep);
+    return `/v1/runs?${query}`;
+  }
+  const list = polledTable(["run", "status", "progress", "network", "data set", "sweep", "created"],
+    path, (run) => el("tr", {},
+      el("td", {}, el("a", { href: `/runs/${run.id}` }, shortId(run.id))),
+      el("td", {}, badge(run.status)),
+      el("td", {}, el("progress", { max: 1, value: run.progress }),
+         ` ${run.epochs_completed}/${run.epochs_total}`),
+      el("td", {}, describeNetwork(run.network)),
+      el("td", {}, el("a", { href: `/datasets/${run.dataset_id}` }, shortId(run.dataset_id))),
+      el("td", {}, run.sweep_id ? el("a", { href: `/sweeps/${run.sweep_id}` }, shortId(run.sweep_id))
+        : ""),
+      el("td", {}, new Date(run.created_at).toLocaleString())),
+    "No runs yet: ", el("a", { href: "/new" }, "start one"), ".");
   main.replaceChildren(
     el("h1", {}, "Runs"),
     el("div.toolbar", {}, status,
@@ -49,37 +70,33 @@ export function runsPage(main) {
        sweep ? el("span", {}, "sweep ", el("a", { href: `/sweeps/${sweep}` }, shortId(sweep)),
                   " ", el("a", { href: "/" }, "(all)")) : null,
        el("a", { href: "/new" }, el("button.primary", { type: "button", tabindex: -1 }, "New run"))),
-    el("table", {}, el("thead", {}, el("tr", {}, ["run", "status", "progress", "network",
-                                                   "data set", "created"].map((h) => el("th", {}, h)))),
-       body));
+    list.table);
+  return list.stop;
+}
+
+// A table of a list read again every POLL_MS: `path()` the list's page to read, `row(item)`
+// an item's row, `empty` what an empty list says. Its table, refresh, and what stops it.
+export function polledTable(headers, path, row, ...empty) {
+  const body = el("tbody");
+  const table = el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
+                   body);
   let timer;
   async function refresh() {
     clearTimeout(timer);
-    const query = new URLSearchParams({ limit: "50" });
-    if (status.value) query.set("status", status.value);
-    if (dataset) query.set("dataset_id", dataset);
-    if (sweep) query.set("sweep_id", sweep);
     try {
-      const page = await api(`/v1/runs?${query}`);
-      body.replaceChildren(...page.items.map((run) => el("tr", {},
-        el("td", {}, el("a", { href: `/runs/${run.id}` }, shortId(run.id))),
-        el("td", {}, badge(run.status)),
-        el("td", {}, el("progress", { max: 1, value: run.progress }),
-           ` ${run.epochs_completed}/${run.epochs_total}`),
-        el("td", {}, describeNetwork(run.network)),
-        el("td", {}, el("a", { href: `/datasets/${run.dataset_id}` }, shortId(run.dataset_id))),
-        el("td", {}, new Date(run.created_at).toLocaleString()))));
+      const page = await api(path());
+      body.replaceChildren(...page.items.map(row));
       if (!page.items.length) {
-        body.replaceChildren(el("tr", {}, el("td", { colspan: 6 }, "No runs yet: ",
-                                               el("a", { href: "/new" }, "start one"), ".")));
+        body.replaceChildren(el("tr", {}, el("td", { colspan: headers.length }, ...empty)));
       }
     } catch (error) {
-      body.replaceChildren(el("tr", {}, el("td.errors", { colspan: 6 }, problemText(error))));
+      body.replaceChildren(el("tr", {}, el("td.errors", { colspan: headers.length },
+                                           problemText(error))));
     }
-    timer = setTimeout(refresh, 2000);
+    timer = setTimeout(refresh, POLL_MS);
   }
   refresh();
-  return () => clearTimeout(timer);
+  return { table, refresh, stop: () => clearTimeout(timer) };
 }
 
 // ---- one run -----------------------------------------------------------------------------------

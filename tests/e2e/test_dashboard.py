@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
+from tests.e2e import flow
 from tests.procs import BIN, ROOT, Procs, clean_env
 
 CHROMIUM = "/usr/bin/chromium"
@@ -25,6 +26,8 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 90_000  # the longest a page waits for a run, on a loaded two-core machine
+LR = "training.optimizer.learning_rate"
+UNITS = "network.layers[0].units"
 
 
 @pytest.fixture(scope="module")
@@ -185,37 +188,103 @@ def test_the_vanishing_gradient_in_one_picture(service: tuple[str, str], page: A
     assert page.errors == []
 
 
+def _sweep(base: str, key: str, generator: dict[str, Any], **body: Any) -> tuple[flow.Api, str]:
+    """A data set from `generator` and a sweep over it, through the API: (the API, its id)."""
+    api = flow.Api(base, key)
+    dataset = api.post("/v1/datasets", {"name": generator["kind"], "generator": generator}, 201)
+    sweep = api.post("/v1/sweeps", {"dataset_id": dataset["id"], **body}, 202)
+    return api, sweep["id"]
+
+
+def _scatter(page: Any, parameter: str, name: str) -> str | None:
+    return page.get_attribute(f"[data-parameter='{parameter}']", f"data-{name}")
+
+
+def test_a_sweep_live_its_pictures_and_leaderboard(service: tuple[str, str], page: Any,
+                                                   shots: Path, tmp_path: Path) -> None:
+    """The XOR demo over 3 learning rates x 4 widths: the page follows the sweep while its
+    children train (points added, counts moving), then shows one scatter per parameter (the
+    learning rate on a log axis, the units on a linear one), the leaderboard in two pages,
+    each child linked to its run page; the sweeps list and the runs list link to it."""
+    base, key = service
+    api, sweep_id = _sweep(
+        base, key, {**flow.XOR, "n_samples": 200}, name="xor lr x units",
+        network=flow.XOR_NET, training={**flow.XOR_TRAINING, "epochs": 400},
+        parameters={LR: [0.03, 0.3, 3.0], UNITS: [2, 4, 8, 16]}, max_concurrent=2)
+    page.goto(f"{base}/sweeps/{sweep_id}#key={key}")
+    page.get_by_role("heading", name="Sweep xor lr x units").wait_for()
+    assert page.locator("h1 .badge.running, h1 .badge.queued").count() == 1  # not settled yet
+    _until(page, "a first child's point", lambda: int(_scatter(page, LR, "points") or 0))
+    seen = int(_scatter(page, LR, "points") or 0)
+    assert seen < 12, "every child had finished before the page was drawn"
+    page.locator("h1 .badge.succeeded").wait_for()
+    _until(page, "every child's point", lambda: _scatter(page, LR, "points") == "12")
+    assert _scatter(page, LR, "scale") == "log" and _scatter(page, UNITS, "scale") == "linear"
+    assert _scatter(page, UNITS, "points") == "12"
+    sweep = api.get(f"/v1/sweeps/{sweep_id}")
+    best = page.locator("[data-best]")
+    assert best.get_attribute("data-best") == sweep["best_run_id"]
+    assert page.locator(f"[data-parameter='{LR}'] circle[data-style=best]").count() == 1
+    board = api.get(f"/v1/sweeps/{sweep_id}/leaderboard?limit=100")["items"]
+    rows = page.locator(".board tbody tr")
+    assert rows.count() == 10
+    assert [rows.nth(i).get_attribute("data-run") for i in range(10)] == [
+        r["run_id"] for r in board[:10]]
+    page.locator(f"[data-parameter='{LR}']").screenshot(path=tmp_path / "lr.png")
+    assert (tmp_path / "lr.png").stat().st_size > 3_000
+    page.screenshot(path=shots / "dashboard-sweep.png", full_page=True)
+    page.get_by_role("button", name="Next").click()
+    _until(page, "the second page", lambda: rows.count() == 2)
+    assert [rows.nth(i).get_attribute("data-run") for i in range(2)] == [
+        r["run_id"] for r in board[10:]]
+    rows.nth(1).get_by_role("link").click()  # the last child's run page
+    page.get_by_role("heading", name=f"Run {board[-1]['run_id'][:8]}").wait_for()
+    page.get_by_role("link", name="Sweeps", exact=True).click()
+    page.get_by_role("link", name="xor lr x units").click()  # back from the sweeps list
+    page.get_by_role("heading", name="Sweep xor lr x units").wait_for()
+    page.goto(f"{base}/?sweep_id={sweep_id}")  # its runs, each linking back to it
+    _until(page, "the children", lambda: page.locator("tbody .badge.succeeded").count() == 12)
+    assert page.locator(f"tbody a[href='/sweeps/{sweep_id}']").count() == 12
+    assert page.errors == []
+
+
+def test_a_sweep_over_whole_networks(service: tuple[str, str], page: Any, shots: Path) -> None:
+    """The vanishing-gradient demo over depth and activation, each child a whole list of
+    layers: a scatter with one category per network, named by its layers, and ASHA's
+    stopped children drawn as such."""
+    base, key = service
+    hidden = [[{"type": "dense", "units": 4, "activation": act}] * depth
+              for act in ("sigmoid", "relu") for depth in (2, 4, 6)]
+    networks = [layers + [{"type": "dense", "units": 1, "activation": "sigmoid"}]
+                for layers in hidden]
+    _api, sweep_id = _sweep(
+        base, key, {"kind": "gaussian", "noise": 30, "seed": 1}, name="depth x activation",
+        network={"layers": networks[0]}, parameters={"network.layers": networks},
+        training={"loss": "squared_error", "optimizer": {"type": "sgd", "learning_rate": 0.1},
+                  "batch_size": 1, "epochs": 45, "seed": 1, "validation_fraction": 0.2},
+        metric="val_loss", max_concurrent=2,
+        early_stopping={"type": "asha", "min_epochs": 5, "reduction_factor": 3})
+    page.goto(f"{base}/sweeps/{sweep_id}#key={key}")
+    page.locator("h1 .badge.succeeded").wait_for()
+    chart = "[data-parameter='network.layers']"
+    _until(page, "every child's point",
+           lambda: page.get_attribute(chart, "data-points") == "6")
+    assert page.get_attribute(chart, "data-scale") == "category"
+    labels = page.locator(f"{chart} .axis text").all_text_contents()
+    assert "6 × 4 sigmoid" in labels and "2 × 4 relu" in labels  # the output layer left out
+    stopped = int(page.get_attribute("[data-stopped]", "data-stopped") or 0)
+    assert stopped >= 1
+    assert page.locator(f"{chart} circle[data-style=stopped]").count() == stopped
+    rows = page.locator(".board tbody tr")
+    assert rows.count() == 6
+    # the vanishing gradient: released after the 2- and 4-layer sigmoid stacks, which are
+    # both ahead of it at epoch 5, it stops at that rung
+    deep = next(t for t in rows.all_text_contents() if "6 × 4 sigmoid" in t)
+    assert "stopped early" in deep
+    page.screenshot(path=shots / "dashboard-sweep-depth.png", full_page=True)
+    assert page.errors == []
+
+
 def test_chromium_is_debians() -> None:
     """Playwright's own browser download is not used (nor reachable here)."""
     assert shutil.which("chromium") == CHROMIUM
-
-
-def test_a_sweep_page_plots_the_metric_against_each_parameter(
-        service: tuple[str, str], page: Any, shots: Path) -> None:
-    """A 2 x 2 XOR sweep made through the API: its page draws one chart per parameter and
-    the leaderboard links to every child, once the embedded worker has trained them."""
-    import requests
-
-    base, key = service
-    auth = {"Authorization": f"Bearer {key}"}
-    dataset = requests.post(f"{base}/v1/datasets", headers=auth, timeout=30, json={
-        "name": "xor", "generator": {"kind": "xor", "n_samples": 100, "seed": 1}}).json()
-    network = {"layers": [{"type": "dense", "units": 4, "activation": "sigmoid"},
-                          {"type": "dense", "units": 1, "activation": "sigmoid"}]}
-    sweep = requests.post(f"{base}/v1/sweeps", headers=auth, timeout=60, json={
-        "dataset_id": dataset["id"], "network": network, "name": "xor lr x units",
-        "training": {"epochs": 50, "validation_fraction": 0.2, "seed": 1},
-        "parameters": {"training.optimizer.learning_rate": [0.1, 1.0],
-                       "network.layers[0].units": [2, 8]}, "max_concurrent": 2})
-    assert sweep.status_code == 202, sweep.text
-    page.goto(f"{base}/#key={key}")
-    page.get_by_role("link", name="Sweeps").click()
-    page.locator(f"a[href='/sweeps/{sweep.json()['id']}']").click()
-    page.locator("h1 .badge.succeeded").wait_for()
-    _until(page, "the leaderboard", lambda: page.locator("tbody tr").count() == 4)
-    assert page.locator("[data-chart=sweep-parameter]").count() == 2
-    assert page.locator("[data-chart=sweep-parameter] circle").count() == 8  # 4 per parameter
-    page.screenshot(path=shots / "dashboard-sweep.png", full_page=True)
-    page.locator("tbody a").first.click()  # the best child
-    page.locator("h1 .badge.succeeded").wait_for()
-    assert page.errors == []

@@ -19,6 +19,8 @@ from tests.procs import BIN, ROOT, Procs
 README = ROOT / "README.md"
 # The variables holding the walkthrough's run ids, written out after its blocks.
 RUNS = ("RUN", "RUN2", "RUN2R", "MORE", "SERVED", "CNN", "LSTM", "PRE")
+SWEEPS = ("SWEEP", "DEPTH")  # and its sweeps' ids
+LR = "training.optimizer.learning_rate"
 # An accuracy the prose quotes in percent may differ from a run's by this many points (it
 # is rounded, and another CPU's last bits may move a sample or two).
 POINTS = 2.0
@@ -31,7 +33,7 @@ def walkthrough(port: int) -> str:
     blocks = re.findall(r"```sh\n(.*?)```", part, re.S)
     assert len(blocks) >= 5, "the walkthrough's shell blocks moved"
     script = "\n".join(blocks).replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
-    ids = " ".join(f'"{name}=${name}"' for name in RUNS)
+    ids = " ".join(f'"{name}=${name}"' for name in RUNS + SWEEPS)
     return f"set -euo pipefail\n{script}\nprintf '%s\\n' {ids} > run-ids\n"
 
 
@@ -60,7 +62,7 @@ def test_readme_walkthrough_as_written(procs: Procs, tmp_path: Path) -> None:
     (tmp_path / "walkthrough.sh").write_text(walkthrough(port))
     path = [p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN]
     procs.env["PATH"] = os.pathsep.join(path)  # `backprop` only as the README spells it
-    procs.run("walkthrough", ["bash", "walkthrough.sh"], timeout=240)
+    procs.run("walkthrough", ["bash", "walkthrough.sh"], timeout=360)
     ids = dict(line.split("=", 1) for line in (tmp_path / "run-ids").read_text().split())
 
     api = flow.Api(base, (tmp_path / "var" / "api-key").read_text().strip())
@@ -97,4 +99,20 @@ def test_readme_walkthrough_as_written(procs: Procs, tmp_path: Path) -> None:
     assert runs["LSTM"]["epochs_completed"] == int(lstm_epochs)
     assert near(metrics["PRE"]["train_accuracy"], pre) and stack == sigmoid_acc
     assert runs["MORE"]["init_from_run"] == ids["RUN"]
+
+    rate, units, loss = quoted(r"the best is a learning rate of ([\d.]+) with (\d+) hidden "
+                               r"units \(held-out loss ([\d.]+)\)")
+    board = api.get(f"/v1/sweeps/{ids['SWEEP']}/leaderboard")["items"]
+    assert len(board) == 9 and {r["status"] for r in board} == {"succeeded"}
+    assert board[0]["parameters"] == {LR: float(rate), "network.layers[0].units": int(units)}
+    assert round(board[0]["metric"], 4) == float(loss)
+    assert {r["parameters"]["network.layers[0].units"] for r in board[-3:]} == {2}  # last
+    assert api.get("/v1/models/xor-best")["run_id"] == board[0]["run_id"]
+    most, stuck = quoted(r"every stack labels (\d+)% of its training points right but the six "
+                         r"sigmoid layers of example 2, which stay at (\d+)%")
+    depth = api.get(f"/v1/sweeps/{ids['DEPTH']}/leaderboard")["items"]
+    last = depth[-1]["parameters"]["network.layers"]
+    assert len(last) == 7 and last[0]["activation"] == "sigmoid"
+    assert near(depth[-1]["metric"], stuck) and stuck == sigmoid_acc
+    assert all(near(r["metric"], most) for r in depth[:-1])
     assert procs.stop("up", signal.SIGINT, timeout=40) == 0, procs.report("up")

@@ -29,3 +29,4 @@ def test_its_files_are_served_and_nothing_else(app) -> None:  # noqa: ANN001
     assert files.get("/static/nothing.js").status_code == 404
     assert files.get("/static/../dashboard.py").status_code == 404
     assert files.get("/runs/not-a-uuid").status_code == 404
+    assert files.get("/sweeps/not-a-uuid").status_code == 404
