@@ -232,16 +232,21 @@ def metric_of(run: Run, metric: str) -> float | None:
 
 def ranked(session: Session, sweep: Sweep) -> list[Run]:
     """The sweep's children, best first: the succeeded ones by the final metric (the
-    sweep's goal), then the others (no metric, or not finished) in the order they were
-    made."""
+    sweep's goal); then those that ended or are running with a metric, the furthest trained
+    first (ASHA stops the weaker at lower rungs, so epochs reached rank them) and by metric
+    among equals; then the rest in the order they were made."""
     runs = session.scalars(sa.select(Run).where(Run.sweep_id == sweep.id)
                            .order_by(Run.seq)).all()
     sign = -1.0 if sweep.goal == "maximize" else 1.0
 
-    def key(pair: tuple[int, Run]) -> tuple[int, float, int]:
+    def key(pair: tuple[int, Run]) -> tuple[int, int, float, int]:
         i, run = pair
-        value = metric_of(run, sweep.metric) if run.status == "succeeded" else None
-        return (0, sign * value, i) if value is not None else (1, 0.0, i)
+        value = metric_of(run, sweep.metric)
+        if value is None:
+            return (2, 0, 0.0, i)
+        if run.status == "succeeded":
+            return (0, 0, sign * value, i)
+        return (1, -(run.epochs_completed or 0), sign * value, i)
 
     return [run for _i, run in sorted(enumerate(runs), key=key)]
 

@@ -164,6 +164,23 @@ def test_children_are_released_as_others_finish_and_the_sweep_settles(
     assert set(ranked[0]["parameters"]) == {LR, UNITS}
 
 
+def test_the_leaderboard_ranks_stopped_children_by_how_far_they_trained(
+        app: Flask, client, published) -> None:  # noqa: ANN001
+    dataset = create_xor_dataset(client)
+    sweep = _submit(client, _body(dataset["id"], max_concurrent=6))
+    ids = [c["id"] for c in _children(client, sweep["id"])]
+    # (status, val_loss, epochs): a stopped child that reached a later rung ranks above
+    # one stopped sooner, even with a worse metric; a child with no metric ranks last
+    ends = [("cancelled", 0.01, 5), ("succeeded", 0.3, 20), ("cancelled", 0.2, 10),
+            ("cancelled", 0.02, 5), ("failed", None, 2), ("succeeded", 0.1, 20)]
+    for run_id, (status, loss, epochs) in zip(ids, ends):
+        finish_run(app, run_id, epochs=epochs, status=status)
+        with db.session_scope(app) as session:
+            session.get(Run, run_id).metrics = {} if loss is None else {"val_loss": loss}
+    page = client.get(f"/v1/sweeps/{sweep['id']}/leaderboard").get_json()
+    assert [r["run_id"] for r in page["items"]] == [ids[i] for i in (5, 1, 2, 0, 3, 4)]
+
+
 def test_the_tenant_limit_holds_children_back_without_a_429(app: Flask, client, published) -> None:  # noqa: ANN001
     app.config["TENANT_MAX_ACTIVE_RUNS"] = 3
     dataset = create_xor_dataset(client)
