@@ -217,7 +217,8 @@ def _memory(plan: Plan) -> tuple[dict[str, int], tuple[int, ...]]:
         batch = (b + rest + (r.probe if r.probe not in (b, rest) else 0)) \
             * _fast_per_row(layers, s)
     else:                     # a batch forward and backward, with its rows and targets
-        batch = max(b, r.probe) * (_per_row(r.costs) + n_in + 2 * t_cols) * s
+        batch = max(b, r.probe) * (_per_row(r.costs) + n_in + 2 * t_cols
+                                   + _seq2seq_row(plan)) * s
     # what the dense engine keeps from its first batch to the end of training
     engine = batch if fast and plan.epochs_total else 0
     chunk = min(max(n_val, n if plan.epochs_total == 0 else 0), eval_rows(layers, b, s))
@@ -343,6 +344,17 @@ def _labels(plan: Plan) -> tuple[int, int]:
         return 4 * max(len(c) for c in classes), 8 + max(sys.getsizeof(c) for c in classes)
     shared = all(isinstance(c, bool) or -5 <= c <= 256 for c in classes)
     return 8, 8 + (0 if shared else max(sys.getsizeof(c) for c in classes))
+
+
+def _seq2seq_row(plan: Plan) -> int:
+    """Values per sample a step of an encoder-decoder network needs beyond its layers'
+    (nn/seq2seq.py): the decoder's input and both masks, the gradient summed into the
+    encoder's output from the cross-attentions, and the loss's gradient of the logits. (The
+    attention itself, T_src x T_tgt, is in the decoder layers' Cost.)"""
+    if not plan.encoder_layers:
+        return 0
+    (T_src, D), out = plan.layers[plan.encoder_layers - 1].out_shape, plan.layers[-1].out_shape
+    return 3 * out[0] + T_src + T_src * D + math.prod(out)
 
 
 def _target_columns(plan: Plan) -> int:

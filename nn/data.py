@@ -4,6 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import SpecError
+from .seq2seq import check_sources, check_targets
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class DataInfo:
     lets `build` check an embedding's vocab_size.
     max_abs: the largest |value| of the inputs and of regression targets; lets `build`
     refuse float32 for data beyond its range.
+    vocab_sizes: seq2seq (task "seq2seq": input_shape (T_src,), target_shape (T_tgt,)):
+    (max source id + 1, max target id + 1), the least vocab_size of each stack's embedding.
     """
     input_shape: tuple[int, ...]
     n_samples: int
@@ -30,6 +33,7 @@ class DataInfo:
     target_shape: tuple[int, ...] = ()
     token_range: tuple[int, int] | None = None
     max_abs: float = 0.0
+    vocab_sizes: tuple[int, int] | None = None
 
 
 def _array(values, path: str) -> np.ndarray:
@@ -126,11 +130,14 @@ def describe(inputs, targets, task: str | None = None) -> DataInfo:
     "classification" (N, T) labels, one per time step -> DataInfo.
 
     task None: strings, bools and integers (N,) mean classification, anything else regression.
+    task "seq2seq": inputs (N, T_src) and targets (N, T_tgt) token ids (nn/seq2seq.py).
     """
+    if task == "seq2seq":
+        return _describe_seq2seq(inputs, targets)
     x = check_inputs(inputs, min_rows=1)
     y = _array(targets, "targets")
     if task not in (None, "classification", "regression"):
-        raise SpecError("task", "must be 'classification', 'regression' or null")
+        raise SpecError("task", "must be 'classification', 'regression', 'seq2seq' or null")
     if y.ndim not in (1, 2) or len(y) != len(x):
         raise SpecError("targets", f"must have shape ({len(x)},) or ({len(x)}, K), "
                                    f"got {y.shape}")
@@ -153,6 +160,15 @@ def describe(inputs, targets, task: str | None = None) -> DataInfo:
         raise SpecError("targets", "classification needs at least 2 classes")
     return DataInfo(shape, len(x), task, classes, 1, counts, tuple(y.shape[1:]), tokens,
                     max_abs)
+
+
+def _describe_seq2seq(inputs, targets) -> DataInfo:
+    x = check_sources(inputs)
+    t = check_targets(targets, len(x))
+    hi = int(max(x.max(), t.max()))
+    return DataInfo((x.shape[1],), len(x), "seq2seq", None, t.shape[1], None, (t.shape[1],),
+                    (int(x.min()), int(x.max())), float(hi),
+                    (int(x.max()) + 1, int(t.max()) + 1))
 
 
 def encode_labels(targets, classes: list, path: str = "targets") -> np.ndarray:

@@ -41,6 +41,10 @@ class EpochReport:
     learning_rate: float
     layer_stats: list[dict]
     layer: int | None = None      # pretraining: the index of the layer being pretrained
+    # seq2seq: the fraction of sequences whose every non-PAD target token is right (teacher
+    # forced); None for other tasks
+    train_exact_match: float | None = None
+    val_exact_match: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +55,17 @@ class Metrics(NamedTuple):
     val_loss: float | None
     train_accuracy: float | None
     val_accuracy: float | None
+    train_exact_match: float | None = None
+    val_exact_match: float | None = None
+
+    def record(self) -> dict:
+        """The metrics a run's state keeps (and its final metrics show): the exact matches
+        only where they apply."""
+        return {k: v for k, v in self._asdict().items()
+                if v is not None or k not in EXACT_MATCH}
+
+
+EXACT_MATCH = ("train_exact_match", "val_exact_match")
 
 
 class Poll:
@@ -109,8 +124,8 @@ def run(phase: Phase, epochs: range, state: TrainState, fingerprint: str, poll: 
         stats = phase.stats() if phase.stats_on else []
         phase.record(e, m)
         if on_epoch is not None:
-            on_epoch(EpochReport(e, phase.name, *m, perf_counter() - t0, lr, stats,
-                                 layer=phase.layer))
+            on_epoch(EpochReport(e, phase.name, *m[:4], perf_counter() - t0, lr, stats,
+                                 phase.layer, *m[4:]))
         if checkpoint_every and on_checkpoint is not None and e % checkpoint_every == 0:
             on_checkpoint(phase.save(), checkpoint.dump(state, fingerprint))
         if not phase.more(e):

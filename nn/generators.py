@@ -24,16 +24,24 @@ SpecError("generator.<field>").
   each input token but the first is replaced by a random one with probability n (targets
   keep the rule). Needs task "classification" in describe (labels per time step); with
   enough samples every token occurs as a target, so the classes are 0..V-1.
+- reverse, sort, copy (task "seq2seq", nn/seq2seq.py's ids: 0 PAD, 1 BOS, 2 EOS): X (N, L)
+  sources of a length uniform in 2..L (L = length), symbols uniform in 3..vocab_size-1, then
+  PAD; y (N, L + 1) the source reversed, sorted (ascending) or copied, then EOS, then PAD.
+  With noise, each target symbol is replaced by a random symbol with probability n.
 """
 import numpy as np
 
 from .errors import SpecError
 from .playground import KINDS as PLAYGROUND_KINDS
 from .playground import MAX_SAMPLES, playground
+from .seq2seq import EOS, FIRST_SYMBOL, PAD
 
 GENERATOR_DEFAULTS: dict[str, dict[str, int]] = {
     "glyphs": {"size": 8}, "parity": {"length": 8}, "max_position": {"length": 8},
-    "next_token": {"length": 12, "vocab_size": 16}}
+    "next_token": {"length": 12, "vocab_size": 16},
+    "reverse": {"length": 8, "vocab_size": 12}, "sort": {"length": 8, "vocab_size": 12},
+    "copy": {"length": 8, "vocab_size": 12}}
+SEQ2SEQ_KINDS = ("reverse", "sort", "copy")                 # task "seq2seq"
 LIMITS = {"size": (6, 32), "length": (2, 64), "vocab_size": (4, 1000)}
 KINDS = (*PLAYGROUND_KINDS, *GENERATOR_DEFAULTS)
 
@@ -90,8 +98,31 @@ def _next_token(rng, n_samples, n, length, vocab_size):
     return X, seq[:, 1:]
 
 
+def _seq2seq(kind):
+    def make(rng, n_samples, n, length, vocab_size):
+        lengths = rng.integers(2, length + 1, n_samples)
+        real = np.arange(length)[None, :] < lengths[:, None]
+        X = np.where(real, rng.integers(FIRST_SYMBOL, vocab_size, (n_samples, length)), PAD)
+        if kind == "reverse":          # row i's symbols are X[i, :L_i]: take them backwards
+            pos = np.clip(lengths[:, None] - 1 - np.arange(length)[None, :], 0, None)
+            body = np.where(real, np.take_along_axis(X, pos, axis=1), PAD)
+        elif kind == "sort":           # PAD sorts last when it counts as the largest id
+            body = np.sort(np.where(real, X, np.iinfo(np.int64).max), axis=1)
+            body[~real] = PAD
+        else:
+            body = X.copy()
+        if n:
+            noisy = real & (rng.random(X.shape) < n)
+            body[noisy] = rng.integers(FIRST_SYMBOL, vocab_size, int(noisy.sum()))
+        y = np.zeros((n_samples, length + 1), np.int64)
+        y[:, :length] = body
+        y[np.arange(n_samples), lengths] = EOS
+        return X, y
+    return make
+
+
 _GENERATORS = {"glyphs": _glyphs, "parity": _parity, "max_position": _max_position,
-               "next_token": _next_token}
+               "next_token": _next_token, **{kind: _seq2seq(kind) for kind in SEQ2SEQ_KINDS}}
 
 
 def _int(v) -> bool:
@@ -145,4 +176,6 @@ def generator_shapes(kind: str, n_samples: int = 500, noise: float = 0,
         return (p["size"], p["size"]), ()
     if kind == "next_token":
         return (p["length"],), (p["length"],)
+    if kind in SEQ2SEQ_KINDS:
+        return (p["length"],), (p["length"] + 1,)
     return (p["length"], 1), ()                              # parity, max_position

@@ -8,7 +8,7 @@ import numpy as np
 from .data import check_inputs, check_shape, standardize
 from .errors import SpecError
 from .network import infer, infer_values
-from .spec import parse_network
+from .spec import encoder_size, parse_network
 from .targets import decode
 from .weights import Weights, check_weights
 
@@ -17,13 +17,18 @@ FORMAT = 1
 
 class Model:
     """network: plan.network; weights; meta: JSON with format, task, classes, loss, algorithm,
-    input_shape, target_dim, standardize ({"mean", "std"} or None) and dtype."""
+    input_shape, target_dim, standardize ({"mean", "std"} or None) and dtype; seq2seq adds
+    target_shape (an encoder-decoder network: layers and weights are one list, the encoder's
+    encoder_layers first; decode() answers, not predict())."""
 
     def __init__(self, network: dict, weights: Weights, meta: dict) -> None:
         self.network = network
         self.meta = meta
-        _, layers = parse_network(network, tuple(meta["input_shape"]))
+        target = meta.get("target_shape")
+        _, layers = parse_network(network, tuple(meta["input_shape"]),
+                                  target_shape=None if target is None else tuple(target))
         self.layers = layers
+        self.encoder_layers = encoder_size(network)
         self.weights = check_weights(weights, layers, "weights", np.dtype(meta["dtype"]))
 
     @property
@@ -65,6 +70,9 @@ class Model:
         """predict() as arrays: "outputs" (N, *out_shape) in the model's dtype, and for
         classifiers "labels" (N,) or (N, T), int64 indices into meta["classes"], and
         "probabilities" (N, C) or (N, T, C). SpecError("inputs") when outputs overflow."""
+        if self.encoder_layers:
+            raise SpecError("inputs", "a seq2seq model decodes its inputs (Model.decode: "
+                                      "max_length, beam_size), it does not predict them")
         x = check_inputs(inputs)
         x = check_shape(x, self.meta["input_shape"])
         self.layers[0].check_inputs(x)
@@ -79,6 +87,14 @@ class Model:
             result["labels"] = np.asarray(labels, dtype=np.int64)
             result["probabilities"] = np.asarray(probs)
         return result
+
+    def decode(self, inputs, max_length: int | None = None, beam_size: int = 1,
+               attention: bool = False, batch_size: int | None = None) -> dict:
+        """A seq2seq model's answer (nn/decode.py): {"outputs": [[ids]], "scores": [total
+        log-probability]} and with attention {"attention": (sample, layer, head, target step,
+        source position) nested lists}."""
+        from .decode import decode
+        return decode(self, inputs, max_length, beam_size, attention, batch_size)
 
     def to_npz(self) -> bytes:
         """Self-contained bytes: arrays "layers.<i>.<key>" and "meta" (uint8 UTF-8 JSON)."""
@@ -99,7 +115,8 @@ class Model:
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise ValueError("unknown model format")
             net = meta.pop("network")
-            weights: list[dict] = [{} for _ in net["layers"]]
+            stacks = [net["encoder"], net["decoder"]] if "encoder" in net else [net]
+            weights: list[dict] = [{} for s in stacks for _ in s["layers"]]
             for name, a in arrays.items():
                 _, i, key = name.split(".")
                 weights[int(i)][key] = a
@@ -126,7 +143,10 @@ def check_finite(out: np.ndarray, shown: int = 10) -> None:
 def model_meta(plan, standardizer: dict | None = None) -> dict:
     """The meta of a model trained by plan (standardizer: {"mean", "std"} lists or None)."""
     tr = plan.training
-    return {"format": FORMAT, "task": plan.data.task, "classes": plan.data.classes,
+    meta = {"format": FORMAT, "task": plan.data.task, "classes": plan.data.classes,
             "loss": tr["loss"], "algorithm": tr["algorithm"],
             "input_shape": list(plan.data.input_shape), "target_dim": plan.data.target_dim,
             "standardize": standardizer, "dtype": tr["dtype"]}
+    if plan.data.task == "seq2seq":
+        meta["target_shape"] = list(plan.data.target_shape)
+    return meta

@@ -14,6 +14,7 @@ import numpy as np
 from .data import DataInfo, check_inputs, check_shape, encode_labels, fit_standardizer, \
     standardize, stratified_split
 from .errors import SpecError
+from .seq2seq import check_sources, check_targets
 from .spec import Plan, check_split
 from .stats import probe_size
 from .targets import encode
@@ -40,6 +41,32 @@ class Prepared:
 
 def prepare(plan: Plan, inputs, targets) -> Prepared:
     """Check the data against the plan, encode targets, split, standardise, pick the probe."""
+    if plan.data.task == "seq2seq":
+        x, t = _seq2seq(plan, inputs, targets)
+        return _split(plan, x, t, t, None)
+    x, y, t = _features(plan, inputs, targets)
+    strata = y if y is not None and y.ndim == 1 else None     # labels per step: not stratified
+    return _split(plan, x, y, t, strata)
+
+
+def _seq2seq(plan: Plan, inputs, targets) -> tuple[np.ndarray, np.ndarray]:
+    """-> (sources, targets) (N, T) int64 token ids, checked against the plan."""
+    x = check_sources(inputs)
+    t = check_targets(targets, len(x))
+    for name, a, shape in (("inputs", x, plan.data.input_shape),
+                           ("targets", t, plan.data.target_shape)):
+        if a.shape[1:] != tuple(shape):
+            raise SpecError(name, f"rows of {a.shape[1]} token ids; the plan expects "
+                                  f"{shape[0]}")
+    plan.layers[0].check_inputs(x)
+    plan.layers[plan.encoder_layers].check_inputs(t, "targets")
+    check_split(plan.training, DataInfo(plan.data.input_shape, len(x), "seq2seq", None,
+                                        t.shape[1]))
+    return x, t
+
+
+def _features(plan: Plan, inputs, targets) -> tuple:
+    """-> (inputs, labels or None, the targets as the loss takes them)."""
     tr, info, out = plan.training, plan.data, plan.layers[-1]
     dtype = np.dtype(tr["dtype"])
     # float64 for fitting the standardisation; otherwise straight to the plan's dtype (one
@@ -68,8 +95,15 @@ def prepare(plan: Plan, inputs, targets) -> Prepared:
                                        "numbers")
         check_split(tr, DataInfo(info.input_shape, len(x), info.task, None, t.shape[1]))
         t = t.astype(dtype)
+    return x, y, t
+
+
+def _split(plan: Plan, x: np.ndarray, y, t: np.ndarray, strata) -> Prepared:
+    """Split (stratified by strata when given), standardise, pick the probe. Token ids of
+    seq2seq data stay int64."""
+    tr = plan.training
     seed = tr["seed"]
-    strata = y if y is not None and y.ndim == 1 else None     # labels per step: not stratified
+    dtype = x.dtype if plan.data.task == "seq2seq" else np.dtype(tr["dtype"])
     train_idx, val_idx = stratified_split(strata, len(x), tr["validation_fraction"],
                                           np.random.default_rng([seed, 0, 1]))
     std = fit_standardizer(x[train_idx]) if tr["standardize"] else None

@@ -18,6 +18,7 @@ from .generators import GENERATOR_DEFAULTS
 from .init import INIT_DEFAULTS
 from .layers import LAYERS, Layer
 from .losses import LOSSES
+from .seq2seq import DECODER_KINDS, ENCODER_KINDS
 
 MAX_LAYERS = 100
 MAX_PARAMS = 20_000_000
@@ -56,14 +57,38 @@ class Plan:
     epochs_total: int
     n_params: int
     pretrain_epochs_total: int = 0
+    encoder_layers: int = 0       # the encoder-decoder form: layers[:encoder_layers] encode
 
 
-def parse_network(network, in_shape: tuple[int, ...], path: str = "network"
-                  ) -> tuple[dict, list[Layer]]:
-    """-> (normalised network dict, layers). in_shape: the per-sample input shape."""
+def parse_network(network, in_shape: tuple[int, ...], path: str = "network",
+                  target_shape: tuple[int, ...] | None = None) -> tuple[dict, list[Layer]]:
+    """-> (normalised network dict, layers). in_shape: the per-sample input shape.
+
+    The encoder-decoder form {"encoder": {"layers"}, "decoder": {"layers"}} (seq2seq data:
+    target_shape is then the targets' (T_tgt,)) gives one flat list, the encoder's layers
+    first; encoder_size(network dict) says how many. Why flat: the weights, checkpoints,
+    optimizers, statistics and budget handle any list of layers, so they take two stacks
+    unchanged; only the forward and backward pass (nn/seq2seq.py) know where the cut is."""
+    if isinstance(network, dict) and ("encoder" in network or "decoder" in network):
+        return _parse_encoder_decoder(network, in_shape, target_shape, path)
     f.obj(network, path, {"layers"})
-    specs = f.get(network, "layers", path, f.MISSING)
-    lpath = f"{path}.layers"
+    layers = _parse_stack(network, in_shape, f"{path}.layers", output=True)
+    _check_size(layers, f"{path}.layers")
+    return {"layers": copy.deepcopy([l.spec for l in layers])}, layers
+
+
+def encoder_size(network: dict) -> int:
+    """The number of encoder layers at the front of a normalised network's flat list (0 for
+    the plain {"layers"} form)."""
+    return len(network["encoder"]["layers"]) if "encoder" in network else 0
+
+
+def _parse_stack(stack, in_shape: tuple[int, ...], lpath: str, output: bool,
+                 kinds: tuple[str, ...] | None = None, memory_shape=None) -> list[Layer]:
+    """stack {"layers": [...]} -> its layers; output: its last layer is the network's output
+    layer (dense; the only place for softmax). kinds: the types the stack may hold (None:
+    any but the decoder block, which needs an encoder)."""
+    specs = f.get(stack, "layers", lpath.rsplit(".", 1)[0], f.MISSING)
     if not isinstance(specs, list) or not 1 <= len(specs) <= MAX_LAYERS:
         raise SpecError(lpath, f"must be a list of 1 to {MAX_LAYERS} layers")
     layers: list[Layer] = []
@@ -73,22 +98,66 @@ def parse_network(network, in_shape: tuple[int, ...], path: str = "network"
         if not isinstance(spec, dict):
             raise SpecError(p, "must be an object")
         cls = LAYERS[f.choice(spec, "type", p, tuple(LAYERS))]
+        if kinds is None and cls.takes_memory:
+            raise SpecError(f"{p}.type", f"{cls.kind} attends to an encoder's output: use "
+                                         'the form {"encoder": {"layers"}, "decoder": '
+                                         '{"layers"}} with a seq2seq data set')
+        if kinds is not None and cls.kind not in kinds:
+            stack = lpath.split(".")[-2]
+            raise SpecError(f"{p}.type", f"{cls.kind} is not allowed in the {stack} (it may "
+                                         f"hold {', '.join(kinds)})")
         f.obj(spec, p, cls.fields())
         if cls.first_only and i > 0:
             raise SpecError(f"{p}.type", f"{cls.kind} must be the first layer: it reads "
                                          "integer token ids from the inputs")
-        layer = cls.parse(spec, shape, p)
-        if layer.activation == "softmax" and i != len(specs) - 1:
+        layer = cls.parse(spec, shape, p, memory_shape=memory_shape) if cls.takes_memory \
+            else cls.parse(spec, shape, p)
+        if layer.activation == "softmax" and not (output and i == len(specs) - 1):
             raise SpecError(f"{p}.activation", "softmax is only allowed on the output layer")
         layers.append(layer)
         shape = layer.out_shape
-    if layers[-1].kind != "dense":
+    if output and layers[-1].kind != "dense":
         raise SpecError(f"{lpath}[{len(layers) - 1}].type",
                         "the last layer must be dense (it is the output layer)")
+    return layers
+
+
+def _check_size(layers: list[Layer], path: str) -> None:
     n_params = sum(l.n_params for l in layers)
     if n_params > MAX_PARAMS:
-        raise SpecError(lpath, f"the network has {n_params} parameters; the limit is {MAX_PARAMS}")
-    return {"layers": copy.deepcopy([l.spec for l in layers])}, layers
+        raise SpecError(path, f"the network has {n_params} parameters; the limit is {MAX_PARAMS}")
+
+
+def _parse_encoder_decoder(network: dict, in_shape, target_shape, path: str
+                           ) -> tuple[dict, list[Layer]]:
+    f.obj(network, path, {"encoder", "decoder"})
+    if target_shape is None:
+        raise SpecError(f"{path}.encoder", "the encoder-decoder form needs a seq2seq data set "
+                                           "(task 'seq2seq': token id sequences to sequences)")
+    stacks = {}
+    for name in ("encoder", "decoder"):
+        stacks[name] = f.obj(f.get(network, name, path, f.MISSING), f"{path}.{name}",
+                             {"layers"})
+        specs = stacks[name].get("layers")
+        if isinstance(specs, list) and specs and isinstance(specs[0], dict) \
+                and specs[0].get("type") != "embedding":
+            raise SpecError(f"{path}.{name}.layers[0].type", f"must be embedding: the {name} "
+                                                              "reads token ids")
+    enc_path, dec_path = f"{path}.encoder.layers", f"{path}.decoder.layers"
+    encoder = _parse_stack(stacks["encoder"], in_shape, enc_path, False, ENCODER_KINDS)
+    memory = encoder[-1].out_shape
+    if len(memory) != 2:
+        raise SpecError(f"{enc_path}[{len(encoder) - 1}]", f"the encoder's output must be a "
+                                                           f"sequence (T, D), not {memory}")
+    decoder = _parse_stack(stacks["decoder"], target_shape, dec_path, True, DECODER_KINDS,
+                           memory_shape=memory)
+    if not any(l.takes_memory for l in decoder):
+        raise SpecError(dec_path, "needs a transformer_decoder layer: without one the decoder "
+                                  "never reads the encoder's output")
+    _check_size(encoder + decoder, path)
+    net = {"encoder": {"layers": copy.deepcopy([l.spec for l in encoder])},
+           "decoder": {"layers": copy.deepcopy([l.spec for l in decoder])}}
+    return net, encoder + decoder
 
 
 def _typed(spec, path: str, kinds: dict) -> dict:
@@ -330,13 +399,58 @@ def check_split(training: dict, data: DataInfo) -> None:
 
 def build(network: dict, training: dict, data: DataInfo) -> Plan:
     """Validate network + training against the data and fill in defaults -> Plan."""
-    net, layers = parse_network(copy.deepcopy(network), data.input_shape)
+    seq2seq = data.task == "seq2seq"
+    net, layers = parse_network(copy.deepcopy(network), data.input_shape,
+                                target_shape=data.target_shape if seq2seq else None)
     train = parse_training(copy.deepcopy(training))
-    _check_algorithm(layers, train, data)
-    _check_output(layers, train, data)
-    _check_inputs(layers, train, data)
-    pretrain_epochs = _check_pretrain(layers, train, data)
+    n_enc = encoder_size(net)
+    if seq2seq:
+        _check_seq2seq(layers, n_enc, train, data)
+        _check_algorithm(layers, train, data)
+        pretrain_epochs = 0
+    else:
+        _check_algorithm(layers, train, data)
+        _check_output(layers, train, data)
+        _check_inputs(layers, train, data)
+        pretrain_epochs = _check_pretrain(layers, train, data)
     _check_dtype(train, data)
     check_split(train, data)
     return Plan(net, train, data, tuple(layers), train["epochs"],
-                sum(l.n_params for l in layers), pretrain_epochs)
+                sum(l.n_params for l in layers), pretrain_epochs, n_enc)
+
+
+def _check_seq2seq(layers: list[Layer], n_enc: int, training: dict, data: DataInfo) -> None:
+    """An encoder-decoder network and its training against seq2seq data (both embeddings'
+    vocabularies, the output layer, the loss)."""
+    if n_enc == 0:
+        raise SpecError("network", 'a seq2seq data set needs the encoder-decoder form '
+                                   '{"encoder": {"layers"}, "decoder": {"layers"}}')
+    rules = [("algorithm", training["algorithm"] == "backprop", "must be backprop"),
+             ("loss", training["loss"] == "cross_entropy",
+              "must be cross_entropy (a softmax over the decoder's vocabulary at every "
+              "target position)"),
+             ("standardize", not training["standardize"], "must be false: token ids cannot "
+                                                          "be standardized"),
+             ("pretrain", "pretrain" not in training, "must be null: pretraining is for "
+                                                      "stacks of dense layers")]
+    for field, ok, msg in rules:
+        if not ok:
+            raise SpecError(f"training.{field}", f"{msg} for a seq2seq data set")
+    decoder = layers[n_enc:]
+    for name, first, bound, side in (("encoder", layers[0], data.vocab_sizes[0], "inputs"),
+                                     ("decoder", decoder[0], data.vocab_sizes[1], "targets")):
+        vocab = first.spec["vocab_size"]
+        if vocab < bound:
+            raise SpecError(f"network.{name}.layers[0].vocab_size",
+                            f"the {side} hold token ids up to {bound - 1}; vocab_size must be "
+                            f"> {bound - 1}, not {vocab}")
+    out, j = decoder[-1], len(decoder) - 1
+    p = f"network.decoder.layers[{j}]"
+    vocab = decoder[0].spec["vocab_size"]
+    if out.activation != "softmax":
+        raise SpecError(f"{p}.activation", "the decoder's output layer must be softmax (a "
+                                           "distribution over its vocabulary)")
+    if out.out_shape[-1] != vocab:
+        raise SpecError(f"{p}.units", f"the output layer has {out.out_shape[-1]} units but the "
+                                      f"decoder's vocabulary (its embedding's vocab_size) is "
+                                      f"{vocab}")

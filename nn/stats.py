@@ -125,7 +125,9 @@ class LayerStats:
     in one vector (the fast path's probe) those take a few calls in all, else a few per
     layer."""
 
-    def __init__(self, layers) -> None:
+    def __init__(self, layers, names: list[str] | None = None) -> None:
+        """names: each layer's row name (default "<kind>_<index>")."""
+        names = names or [f"{layer.kind}_{i}" for i, layer in enumerate(layers)]
         keyed = [(i, layer, layer.param_shapes()) for i, layer in enumerate(layers)]
         keyed = [(i, layer, shapes) for i, layer, shapes in keyed if shapes]
         self.arrays = [(i, k) for i, _, shapes in keyed for k in shapes]
@@ -150,7 +152,7 @@ class LayerStats:
             j += len(keys)
             weight = [own[keys.index(w)] for w in layer.weight_keys]
             counted = COUNTED.get(layer.stat_activation)
-            self.rows_plan.append(RowPlan(i, f"{layer.kind}_{i}", layer, list(zip(keys, own)),
+            self.rows_plan.append(RowPlan(i, names[i], layer, list(zip(keys, own)),
                                           weight, counted, layer.stat_activation))
         self.combines = any(len(row.weights) > 1 for row in self.rows_plan)
         self.kinds = {}                                # activation: the rows it counts in
@@ -325,7 +327,9 @@ def layer_stats(layers, params, grads, outputs, caches, traces=None) -> list[dic
     (A run makes one LayerStats and calls it every epoch.)
 
     Beyond dense layers (docs/engine-api.md and openapi.yaml repeat this):
-    - name is "<type>_<index>" ("dense_0", "conv2d_1", "lstm_2", ...).
+    - name is "<type>_<index>" ("dense_0", "conv2d_1", "lstm_2", ...); an encoder-decoder
+      network's rows are "encoder.<type>_<i>" and "decoder.<type>_<i>", i the index in its
+      stack, and `layer` the index in the flat list (the encoder's layers first).
     - The row's weight_* and grad_* summarise the layer's weight arrays (biases, and layer
       norm's beta, excluded), all of them concatenated: dense and conv2d W; rnn and lstm
       Wx and Wh; embedding E; self_attention Wq, Wk, Wv, Wo; transformer_encoder those four

@@ -16,8 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import budget, checkpoint, driver, engines, network, pretrain
+from . import budget, checkpoint, driver, engines, network, pretrain, seq2seq
 from .checkpoint import TrainState
+from .engines.seq2seq import Seq2Seq, stat_names
 from .driver import EpochReport, Metrics, Poll, measure, metrics
 from .model import Model, model_meta
 from .optim import learning_rate, make_optimizer
@@ -75,9 +76,14 @@ class Training:
         self.opt = make_optimizer(tr, [l.decayed() for l in self.layers])
         if state.opt_state:
             self.opt.load_state(state.opt_state)
-        self.engine = engines.choose(tr, self.layers, tr["loss"], self.opt, data.x.dtype)
+        self.n_enc = n_enc = plan.encoder_layers
+        if n_enc:                                  # encoder-decoder: its own engine, always
+            self.engine = Seq2Seq(self.layers, n_enc)
+        else:
+            self.engine = engines.choose(tr, self.layers, tr["loss"], self.opt, data.x.dtype)
         self.stats_on = tr["stats"]
-        self.reporter = LayerStats(self.layers)
+        self.reporter = LayerStats(self.layers, stat_names(self.layers, n_enc) if n_enc
+                                   else None)
         self.monitor = "val_loss" if len(data.x_val) else "train_loss"
         self.zbuf = np.empty((len(data.x), *self.layers[-1].out_shape), dtype=data.x.dtype)
         self.probe_x, self.probe_t = data.x[data.probe], data.t[data.probe]
@@ -107,6 +113,10 @@ class Training:
 
     def measure(self) -> Metrics:
         d = self.data
+        if self.n_enc:
+            train = seq2seq.summary(seq2seq.scores(self.zbuf, self.ts))
+            val = seq2seq_metrics(self.plan, self.state.params, d.x_val, d.t_val, self.rows)
+            return Metrics(train[0], val[0], train[1], val[1], train[2], val[2])
         train_loss, train_acc = metrics(self.tr["loss"], self.layers[-1].activation,
                                         self.zbuf, self.ts, self.ys)
         val_loss, val_acc = measure(self.layers, self.tr["loss"], self.state.params, d.x_val,
@@ -123,7 +133,7 @@ class Training:
     def record(self, e: int, m: Metrics) -> None:
         state = self.state
         state.epoch = e
-        state.last = m._asdict()
+        state.last = m.record()
         _track_best(state, m.val_loss if self.monitor == "val_loss" else m.train_loss,
                     self.tr["early_stopping"])
         if self.tr["algorithm"] == "perceptron" and count_errors(self.zbuf, self.ts) == 0:
@@ -135,6 +145,16 @@ class Training:
 
     def more(self, e: int) -> bool:
         return self.state.stop_reason is None and e < self.plan.epochs_total
+
+
+def seq2seq_metrics(plan: Plan, params: Weights, x: np.ndarray, t: np.ndarray, rows: int
+                    ) -> tuple[float | None, float | None, float | None]:
+    """(loss per real target token, token accuracy, exact match), teacher forced in eval
+    mode; Nones without samples."""
+    if len(x) == 0:
+        return None, None, None
+    return seq2seq.summary(seq2seq.evaluate(list(plan.layers), plan.encoder_layers, params, x,
+                                            t, rows))
 
 
 def _initial_params(plan: Plan) -> Weights:
@@ -190,6 +210,11 @@ def train(plan: Plan, inputs, targets, *,
             interrupted, error = driver.run(
                 Training(plan, data, state, rows), range(state.epoch + 1, plan.epochs_total + 1),
                 state, data.fingerprint, poll, on_epoch, checkpoint_every, on_checkpoint)
+        if not state.last and plan.encoder_layers:   # no epoch ran: the initial weights'
+            train_m = seq2seq_metrics(plan, state.params, data.x, data.t, rows)
+            val_m = seq2seq_metrics(plan, state.params, data.x_val, data.t_val, rows)
+            state.last = Metrics(train_m[0], val_m[0], train_m[1], val_m[1], train_m[2],
+                                 val_m[2]).record()
         if not state.last:                         # no epoch ran: measure the initial weights
             loss = tr["loss"]
             train_loss, train_acc = measure(layers, loss, state.params, data.x, data.t, data.y,

@@ -33,15 +33,20 @@ class Reference:
         flat.adopt(params)
         for k, s in enumerate(range(0, n, batch)):
             xb = x[s:s + batch] if order is None else x[order[s:s + batch]]
-            out, caches = network.forward(self.layers, params, xb, train=True, rng=rng)
-            z = network.output_z(caches)
-            zbuf[s:s + batch] = z
-            d = self.loss.grad(z, out, ts[s:s + batch])
-            flat.gather(network.backward(self.layers, d, caches, wrt_z=self.loss.fused))
+            flat.gather(self.batch(params, xb, ts[s:s + batch], rng, zbuf[s:s + batch]))
             opt.step_flat(flat, lr)
             if k & 15 == 15 and poll():
                 return False
         return True
+
+    def batch(self, params: Weights, xb: np.ndarray, tb: np.ndarray,
+              rng: np.random.Generator, zout: np.ndarray) -> Weights:
+        """One batch forward (its output z into zout) and backward -> the gradients."""
+        out, caches = network.forward(self.layers, params, xb, train=True, rng=rng)
+        z = network.output_z(caches)
+        zout[...] = z
+        d = self.loss.grad(z, out, tb)
+        return network.backward(self.layers, d, caches, wrt_z=self.loss.fused)
 
     def finite(self, params: Weights) -> bool:
         return network.weights_finite(params)

@@ -16,10 +16,12 @@ from .positional_encoding import PositionalEncoding
 from .rnn import RNN
 from .self_attention import SelfAttention
 from .sequence_pool import SequencePool
+from .transformer_decoder import TransformerDecoder
 from .transformer_encoder import TransformerEncoder
 
 LAYERS: dict[str, type[Layer]] = {cls.kind: cls for cls in (
     Dense, Dropout, Conv2D, MaxPool2D, AvgPool2D, Flatten, RNN, LSTM, Embedding, SequencePool,
-    SelfAttention, LayerNorm, PositionalEncoding, TransformerEncoder)}
+    SelfAttention, LayerNorm, PositionalEncoding, TransformerEncoder,
+    TransformerDecoder)}
 
 __all__ = ["LAYERS", "Cost", "Layer"]

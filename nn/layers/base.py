@@ -62,6 +62,12 @@ class Layer:
     weight_keys: ClassVar[tuple[str, ...]] = ()  # what its statistics row summarises
     decay_keys: ClassVar[tuple[str, ...] | None] = None   # weight decay; None: weight_keys
     first_only: ClassVar[bool] = False           # must be network.layers[0]
+    # forward also takes key_mask= (N, T) bool, False = PAD: masked out of attention's keys
+    masks_keys: ClassVar[bool] = False
+    # a decoder layer (transformer_decoder): parse also takes memory_shape= (T_src, D_m),
+    # forward memory= (N, T_src, D_m), src_mask=, tgt_mask=; backward returns
+    # (dx, dmemory, grads) and backward_traced (dx, dmemory, grads, trace)
+    takes_memory: ClassVar[bool] = False
 
     def __init__(self, spec: dict, in_shape: Shape, out_shape: Shape) -> None:
         self.spec = spec

@@ -26,21 +26,22 @@ def _ln(params: Params, tag: str) -> Params:
 
 
 def forward(x: np.ndarray, params: Params, heads: int = 1, causal: bool = False,
-            activation: str = "relu", norm: str = "pre", eps: float = 1e-5
-            ) -> tuple[np.ndarray, tuple]:
-    """x: (N, T, D) -> (N, T, D)."""
+            activation: str = "relu", norm: str = "pre", eps: float = 1e-5,
+            key_mask: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:
+    """x: (N, T, D) -> (N, T, D); key_mask (N, T) False = padding, masked out of the
+    attention's keys (self_attention.py)."""
     attn = {k: params[k] for k in self_attention.KEYS}
     ff1, ff2 = {"W": params["W1"], "b": params["b1"]}, {"W": params["W2"], "b": params["b2"]}
     if norm == "pre":
         h1, c_ln1 = layer_norm.forward(x, _ln(params, "ln1"), eps)
-        a, c_att = self_attention.forward(h1, attn, heads, causal)
+        a, c_att = self_attention.forward(h1, attn, heads, causal, key_mask)
         x1 = x + a
         h2, c_ln2 = layer_norm.forward(x1, _ln(params, "ln2"), eps)
         u, c_ff1 = dense.forward(h2, ff1, activation)
         y, c_ff2 = dense.forward(u, ff2, "linear")
         out = x1 + y
     else:
-        a, c_att = self_attention.forward(x, attn, heads, causal)
+        a, c_att = self_attention.forward(x, attn, heads, causal, key_mask)
         x1, c_ln1 = layer_norm.forward(x + a, _ln(params, "ln1"), eps)
         u, c_ff1 = dense.forward(x1, ff1, activation)
         y, c_ff2 = dense.forward(u, ff2, "linear")
@@ -78,6 +79,7 @@ class TransformerEncoder(Layer):
     DEFAULTS = {"heads": 1, "ff_units": None, "activation": "relu", "causal": False,
                 "norm": "pre", "init": {"type": "glorot"}}
     weight_keys = ("Wq", "Wk", "Wv", "Wo", "W1", "W2")
+    masks_keys = True
     EPS = 1e-5
 
     @classmethod
@@ -129,9 +131,10 @@ class TransformerEncoder(Layer):
             p[f"{tag}_gamma"], p[f"{tag}_beta"] = np.ones(D, dtype), np.zeros(D, dtype)
         return {k: p[k] for k in self.param_shapes()}
 
-    def forward(self, x, params, *, train, rng=None):
+    def forward(self, x, params, *, train, rng=None, key_mask=None):
         s = self.spec
-        return forward(x, params, s["heads"], s["causal"], s["activation"], s["norm"], self.EPS)
+        return forward(x, params, s["heads"], s["causal"], s["activation"], s["norm"], self.EPS,
+                       key_mask)
 
     def backward(self, dout, cache, need_dx=True):
         return backward(dout, cache, need_dx)
