@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 import nn
 from nn.fields import as_integer
+from nn.generators import SEQ2SEQ_KINDS
 from nn.seq2seq import EOS
 from service import dataio, idempotency, offload
 from service.api.common import fetch, json_response, owned, select_owned
@@ -33,8 +34,6 @@ bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 ZIP_MAGIC = b"PK\x03\x04"
 SAMPLE_VALUES = 200_000  # most input values on one page of GET .../samples
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-# The generators of token-sequence pairs (nn/generators.py): data sets of task seq2seq.
-SEQ2SEQ_GENERATORS = ("reverse", "sort", "copy")
 
 
 @bp.post("")
@@ -202,7 +201,7 @@ def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None
     source = {"kind": "generator", "generator": params}
-    task = "seq2seq" if kind in SEQ2SEQ_GENERATORS else "classification"
+    task = "seq2seq" if kind in SEQ2SEQ_KINDS else "classification"
     return Incoming(body["name"], task, inputs, targets, source)
 
 

@@ -307,13 +307,15 @@ def _decode(run_id: str, which: str, epoch: int, model: nn.Model, body: dict[str
     Model.decode (greedy or beam search), as many inputs at a time as fit in
     PREDICT_MAX_MEMORY_BYTES beside the answer (`_decode_bytes`)."""
     config = current_app.config
-    vocab = _stack_layer(model, "encoder", "embedding").get("vocab_size", dataio.MAX_TOKEN + 1)
+    # symbols only (ids from 3); the model checks their vocabulary and length (T_src)
     rows = dataio.token_rows(body["inputs"], "inputs", int(config["DATASET_MAX_FEATURES"]),
-                             lowest=EOS + 1, bound=vocab)  # symbols only
+                             lowest=EOS + 1)
     max_length = body.get("max_length")
     beam_size, attention = body.get("beam_size", 1), bool(body.get("attention", False))
-    steps = max_length if max_length is not None else _default_max_length(model, rows)
-    per_input, answer = _decode_bytes(model, max(map(len, rows)), steps, beam_size, attention)
+    # the decoder has positions for the training targets' T_tgt tokens: decoding stops there
+    steps = min(max_length or model.meta["target_shape"][0], model.meta["target_shape"][0])
+    per_input, answer = _decode_bytes(model, model.meta["input_shape"][0], steps, beam_size,
+                                      attention)
     limit = int(config["PREDICT_MAX_MEMORY_BYTES"])
     allowed = f"the limit is {size(limit)} (PREDICT_MAX_MEMORY_BYTES)"
     if per_input + answer > limit:
@@ -344,11 +346,6 @@ def _stack_layer(model: nn.Model, stack: str, kind: str) -> dict[str, Any]:
     ({} when there is none)."""
     return next((layer for layer in model.network[stack]["layers"] if layer["type"] == kind),
                 {})
-
-
-def _default_max_length(model: nn.Model, rows: list[list[int]]) -> int:
-    """The max_length Model.decode takes when none is given."""
-    return nn.seq2seq.default_max_length(model.meta, max(map(len, rows)))
 
 
 def _decode_bytes(model: nn.Model, source: int, steps: int, beam: int, attention: bool

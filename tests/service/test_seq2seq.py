@@ -194,7 +194,8 @@ def test_predict_decodes(any_client: Any, trained: dict) -> None:
 @pytest.mark.parametrize(("body", "path"), [
     ({"inputs": [[5, 7.5]]}, "inputs[0][1]"),
     ({"inputs": [[5, EOS]]}, "inputs[0][1]"),        # symbols only
-    ({"inputs": [[5, VOCAB]]}, "inputs[0][1]"),      # past the encoder's vocabulary
+    ({"inputs": [[5, VOCAB]]}, "inputs[0]"),         # past the encoder's vocabulary
+    ({"inputs": [[5, 6, 7, 3, 4, 5]]}, "inputs[0]"),  # longer than the training inputs
     ({"inputs": [[5], []]}, "inputs[1]"),
     ({"inputs": [[5]], "max_length": 0}, "max_length"),
     ({"inputs": [[5]], "beam_size": 17}, "beam_size"),
@@ -212,9 +213,10 @@ def test_predict_bounds_its_memory(any_app: Flask, any_client: Any, trained: dic
     resp = any_client.post(url, json=many)
     assert resp.status_code == 422 and problem_paths(resp) == ["inputs"]
     assert "send at most" in resp.get_json()["detail"]
-    resp = any_client.post(url, json={"inputs": [[5, 7, 3]], "max_length": 1000,
-                                      "beam_size": 16})
-    assert resp.status_code == 422 and problem_paths(resp) == ["max_length"]
+    any_app.config["PREDICT_MAX_MEMORY_BYTES"] = 1000
+    resp = any_client.post(url, json={"inputs": [[5, 7, 3]], "beam_size": 16})
+    assert resp.status_code == 422 and problem_paths(resp) == ["beam_size"]
+    assert "decoding one input takes about" in resp.get_json()["detail"]
 
 
 def test_decoding_fields_are_for_seq2seq_runs_only(app: Flask, client: Any) -> None:
