@@ -219,6 +219,14 @@ def test_predict_bounds_its_memory(any_app: Flask, any_client: Any, trained: dic
     assert "decoding one input takes about" in resp.get_json()["detail"]
 
 
+def test_weights_are_served_but_not_as_onnx(any_client: Any, trained: dict) -> None:
+    run_id = trained["run"]["id"]
+    layers = any_client.get(f"/v1/runs/{run_id}/weights").get_json()["layers"]
+    assert len(layers) == 7  # both stacks, the encoder's first
+    resp = any_client.get(f"/v1/runs/{run_id}/weights?format=onnx")
+    assert resp.status_code == 406 and resp.get_json()["layer"] == "network.decoder"
+
+
 def test_decoding_fields_are_for_seq2seq_runs_only(app: Flask, client: Any) -> None:
     dataset = create_xor_dataset(client)
     run = create_run(client, dataset["id"])
