@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
+from tests.e2e import flow
 from tests.procs import BIN, ROOT, Procs, clean_env
 
 CHROMIUM = "/usr/bin/chromium"
@@ -188,3 +189,37 @@ def test_the_vanishing_gradient_in_one_picture(service: tuple[str, str], page: A
 def test_chromium_is_debians() -> None:
     """Playwright's own browser download is not used (nor reachable here)."""
     assert shutil.which("chromium") == CHROMIUM
+
+
+def test_a_seq2seq_run_shows_its_cross_attention(service: tuple[str, str], page: Any,
+                                                 shots: Path, tmp_path: Path) -> None:
+    """An encoder-decoder run on `reverse`, made through the API: once it has succeeded its
+    page decodes the data set's first sample and draws the cross-attention map, target step
+    by source position, and reversal draws the anti-diagonal (each output step looks further
+    left in the source than the one before)."""
+    base, key = service
+    api = flow.Api(base, key)
+    dataset = api.post("/v1/datasets", {"name": "reverse", "generator": {
+        "kind": "reverse", "length": 6, "vocab_size": 10, "n_samples": 2000, "seed": 1}}, 201)
+    stack = lambda *top: {"layers": [{"type": "embedding", "vocab_size": 10, "dim": 32},  # noqa: E731
+                                     {"type": "positional_encoding"}, *top]}
+    run = api.post("/v1/runs", {"dataset_id": dataset["id"], "network": {
+        "encoder": stack({"type": "transformer_encoder", "heads": 4}),
+        "decoder": stack({"type": "transformer_decoder", "heads": 4},
+                         {"type": "dense", "units": 10, "activation": "softmax"})},
+        "training": {"loss": "cross_entropy", "optimizer": {"type": "adam", "learning_rate": 0.003},
+                     "batch_size": 32, "epochs": 15, "seed": 1, "validation_fraction": 0.2}}, 202)
+    page.goto(f"{base}/runs/{run['id']}#key={key}")
+    page.locator("h1 .badge.succeeded").wait_for()
+    shape = json.loads(_until(page, "the attention map", lambda: _data(page, "attention", "shape")))
+    source = [v for v in api.get(f"/v1/datasets/{dataset['id']}/samples?limit=1")["items"][0]
+              ["input"] if v != 0]
+    assert shape == [len(source) + 1, len(source)]  # every output step and EOS
+    centres = json.loads(_data(page, "attention", "centres") or "[]")[:len(source)]
+    assert all(a > b for a, b in zip(centres, centres[1:])), centres
+    argmax = json.loads(_data(page, "attention", "argmax") or "[]")
+    assert argmax[0] == len(source) - 1 and argmax[len(source) - 1] == 0, argmax
+    assert "sequences" in (page.text_content("[data-chart=accuracy]") or "")  # exact match
+    assert _drawn(page, "attention", tmp_path / "attention.png") > 2_000
+    page.screenshot(path=shots / "dashboard-seq2seq.png", full_page=True)
+    assert page.errors == []
