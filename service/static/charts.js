@@ -165,6 +165,11 @@ export function heatmap(container, { rows, columns, values, title }) {
   }
   container.dataset.last = JSON.stringify(values.map((row) => row[n - 1] ?? null));
   container.dataset.columns = String(n);
+  container.replaceChildren(canvas, viridisKey(`${title}: ${fmt(lo, 0.01)}`, fmt(hi, 0.01)));
+}
+
+// The colour scale of a viridis picture, from the label `low` to `high`.
+function viridisKey(low, high) {
   const scale = document.createElement("canvas");
   scale.width = 200;
   scale.height = 10;
@@ -175,8 +180,8 @@ export function heatmap(container, { rows, columns, values, title }) {
   }
   const key = document.createElement("div");
   key.className = "legend";
-  key.append(`${title}: ${fmt(lo, 0.01)}`, scale, fmt(hi, 0.01));
-  container.replaceChildren(canvas, key);
+  key.append(low, scale, high);
+  return key;
 }
 
 // The Playground's colours: orange (0) through white (0.5) to blue (1).
@@ -222,18 +227,7 @@ export function attentionMap(container, { rows, columns, values, title }) {
   container.dataset.centres = JSON.stringify(values.map((row) =>
     row.reduce((sum, v, c) => sum + v * c, 0) / (row.reduce((sum, v) => sum + v, 0) || 1)));
   container.dataset.shape = JSON.stringify([rows.length, columns.length]);
-  const scale = document.createElement("canvas");
-  scale.width = 200;
-  scale.height = 10;
-  const sctx = scale.getContext("2d");
-  for (let i = 0; i < 200; i++) {
-    sctx.fillStyle = viridis(i / 199);
-    sctx.fillRect(i, 0, 1, 10);
-  }
-  const key = document.createElement("div");
-  key.className = "legend";
-  key.append(`${title}: 0`, scale, "1");
-  container.replaceChildren(canvas, key);
+  container.replaceChildren(canvas, viridisKey(`${title}: 0`, "1"));
 }
 
 export function boundary(container, grid, points) {

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import free_port
 from tests.e2e import flow
 from tests.procs import BIN, ROOT, Procs, clean_env
+from tests.service.helpers import seq2seq_network
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that reaches out (this machine reaches only package registries).
@@ -201,14 +202,10 @@ def test_a_seq2seq_run_shows_its_cross_attention(service: tuple[str, str], page:
     api = flow.Api(base, key)
     dataset = api.post("/v1/datasets", {"name": "reverse", "generator": {
         "kind": "reverse", "length": 6, "vocab_size": 10, "n_samples": 2000, "seed": 1}}, 201)
-    stack = lambda *top: {"layers": [{"type": "embedding", "vocab_size": 10, "dim": 32},  # noqa: E731
-                                     {"type": "positional_encoding"}, *top]}
-    run = api.post("/v1/runs", {"dataset_id": dataset["id"], "network": {
-        "encoder": stack({"type": "transformer_encoder", "heads": 4}),
-        "decoder": stack({"type": "transformer_decoder", "heads": 4},
-                         {"type": "dense", "units": 10, "activation": "softmax"})},
-        "training": {"loss": "cross_entropy", "optimizer": {"type": "adam", "learning_rate": 0.003},
-                     "batch_size": 32, "epochs": 15, "seed": 1, "validation_fraction": 0.2}}, 202)
+    training = {"loss": "cross_entropy", "optimizer": {"type": "adam", "learning_rate": 0.003},
+                "batch_size": 32, "epochs": 15, "seed": 1, "validation_fraction": 0.2}
+    run = api.post("/v1/runs", {"dataset_id": dataset["id"], "training": training,
+                                "network": seq2seq_network(10, dim=32, heads=4)}, 202)
     page.goto(f"{base}/runs/{run['id']}#key={key}")
     page.locator("h1 .badge.succeeded").wait_for()
     shape = json.loads(_until(page, "the attention map", lambda: _data(page, "attention", "shape")))

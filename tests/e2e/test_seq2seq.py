@@ -11,17 +11,10 @@ from nn.seq2seq import EOS
 from tests.e2e import flow
 from tests.e2e.test_deployment import deploy
 from tests.procs import Procs
+from tests.service.helpers import seq2seq_network
 
 VOCAB = 8
-NETWORK = {
-    "encoder": {"layers": [{"type": "embedding", "vocab_size": VOCAB, "dim": 16},
-                           {"type": "positional_encoding"},
-                           {"type": "transformer_encoder", "heads": 2, "ff_units": 32}]},
-    "decoder": {"layers": [{"type": "embedding", "vocab_size": VOCAB, "dim": 16},
-                           {"type": "positional_encoding"},
-                           {"type": "transformer_decoder", "heads": 2, "ff_units": 32},
-                           {"type": "dense", "units": VOCAB, "activation": "softmax"}]},
-}
+NETWORK = seq2seq_network(VOCAB, dim=16, heads=2, ff_units=32)
 TRAINING = {"loss": "cross_entropy", "optimizer": {"type": "adam", "learning_rate": 0.01},
             "batch_size": 32, "epochs": 6, "seed": 1, "validation_fraction": 0.2}
 REVERSE = {"kind": "reverse", "n_samples": 400, "length": 5, "vocab_size": VOCAB, "seed": 1}

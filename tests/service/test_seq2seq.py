@@ -19,21 +19,14 @@ from tests.service.helpers import (
     multipart,
     npz_bytes,
     problem_paths,
+    seq2seq_network,
     trained_model,
 )
 from tests.service.test_events import _events
 from worker.training import train_run
 
 VOCAB = 8  # ids 0..7: PAD, BOS, EOS and the symbols 3..7
-NETWORK = {
-    "encoder": {"layers": [{"type": "embedding", "vocab_size": VOCAB, "dim": 8},
-                           {"type": "positional_encoding"},
-                           {"type": "transformer_encoder", "heads": 2, "ff_units": 16}]},
-    "decoder": {"layers": [{"type": "embedding", "vocab_size": VOCAB, "dim": 8},
-                           {"type": "positional_encoding"},
-                           {"type": "transformer_decoder", "heads": 2, "ff_units": 16},
-                           {"type": "dense", "units": VOCAB, "activation": "softmax"}]},
-}
+NETWORK = seq2seq_network(VOCAB, dim=8, heads=2, ff_units=16)
 TRAINING = {"loss": "cross_entropy", "optimizer": {"type": "adam", "learning_rate": 0.01},
             "batch_size": 16, "epochs": 3, "seed": 1, "validation_fraction": 0.25}
 REVERSE = {"kind": "reverse", "n_samples": 64, "length": 5, "vocab_size": VOCAB, "seed": 1}
