@@ -3,7 +3,8 @@ one position at a time from BOS, each transformer_decoder keeping its self-atten
 and values and the encoder output's cross-attention keys and values between steps (its
 step()), until every sequence has produced EOS or max_length tokens.
 
-Greedy takes the most probable token at each step; beam search (beam_size k) keeps the k
+Greedy takes the most probable token at each step (PAD and BOS, which no target holds before
+its EOS, are never chosen); beam search (beam_size k) keeps the k
 sequences of highest total log-probability, a finished one (EOS) carried on unchanged. A
 sequence's score is its total log-probability (EOS's included when it ended); outputs leave
 out BOS, EOS and PAD. With attention, each sample's cross-attention weights: (layer, head,
@@ -87,7 +88,9 @@ class Decoder:
             else:
                 h = layer.forward(h, p, train=False)[0]
         z = h - h.max(axis=-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True)), states, weights
+        logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        logp[:, [PAD, BOS]] = -np.inf          # never a target before EOS: never chosen
+        return logp, states, weights
 
 
 def _take(state, idx: np.ndarray):

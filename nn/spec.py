@@ -49,7 +49,12 @@ DEFAULTS: dict = {
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """A validated run: normalised JSON specs with every default filled in, and the layers."""
+    """A validated run: normalised JSON specs with every default filled in, and the layers.
+
+    An encoder-decoder network's two stacks are one flat `layers` tuple, the encoder's
+    `encoder_layers` first: the driver, checkpoints, optimizers, statistics and the budget
+    read plan.layers and the weights list as for any network, and only nn/seq2seq.py's
+    forward and backward (and decoding) know where the encoder ends."""
     network: dict
     training: dict
     data: DataInfo
@@ -81,6 +86,13 @@ def encoder_size(network: dict) -> int:
     """The number of encoder layers at the front of a normalised network's flat list (0 for
     the plain {"layers"} form)."""
     return len(network["encoder"]["layers"]) if "encoder" in network else 0
+
+
+def layer_path(n_enc: int, i: int) -> str:
+    """The JSON path of the flat list's layer i (n_enc encoder layers first, 0: plain)."""
+    if not n_enc:
+        return f"network.layers[{i}]"
+    return f"network.encoder.layers[{i}]" if i < n_enc else f"network.decoder.layers[{i - n_enc}]"
 
 
 def _parse_stack(stack, in_shape: tuple[int, ...], lpath: str, output: bool,
@@ -289,11 +301,12 @@ def _check_output(layers: list[Layer], training: dict, data: DataInfo) -> None:
                                       f"has {k} classes{also}")
 
 
-def _check_algorithm(layers: list[Layer], training: dict, data: DataInfo) -> None:
+def _check_algorithm(layers: list[Layer], training: dict, data: DataInfo, n_enc: int = 0
+                     ) -> None:
     if training["algorithm"] == "backprop":
         for i, l in enumerate(layers):
             if l.activation == "step":
-                raise SpecError(f"network.layers[{i}].activation",
+                raise SpecError(f"{layer_path(n_enc, i)}.activation",
                                 "step has zero gradient, so backprop cannot train it; "
                                 "use training.algorithm 'perceptron'")
         return
@@ -406,7 +419,7 @@ def build(network: dict, training: dict, data: DataInfo) -> Plan:
     n_enc = encoder_size(net)
     if seq2seq:
         _check_seq2seq(layers, n_enc, train, data)
-        _check_algorithm(layers, train, data)
+        _check_algorithm(layers, train, data, n_enc)
         pretrain_epochs = 0
     else:
         _check_algorithm(layers, train, data)

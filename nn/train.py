@@ -18,8 +18,8 @@ import numpy as np
 
 from . import budget, checkpoint, driver, engines, network, pretrain, seq2seq
 from .checkpoint import TrainState
-from .engines.seq2seq import Seq2Seq, stat_names
 from .driver import EpochReport, Metrics, Poll, measure, metrics
+from .engines.seq2seq import Seq2Seq, stat_names
 from .model import Model, model_meta
 from .optim import learning_rate, make_optimizer
 from .perceptron import count_errors
@@ -85,7 +85,8 @@ class Training:
         self.reporter = LayerStats(self.layers, stat_names(self.layers, n_enc) if n_enc
                                    else None)
         self.monitor = "val_loss" if len(data.x_val) else "train_loss"
-        self.zbuf = np.empty((len(data.x), *self.layers[-1].out_shape), dtype=data.x.dtype)
+        # the outputs in the plan's dtype (a seq2seq run's inputs are int64 token ids)
+        self.zbuf = np.empty((len(data.x), *self.layers[-1].out_shape), dtype=tr["dtype"])
         self.probe_x, self.probe_t = data.x[data.probe], data.t[data.probe]
         self.ts = self.ys = None
 

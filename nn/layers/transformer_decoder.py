@@ -17,15 +17,15 @@ step() runs one target position at a time for decoding: it keeps the self-attent
 and values of the positions before (so each step costs O(t), not O(t^2)) and the memory's
 keys and values, computed once at t = 0; its outputs are forward's rows to rounding.
 """
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
-from .. import fields as f
 from ..errors import SpecError
 from . import dense, layer_norm, self_attention
-from .base import MAX_UNITS, Cost, Layer, Params, Shape, bias, init_spec, matrix, sequence_shape
-from .transformer_encoder import FF_ACTIVATIONS, NORMS
+from .base import Cost, Layer, Params, Shape, bias, matrix
+from .transformer_encoder import block_spec
 
 CROSS = "c"                                          # the cross-attention's key prefix
 
@@ -168,19 +168,10 @@ class TransformerDecoder(Layer):
         if memory_shape is None:
             raise SpecError(f"{path}.type", f"{cls.kind} attends over an encoder's output: it "
                                             "belongs in network.decoder.layers")
-        _, D = sequence_shape(in_shape, cls.kind, path)
         if len(memory_shape) != 2:
             raise SpecError(path, f"{cls.kind} needs the encoder's output as (T_src, D) but "
                                   f"it is {tuple(memory_shape)}")
-        heads = f.integer(spec, "heads", path, cls.DEFAULTS["heads"], lo=1, hi=D)
-        self_attention.check_heads(heads, D, path)
-        ff = f.integer(spec, "ff_units", path, None, lo=1, hi=MAX_UNITS, nullable=True)
-        normal = {"type": cls.kind, "heads": heads, "ff_units": ff or 4 * D,
-                  "activation": f.choice(spec, "activation", path, FF_ACTIVATIONS,
-                                         cls.DEFAULTS["activation"]),
-                  "norm": f.choice(spec, "norm", path, NORMS, cls.DEFAULTS["norm"]),
-                  "init": init_spec(spec, path, cls.DEFAULTS["init"])}
-        return cls(normal, in_shape, in_shape, memory_shape)
+        return cls(block_spec(cls, spec, in_shape, path), in_shape, in_shape, memory_shape)
 
     @property
     def stat_activation(self) -> None:
@@ -202,7 +193,10 @@ class TransformerDecoder(Layer):
         gradient beside the largest of its stages, a sum, and dmemory (T_src D_m) from the
         cross-attention's backward on. Eval: the larger attention's peak (its inputs
         included), and what the block keeps beside it: three layer norms' outputs and
-        caches, x1, x2, the feed-forward's z, a and a temporary (3 T F)."""
+        caches, x1, x2, the feed-forward's z, a and a temporary (3 T F). Calls: a pass over
+        one sample with both masks took 2.2x the encoder's 182 calls' time (bench/budget.py's
+        layer_seconds): 400 calls; the masks, sub-layers and gradients' dicts add to the
+        attentions' and norms'."""
         (T, D), (T_s, D_m), F = self.in_shape, self.memory_shape, self.spec["ff_units"]
         heads = self.spec["heads"]
         attn = self_attention.cost(T, D, heads)
@@ -212,7 +206,7 @@ class TransformerDecoder(Layer):
                     attn.kept + cross.kept + 3 * norm.kept + 4 * T * D + 2 * T * F,
                     3 * T * D + T_s * D_m
                     + max(4 * T * F + T * D, attn.scratch, cross.scratch, norm.scratch),
-                    attn.calls + cross.calls + 3 * norm.calls + 50,
+                    attn.calls + cross.calls + 3 * norm.calls + 145,
                     max(attn.infer + T_s * D_m, cross.infer) + 14 * T * D + 3 * T * F)
 
     def init(self, rng, dtype):

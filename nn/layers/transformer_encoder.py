@@ -74,6 +74,21 @@ def backward(dout: np.ndarray, cache: tuple, need_dx: bool = True
     return dx, grads
 
 
+def block_spec(cls: type[Layer], spec: dict, in_shape: Shape, path: str, **between) -> dict:
+    """The normal spec of a Transformer block (this one, transformer_decoder): type, heads,
+    ff_units, activation, the fields `between`, norm, init."""
+    _, D = sequence_shape(in_shape, cls.kind, path)
+    heads = f.integer(spec, "heads", path, cls.DEFAULTS["heads"], lo=1, hi=D)
+    self_attention.check_heads(heads, D, path)
+    ff = f.integer(spec, "ff_units", path, None, lo=1, hi=MAX_UNITS, nullable=True)
+    return {"type": cls.kind, "heads": heads, "ff_units": ff or 4 * D,
+            "activation": f.choice(spec, "activation", path, FF_ACTIVATIONS,
+                                   cls.DEFAULTS["activation"]),
+            **between,
+            "norm": f.choice(spec, "norm", path, NORMS, cls.DEFAULTS["norm"]),
+            "init": init_spec(spec, path, cls.DEFAULTS["init"])}
+
+
 class TransformerEncoder(Layer):
     kind = "transformer_encoder"
     DEFAULTS = {"heads": 1, "ff_units": None, "activation": "relu", "causal": False,
@@ -84,17 +99,8 @@ class TransformerEncoder(Layer):
 
     @classmethod
     def parse(cls, spec: dict, in_shape: Shape, path: str) -> "TransformerEncoder":
-        _, D = sequence_shape(in_shape, cls.kind, path)
-        heads = f.integer(spec, "heads", path, cls.DEFAULTS["heads"], lo=1, hi=D)
-        self_attention.check_heads(heads, D, path)
-        ff = f.integer(spec, "ff_units", path, None, lo=1, hi=MAX_UNITS, nullable=True)
-        normal = {"type": cls.kind, "heads": heads, "ff_units": ff or 4 * D,
-                  "activation": f.choice(spec, "activation", path, FF_ACTIVATIONS,
-                                         cls.DEFAULTS["activation"]),
-                  "causal": f.boolean(spec, "causal", path, cls.DEFAULTS["causal"]),
-                  "norm": f.choice(spec, "norm", path, NORMS, cls.DEFAULTS["norm"]),
-                  "init": init_spec(spec, path, cls.DEFAULTS["init"])}
-        return cls(normal, in_shape, in_shape)
+        causal = f.boolean(spec, "causal", path, cls.DEFAULTS["causal"])
+        return cls(block_spec(cls, spec, in_shape, path, causal=causal), in_shape, in_shape)
 
     @property
     def stat_activation(self) -> None:

@@ -152,6 +152,16 @@ CASES = {
                              dense(16, "softmax")],
                             {"loss": "cross_entropy", "batch_size": 200,
                              "validation_fraction": 0.2, "optimizer": {"type": "adam"}}),
+    "seq2seq": ("reverse", 1500, {"length": 12, "vocab_size": 16},
+                {"encoder": {"layers": [{"type": "embedding", "vocab_size": 16, "dim": 32},
+                                        {"type": "positional_encoding"},
+                                        {"type": "transformer_encoder", "heads": 4}]},
+                 "decoder": {"layers": [{"type": "embedding", "vocab_size": 16, "dim": 32},
+                                        {"type": "positional_encoding"},
+                                        {"type": "transformer_decoder", "heads": 4},
+                                        dense(16, "softmax")]}},
+                {"loss": "cross_entropy", "batch_size": 200, "validation_fraction": 0.2,
+                 "optimizer": {"type": "adam"}}),
     "pretraining": ("gaussian", 4000, {}, [dense(128), dense(64), dense(1)],
                     {"batch_size": 100, "epochs": 1, "validation_fraction": 0.2,
                      "pretrain": {"epochs": 2, "optimizer": {"type": "adam"}}}),
@@ -176,9 +186,9 @@ def run(kind, n, params, layers, training):
         held[:] = [state]
 
     x, y = nn.generate(kind, n, 0, seed=1, **params)
-    task = "classification" if kind == "next_token" else None
-    plan = nn.build({"layers": layers}, {"seed": 1, "epochs": 2, **training},
-                    nn.describe(x, y, task))
+    task = {"next_token": "classification", "reverse": "seq2seq"}.get(kind)
+    network = layers if isinstance(layers, dict) else {"layers": layers}
+    plan = nn.build(network, {"seed": 1, "epochs": 2, **training}, nn.describe(x, y, task))
     result = nn.train(plan, x, y, checkpoint_every=1, on_checkpoint=keep)
     result.model.to_npz()
     return plan

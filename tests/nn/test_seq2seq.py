@@ -7,9 +7,10 @@ import pytest
 
 import nn
 from nn import seq2seq
+from nn.decode import Decoder
 from nn.generators import generate
 from nn.gradcheck import numerical_gradient, rel_error
-from nn.seq2seq import EOS, PAD
+from nn.seq2seq import BOS, EOS, PAD
 
 V = 8
 
@@ -86,6 +87,9 @@ def test_spec_errors_name_their_fields():
     bad = copy.deepcopy(net)
     bad["encoder"]["layers"].append({"type": "dense", "units": 8, "activation": "softmax"})
     assert _error(bad) == "network.encoder.layers[3].activation"
+    bad = copy.deepcopy(net)
+    bad["decoder"]["layers"].insert(3, {"type": "dense", "units": 8, "activation": "step"})
+    assert _error(bad) == "network.decoder.layers[3].activation"
     assert _error({**net, "extra": 1}) == "network.extra"
     assert _error({"encoder": net["encoder"]}) == "network.decoder"
     assert _error(net, {"loss": "squared_error"}) == "training.loss"
@@ -203,6 +207,39 @@ def test_epoch_rows_statistics_and_bit_identical_resume():
     assert crows[0].val_exact_match is None and "val_exact_match" not in res.metrics
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_per_sample_sgd_with_dropout_resumes_bit_identically(dtype):
+    X, y, info = data(24)
+    net = network()
+    net["encoder"]["layers"].insert(2, {"type": "dropout", "drop_prob": 0.2})
+    net["decoder"]["layers"].insert(3, {"type": "dropout", "drop_prob": 0.2})
+    p = plan(net, {"epochs": 3, "batch_size": 1, "dtype": dtype,
+                   "optimizer": {"type": "adam", "learning_rate": 0.001},
+                   "lr_schedule": {"type": "exponential", "gamma": 0.9}}, info)
+    saved = {}
+    full = nn.train(p, X, y, checkpoint_every=1, on_checkpoint=lambda e, b: saved.setdefault(e, b))
+    resumed = nn.train(p, X, y, resume=saved[1])
+    assert full.weights[0]["E"].dtype == np.dtype(dtype)
+    for a, b in zip(full.weights, resumed.weights):
+        for k in a:
+            assert np.array_equal(a[k], b[k])
+    assert full.metrics == resumed.metrics
+
+
+def test_train_metrics_are_the_outputs_before_the_update():
+    """One batch of the whole split with a negligible step: the epoch's on-the-fly
+    training metrics are those of the initial weights in eval mode."""
+    X, y, info = data(40)
+    p = plan(None, {"epochs": 1, "batch_size": None, "validation_fraction": 0.0,
+                    "optimizer": {"type": "sgd", "learning_rate": 1e-300}}, info)
+    rows: list = []
+    nn.train(p, X, y, on_epoch=rows.append)
+    initial = nn.train(plan(None, {"epochs": 0, "validation_fraction": 0.0}, info), X, y)
+    assert rows[0].train_loss == pytest.approx(initial.metrics["train_loss"], rel=1e-12)
+    assert rows[0].train_accuracy == initial.metrics["train_accuracy"]
+    assert rows[0].train_exact_match == initial.metrics["train_exact_match"]
+
+
 def test_no_epochs_measures_the_initial_weights():
     X, y, info = data(40)
     r = nn.train(plan(None, {"epochs": 0}, info), X, y)
@@ -238,7 +275,9 @@ def _recompute_greedy(model, src, steps):
     for step in range(steps):
         _, run = seq2seq.forward(layers, n_enc, model.weights, x, seq2seq.teacher_input(t),
                                  train=False)
-        nxt = seq2seq.logits(run)[:, step].argmax(axis=-1)
+        z = seq2seq.logits(run)[:, step]
+        z[:, [PAD, BOS]] = -np.inf
+        nxt = z.argmax(axis=-1)
         t[:, step] = np.where(done, PAD, nxt)
         done |= nxt == EOS
     out = []
@@ -257,9 +296,65 @@ def test_cached_greedy_equals_recomputing_and_beam_of_one(trained):
     batched = trained.decode(src, batch_size=1)
     assert batched["outputs"] == greedy["outputs"]
     np.testing.assert_allclose(batched["scores"], greedy["scores"], rtol=1e-12)
-    wide = trained.decode(src, beam_size=4)
-    assert all(b >= g - 1e-9 for b, g in zip(wide["scores"], greedy["scores"]))
     assert all(s <= 0 for s in greedy["scores"])
+
+
+def test_cached_decoding_through_every_decoder_layer_type():
+    """Learned positions, dropout, a layer norm and a hidden dense layer run a position at a
+    time as they run on the whole sequence; two decoder blocks, post-norm."""
+    X, y, info = data(48, seed=2)
+    net = network(dim=8, norm="post", blocks=2)
+    dec = net["decoder"]["layers"]
+    dec[1] = {"type": "positional_encoding", "mode": "learned"}
+    dec[4:4] = [{"type": "dropout", "drop_prob": 0.1}, {"type": "layer_norm"},
+                {"type": "dense", "units": 8, "activation": "tanh"}]
+    model = nn.train(plan(net, {"epochs": 2}, info), X, y).model
+    src = [[3, 4, 5], [7, 6, 5, 4, 3], [5, 5]]
+    assert model.decode(src)["outputs"] == _recompute_greedy(model, src, 6)
+    # each step's log-probabilities, fed the targets, are the teacher-forced pass's (at the
+    # real target positions: past EOS the pass masks its PAD inputs, decoding never feeds any)
+    x, t = X[:4].astype(np.int64), y[:4]
+    t_in = seq2seq.teacher_input(t)
+    _, run = seq2seq.forward(model.layers, model.encoder_layers, model.weights, x, t_in,
+                             train=False)
+    z = seq2seq.logits(run)
+    want = z - z.max(-1, keepdims=True)
+    want -= np.log(np.exp(want).sum(-1, keepdims=True))
+    dec = Decoder(model)
+    memory, states = dec.encode(x), [None, None]
+    for step in range(t.shape[1]):
+        logp, states, _ = dec.step(t_in[:, step], step, memory, x != PAD, states)
+        real = t[:, step] != PAD
+        np.testing.assert_allclose(logp[real, EOS:], want[real, step, EOS:], rtol=1e-10,
+                                   atol=1e-12)
+
+
+def test_a_wide_beam_finds_the_best_sequence(trained):
+    """max_length 2 and beam_size V * V: the beam keeps every candidate, so it returns the
+    most probable of all sequences of up to two tokens, found here by brute force."""
+    layers, n_enc = trained.layers, trained.encoder_layers
+    for row in ([3, 4, 5], [7, 6]):
+        x = np.zeros((1, 5), np.int64)
+        x[0, :len(row)] = row
+        best, best_out = -np.inf, None
+        for t1 in range(EOS, V):
+            t_in = np.zeros((1, 6), np.int64)
+            t_in[0, :2] = BOS, t1
+            _, run = seq2seq.forward(layers, n_enc, trained.weights, x, t_in, train=False)
+            z = seq2seq.logits(run)[0]
+            m = z.max(axis=-1, keepdims=True)
+            logp = z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+            if t1 == EOS:
+                cands = [(logp[0, EOS], [])]
+            else:
+                cands = [(logp[0, t1] + logp[1, t2], [t1] if t2 == EOS else [t1, t2])
+                         for t2 in range(EOS, V)]
+            for score, out in cands:
+                if score > best:
+                    best, best_out = score, out
+        r = trained.decode([row], max_length=2, beam_size=V * V)
+        assert r["outputs"] == [best_out]
+        assert r["scores"][0] == pytest.approx(best, rel=1e-12)
 
 
 def test_decode_attention_and_errors(trained):

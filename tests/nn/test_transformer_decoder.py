@@ -245,7 +245,7 @@ def test_key_mask_gradients_and_a_query_with_no_keys(causal):
 
 def test_layers_take_key_masks():
     """The self_attention and transformer_encoder layers pass key_mask= on (an encoder
-    masks its source's PAD)."""
+    masks its source's PAD), and their gradients with it agree with finite differences."""
     rng = np.random.default_rng(6)
     x = rng.normal(size=(2, 5, 4))
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=bool)
@@ -260,3 +260,31 @@ def test_layers_take_key_masks():
         assert np.array_equal(out[mask], out2[mask]), kind
         everything = layer.forward(x, p, train=False, key_mask=np.ones_like(mask))[0]
         assert np.array_equal(layer.forward(x, p, train=False)[0], everything)
+        f = lambda layer=layer, p=p: layer.forward(x, p, train=False, key_mask=mask)[0]
+        out, cache = layer.forward(x, p, train=False, key_mask=mask)
+        dout = rng.normal(size=out.shape)
+        dx, grads = layer.backward(dout, cache)
+        assert rel_error(dx, numerical_gradient_array(f, x, dout)) < TOL
+        for key in p:
+            num = numerical_gradient_array(f, p[key], dout)
+            assert rel_error(grads[key], num) < TOL or np.abs(grads[key] - num).max() < 1e-9
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_cross_attention_matches_naive_loops(heads):
+    """Queries from x, keys and values from memory (D_m != D), PAD keys skipped."""
+    rng = np.random.default_rng(7)
+    D, D_m = 4, 6
+    p = self_attention.init_attention(D, {"type": "uniform", "scale": 0.5}, rng, np.float64, D_m)
+    x, memory = rng.normal(size=(3, 4, D)), rng.normal(size=(3, 5, D_m))
+    out = self_attention.forward(x, p, heads, key_mask=SRC_MASK, memory=memory)[0]
+    q, k, v = x @ p["Wq"] + p["bq"], memory @ p["Wk"] + p["bk"], memory @ p["Wv"] + p["bv"]
+    d = D // heads
+    ctx = np.zeros_like(x)
+    for s, h, i in np.ndindex(3, heads, 4):
+        cols, keys = slice(h * d, (h + 1) * d), np.flatnonzero(SRC_MASK[s])
+        if len(keys):                                   # no real key: an empty sum, 0
+            scores = np.array([q[s, i, cols] @ k[s, j, cols] / np.sqrt(d) for j in keys])
+            weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+            ctx[s, i, cols] = sum(wj * v[s, j, cols] for wj, j in zip(weights, keys))
+    assert np.allclose(out, ctx @ p["Wo"] + p["bo"], rtol=0, atol=1e-12)
