@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from nn.seq2seq import PAD
 from service.errors import size, validation_error
 
 MAX_LABEL_CHARS = 200
@@ -160,6 +161,56 @@ def _kind(v: Any) -> str:
     if isinstance(v, (int, float)):
         return "a number"
     return "a string"
+
+
+# ---- token sequences (task seq2seq) -----------------------------------------------------
+#
+# Rows of token ids (nn/seq2seq.py: 0 PAD, 1 BOS, 2 EOS, symbols from 3) of different
+# lengths, as JSON sends them, stored right-padded with PAD: inputs (N, T_src) as float64
+# like every data set's inputs, targets (N, T_tgt) int64. The engine checks what the rows
+# hold (nn.describe with task seq2seq: every target row its symbols, then EOS).
+
+# The largest token id: below the largest vocabulary an embedding takes (openapi.yaml).
+MAX_TOKEN = 999_999
+
+
+def sequences(rows: list[Any], path: str, max_length: int, end: int | None = None
+              ) -> np.ndarray:
+    """JSON rows of token ids of different lengths -> (N, T) int64, right-padded with PAD to
+    the longest (T). A row's own trailing PAD is dropped first; `end` (EOS for targets) is
+    appended to a row that does not end with it, so that a client need not send it.
+    `token_rows` checks the rows."""
+    ids = token_rows(rows, path, max_length)
+    for row in ids:
+        while row and row[-1] == PAD:
+            row.pop()
+        if end is not None and (not row or row[-1] != end):
+            row.append(end)
+    out = np.full((len(ids), max(map(len, ids))), PAD, dtype=np.int64)
+    for i, row in enumerate(ids):
+        out[i, :len(row)] = row
+    return out
+
+
+def token_rows(rows: list[Any], path: str, max_length: int, lowest: int = PAD,
+               bound: int = MAX_TOKEN + 1) -> list[list[int]]:
+    """JSON rows of token ids -> lists of ints; a 422 at the first row that is not a
+    non-empty array of at most `max_length` integers from `lowest` to `bound` - 1."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or not row:
+            raise validation_error(f"{path}[{i}]", "must be a non-empty array of token ids")
+        if len(row) > max_length:
+            raise validation_error(f"{path}[{i}]", f"has {len(row)} tokens; the limit is "
+                                                   f"{max_length}")
+        bad = next((j for j, v in enumerate(row) if not _token(v, lowest, bound)), None)
+        if bad is not None:
+            raise validation_error(f"{path}[{i}][{bad}]", f"must be a token id, an integer "
+                                                          f"from {lowest} to {bound - 1}")
+    return [[int(v) for v in row] for row in rows]
+
+
+def _token(v: Any, lowest: int, bound: int) -> bool:
+    return type(v) in (int, float) and float(v).is_integer() and lowest <= v < bound
 
 
 # ---- CSV --------------------------------------------------------------------------------

@@ -46,6 +46,21 @@ RETRY_AFTER_SECONDS = 30
 STORED_COPIES = 2
 
 
+def stacks(network: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(JSON path, layers) of each stack of a normalised network: its `layers`, or the
+    encoder's and the decoder's of an encoder-decoder network."""
+    if "layers" in network:
+        return [("network.layers", network["layers"])]
+    return [(f"network.{side}.layers", network[side]["layers"]) for side in ("encoder", "decoder")]
+
+
+def layer_paths(network: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(JSON path, spec) of every layer, in the plan's order (the encoder's first), e.g.
+    ("network.decoder.layers[2]", {...})."""
+    return [(f"{path}[{i}]", layer) for path, layers in stacks(network)
+            for i, layer in enumerate(layers)]
+
+
 def estimate(plan: nn.Plan, stored_bytes: int) -> nn.budget.Estimate:
     """The run's estimate in its worker: the engine's, and the stored data set's bytes."""
     est = nn.budget.estimate(plan)
@@ -59,18 +74,16 @@ def check_plan(plan: nn.Plan, stored_bytes: int, config: Mapping[str, Any]
     """A 422 naming every field over the limits; else the run's estimate. stored_bytes:
     the data set's stored size (Dataset.size_bytes)."""
     errors = []
-    layers = plan.network["layers"]
     max_layers = int(config["RUN_MAX_LAYERS"])
-    if len(layers) > max_layers:
-        errors.append(_error("network.layers", f"has {len(layers)} layers; the limit is "
-                                               f"{max_layers}"))
+    for path, layers in stacks(plan.network):
+        if len(layers) > max_layers:
+            errors.append(_error(path, f"has {len(layers)} layers; the limit is {max_layers}"))
     max_units = int(config["RUN_MAX_UNITS"])
-    for i, layer in enumerate(layers):
+    for path, layer in layer_paths(plan.network):
         for field in WIDTHS:
             value = layer.get(field)
             if isinstance(value, int) and value > max_units:
-                errors.append(_error(f"network.layers[{i}].{field}",
-                                     f"is {value}; the limit is {max_units}"))
+                errors.append(_error(f"{path}.{field}", f"is {value}; the limit is {max_units}"))
     max_params = int(config["RUN_MAX_PARAMS"])
     if plan.n_params > max_params:
         errors.append(_error("network", f"has {plan.n_params} parameters; the limit is "
@@ -117,9 +130,9 @@ def _memory_error(plan: nn.Plan, est: nn.budget.Estimate, stored_bytes: int, lim
     if data >= est.layers[i]:
         return _error("dataset_id", f"{need}; the data set and its copies take "
                                     f"{size(data)} of it: use a smaller data set")
-    spec = plan.network["layers"][i]
+    path, spec = layer_paths(plan.network)[i]
     field = next((f".{w}" for w in WIDTHS if w in spec), "")
-    return _error(f"network.layers[{i}]{field}",
+    return _error(f"{path}{field}",
                   f"{need}; this {spec['type']} layer takes {size(est.layers[i])} of it "
                   f"(its parameters with their copies, and its activations for "
                   f"{batch} samples)")

@@ -194,7 +194,7 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     n_samples: Mapped[int] = mapped_column(Integer)
     input_shape: Mapped[list] = mapped_column(JSON)  # per-sample shape, e.g. [2]
-    task: Mapped[str] = mapped_column(String(20))  # classification | regression
+    task: Mapped[str] = mapped_column(String(20))  # classification | regression | seq2seq
     classes: Mapped[Optional[list]] = mapped_column(JSON)
     target_dim: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
@@ -344,6 +344,9 @@ class Epoch(Base):
     val_accuracy: Mapped[Optional[float]] = mapped_column(Float)
     learning_rate: Mapped[Optional[float]] = mapped_column(Float)
     duration_s: Mapped[float] = mapped_column(Float)
+    # seq2seq runs: the fraction of sequences right in every token; null for other tasks.
+    train_exact_match: Mapped[Optional[float]] = mapped_column(Float)
+    val_exact_match: Mapped[Optional[float]] = mapped_column(Float)
 
     # One b-tree on SQLite (the key holds the row), not a table and an index repeating it.
     __table_args__ = (PrimaryKeyConstraint("run_seq", "phase", "epoch"),

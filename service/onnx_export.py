@@ -42,9 +42,9 @@ class NotExportable(Exception):
     """Layer `index` (`what`: its type, and its activation if that is the reason) has no
     ONNX exporter."""
 
-    def __init__(self, index: int, what: str) -> None:
-        super().__init__(f"network.layers[{index}] ({what}) has no ONNX export")
-        self.path = f"network.layers[{index}]"
+    def __init__(self, index: int, what: str, path: str | None = None) -> None:
+        self.path = path or f"network.layers[{index}]"
+        super().__init__(f"{self.path} ({what}) has no ONNX export")
 
 
 class Graph:
@@ -256,7 +256,12 @@ EXPORTERS: dict[str, Callable[[Graph, str, Layer, Params], str]] = {
 
 
 def check_exportable(model: nn.Model) -> None:
-    """NotExportable naming the first layer without an exporter for its type or activation."""
+    """NotExportable naming the first layer without an exporter for its type or activation,
+    or the decoder of an encoder-decoder network (decoding is a loop over steps, not one
+    graph from inputs to outputs)."""
+    if model.encoder_layers:
+        raise NotExportable(model.encoder_layers, "an encoder-decoder network's decoder",
+                            path="network.decoder")
     for i, layer in enumerate(model.layers):
         if layer.kind not in EXPORTERS:
             raise NotExportable(i, layer.kind)

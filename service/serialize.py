@@ -23,7 +23,8 @@ from service.models import (
 )
 
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
-EPOCH_FIELDS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate")
+EPOCH_FIELDS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate",
+                "train_exact_match", "val_exact_match")
 
 
 def timestamp(value: datetime | None) -> str | None:

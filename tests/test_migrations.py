@@ -359,7 +359,9 @@ def test_epoch_rows_take_the_runs_number_and_answer_as_before(url: str) -> None:
         client = app.test_client()
         for run in reports:
             mine = sorted((e for e in epochs if e[0] == run), key=lambda e: (e[1], e[2]))
-            expected = [epoch_json(SimpleNamespace(**dict(zip(EPOCH_COLUMNS, e))))
+            # rows made before 0012 have no exact match
+            expected = [epoch_json(SimpleNamespace(**dict(zip(EPOCH_COLUMNS, e)),
+                                                   train_exact_match=None, val_exact_match=None))
                         for e in mine]
             base = f"/v1/runs/{run}"
             assert _items(client, f"{base}/epochs?limit=1000") == expected
@@ -455,6 +457,25 @@ def test_runs_made_before_names_and_tags_have_none(url: str) -> None:
 
 # ---- 0010: model aliases and batch predictions -------------------------------------------
 
+def _tenant_dataset_run(conn: sa.Connection, now: str, seq: int | None = None) -> None:
+    """Tenant t1 with data set d1 and its succeeded run r1, as rows of the schema of 0007
+    to 0010 (`seq`: the run's number, given where the database has no default for it)."""
+    conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) VALUES "
+                         "('t1', 'one', :now)"), {"now": now})
+    conn.execute(sa.text(
+        "INSERT INTO datasets (id, tenant_id, name, created_at, n_samples, input_shape, "
+        "task, target_dim, sha256, source, size_bytes, data) VALUES ('d1', 't1', 'old', "
+        ":now, 4, '[2]', 'classification', 1, :sha, '{}', 3, :data)"),
+        {"now": now, "sha": "0" * 64, "data": b"npz"})
+    numbered = ", seq" if seq is not None else ""
+    conn.execute(sa.text(
+        "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, "
+        f"created_at, epochs_total, epochs_completed, cancel_requested, attempts, "
+        f"pinned, rows_bytes{numbered}) VALUES ('r1', 't1', 'd1', 'succeeded', '{{}}', '{{}}', "
+        f":now, 1, 1, false, 1, false, 0{', :seq' if seq is not None else ''})"),
+        {"now": now, "seq": seq})
+
+
 def test_aliases_and_predictions_come_and_go_beside_existing_runs(url: str) -> None:
     """0010 adds the model aliases and batch predictions to a database with runs (it
     changes none of them); an aliased run cannot be deleted (RESTRICT), a prediction's
@@ -465,18 +486,7 @@ def test_aliases_and_predictions_come_and_go_beside_existing_runs(url: str) -> N
     now = "2026-12-06 00:00:00+00:00"
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) VALUES "
-                                 "('t1', 'one', :now)"), {"now": now})
-            conn.execute(sa.text(
-                "INSERT INTO datasets (id, tenant_id, name, created_at, n_samples, input_shape, "
-                "task, target_dim, sha256, source, size_bytes, data) VALUES ('d1', 't1', 'old', "
-                ":now, 4, '[2]', 'classification', 1, :sha, '{}', 3, :data)"),
-                {"now": now, "sha": "0" * 64, "data": b"npz"})
-            conn.execute(sa.text(
-                "INSERT INTO runs (id, tenant_id, dataset_id, status, network, training, "
-                "created_at, epochs_total, epochs_completed, cancel_requested, attempts, "
-                "pinned, rows_bytes) VALUES ('r1', 't1', 'd1', 'succeeded', '{}', '{}', :now, "
-                "1, 1, false, 1, false, 0)"), {"now": now})
+            _tenant_dataset_run(conn, now)
         command.upgrade(cfg, "head")
         with engine.begin() as conn:
             conn.execute(sa.text(
@@ -500,5 +510,39 @@ def test_aliases_and_predictions_come_and_go_beside_existing_runs(url: str) -> N
                     "prediction_chunks"} & _tables(url)
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT id FROM runs")).scalars().all() == ["r1"]
+    finally:
+        engine.dispose()
+
+
+# ---- 0012: exact match in epoch rows ----------------------------------------------------------
+
+def test_epoch_rows_keep_their_numbers_and_gain_exact_match(url: str) -> None:
+    """0012 adds train_exact_match and val_exact_match to the epoch rows, null for the rows
+    made before (answered as null); its downgrade drops them and keeps the rows."""
+    cfg = db.alembic_config(url)
+    command.upgrade(cfg, "0010")
+    engine = db.make_engine(url)
+    now = "2026-12-07 00:00:00+00:00"
+    try:
+        with engine.begin() as conn:
+            seq = 7
+            _tenant_dataset_run(conn, now, seq=seq)
+            conn.execute(sa.text("INSERT INTO epochs (run_seq, phase, epoch, train_loss, "
+                                 "duration_s) VALUES (:seq, 1, 1, 0.25, 0.5)"), {"seq": seq})
+        command.upgrade(cfg, "head")
+        command.check(cfg)
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT train_loss, train_exact_match, val_exact_match "
+                                       "FROM epochs")).one()
+        assert tuple(row) == (0.25, None, None)
+        command.downgrade(cfg, "0010")
+        with engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT train_loss FROM epochs")) == 0.25
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("epochs")}
+        assert not {"train_exact_match", "val_exact_match"} & columns
+        if url.startswith("sqlite"):  # an in-place ALTER: still one b-tree, no rowid
+            with engine.connect() as conn:
+                sql = conn.scalar(sa.text("SELECT sql FROM sqlite_master WHERE name = 'epochs'"))
+            assert "WITHOUT ROWID" in sql
     finally:
         engine.dispose()

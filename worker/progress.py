@@ -199,7 +199,8 @@ class Progress:
 
 # The columns write_epochs fills, in the order of its row tuples.
 EPOCH_COLUMNS = ("run_seq", "phase", "epoch", "layer", "train_loss", "val_loss",
-                 "train_accuracy", "val_accuracy", "learning_rate", "duration_s")
+                 "train_accuracy", "val_accuracy", "learning_rate", "duration_s",
+                 "train_exact_match", "val_exact_match")
 STAT_COLUMNS = ("run_seq", "phase", "epoch", "layout", "figures")
 
 
@@ -243,7 +244,7 @@ def write_epochs(session: Session, run_seq: int, reports: list[nn.EpochReport], 
     # NULL; the API answers null for both).
     epochs = [
         (run_seq, r.phase, r.epoch, r.layer, r.train_loss, r.val_loss, r.train_accuracy,
-         r.val_accuracy, r.learning_rate, r.duration_s)
+         r.val_accuracy, r.learning_rate, r.duration_s, r.train_exact_match, r.val_exact_match)
         for r in reports
     ]
     stats = [

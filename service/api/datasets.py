@@ -15,6 +15,8 @@ from sqlalchemy.exc import IntegrityError
 
 import nn
 from nn.fields import as_integer
+from nn.generators import SEQ2SEQ_KINDS
+from nn.seq2seq import EOS
 from service import dataio, idempotency, offload
 from service.api.common import fetch, json_response, owned, select_owned
 from service.auth import tenant_id
@@ -149,9 +151,24 @@ def _from_json(limits: dataio.Limits) -> Incoming:
     for field in ("inputs", "targets"):     # as an .npz upload's arrays are
         dataio.check_samples(body.get(field), field, limits.max_rows, limits.max_features)
     validate("DatasetFromArrays", body)
-    inputs = dataio.tensor(body["inputs"], "inputs")
-    targets = dataio.targets_array(body["targets"])
+    if body.get("task") == "seq2seq":
+        inputs, targets = _sequences(body, limits)
+    else:
+        inputs = dataio.tensor(body["inputs"], "inputs")
+        targets = dataio.targets_array(body["targets"])
     return Incoming(body["name"], body.get("task"), inputs, targets, {"kind": "json"})
+
+
+def _sequences(body: dict[str, Any], limits: dataio.Limits) -> tuple[np.ndarray, np.ndarray]:
+    """seq2seq rows of different lengths -> padded arrays, costed before they are made."""
+    inputs, targets = body["inputs"], body["targets"]
+    if len(targets) != len(inputs):
+        raise validation_error("targets", f"has {len(targets)} rows; inputs has {len(inputs)}")
+    padded = sum(len(rows) * (1 + max(len(r) if isinstance(r, list) else 0 for r in rows))
+                 for rows in (inputs, targets))
+    _check_stored_size(padded * 8, "inputs")
+    return (dataio.sequences(inputs, "inputs", limits.max_features).astype(np.float64),
+            dataio.sequences(targets, "targets", limits.max_features, end=EOS))
 
 
 def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
@@ -184,7 +201,8 @@ def _generate(body: dict[str, Any], limits: dataio.Limits) -> Incoming:
     except nn.SpecError as e:
         raise validation_error(e.path, e.message) from None
     source = {"kind": "generator", "generator": params}
-    return Incoming(body["name"], "classification", inputs, targets, source)
+    task = "seq2seq" if kind in SEQ2SEQ_KINDS else "classification"
+    return Incoming(body["name"], task, inputs, targets, source)
 
 
 def _check_stored_size(stored: int, field: str) -> None:
@@ -211,6 +229,9 @@ def _from_upload(limits: dataio.Limits) -> Incoming:
     if raw.startswith(ZIP_MAGIC):
         inputs, targets = dataio.from_npz(raw, limits)
         source: dict[str, Any] = {"kind": "npz", "filename": filename}
+    elif form.get("task") == "seq2seq":
+        raise validation_error("task", "a seq2seq data set is uploaded as JSON rows or as an "
+                                       ".npz of padded (N, T) arrays, not as CSV")
     else:
         target_column = form.get("target_column")
         inputs, targets, features = dataio.from_csv(raw, target_column, limits)

@@ -29,7 +29,7 @@ from service.api.common import (
     owned,
     select_owned,
 )
-from service.api.results import predict_answer, predict_inputs
+from service.api.results import predict_answer, predict_body
 from service.auth import tenant_id
 from service.db import get_session
 from service.errors import ApiError, validation_error
@@ -140,11 +140,11 @@ def delete(name: str) -> Response:
 def predict(name: str) -> Response:
     """POST /v1/runs/{run_id}/predict through the alias: the same body and the same answer,
     from the weights the alias points at when the request is read."""
-    body, inputs = predict_inputs()
+    body = predict_body()
     row = model_artifact(name)
     if body.get("which", row.weights) != row.weights:
         raise validation_error("which", f"model {name} serves the {row.weights} weights of "
                                         f"run {row.run_id}; leave `which` out")
     found = None if row.epoch is None else artifacts.model(row.run_id, row.weights, row.epoch,
                                                            row.created_at)
-    return predict_answer(row.run_id, row.weights, row.status, found, inputs)
+    return predict_answer(row.run_id, row.weights, row.status, found, body)

@@ -71,6 +71,12 @@ def create() -> Response:
         raise validation_error("model" if model else "weights",
                                f"run {run_id} has no {weights} weights")
     loaded = found[1]
+    if loaded.meta.get("task") == "seq2seq":
+        # A job's result is fixed-shape arrays per row (outputs, CSV columns output_<j>);
+        # decoded sequences have lengths of their own and decoding takes its own settings.
+        raise validation_error("model" if model else "run_id", f"run {run_id} is a seq2seq "
+                               "model: batch prediction jobs answer fixed-shape outputs; "
+                               f"decode with POST /v1/runs/{run_id}/predict")
     _check_shape(dataset, loaded)
     job = Prediction(id=new_id(), tenant_id=tenant_id(), dataset_id=dataset.id, run_id=run_id,
                      weights=weights, model=model, model_version=version, status="queued",

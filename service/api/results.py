@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy.orm import Session
 
 import nn
+from nn.seq2seq import EOS
 from service import artifacts, dataio, offload, onnx_export, statstore
 from service.api.common import fetch, json_response, run_artifact
 from service.db import get_session
@@ -239,39 +240,54 @@ def _weights_media_type() -> str:
 def predict(run_id: uuid.UUID) -> Response:
     """Outputs (and for classifiers labels and probabilities) from stored weights, computed
     here without the queue (`_stored_model`: one query when the model is cached)."""
-    body, inputs = predict_inputs()
+    body = predict_body()
     which = body.get("which", "final")
     status, found = _stored_model(run_id, which)
-    return predict_answer(str(run_id), which, status, found, inputs)
+    return predict_answer(str(run_id), which, status, found, body)
 
 
-def predict_inputs() -> tuple[dict[str, Any], np.ndarray]:
+def predict_body() -> dict[str, Any]:
     """The PredictRequest body, checked (rows and the first sample counted before the body
-    is validated value by value; a 422 naming the field), and its inputs as an array; off
-    the event loop when large."""
-    return offload.run(_predict_request, size=len(request.get_data(cache=True)))
+    is validated value by value; a 422 naming the field); off the event loop when large."""
+    return offload.run(_predict_request, size=_body_bytes())
 
 
-def _predict_request() -> tuple[dict[str, Any], np.ndarray]:
+def _body_bytes() -> int:
+    return len(request.get_data(cache=True))
+
+
+def _predict_request() -> dict[str, Any]:
     body = json_object()
     config = current_app.config
     dataio.check_samples(body.get("inputs"), "inputs", int(config["PREDICT_MAX_ROWS"]),
                          int(config["DATASET_MAX_FEATURES"]))
     validate("PredictRequest", body)
-    return body, dataio.tensor(body["inputs"], "inputs")
+    return body
+
+
+# The PredictRequest fields that only decoding (a seq2seq run) reads.
+DECODE_FIELDS = ("max_length", "beam_size", "attention")
 
 
 def predict_answer(run_id: str, which: str, status: str, found: tuple[int, nn.Model] | None,
-                   inputs: np.ndarray) -> Response:
+                   body: dict[str, Any]) -> Response:
     """The PredictResponse of the run's `which` weights (`found`: their epoch and model, None
-    while it has none: 409 run_not_ready) for `inputs`, within PREDICT_MAX_MEMORY_BYTES,
-    computed off the event loop when large."""
+    while it has none: 409 run_not_ready) for the request `body`, within
+    PREDICT_MAX_MEMORY_BYTES, computed off the event loop when large: outputs (and labels
+    and probabilities), or for a seq2seq model decoded token ids (`_decode`)."""
     if found is None:
         raise ApiError(
             409, "run_not_ready", f"run {run_id} has no {which} weights yet (it is {status})",
             status_now=status,
         )
     epoch, model = found
+    if model.meta.get("task") == "seq2seq":
+        return _decode(run_id, which, epoch, model, body)
+    sent = next((f for f in DECODE_FIELDS if f in body), None)
+    if sent is not None:
+        raise validation_error(sent, f"applies to seq2seq runs only; run {run_id} is a "
+                                     f"{model.meta.get('task')} model")
+    inputs = offload.run(dataio.tensor, body["inputs"], "inputs", size=_body_bytes())
     batch_size = _batch_size(model, len(inputs),
                              int(current_app.config["PREDICT_MAX_MEMORY_BYTES"]))
 
@@ -283,6 +299,74 @@ def predict_answer(run_id: str, which: str, status: str, found: tuple[int, nn.Mo
         return json_response({"run_id": run_id, "which": which, "epoch": epoch, **result})
 
     return offload.run(answer, size=inputs.nbytes + len(inputs) * model.sample_bytes)
+
+
+def _decode(run_id: str, which: str, epoch: int, model: nn.Model, body: dict[str, Any]
+            ) -> Response:
+    """A seq2seq model's PredictResponse: `inputs` rows of source symbols decoded by
+    Model.decode (greedy or beam search), as many inputs at a time as fit in
+    PREDICT_MAX_MEMORY_BYTES beside the answer (`_decode_bytes`)."""
+    config = current_app.config
+    # symbols only (ids from 3); the model checks their vocabulary and length (T_src)
+    rows = dataio.token_rows(body["inputs"], "inputs", int(config["DATASET_MAX_FEATURES"]),
+                             lowest=EOS + 1)
+    max_length = body.get("max_length")
+    beam_size, attention = body.get("beam_size", 1), bool(body.get("attention", False))
+    # the decoder has positions for the training targets' T_tgt tokens: decoding stops there
+    steps = min(max_length or model.meta["target_shape"][0], model.meta["target_shape"][0])
+    per_input, answer = _decode_bytes(model, model.meta["input_shape"][0], steps, beam_size,
+                                      attention)
+    limit = int(config["PREDICT_MAX_MEMORY_BYTES"])
+    allowed = f"the limit is {size(limit)} (PREDICT_MAX_MEMORY_BYTES)"
+    if per_input + answer > limit:
+        field = next((f for f in ("max_length", "beam_size") if f in body), "inputs")
+        raise validation_error(field, f"decoding one input takes about {size(per_input + answer)}"
+                                      f" (beam_size {beam_size}, {steps} steps); {allowed}")
+    total = len(rows) * answer
+    if per_input + total > limit:
+        raise validation_error("inputs", f"the answer for {len(rows)} inputs would take about "
+                                         f"{size(total)}; {allowed}: send at most "
+                                         f"{(limit - per_input) // answer} inputs at a time")
+    batch_size = (limit - total) // per_input
+
+    def decoded() -> Response:
+        try:
+            result = model.decode(rows, max_length=max_length, beam_size=beam_size,
+                                  attention=attention, batch_size=batch_size)
+        except nn.SpecError as e:
+            raise validation_error(e.path, e.message) from None
+        return json_response({"run_id": run_id, "which": which, "epoch": epoch,
+                              **finite(result)})
+
+    return offload.run(decoded, size=len(rows) * (per_input + answer))
+
+
+def _stack_layer(model: nn.Model, stack: str, kind: str) -> dict[str, Any]:
+    """The first layer of type `kind` in a stack of the model's encoder-decoder network
+    ({} when there is none)."""
+    return next((layer for layer in model.network[stack]["layers"] if layer["type"] == kind),
+                {})
+
+
+def _decode_bytes(model: nn.Model, source: int, steps: int, beam: int, attention: bool
+                  ) -> tuple[int, int]:
+    """(bytes one input takes while it is decoded, bytes of its answer), estimates from
+    above: per beam entry the encoder's and one decoder step's forward pass
+    (Model.sample_bytes), every decoder block's cached self-attention keys and values over
+    `steps` and cross-attention keys and values over `source` tokens, and the output
+    distribution; the answer's ids and score, and with attention every block's weights
+    (heads x steps x source)."""
+    dim = int(_stack_layer(model, "decoder", "embedding").get("dim", 1))
+    vocab = int(_stack_layer(model, "decoder", "embedding").get("vocab_size", 1))
+    blocks = [layer for layer in model.network["decoder"]["layers"]
+              if layer["type"] == "transformer_decoder"]
+    cache = len(blocks) * 2 * (steps + source) * dim
+    itemsize = np.dtype(model.meta["dtype"]).itemsize
+    per_input = beam * (model.sample_bytes + (cache + 2 * vocab) * itemsize)
+    values = steps + 1
+    if attention:
+        values += sum(int(b.get("heads", 1)) for b in blocks) * steps * source
+    return per_input, values * ANSWER_BYTES_PER_VALUE
 
 
 def _batch_size(model: nn.Model, rows: int, limit: int) -> int:

@@ -1,5 +1,5 @@
 // Charts drawn with SVG and canvas, no library: line charts, the gradient heatmap, the
-// decision boundary and the network, in the TensorFlow Playground's colours. Each draws into
+// decision boundary, the network and a seq2seq run's cross-attention, in the TensorFlow Playground's colours. Each draws into
 // a container carrying data-chart="..." (the browser tests find them by it) and records what
 // it drew in data-* attributes.
 
@@ -126,13 +126,16 @@ export function viridis(t) {
 // rows: labels (the layers, input first); columns: the epochs; values[r][c] a number or null
 // (an epoch without statistics is drawn as a gap). Colour = the value on a linear scale.
 export function heatmap(container, { rows, columns, values, title }) {
-  const cell = 22, left = 78, width = 420, top = 4;
+  const cell = 22, width = 420, top = 4;
   const canvas = document.createElement("canvas");
-  canvas.width = left + width;
+  const ctx = canvas.getContext("2d");
+  ctx.font = "11px system-ui, sans-serif";
+  // room for the longest layer name (a seq2seq run's: decoder.transformer_decoder_2)
+  const left = Math.max(78, Math.ceil(Math.max(0, ...rows.map((r) => ctx.measureText(r).width))) + 8);
+  canvas.width = left + width;  // resets the context's state: the font is set again below
   canvas.height = top + rows.length * cell + 18;
   canvas.setAttribute("role", "img");
   canvas.setAttribute("aria-label", `${title}: layers by epochs`);
-  const ctx = canvas.getContext("2d");
   const flat = values.flat().filter((v) => v !== null && Number.isFinite(v));
   const lo = flat.length ? Math.min(...flat) : 0;
   const hi = flat.length ? Math.max(...flat) : 1;
@@ -162,6 +165,11 @@ export function heatmap(container, { rows, columns, values, title }) {
   }
   container.dataset.last = JSON.stringify(values.map((row) => row[n - 1] ?? null));
   container.dataset.columns = String(n);
+  container.replaceChildren(canvas, viridisKey(`${title}: ${fmt(lo, 0.01)}`, fmt(hi, 0.01)));
+}
+
+// The colour scale of a viridis picture, from the label `low` to `high`.
+function viridisKey(low, high) {
   const scale = document.createElement("canvas");
   scale.width = 200;
   scale.height = 10;
@@ -172,8 +180,8 @@ export function heatmap(container, { rows, columns, values, title }) {
   }
   const key = document.createElement("div");
   key.className = "legend";
-  key.append(`${title}: ${fmt(lo, 0.01)}`, scale, fmt(hi, 0.01));
-  container.replaceChildren(canvas, key);
+  key.append(low, scale, high);
+  return key;
 }
 
 // The Playground's colours: orange (0) through white (0.5) to blue (1).
@@ -186,6 +194,42 @@ function playground(t, alpha = 1) {
 // grid: GET .../boundary (values null: the points alone); points: [{x, y, cls (0..),
 // validation}]. Two classes: orange and blue as the Playground; more: each class its colour,
 // faded by its probability.
+// A matrix of weights in [0, 1] with a label per row and per column: the cross-attention of
+// a decoded output (rows: the target steps, columns: the source positions). Colour = the
+// weight, 0 to 1. Records each row's largest column (data-argmax) and weighted mean column
+// (data-centres).
+export function attentionMap(container, { rows, columns, values, title }) {
+  const cell = Math.max(14, Math.min(36, Math.floor(360 / Math.max(columns.length, rows.length))));
+  const left = 44, top = 30;
+  const canvas = document.createElement("canvas");
+  canvas.width = left + columns.length * cell + 4;
+  canvas.height = top + rows.length * cell + 4;
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", `${title}: target step by source position`);
+  const ctx = canvas.getContext("2d");
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#6b7280";
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  columns.forEach((label, c) => ctx.fillText(label, left + (c + 0.5) * cell, top - 10));
+  rows.forEach((label, r) => {
+    const y = top + r * cell;
+    ctx.textAlign = "right";
+    ctx.fillStyle = "#6b7280";
+    ctx.fillText(label, left - 6, y + cell / 2);
+    values[r].forEach((v, c) => {
+      ctx.fillStyle = viridis(v);
+      ctx.fillRect(left + c * cell, y, cell - 1, cell - 1);
+    });
+  });
+  container.dataset.argmax = JSON.stringify(values.map((row) => row.indexOf(Math.max(...row))));
+  // each row's weighted mean source position: falls row by row when the map is an anti-diagonal
+  container.dataset.centres = JSON.stringify(values.map((row) =>
+    row.reduce((sum, v, c) => sum + v * c, 0) / (row.reduce((sum, v) => sum + v, 0) || 1)));
+  container.dataset.shape = JSON.stringify([rows.length, columns.length]);
+  container.replaceChildren(canvas, viridisKey(`${title}: 0`, "1"));
+}
+
 export function boundary(container, grid, points) {
   const S = 300, n = grid.size;
   const canvas = document.createElement("canvas");

@@ -18,9 +18,20 @@ export function shortId(id) {
   return id.slice(0, 8);
 }
 
-function describeNetwork(network) {
-  return network.layers.map((l) => (l.units ? `${l.units} ${l.activation || ""}`.trim()
+// Every layer of a network in the engine's order: its `layers`, or an encoder-decoder
+// network's encoder layers, then its decoder layers.
+function layersOf(network) {
+  return network.layers || [...network.encoder.layers, ...network.decoder.layers];
+}
+
+function describeStack(layers) {
+  return layers.map((l) => (l.units ? `${l.units} ${l.activation || ""}`.trim()
     : l.filters ? `conv ${l.filters}` : l.type)).join(" → ");
+}
+
+function describeNetwork(network) {
+  if (network.layers) return describeStack(network.layers);
+  return `encoder ${describeStack(network.encoder.layers)} | decoder ${describeStack(network.decoder.layers)}`;
 }
 
 export function problemText(error) {
@@ -116,6 +127,7 @@ export function runPage(main, runId) {
     time: el("div", { "data-chart": "time" }),
     filters: el("div", { "data-chart": "filters" }),
     pretrain: el("div", { "data-chart": "pretrain" }),
+    attention: el("div", { "data-chart": "attention" }, el("p.muted", {}, "waiting for the final weights…")),
   };
   const cards = {
     boundary: card("Decision boundary", box.boundary),
@@ -123,12 +135,14 @@ export function runPage(main, runId) {
     time: card("Gradient norm through time (last epoch)", box.time),
     filters: card("Filters", box.filters),
     pretrain: card("Pretraining: reconstruction loss per layer", box.pretrain),
+    attention: card("Cross-attention of a decoded example (last decoder block, mean of its heads)",
+                    box.attention),
   };
   Object.values(cards).forEach((c) => { c.hidden = true; });
   main.replaceChildren(header, el("div.grid", {},
     card("Loss", box.loss, el("label.inline", { for: "log" }, log, "log scale")),
     card("Accuracy", box.accuracy),
-    cards.boundary, cards.network,
+    cards.boundary, cards.network, cards.attention,
     el("section.card.wide", { "aria-label": "gradients" },
        el("h2", {}, "Gradient by layer and epoch: log10 mean |dL/dW|"), box.gradients),
     card("Weight norms ||W||", box.weights),
@@ -185,9 +199,13 @@ export function runPage(main, runId) {
     const rows = state.train;
     charts.lineChart(box.loss, { log: log.checked, yLabel: "loss", series: [
       series(rows, "train_loss", "train", charts.BLUE), series(rows, "val_loss", "validation", charts.ORANGE, true)] });
+    const exact = rows.some((r) => r.train_exact_match !== null && r.train_exact_match !== undefined);
     charts.lineChart(box.accuracy, { yLabel: "accuracy", yMin: 0, yMax: 1, series: [
-      series(rows, "train_accuracy", "train", charts.BLUE),
-      series(rows, "val_accuracy", "validation", charts.ORANGE, true)] });
+      series(rows, "train_accuracy", exact ? "train tokens" : "train", charts.BLUE),
+      series(rows, "val_accuracy", exact ? "validation tokens" : "validation", charts.ORANGE, true),
+      ...(exact ? [series(rows, "train_exact_match", "train sequences", charts.color(2)),
+                   series(rows, "val_exact_match", "validation sequences", charts.color(3), true)]
+        : [])] });
     const layers = byLayer();
     const epochs = rows.filter((r) => (r.layer_stats || []).length).map((r) => r.epoch);
     const step = Math.max(1, Math.ceil(epochs.length / 400));
@@ -247,7 +265,8 @@ export function runPage(main, runId) {
     clearTimeout(timer);
     const run = state.run;
     if (!run || stopped) return;
-    const dense = run.network.layers.every((l) => l.type === "dense");
+    const layers = layersOf(run.network);
+    const dense = layers.every((l) => l.type === "dense");
     try {
       if (state.dataset?.input_shape.length === 1 && state.dataset.input_shape[0] === 2) {
         cards.boundary.hidden = false;
@@ -261,17 +280,18 @@ export function runPage(main, runId) {
         const validation = new Set(grid.validation);
         charts.boundary(box.boundary, grid, state.samples.map((p) => ({ ...p, validation: validation.has(p.index) })));
       }
-      if (dense || run.network.layers.some((l) => l.type === "conv2d")) {
+      if (run.network.encoder && run.status === "succeeded") await drawAttention(run);
+      if (dense || layers.some((l) => l.type === "conv2d")) {
         const weights = await api(`/v1/runs/${run.id}/weights?which=latest`);
         if (dense) {
           cards.network.hidden = false;
           const matrices = weights.layers.map((l) => l.W);
           charts.network(box.network, {
             sizes: [matrices[0].length, ...matrices.map((m) => m[0].length)],
-            labels: ["inputs", ...run.network.layers.map((l) => `${l.units} ${l.activation}`)],
+            labels: ["inputs", ...layers.map((l) => `${l.units} ${l.activation}`)],
             weights: matrices });
         }
-        const conv = weights.layers.find((l, i) => run.network.layers[i].type === "conv2d");
+        const conv = weights.layers.find((l, i) => layers[i].type === "conv2d");
         if (conv) {
           cards.filters.hidden = false;
           charts.filters(box.filters, conv.W);
@@ -281,6 +301,24 @@ export function runPage(main, runId) {
       if (!(error instanceof ApiError && error.status === 404)) console.warn(error);
     }
     if (!FINISHED.has(state.run.status)) timer = setTimeout(refreshWeights, 3000);
+  }
+
+  // A seq2seq run's first data set sample decoded with its final weights: the last decoder
+  // block's cross-attention, averaged over its heads (target step x source position).
+  async function drawAttention(run) {
+    cards.attention.hidden = false;
+    if (box.attention.dataset.argmax) return;
+    const sample = (await api(`/v1/datasets/${run.dataset_id}/samples?limit=1`)).items[0];
+    const source = sample.input.filter((v) => v !== 0);
+    const answer = await api(`/v1/runs/${run.id}/predict`, { method: "POST",
+      body: { inputs: [source], attention: true } });
+    const heads = answer.attention[0].at(-1);          // (head, target step, source position)
+    const values = heads[0].map((row, t) => row.map((_, s) =>
+      heads.reduce((sum, h) => sum + h[t][s], 0) / heads.length));
+    const output = answer.outputs[0];
+    charts.attentionMap(box.attention, { title: "attention weight",
+      rows: values.map((_, t) => (t < output.length ? String(output[t]) : "EOS")),
+      columns: source.map(String), values });
   }
 
   const stopStream = follow(`/v1/runs/${runId}/events?include=layer_stats&max_points=400`,

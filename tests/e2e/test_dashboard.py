@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import free_port
 from tests.e2e import flow
 from tests.procs import BIN, ROOT, Procs, clean_env
+from tests.service.helpers import seq2seq_network
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that reaches out (this machine reaches only package registries).
@@ -288,3 +289,33 @@ def test_a_sweep_over_whole_networks(service: tuple[str, str], page: Any, shots:
 def test_chromium_is_debians() -> None:
     """Playwright's own browser download is not used (nor reachable here)."""
     assert shutil.which("chromium") == CHROMIUM
+
+
+def test_a_seq2seq_run_shows_its_cross_attention(service: tuple[str, str], page: Any,
+                                                 shots: Path, tmp_path: Path) -> None:
+    """An encoder-decoder run on `reverse`, made through the API: once it has succeeded its
+    page decodes the data set's first sample and draws the cross-attention map, target step
+    by source position, and reversal draws the anti-diagonal (each output step looks further
+    left in the source than the one before)."""
+    base, key = service
+    api = flow.Api(base, key)
+    dataset = api.post("/v1/datasets", {"name": "reverse", "generator": {
+        "kind": "reverse", "length": 6, "vocab_size": 10, "n_samples": 2000, "seed": 1}}, 201)
+    training = {"loss": "cross_entropy", "optimizer": {"type": "adam", "learning_rate": 0.003},
+                "batch_size": 32, "epochs": 15, "seed": 1, "validation_fraction": 0.2}
+    run = api.post("/v1/runs", {"dataset_id": dataset["id"], "training": training,
+                                "network": seq2seq_network(10, dim=32, heads=4)}, 202)
+    page.goto(f"{base}/runs/{run['id']}#key={key}")
+    page.locator("h1 .badge.succeeded").wait_for()
+    shape = json.loads(_until(page, "the attention map", lambda: _data(page, "attention", "shape")))
+    source = [v for v in api.get(f"/v1/datasets/{dataset['id']}/samples?limit=1")["items"][0]
+              ["input"] if v != 0]
+    assert shape == [len(source) + 1, len(source)]  # every output step and EOS
+    centres = json.loads(_data(page, "attention", "centres") or "[]")[:len(source)]
+    assert all(a > b for a, b in zip(centres, centres[1:])), centres
+    argmax = json.loads(_data(page, "attention", "argmax") or "[]")
+    assert argmax[0] == len(source) - 1 and argmax[len(source) - 1] == 0, argmax
+    assert "sequences" in (page.text_content("[data-chart=accuracy]") or "")  # exact match
+    assert _drawn(page, "attention", tmp_path / "attention.png") > 2_000
+    page.screenshot(path=shots / "dashboard-seq2seq.png", full_page=True)
+    assert page.errors == []

@@ -18,7 +18,7 @@ from tests.procs import BIN, ROOT, Procs
 
 README = ROOT / "README.md"
 # The variables holding the walkthrough's run ids, written out after its blocks.
-RUNS = ("RUN", "RUN2", "RUN2R", "MORE", "SERVED", "CNN", "LSTM", "PRE")
+RUNS = ("RUN", "RUN2", "RUN2R", "MORE", "SERVED", "CNN", "LSTM", "PRE", "S2S")
 SWEEPS = ("SWEEP", "DEPTH")  # and its sweeps' ids
 LR = "training.optimizer.learning_rate"
 # An accuracy the prose quotes in percent may differ from a run's by this many points (it
@@ -49,6 +49,7 @@ def near(accuracy: float, percent: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the walkthrough trains about twenty runs and two sweeps
 def test_readme_walkthrough_as_written(procs: Procs, tmp_path: Path) -> None:
     procs.cwd = tmp_path
     (tmp_path / ".venv").symlink_to(BIN.parent)  # the checkout's virtualenv
@@ -62,7 +63,7 @@ def test_readme_walkthrough_as_written(procs: Procs, tmp_path: Path) -> None:
     (tmp_path / "walkthrough.sh").write_text(walkthrough(port))
     path = [p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN]
     procs.env["PATH"] = os.pathsep.join(path)  # `backprop` only as the README spells it
-    procs.run("walkthrough", ["bash", "walkthrough.sh"], timeout=360)
+    procs.run("walkthrough", ["bash", "walkthrough.sh"], timeout=600)
     ids = dict(line.split("=", 1) for line in (tmp_path / "run-ids").read_text().split())
 
     api = flow.Api(base, (tmp_path / "var" / "api-key").read_text().strip())
@@ -115,4 +116,13 @@ def test_readme_walkthrough_as_written(procs: Procs, tmp_path: Path) -> None:
     assert len(last) == 7 and last[0]["activation"] == "sigmoid"
     assert near(depth[-1]["metric"], stuck) and stuck == sigmoid_acc
     assert all(near(r["metric"], most) for r in depth[:-1])
+    s2s_epochs, exact, reached = quoted(
+        r"It stops after (\d+) epochs .* with ([\d.]+)% of the 800 held-out sequences, .* "
+        r"\(`val_exact_match`; 95% from epoch (\d+)\)")
+    assert runs["S2S"]["epochs_completed"] == int(s2s_epochs)
+    assert near(metrics["S2S"]["val_exact_match"], exact)
+    rows = api.get(f"/v1/runs/{ids['S2S']}/epochs?limit=1000")["items"]
+    assert next(r["epoch"] for r in rows if r["val_exact_match"] >= 0.95) == int(reached)
+    decoded = api.post(f"/v1/runs/{ids['S2S']}/predict", {"inputs": [[5, 7, 3, 9]]})
+    assert decoded["outputs"] == [[9, 3, 7, 5]]
     assert procs.stop("up", signal.SIGINT, timeout=40) == 0, procs.report("up")

@@ -33,6 +33,21 @@ XOR_TRAINING = {
 }
 
 
+def seq2seq_network(vocab: int, dim: int, heads: int, ff_units: int | None = None
+                    ) -> dict[str, Any]:
+    """The smallest encoder-decoder Transformer: embedding, sinusoidal positions and one
+    block each side, the decoder's softmax over `vocab` tokens."""
+    block = {"heads": heads} if ff_units is None else {"heads": heads, "ff_units": ff_units}
+
+    def stack(*top: dict[str, Any]) -> dict[str, Any]:
+        return {"layers": [{"type": "embedding", "vocab_size": vocab, "dim": dim},
+                           {"type": "positional_encoding"}, *top]}
+
+    return {"encoder": stack({"type": "transformer_encoder", **block}),
+            "decoder": stack({"type": "transformer_decoder", **block},
+                             {"type": "dense", "units": vocab, "activation": "softmax"})}
+
+
 def create_xor_dataset(client: FlaskClient, n_samples: int = 40) -> dict[str, Any]:
     resp = client.post(
         "/v1/datasets",

@@ -61,20 +61,23 @@ def _fuzz_app() -> Flask:
 # What a 422 to a schema-valid request may name, by operation ("*": any): (path, message)
 # regular expressions of its errors. Each is a check that depends on stored state or on
 # relations between values that the spec cannot state.
+DECODING = [("max_length|beam_size|attention", "applies to seq2seq runs only")]
 WEBHOOK_HOSTS = "does not resolve|is .*, a loopback, private|not appear to be an IPv4 or IPv6"
 SEMANTIC: dict[str, list[tuple[str, str]]] = {
     "*": [(r"query\.cursor", "is not a cursor this list returned")],
     # Samples all of one shape, targets of one kind with 2 classes or more, a file that is
     # CSV or NPZ with the right columns or arrays.
     "POST /v1/datasets": [(r"(inputs|targets)\b.*", ""), ("file", ""),
-                          (r"generator\.n_samples", "at least 2 classes")],  # by chance
+                          (r"generator\.n_samples", "at least 2 classes"),  # by chance
+                          ("task", "a seq2seq data set is uploaded as JSON rows or as an")],
     # The network and training built against the data set; ids that exist.
     "POST /v1/runs": [(r"(network|training|initial_weights)\b.*", ""),
                       ("dataset_id", "no data set with this id"),
                       ("init_from_run", "no run with this id|has no final weights")],
     "PATCH /v1/runs/{run_id}": [("tags", r"the run would have \d+ tags")],
-    "POST /v1/runs/{run_id}/predict": [(r"inputs\b.*", "")],  # the model's input shape
-    "POST /v1/models/{name}/predict": [(r"inputs\b.*", "")],
+    # The model's input shape; decoding settings for a run that is not seq2seq.
+    "POST /v1/runs/{run_id}/predict": [(r"inputs\b.*", ""), *DECODING],
+    "POST /v1/models/{name}/predict": [(r"inputs\b.*", ""), *DECODING],
     # Runs, aliases and data sets that exist, with the weights asked for, of the right shape.
     "PUT /v1/models/{name}": [("run_id", "no run with this id"),
                               ("weights", "has no (final|best) weights")],

@@ -126,9 +126,11 @@ def test_each_layer_type_matches_predict(case: str) -> None:
 
 
 def test_every_layer_type_and_activation_has_a_case() -> None:
-    """A layer type added to nn without an exporter would be a 406: add one here instead."""
+    """A layer type added to nn without an exporter would be a 406: add one here instead.
+    transformer_decoder has none: it lives only in an encoder-decoder network, whose decoding
+    is a loop over steps and is refused as a whole (tests/service/test_seq2seq.py)."""
     kinds = {spec["type"] for layers, _ in CASES.values() for spec in layers}
-    assert kinds == set(LAYERS) == set(onnx_export.EXPORTERS)
+    assert kinds == set(LAYERS) - {"transformer_decoder"} == set(onnx_export.EXPORTERS)
     assert set(onnx_export.ACTIVATIONS) == set(ACTIVATIONS)
     assert set(onnx_export.RNN_ACTIVATIONS) == set(ACTIVATIONS_RNN)
 

@@ -95,7 +95,8 @@ def test_epochs(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert [r["epoch"] for r in rows] == list(range(1, 11))
     assert rows[0] == {"epoch": 1, "phase": "train", "layer": None, "train_loss": 1.0,
                        "val_loss": 1.5, "train_accuracy": 0.5, "val_accuracy": None,
-                       "learning_rate": 0.5, "duration_s": 0.01}
+                       "learning_rate": 0.5, "train_exact_match": None,
+                       "val_exact_match": None, "duration_s": 0.01}
     url = f"/v1/runs/{run['id']}/epochs"
     assert [r["epoch"] for r in _items(any_client, f"{url}?from_epoch=3&to_epoch=5")] == [3, 4, 5]
     assert [r["epoch"] for r in _items(any_client, f"{url}?max_points=4")] == [1, 4, 7, 10]
