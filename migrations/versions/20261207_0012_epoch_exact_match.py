@@ -1,7 +1,7 @@
 """epochs: whole-sequence exact match
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-07 02:30:00.000000
 
 `epochs.train_exact_match` and `epochs.val_exact_match`: the fraction of sequences whose
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0012'
-down_revision: str | None = '0010'
+down_revision: str | None = '0011'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
