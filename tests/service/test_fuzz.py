@@ -10,8 +10,8 @@ cursor the list never returned, a host that does not resolve...). Anything else 
 server refuses, the spec must refuse first.
 
 In every other schema-valid case, path ids and `dataset_id` in bodies are pointed at a real
-data set and a trained run, so generated specs reach the engine's semantic checks and predictions. More
-examples: BACKPROP_FUZZ_EXAMPLES=500 pytest tests/service/test_fuzz.py.
+data set and a trained run, so generated specs reach the engine's semantic checks and
+predictions. More examples: BACKPROP_FUZZ_EXAMPLES=500 pytest tests/service/test_fuzz.py.
 """
 
 from __future__ import annotations
