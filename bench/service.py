@@ -324,7 +324,7 @@ def wrk(url: str, headers: dict, clients: int, seconds: float, tmp: pathlib.Path
         ) -> tuple[float, float, float]:
     """(p50 s, p99 s, requests/s) from wrk with 2 threads (1 for 1 client)."""
     script = tmp / "predict.lua"
-    script.write_text("\n".join([f"wrk.method = 'POST'", f"wrk.body = '{json.dumps(PREDICT)}'",
+    script.write_text("\n".join(["wrk.method = 'POST'", f"wrk.body = '{json.dumps(PREDICT)}'",
                                   "wrk.headers['Content-Type'] = 'application/json'",
                                   *(f"wrk.headers['{k}'] = '{v}'" for k, v in headers.items())]))
     out = subprocess.run(["wrk", f"-t{min(2, clients)}", f"-c{clients}", f"-d{seconds:.0f}s",
@@ -617,10 +617,10 @@ def main(argv: list[str] | None = None) -> None:
              "", f"With event streams open on a queued 100,000-epoch run (the worker stopped "
              f"with SIGSTOP, continued after; each `GET .../events?max_points=100` held open "
              f"by a client reading raw sockets; "
-             f"{'wrk' if shutil.which('wrk') else 'Python threads'} for the predictions, the clients of "
-             f"the table above), {stream_rounds} round(s) of each, alternating; medians and "
-             f"min..max. Each stream got its status event, then a keep-alive comment every "
-             f"15 s while each API process's hub polled the run:", "",
+             f"{'wrk' if shutil.which('wrk') else 'Python threads'} for the predictions, the "
+             f"clients of the table above), {stream_rounds} round(s) of each, alternating; "
+             f"medians and min..max. Each stream got its status event, then a keep-alive "
+             f"comment every 15 s while each API process's hub polled the run:", "",
              *stream_table(idle_rows),
              "", "While a 100,000-epoch run of the same net trains (the worker busy on one of "
              "the cores), the same with the streams on that run and 1 and 8 clients "

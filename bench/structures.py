@@ -1,5 +1,5 @@
 """What the deep structures learn, and how fast: the demonstrations of tests/nn/
-test_structures_learn.py over several data seeds, with their wall-clock times.
+test_learning.py over several data seeds, with their wall-clock times.
 
     python bench/structures.py [--seeds 3] [--out bench/STRUCTURES.md]
 
@@ -186,7 +186,7 @@ def main() -> None:
         lines.append(f"| {title} | {measure} | {a_name} | {fmt(a)} | {b_name} | {fmt(b)} | "
                      f"{statistics.median(t):.2f} |")
         print(lines[-1], flush=True)
-    lines += ["", "The tests (tests/nn/test_structures_learn.py, tests/nn/test_seq2seq.py) run "
+    lines += ["", "The tests (tests/nn/test_learning.py, tests/nn/test_seq2seq.py) run "
               "one seed of each and assert the gap.", ""]
     # Measurements made by hand through the service (README example 6) are kept as written.
     out = pathlib.Path(args.out)

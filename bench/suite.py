@@ -36,7 +36,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -591,7 +591,8 @@ def targets(results: dict[str, Measured]) -> list[list]:
         peak, best = max(median(g) for _, g in m.peaks), max(max(g) for _, g in m.peaks)
         rows.append(["big-mlp", ">= 75% of the float32 GEMM peak",
                      f"{achieved:.1f} of {peak:.1f} GFLOP/s = {achieved / peak:.0%} (medians; "
-                     f"fastest run vs the peak's best: {m.w.gflop / min(m.times[NN_ON]) / best:.0%}; "
+                     f"fastest run vs the peak's best: "
+                     f"{m.w.gflop / min(m.times[NN_ON]) / best:.0%}; "
                      f"{speedup(m, GEMM):.0%} of {GEMM}'s rate in the same rounds)",
                      verdict(achieved >= 0.75 * peak)])
         r, best = speedup(m, TORCH), speedup(m, TORCH, min)
@@ -620,10 +621,10 @@ def section(m: Measured) -> list[str]:
                      f"{r:.2f}x", "–" if check is None else f"{check:.1e}",
                      "–" if full is None else f"{full:.1e}"])
     lines += table(["variant", "epochs timed", "median s", "min..max s", "samples/s",
-                    "test accuracy", "nn (stats on) speed / this", f"max abs dw, {w.check[0]} epochs",
-                    "max abs dw, timed run"], rows)
+                    "test accuracy", "nn (stats on) speed / this",
+                    f"max abs dw, {w.check[0]} epochs", "max abs dw, timed run"], rows)
     share, ab = stats_cost(m)
-    lines += ["", f"- statistics cost: " + (f"{share:.1%} of the rest of the run in the "
+    lines += ["", "- statistics cost: " + (f"{share:.1%} of the rest of the run in the "
               f"statistics step (median over the stats-on runs); " if share is not None
               else "") + f"stats on vs off medians {ab:+.1%}"]
     if m.peaks:
@@ -679,7 +680,7 @@ def main(argv: list[str] | None = None) -> None:
                  f" one warm-up run, then {repeats} timed runs per variant, round-robin; "
                  f"{time.perf_counter() - t_start:.0f} s in all).", "", *head,
                  f"- {versions}; BLAS: {blas_info()}",
-                 f"- threads (BLAS via threadpoolctl, and torch.set_num_threads): "
+                 "- threads (BLAS via threadpoolctl, and torch.set_num_threads): "
                  + (f"{args.threads} everywhere" if args.threads else
                     f"1, and {os.cpu_count()} for big-mlp and its GEMM peak"),
                  f"- load average at the end: "

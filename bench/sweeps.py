@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     # 4 and 8 workers: the 2-worker per-run time (the runs then share the 2 cores as they
     # would not on more machines, so the 1-worker time is the one projected) and overhead
     for n in (4, 8):
-        rows.append([f"{n} (projected)", f"{math.ceil(CHILDREN / n) * one['per_run'] + two['overhead']:.1f}",
+        projected = math.ceil(CHILDREN / n) * one['per_run'] + two['overhead']
+        rows.append([f"{n} (projected)", f"{projected:.1f}",
                      f"{one['per_run']:.2f}", f"{two['overhead']:.1f}", "", ""])
     lines = [
         "## Sweeps on the worker pool (issue #18)",

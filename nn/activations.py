@@ -7,7 +7,8 @@ reduces over `axis`), and the `code` that names it in the compiled kernel
 (nn/engines/kernel.py). ``step`` is the perceptron's threshold unit: its derivative is zero
 almost everywhere, so it has no backward and backprop rejects it at build.
 """
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 import numpy as np
 

@@ -14,7 +14,8 @@ happens in every epoch, in this order:
 import math
 from dataclasses import asdict, dataclass
 from time import perf_counter
-from typing import Callable, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
+from collections.abc import Callable
 
 import numpy as np
 

@@ -1,5 +1,5 @@
 """Centred finite differences, CS231n style, for checking every backward pass in float64."""
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

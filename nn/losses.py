@@ -17,7 +17,8 @@ Each function returns (loss, grad), CS231n style. The training loop's hot path c
 (a = softmax(z) or sigmoid(z) is already computed by the layer, so the fused gradient is
 a - onehot or a - t without another exp).
 """
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 import numpy as np
 

@@ -4,7 +4,7 @@ Per sample x with targets t (0/1 per unit) and outputs y = step(x W + b):
 W <- W + rho x^T (t - y), b <- b + rho (t - y); nothing changes when y == t. Training has
 converged when an epoch makes no mistake, which happens iff the data is linearly separable.
 """
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -12,7 +12,7 @@ output as the network computed it in train mode during the epoch (before its own
 averaged over the epoch. val_loss and val_accuracy are measured after the epoch in eval mode.
 """
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -15,8 +15,8 @@ are stored as the SHA-256 of the key, never the key itself.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import datetime, UTC
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -53,7 +53,7 @@ ARTIFACT_KINDS = ("initial", "checkpoint", "final", "best")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id() -> str:
@@ -66,14 +66,14 @@ class UTCDateTime(TypeDecorator):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime")
-        return value.astimezone(timezone.utc) if value is not None else None
+        return value.astimezone(UTC) if value is not None else None
 
-    def process_result_value(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return value
 
 
@@ -88,14 +88,14 @@ class Phase(TypeDecorator):
     def python_type(self) -> type:
         return str
 
-    def process_bind_param(self, value: Optional[str], dialect: Any) -> Optional[int]:
+    def process_bind_param(self, value: str | None, dialect: Any) -> int | None:
         if value is None:
             return None
         if value not in PHASES:
             raise ValueError(f"not a phase: {value!r}")
         return PHASES.index(value)
 
-    def process_result_value(self, value: Optional[int], dialect: Any) -> Optional[str]:
+    def process_result_value(self, value: int | None, dialect: Any) -> str | None:
         return None if value is None else PHASES[value]
 
 
@@ -154,9 +154,9 @@ class ApiKey(Base):
     )
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(20))
-    name: Mapped[Optional[str]] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def __repr__(self) -> str:
         state = "revoked" if self.revoked_at else "active"
@@ -195,7 +195,7 @@ class Dataset(Base):
     n_samples: Mapped[int] = mapped_column(Integer)
     input_shape: Mapped[list] = mapped_column(JSON)  # per-sample shape, e.g. [2]
     task: Mapped[str] = mapped_column(String(20))  # classification | regression | seq2seq
-    classes: Mapped[Optional[list]] = mapped_column(JSON)
+    classes: Mapped[list | None] = mapped_column(JSON)
     target_dim: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     source: Mapped[dict] = mapped_column(JSON)  # how it was made: json, generator, csv, npz
@@ -216,18 +216,18 @@ class Job:
     """What a worker's job (a run, a batch prediction) carries for its lifecycle: how it
     ended, the cooperative cancel, and the lease worker/lease.py claims and fences."""
 
-    error_code: Mapped[Optional[str]] = mapped_column(String(40))
-    error_message: Mapped[Optional[str]] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # The lease: a worker owns a running run while lease_expires_at is in the future; every
     # write it makes is fenced by lease_token, so a stale worker's writes change nothing.
-    lease_token: Mapped[Optional[str]] = mapped_column(String(36))
-    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[Optional[str]] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))
     # When the task message was last published (the reconciler republishes stale ones).
-    published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Sweep(Base):
@@ -242,7 +242,7 @@ class Sweep(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
-    name: Mapped[Optional[str]] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
     tags: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     dataset_id: Mapped[str] = mapped_column(String(36))
@@ -250,14 +250,14 @@ class Sweep(Base):
     parameters: Mapped[dict] = mapped_column(JSON)
     method: Mapped[str] = mapped_column(String(20))  # grid | random
     max_concurrent: Mapped[int] = mapped_column(Integer)
-    seed: Mapped[Optional[int]] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(Integer)
     metric: Mapped[str] = mapped_column(String(40))
     goal: Mapped[str] = mapped_column(String(20))  # minimize | maximize
-    early_stopping: Mapped[Optional[dict]] = mapped_column(JSON)
+    early_stopping: Mapped[dict | None] = mapped_column(JSON)
     runs_total: Mapped[int] = mapped_column(Integer)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    outcome: Mapped[Optional[str]] = mapped_column(String(20))  # its status when settled
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(20))  # its status when settled
 
     __table_args__ = (
         Index("ix_sweeps_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
@@ -282,32 +282,32 @@ class Run(Job, Base):
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     network: Mapped[dict] = mapped_column(JSON)  # normalised, every default filled in
     training: Mapped[dict] = mapped_column(JSON)
-    init_from_run_id: Mapped[Optional[str]] = mapped_column(String(36))
+    init_from_run_id: Mapped[str | None] = mapped_column(String(36))
     # The client's label and metadata: a name (not unique), and tags {key: value} that
     # lists filter on (GET /v1/runs?tag=key:value).
-    name: Mapped[Optional[str]] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
     tags: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     epochs_total: Mapped[int] = mapped_column(Integer)
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
-    metrics: Mapped[Optional[dict]] = mapped_column(JSON)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
     # Kept whatever its age (worker/retention.py).
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Statistics are kept for every epoch up to this one, then thinned (service/statstore.py);
     # None: for every epoch.
-    stats_thinned_after: Mapped[Optional[int]] = mapped_column(Integer)
+    stats_thinned_after: Mapped[int | None] = mapped_column(Integer)
     # What its epoch and statistics rows count toward the tenant's stored bytes, kept by the
     # worker that writes them (service/usage.py).
     rows_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Where each claim that discarded rows went back to, in order: [[phase, epoch], ...]
     # (worker/lease.py forget_after). Event streams compare it with what they have sent.
-    rewinds: Mapped[Optional[list]] = mapped_column(JSON)
+    rewinds: Mapped[list | None] = mapped_column(JSON)
     # A sweep's child: its sweep, and the values its parameters took ({json path: value}).
-    sweep_id: Mapped[Optional[str]] = mapped_column(
+    sweep_id: Mapped[str | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL"))
-    sweep_parameters: Mapped[Optional[dict]] = mapped_column(JSON)
+    sweep_parameters: Mapped[dict | None] = mapped_column(JSON)
 
     __table_args__ = (
         # A tenant's list, newest first (and every lookup by tenant).
@@ -337,16 +337,16 @@ class Epoch(Base):
     run_seq: Mapped[int] = mapped_column(ForeignKey("runs.seq", ondelete="CASCADE"))
     epoch: Mapped[int] = mapped_column(Integer)
     phase: Mapped[str] = mapped_column(Phase)
-    layer: Mapped[Optional[int]] = mapped_column(SmallInteger)  # pretrain: the layer pretrained
-    train_loss: Mapped[Optional[float]] = mapped_column(Float)
-    val_loss: Mapped[Optional[float]] = mapped_column(Float)
-    train_accuracy: Mapped[Optional[float]] = mapped_column(Float)
-    val_accuracy: Mapped[Optional[float]] = mapped_column(Float)
-    learning_rate: Mapped[Optional[float]] = mapped_column(Float)
+    layer: Mapped[int | None] = mapped_column(SmallInteger)  # pretrain: the layer pretrained
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    train_accuracy: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    learning_rate: Mapped[float | None] = mapped_column(Float)
     duration_s: Mapped[float] = mapped_column(Float)
     # seq2seq runs: the fraction of sequences right in every token; null for other tasks.
-    train_exact_match: Mapped[Optional[float]] = mapped_column(Float)
-    val_exact_match: Mapped[Optional[float]] = mapped_column(Float)
+    train_exact_match: Mapped[float | None] = mapped_column(Float)
+    val_exact_match: Mapped[float | None] = mapped_column(Float)
 
     # One b-tree on SQLite (the key holds the row), not a table and an index repeating it.
     __table_args__ = (PrimaryKeyConstraint("run_seq", "phase", "epoch"),
@@ -450,14 +450,14 @@ class Webhook(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     url: Mapped[str] = mapped_column(String(2048))
     events: Mapped[list] = mapped_column(JSON)  # event types, or ["*"]: every type
-    description: Mapped[Optional[str]] = mapped_column(String(500))
+    description: Mapped[str | None] = mapped_column(String(500))
     secret: Mapped[str] = mapped_column(String(100))
-    previous_secret: Mapped[Optional[str]] = mapped_column(String(100))
-    previous_secret_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    failing_since: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    disabled_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    disabled_reason: Mapped[Optional[str]] = mapped_column(Text)
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_webhooks_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
@@ -486,10 +486,10 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    locked_until: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         # A webhook's delivery log, newest first.
@@ -514,9 +514,9 @@ class WebhookAttempt(Base):
     attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     duration_s: Mapped[float] = mapped_column(Float)
-    status_code: Mapped[Optional[int]] = mapped_column(Integer)
-    error: Mapped[Optional[str]] = mapped_column(Text)
-    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def __repr__(self) -> str:
         return f"<WebhookAttempt {self.delivery_id} #{self.attempt} {self.status_code}>"
@@ -593,19 +593,19 @@ class Prediction(Job, Base):
     )
     run_id: Mapped[str] = mapped_column(String(36))
     weights: Mapped[str] = mapped_column(String(20))  # final | best
-    model: Mapped[Optional[str]] = mapped_column(String(200))  # the alias it was asked by
-    model_version: Mapped[Optional[int]] = mapped_column(Integer)
+    model: Mapped[str | None] = mapped_column(String(200))  # the alias it was asked by
+    model_version: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     rows_total: Mapped[int] = mapped_column(Integer)
     rows_done: Mapped[int] = mapped_column(Integer, default=0)
     chunk_rows: Mapped[int] = mapped_column(Integer)
     # The data set's classes when the model is a classifier: chunks store label indices.
-    classes: Mapped[Optional[list]] = mapped_column(JSON)
+    classes: Mapped[list | None] = mapped_column(JSON)
     # What its chunks count toward the tenant's stored bytes (service/usage.py).
     result_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index("ix_predictions_tenant_id_created_at_id", "tenant_id", "created_at", "id"),

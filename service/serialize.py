@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from flask.json.provider import DefaultJSONProvider
@@ -31,7 +31,7 @@ def timestamp(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with a `Z`, e.g. 2026-11-27T21:00:00.123456Z."""
     if value is None:
         return None
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def finite(value: Any) -> Any:

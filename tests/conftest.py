@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-# TLS certificates, and a PostgreSQL and a Redis that take TLS only (tests/servers.py)
-pytest_plugins = ["tests.servers"]
+# TLS certificates, and a PostgreSQL and a Redis that take TLS only (tests/servers.py); the
+# webhook receiver fixture (tests/receiver.py)
+pytest_plugins = ["tests.servers", "tests.receiver"]
 
 PG_ADMIN_URL = os.environ.get(
     "BACKPROP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -172,11 +172,11 @@ def forget_after(session: Session, run_id: str, phase: str, epoch: int) -> None:
     """Delete the epoch and statistics rows past the position (phase, epoch) of the
     checkpoint the run resumes from, in run order: every pretraining epoch comes before
     training epoch 1, so ("pretrain", p) keeps pretraining epochs 1..p only, and ("train", e)
-    every pretraining epoch and training epochs 1..e. What a dead worker flushed after its last checkpoint goes; the resumed run
-    writes it again, each row exactly once. ("pretrain", 0): no checkpoint, nothing kept.
-    When rows went, (phase, epoch) is appended to the run's `rewinds`, so that event
-    streams that sent them can say so. Call it fenced, right after the claim (the claim's
-    UPDATE locks the row the append reads)."""
+    every pretraining epoch and training epochs 1..e. What a dead worker flushed after its
+    last checkpoint goes; the resumed run writes it again, each row exactly once.
+    ("pretrain", 0): no checkpoint, nothing kept. When rows went, (phase, epoch) is appended
+    to the run's `rewinds`, so that event streams that sent them can say so. Call it fenced,
+    right after the claim (the claim's UPDATE locks the row the append reads)."""
     kept = {"pretrain": epoch, "train": 0} if phase == "pretrain" else {"train": epoch}
     deleted = 0
     for table in (Epoch, EpochStats):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import sqlalchemy as sa
 from alembic import op
@@ -99,7 +99,7 @@ def _adopt_existing_rows() -> None:
                        sa.column('created_at', sa.DateTime(timezone=True)))
     tenant_id = str(uuid.uuid4())
     conn.execute(sa.insert(tenants).values(id=tenant_id, name=DEFAULT_TENANT,
-                                           created_at=datetime.now(timezone.utc)))
+                                           created_at=datetime.now(UTC)))
     for t in (datasets, runs):
         conn.execute(sa.update(t).values(tenant_id=tenant_id))
 

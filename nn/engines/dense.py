@@ -11,7 +11,7 @@ Both agree with the reference to rounding, not bit for bit (sums in another orde
 inside the product); runs stay deterministic and resume bit-identically (tests/nn/engines/).
 """
 from itertools import accumulate
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

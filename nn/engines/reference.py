@@ -2,7 +2,7 @@
 for every layer type. It is the yardstick the fast engine is tested against, so it stays
 the plainest statement of the algorithm.
 """
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

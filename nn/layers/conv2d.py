@@ -8,7 +8,6 @@ im2col: the windows are a strided view of xp, copied once into a (kh kw C, N Ho 
 that one matmul multiplies with W; backward reuses it, and col2im adds the windows'
 gradients back (nn/layers/windows.py).
 """
-import math
 from typing import NamedTuple
 
 import numpy as np

@@ -13,7 +13,8 @@ from .base import Cost, Layer, Shape, plain_infer
 
 def forward(x: np.ndarray, drop_prob: float, *, train: bool,
             rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray | float]:
-    """x: (N, ...) -> out: same shape. The cache is the 0/1 mask (train) or the scale keep (eval)."""
+    """x: (N, ...) -> out: same shape. The cache is the 0/1 mask (train) or the scale keep
+    (eval)."""
     keep = 1.0 - drop_prob
     if not train:
         return x * keep, keep

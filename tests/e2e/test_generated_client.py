@@ -92,7 +92,8 @@ def _resolved(spec: dict, op: dict) -> Iterator[tuple[str, dict]]:
         yield status, response
 
 
-def test_the_whole_flow_with_the_generated_client(generated) -> None:  # noqa: ANN001
+def test_the_whole_flow_with_the_generated_client(generated,  # noqa: ANN001
+                                                   request: pytest.FixtureRequest) -> None:
     client_package, spec, api = generated
     _check_typed(spec)
     m = importlib.import_module(f"{PACKAGE}.models")
@@ -104,6 +105,7 @@ def test_the_whole_flow_with_the_generated_client(generated) -> None:  # noqa: A
         ("results", "get_weights_npz"), ("results", "predict"))}
     client = client_package.AuthenticatedClient(base_url=api.base, token=api.key,
                                                 raise_on_unexpected_status=True)
+    request.addfinalizer(lambda: client.__exit__(None, None, None))  # its httpx connections
 
     def create_dataset(body: Any) -> Any:
         dataset = ops["create_dataset"].sync(client=client, body=body)
@@ -210,4 +212,6 @@ def test_the_whole_flow_with_the_generated_client(generated) -> None:  # noqa: A
                           ('open("var/api-key").read().strip()', repr(api.key))):
         assert written in snippet
         snippet = snippet.replace(written, here)
-    exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - our own documentation
+    names: dict[str, Any] = {}
+    exec(compile(snippet, "README.md", "exec"), names)  # noqa: S102 - our own documentation
+    names["client"].__exit__(None, None, None)  # as the example's script would, by exiting

@@ -13,7 +13,7 @@ from tests.e2e import flow
 from tests.e2e.compose import command
 from tests.e2e.test_deployment import deploy
 from tests.procs import Procs
-from tests.receiver import Hold, Receiver, receiver, verify  # noqa: F401
+from tests.receiver import Hold, Receiver, verify
 
 ALLOW = {"WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true"}  # the receiver is on 127.0.0.1
 

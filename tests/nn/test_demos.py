@@ -1,4 +1,5 @@
-"""The two TensorFlow Playground demos of the textbook's slides, through the public API."""
+"""The two TensorFlow Playground demos of the textbook's slides, through the public API.
+Named for what they show, not a module: they exercise data, build and train together."""
 import math
 import statistics
 

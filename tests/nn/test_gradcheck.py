@@ -1,4 +1,6 @@
-"""Every backward pass against centred finite differences in float64."""
+"""Every backward pass against centred finite differences in float64 (nn/gradcheck.py):
+activations, dense and dropout layers, losses, whole networks. Named for the check, since it
+spans modules; the deep structures' layers are checked in test_layers.py."""
 import numpy as np
 import pytest
 

@@ -1,5 +1,6 @@
 """The deep structures' layers: every backward against centred finite differences (float64),
-and the fast forward passes of convolution, pooling and attention against naive loops."""
+and the fast forward passes of convolution, pooling and attention against naive loops. One
+file for the package nn/layers/, whose layers share its helpers."""
 import math
 import tracemalloc
 

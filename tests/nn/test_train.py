@@ -1,6 +1,5 @@
 """The training loop: reproducibility, resume, stopping, divergence, reports, checkpoints."""
 import json
-import time
 
 import numpy as np
 import pytest
@@ -95,8 +94,10 @@ def test_textbook_per_sample_sgd_step():
         g2 = sig(g1 @ W2 + b2)
         eps2 = (g2 - b) * g2 * (1 - g2)
         eps1 = (W2 @ eps2) * g1 * (1 - g1)
-        W2 -= 0.7 * np.outer(g1, eps2); b2 -= 0.7 * eps2
-        W1 -= 0.7 * np.outer(x, eps1); b1 -= 0.7 * eps1
+        W2 -= 0.7 * np.outer(g1, eps2)
+        b2 -= 0.7 * eps2
+        W1 -= 0.7 * np.outer(x, eps1)
+        b1 -= 0.7 * eps1
     w = nn.train(plan, X, y).weights
     for got, want in [(w[0]["W"], W1), (w[0]["b"], b1), (w[1]["W"], W2), (w[1]["b"], b2)]:
         assert np.allclose(got, want, rtol=1e-12, atol=1e-14)

@@ -127,7 +127,8 @@ def set_status(app: Flask, run_id: str, status: str) -> None:
         session.get(Run, run_id).status = status
 
 
-def multipart(fields: dict[str, str], file: bytes | None = None, filename: str = "data.csv") -> dict:
+def multipart(fields: dict[str, str], file: bytes | None = None,
+              filename: str = "data.csv") -> dict:
     data: dict[str, Any] = dict(fields)
     if file is not None:
         data["file"] = (io.BytesIO(file), filename)

@@ -37,7 +37,8 @@ def test_values_take_their_defaults_types() -> None:
         "BACKPROP_LEASE_SECONDS": " 45 ", "BACKPROP_FLUSH_SECONDS": "2",
         "BACKPROP_RUN_MAX_MEMORY_BYTES": "1e13", "BACKPROP_QUEUE": "007",
         "BACKPROP_ADMIN_KEY": "1" * 40, "BACKPROP_BROKER_KEYPREFIX": ""})
-    assert (got["LEASE_SECONDS"], got["FLUSH_SECONDS"], got["RUN_MAX_MEMORY_BYTES"]) == (45, 2.0, 10**13)
+    assert (got["LEASE_SECONDS"], got["FLUSH_SECONDS"], got["RUN_MAX_MEMORY_BYTES"]) == (
+        45, 2.0, 10**13)
     assert type(got["LEASE_SECONDS"]) is int and type(got["FLUSH_SECONDS"]) is float
     assert (got["QUEUE"], got["ADMIN_KEY"], got["BROKER_KEYPREFIX"]) == ("007", "1" * 40, "")
     assert config.load(environ={"BACKPROP_ADMIN_KEY": ""})["ADMIN_KEY"] is None  # empty: unset
@@ -177,7 +178,8 @@ def test_gunicorns_master_imports_nothing_its_gevent_workers_must_patch_first(
     script = ("import json, logging.config, sys\n"
               "import service.gunicorn_conf as conf\n"
               "logging.config.dictConfig(conf.logconfig_dict)\n"
-              f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {libraries})))")
+              "print(json.dumps(sorted(m for m in sys.modules "
+              f"if m.split('.')[0] in {libraries})))")
     env = clean_env(BACKPROP_DATABASE_URL=f"sqlite:///{tmp_path / 'db'}",
                     BACKPROP_BROKER_URL="redis://127.0.0.1:6379/0")
     done = subprocess.run([str(BIN / "python"), "-c", script], cwd=ROOT, env=env,

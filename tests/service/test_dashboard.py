@@ -24,8 +24,8 @@ def test_its_files_are_served_and_nothing_else(app) -> None:  # noqa: ANN001
     files = FlaskClient(app)  # not the API's contract: no openapi.yaml check
     for name, mimetype in (("app.js", "text/javascript"), ("charts.js", "text/javascript"),
                            ("sweeps.js", "text/javascript"), ("style.css", "text/css")):
-        answer = files.get(f"/static/{name}")
-        assert answer.status_code == 200 and answer.mimetype == mimetype, name
+        with files.get(f"/static/{name}") as answer:  # closes the file it was sent from
+            assert answer.status_code == 200 and answer.mimetype == mimetype, name
     assert files.get("/static/nothing.js").status_code == 404
     assert files.get("/static/../dashboard.py").status_code == 404
     assert files.get("/runs/not-a-uuid").status_code == 404

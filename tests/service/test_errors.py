@@ -61,7 +61,8 @@ def test_unknown_ids_are_404(client) -> None:  # noqa: ANN001
     _problem(client.delete(f"/v1/runs/{missing}"), 404, "not_found")
     _problem(client.delete(f"/v1/datasets/{missing}"), 404, "not_found")
     _problem(client.post(f"/v1/runs/{missing}/cancel"), 404, "not_found")
-    _problem(client.post(f"/v1/runs/{missing}/predict", json={"inputs": [[1, 2]]}), 404, "not_found")
+    _problem(client.post(f"/v1/runs/{missing}/predict", json={"inputs": [[1, 2]]}), 404,
+             "not_found")
 
 
 def test_wrong_method_is_405_with_allow(client) -> None:  # noqa: ANN001
@@ -102,7 +103,8 @@ def test_lone_surrogates_are_refused(client) -> None:  # noqa: ANN001
 
 def test_deeply_nested_json_is_refused(client) -> None:  # noqa: ANN001
     raw = b"[" * 100_000 + b"]" * 100_000
-    _problem(client.post("/v1/runs", data=raw, content_type="application/json"), 400, "invalid_json")
+    _problem(client.post("/v1/runs", data=raw, content_type="application/json"), 400,
+             "invalid_json")
 
 
 @pytest.mark.parametrize("body", [b"[]", b"1", b'"x"', b"null", b"true"])
@@ -115,7 +117,8 @@ def test_non_object_bodies_are_422_at_the_root(client, body: bytes) -> None:  # 
 
 def test_wrong_content_type_is_415(client) -> None:  # noqa: ANN001
     for ctype in ("text/plain", "application/x-www-form-urlencoded", "application/xml"):
-        _problem(client.post("/v1/runs", data=b"{}", content_type=ctype), 415, "unsupported_media_type")
+        _problem(client.post("/v1/runs", data=b"{}", content_type=ctype), 415,
+                 "unsupported_media_type")
     _problem(client.post("/v1/datasets", data=b"{}", content_type="text/csv"), 415,
              "unsupported_media_type")
     _problem(client.post("/v1/runs", data=b"{}"), 415, "unsupported_media_type")

@@ -20,7 +20,8 @@ def test_ready(any_client) -> None:  # noqa: ANN001
     assert resp.get_json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
 
 
-def test_not_ready_when_the_broker_is_down(app: Flask, client, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_not_ready_when_the_broker_is_down(app: Flask, client,  # noqa: ANN001
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import service.queue
 
     monkeypatch.setattr(service.queue, "broker_ok", lambda: False)

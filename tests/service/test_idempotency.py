@@ -16,7 +16,8 @@ from flask import Flask
 from service import dataio, db, limits
 from service.models import Dataset, IdempotencyKey, Run, utcnow
 from tests.service.conftest import add_tenant
-from tests.service.helpers import XOR_NETWORK, XOR_TRAINING, create_xor_dataset, multipart, npz_bytes
+from tests.service.helpers import (XOR_NETWORK, XOR_TRAINING, create_xor_dataset, multipart,
+                                   npz_bytes)
 
 XOR = {"name": "xor", "generator": {"kind": "xor", "n_samples": 40, "seed": 1}}
 

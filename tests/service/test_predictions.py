@@ -94,7 +94,8 @@ def test_a_job_from_a_model_keeps_the_version_it_was_made_with(any_app: Flask, a
                                                                  trained: dict) -> None:  # noqa: ANN001
     run, dataset = trained["run"], trained["dataset"]
     other = create_run(any_client, dataset["id"])
-    finish_run(any_app, other["id"], epochs=3, artifacts={"final": trained_model(other, 1).to_npz()})
+    finish_run(any_app, other["id"], epochs=3,
+               artifacts={"final": trained_model(other, 1).to_npz()})
     any_client.put("/v1/models/xor", json={"run_id": run["id"]})
     job = _create(any_client, model="xor", dataset_id=dataset["id"])
     assert (job["model"], job["model_version"], job["run_id"]) == ("xor", 1, run["id"])

@@ -48,7 +48,8 @@ def _all_pages(client, url: str, limit: int) -> tuple[list[dict], int]:  # noqa:
     rows, cursor, pages = [], None, 0
     sep = "&" if "?" in url else "?"
     while True:
-        page = client.get(f"{url}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")).get_json()
+        cursor_arg = f"&cursor={cursor}" if cursor else ""
+        page = client.get(f"{url}{sep}limit={limit}{cursor_arg}").get_json()
         rows += page["items"]
         pages += 1
         cursor = page["next_cursor"]
@@ -114,14 +115,16 @@ def test_epochs_downsampled_pages(app: Flask, client, run: dict) -> None:  # noq
         assert [r["epoch"] for r in rows] == expected
 
 
-def test_epochs_phases_are_ordered_and_downsampled_separately(app: Flask, client, run: dict) -> None:  # noqa: ANN001
+def test_epochs_phases_are_ordered_and_downsampled_separately(app: Flask, client,  # noqa: ANN001
+                                                              run: dict) -> None:
     with db.session_scope(app) as session:
         for e in range(1, 6):
             session.add(Epoch(run_seq=_seq(session, run["id"]), phase="pretrain", epoch=e,
                               layer=(e - 1) // 3, train_loss=0.1, duration_s=0.1))
     url = f"/v1/runs/{run['id']}/epochs"
     rows = _items(client, url)
-    assert [(r["phase"], r["epoch"]) for r in rows[:6]] == [("pretrain", e) for e in range(1, 6)] + [("train", 1)]
+    assert [(r["phase"], r["epoch"]) for r in rows[:6]] == (
+        [("pretrain", e) for e in range(1, 6)] + [("train", 1)])
     assert [r["layer"] for r in rows[:6]] == [0, 0, 0, 1, 1, None]
     assert [r["phase"] for r in _items(client, f"{url}?phase=pretrain")] == ["pretrain"] * 5
     assert [r["phase"] for r in _items(client, f"{url}?phase=train")] == ["train"] * 10
@@ -179,7 +182,8 @@ def test_layer_stats(any_app: Flask, any_client) -> None:  # noqa: ANN001
     assert first["grad_norm"] == 1.0 and first["act_dead_fraction"] is None
     assert [r["epoch"] for r in _items(any_client, f"{url}?layer=1")] == list(range(1, 11))
     sampled = _items(any_client, f"{url}?max_points=3")
-    assert [(r["epoch"], r["layer"]) for r in sampled] == [(1, 0), (1, 1), (6, 0), (6, 1), (10, 0), (10, 1)]
+    assert [(r["epoch"], r["layer"]) for r in sampled] == [(1, 0), (1, 1), (6, 0), (6, 1),
+                                                           (10, 0), (10, 1)]
     one = _items(any_client, f"{url}?max_points=3&layer=0&from_epoch=2&to_epoch=4")
     assert [(r["epoch"], r["layer"]) for r in one] == [(2, 0), (3, 0), (4, 0)]
     rows, pages = _all_pages(any_client, f"{url}?max_points=3", 4)
@@ -613,7 +617,8 @@ def test_boundary_from_the_final_weights(any_app: Flask, any_client) -> None:  #
     assert (grid["weights"], grid["epoch"], grid["size"]) == ("final", 3, 5)
     inputs, _ = nn.generate("xor", 40, 0, 1)
     lo, hi = inputs.min(axis=0), inputs.max(axis=0)
-    assert grid["x"] == pytest.approx([lo[0] - 0.05 * (hi[0] - lo[0]), hi[0] + 0.05 * (hi[0] - lo[0])])
+    margin = 0.05 * (hi[0] - lo[0])
+    assert grid["x"] == pytest.approx([lo[0] - margin, hi[0] + margin])
     corners = [[grid["x"][0], grid["y"][0]], [grid["x"][1], grid["y"][0]],
                [grid["x"][0], grid["y"][1]]]
     probabilities = model.predict(corners)["probabilities"]
@@ -629,7 +634,8 @@ def test_boundary_from_a_checkpoint_while_training(any_app: Flask, any_client) -
     inputs, targets = nn.generate("xor", 40, 0, 1)
     plan = nn.build(run["network"], run["training"], nn.describe(inputs, targets))
     states: dict[int, bytes] = {}
-    nn.train(plan, inputs, targets, checkpoint_every=2, should_stop=lambda: "stop" if states else None,
+    nn.train(plan, inputs, targets, checkpoint_every=2,
+             should_stop=lambda: "stop" if states else None,
              on_checkpoint=lambda e, b: states.__setitem__(e, b))  # what a worker stores
     with db.session_scope(any_app) as session:
         session.add(Artifact(run_id=run["id"], kind="checkpoint", epoch=2, data=states[2]))

@@ -103,7 +103,8 @@ def test_bad_paths_and_values_are_422s_naming_the_parameter_and_value(client) ->
     too_big = client.post("/v1/sweeps", json=_body(dataset["id"], max_runs=5))
     assert problem_paths(too_big) == ["parameters"]
     upside_down = client.post("/v1/sweeps", json={
-        **_body(dataset["id"], method="random", max_runs=3), "parameters": {LR: {"log_uniform": [1, 0.1]}}})
+        **_body(dataset["id"], method="random", max_runs=3),
+        "parameters": {LR: {"log_uniform": [1, 0.1]}}})
     assert problem_paths(upside_down) == [f"parameters['{LR}'].log_uniform"]
     no_split = client.post("/v1/sweeps", json={
         **_body(dataset["id"]), "training": {**XOR_TRAINING, "validation_fraction": 0}})

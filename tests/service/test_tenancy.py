@@ -101,7 +101,8 @@ def admin_app(sqlite_url: str) -> Flask:
 
 
 @pytest.mark.parametrize(("method", "template"), TENANT + ADMIN)
-def test_every_operation_refuses_a_missing_or_bad_key(admin_app: Flask, method: str, template: str) -> None:
+def test_every_operation_refuses_a_missing_or_bad_key(admin_app: Flask, method: str,
+                                                      template: str) -> None:
     anonymous = admin_app.test_client(api_key=None)
     body = _problem(_call(anonymous, method, template), 401, "unauthorized")
     assert "API key" in body["detail"]
@@ -125,7 +126,8 @@ def test_x_api_key_works_too(client) -> None:  # noqa: ANN001
     key = client.api_key
     anonymous = client.application.test_client(api_key=None)
     assert anonymous.get("/v1/datasets", headers={"X-API-Key": key}).status_code == 200
-    assert anonymous.get("/v1/datasets", headers={"Authorization": f"bearer {key}"}).status_code == 200
+    bearer = {"Authorization": f"bearer {key}"}
+    assert anonymous.get("/v1/datasets", headers=bearer).status_code == 200
     both = {"Authorization": "Basic cHJveHk6cGFzcw==", "X-API-Key": key}  # a proxy's, and ours
     assert anonymous.get("/v1/datasets", headers=both).status_code == 200
 
@@ -199,7 +201,8 @@ def _param(template: str) -> str:
 
 
 @pytest.mark.parametrize(("method", "template"), [op for op in TENANT if "{" not in op[1]])
-def test_collections_show_only_ones_own(any_client, other: dict, method: str, template: str) -> None:  # noqa: ANN001
+def test_collections_show_only_ones_own(any_client, other: dict, method: str,  # noqa: ANN001
+                                        template: str) -> None:
     """Lists never show B's rows, usage never counts them; bodies that name B's rows are
     refused as naming nothing."""
     if template == "/v1/usage":
@@ -226,7 +229,8 @@ def test_collections_show_only_ones_own(any_client, other: dict, method: str, te
         resp = any_client.post(template, json={**body, "dataset_id": mine["id"],
                                                "init_from_run": other["run_id"]})
         assert resp.status_code == 422, resp.get_json()
-        assert resp.get_json()["errors"] == [{"path": "init_from_run", "message": "no run with this id"}]
+        assert resp.get_json()["errors"] == [{"path": "init_from_run",
+                                              "message": "no run with this id"}]
     elif (method, template) == ("POST", "/v1/datasets"):
         made = create_xor_dataset(any_client)
         assert other["client"].get(f"/v1/datasets/{made['id']}").status_code == 404
@@ -465,7 +469,8 @@ def test_create_key_makes_the_tenant_and_prints_the_key_once(cli_env: Flask, cap
     assert cli.main(["create-key", "--tenant", "acme"]) == 0  # the same tenant, a second key
     second = capsys.readouterr().out.strip()
     assert second != key
-    assert cli_env.test_client(api_key=second).get(f"/v1/datasets/{dataset['id']}").status_code == 200
+    url = f"/v1/datasets/{dataset['id']}"
+    assert cli_env.test_client(api_key=second).get(url).status_code == 200
     assert cli_env.test_client().get(f"/v1/datasets/{dataset['id']}").status_code == 404
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ def test_rotating_the_secret_keeps_the_old_one_for_the_grace_period(any_client: 
     body = rotated.get_json()
     assert body["secret"].startswith("whsec_") and body["secret"] != made["secret"]
     until = datetime.fromisoformat(body["previous_secret_expires_at"])
-    left = until - datetime.now(timezone.utc)
+    left = until - datetime.now(UTC)
     assert timedelta(hours=23) < left <= timedelta(hours=24)
     now = any_client.post(f"/v1/webhooks/{made['id']}/rotate-secret", json={"grace_seconds": 0})
     assert now.get_json()["previous_secret_expires_at"] is None

@@ -395,8 +395,8 @@ def test_calibration_measures_pretraining_epochs(monkeypatch: pytest.MonkeyPatch
 
 def test_rows_are_written_once_and_non_finite_numbers_as_null(make_run: Callable[..., str]) -> None:
     """A flush written again after an ambiguous COMMIT replaces its rows (the per-array
-    statistics are a part of their layer rows); NaN and infinities are stored as null on both backends (a
-    PostgreSQL JSON column refuses NaN)."""
+    statistics are a part of their layer rows); NaN and infinities are stored as null on both
+    backends (a PostgreSQL JSON column refuses NaN)."""
     run_id = make_run()
     seq = get_run(run_id).seq
     row = {"layer": 0, "name": "rnn_0", "grad_norm": float("inf"),

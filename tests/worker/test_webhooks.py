@@ -19,7 +19,7 @@ from service import db
 from service.models import Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from service.serialize import run_json
 from service.webhooks import emit, new_secret, rotate
-from tests.receiver import Drip, Hold, Receiver, Redirect, Slow, receiver, verify  # noqa: F401
+from tests.receiver import Drip, Receiver, Redirect, Slow, verify
 from tests.worker.rows import get_run, set_run, tenant
 from worker import lease, reconcile
 from worker.training import train_run

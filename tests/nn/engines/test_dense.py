@@ -1,6 +1,6 @@
 """The dense engine (nn/engines/dense.py: its compiled kernel and its buffers) against the
-reference (nn/engines/reference.py), to rounding; resume, stopping, pretraining and the statistics through
-them."""
+reference (nn/engines/reference.py), to rounding; resume, stopping, pretraining and the
+statistics through them."""
 import io
 
 import numpy as np

@@ -1,5 +1,6 @@
 """What each deep structure is for, shown on a task it solves and a simpler net does not
-(measured numbers: bench/STRUCTURES.md)."""
+(measured numbers: bench/STRUCTURES.md). Named for learning behaviour, not a module: each
+test builds and trains a whole net."""
 import itertools
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""nn imports numpy and the standard library only; numba, in the compiled kernel alone."""
+"""The direction of imports: nn imports numpy and the standard library only (numba, in the
+compiled kernel alone), never the service, the worker or their libraries."""
 import ast
 import pathlib
 import subprocess
@@ -31,10 +32,3 @@ def test_importing_nn_loads_no_service_libraries():
     out = subprocess.run([sys.executable, "-c", code], cwd=NN.parent, capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-
-
-def test_public_api():
-    import nn
-    assert set(nn.__all__) >= {"SpecError", "generate", "DataInfo", "describe", "build", "Plan",
-                               "train", "EpochReport", "TrainResult", "Weights", "Model",
-                               "weights_to_json", "weights_from_json", "checkpoint_position"}
