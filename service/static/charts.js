@@ -59,8 +59,9 @@ function legend(items) {
 }
 
 // series: [{name, color, dashed, points: [[x, y], ...]}]; y <= 0 is left out on a log scale.
+// empty: what the chart says while it has no points.
 export function lineChart(container, { series, log = false, xLabel = "epoch", yLabel = "", yMin,
-                                       yMax }) {
+                                       yMax, empty = "no data yet" }) {
   const W = 480, H = 220, L = 48, R = 22, T = 10, B = 34;
   const shown = series.map((s) => ({
     ...s, points: s.points.filter(([, y]) => y !== null && Number.isFinite(y) && (!log || y > 0)),
@@ -70,7 +71,7 @@ export function lineChart(container, { series, log = false, xLabel = "epoch", yL
                              "aria-label": `${yLabel} by ${xLabel}` });
   container.dataset.points = String(all.length);
   if (!all.length) {
-    chart.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));
+    chart.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, empty));
     container.replaceChildren(chart, legend(series));
     return;
   }

@@ -221,12 +221,16 @@ export function runPage(main, runId) {
     });
     charts.lineChart(box.weights, { yLabel: "||W||", series: layers.map(([, l], k) => ({
       name: l.name, color: charts.color(k), points: l.rows.map((s) => [s.epoch, s.weight_norm]) })) });
-    charts.lineChart(box.activations, { yLabel: "fraction", yMin: 0, yMax: 1, series: layers.map(([, l], k) => {
+    // Only layers with a sigmoid, tanh or ReLU have these figures (not embeddings or
+    // attention blocks); a network with none says so rather than "no data yet" forever.
+    const acts = layers.map(([, l], k) => {
       const field = l.rows.some((s) => s.act_dead_fraction !== null) ? "act_dead_fraction"
         : "act_saturated_fraction";
       return { name: `${l.name} ${field === "act_dead_fraction" ? "dead" : "saturated"}`,
                color: charts.color(k), points: l.rows.map((s) => [s.epoch, s[field]]) };
-    }) });
+    }).filter((a) => a.points.some(([, y]) => y !== null && y !== undefined));
+    charts.lineChart(box.activations, { yLabel: "fraction", yMin: 0, yMax: 1, series: acts,
+      empty: layers.length && !acts.length ? "no sigmoid, tanh or ReLU layer" : "no data yet" });
     if (state.pretrain.length) {
       cards.pretrain.hidden = false;
       const per = new Map();

@@ -316,6 +316,9 @@ def test_a_seq2seq_run_shows_its_cross_attention(service: tuple[str, str], page:
     argmax = json.loads(_data(page, "attention", "argmax") or "[]")
     assert argmax[0] == len(source) - 1 and argmax[len(source) - 1] == 0, argmax
     assert "sequences" in (page.text_content("[data-chart=accuracy]") or "")  # exact match
+    # no layer of it has a sigmoid, tanh or ReLU of its own: the chart says so, no legend
+    acts = page.text_content("[data-chart=activations]") or ""
+    assert "no sigmoid, tanh or ReLU layer" in acts and "saturated" not in acts, acts
     assert _drawn(page, "attention", tmp_path / "attention.png") > 2_000
     page.screenshot(path=shots / "dashboard-seq2seq.png", full_page=True)
     assert page.errors == []
