@@ -75,6 +75,19 @@ def kept(epoch: int, thinned_after: int | None) -> bool:
     return epoch % stride == 0
 
 
+def kept_before(epoch: int, thinned_after: int | None) -> int:
+    """The last epoch before `epoch` whose statistics the rule keeps (0: none)."""
+    e = epoch - 1
+    if thinned_after is None or e <= thinned_after:
+        return max(e, 0)
+    stride = 2
+    while e > thinned_after * stride:
+        stride *= 2
+    # e's band (T stride / 2, T stride] keeps the multiples of stride; below it the band's
+    # floor T stride / 2 is kept (a multiple of stride / 2, or at most T)
+    return max(e - e % stride, thinned_after * stride // 2)
+
+
 def kept_count(epochs: int, thinned_after: int | None) -> int:
     """How many of epochs 1..`epochs` keep their statistics once a phase of that many epochs
     has ended: those of the rule, and the last."""
