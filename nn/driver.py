@@ -147,15 +147,15 @@ def run(phase: Phase, epochs: range, state: TrainState, fingerprint: str, poll: 
         if not (losses_finite(m.train_loss, m.val_loss) and phase.finite()):
             phase.restore(snapshot)
             return stopped("diverged", {"code": "diverged", "message": phase.diverged(e, m)})
-        wanted = phase.stats_on and (pick is None or pick(e) or e == epochs[-1])
-        stats = phase.stats() if wanted else []
+        computed = phase.stats_on and (pick is None or pick(e) or e == epochs[-1])
+        stats = phase.stats() if computed else []
         phase.record(e, m)
         more = phase.more(e)
-        if phase.stats_on and not wanted and not more:       # early stopping, converged
-            stats = phase.stats()
+        if phase.stats_on and not computed and not more:     # early stopping, converged
+            stats, computed = phase.stats(), True
         report = EpochReport(e, phase.name, *m[:4], perf_counter() - t0, lr, stats,
                              phase.layer, *m[4:])
-        bare = None if stats or not phase.stats_on else report
+        bare = report if phase.stats_on and not computed else None
         if hooks.on_epoch is not None:
             hooks.on_epoch(report)
         if every and hooks.on_checkpoint is not None and e % every == 0:
