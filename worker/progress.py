@@ -42,7 +42,7 @@ START: Position = ("pretrain", 0)  # nothing done yet (with or without pretraini
 
 @dataclass
 class Progress:
-    """The engine's callbacks for one run: on_epoch, should_stop, on_checkpoint."""
+    """The engine's callbacks for one run: on_epoch, should_stop, on_checkpoint, on_stats."""
 
     lease: lease.Held
     epoch: int  # the last completed training epoch (the resume point at the start)
