@@ -46,6 +46,8 @@ from common import ROOT, RESULTS, command, machine, median, spread, table, verdi
 
 sys.path.insert(0, str(ROOT))
 import nn  # noqa: E402
+from service import statstore  # noqa: E402
+from service.config import DEFAULTS as SERVICE_CONFIG  # noqa: E402
 
 try:
     import torch
@@ -65,6 +67,10 @@ WORKLOADS = ("xor-online", "deep-sigmoid", "digits-mlp", "big-mlp", "cnn-digits"
 NN_ON, NN_OFF, NN_REF, LOOP, TORCH, SKLEARN, GEMM = (
     "nn, stats on", "nn, stats off", "nn reference engine, stats on", "NumPy loop", "PyTorch",
     "scikit-learn", "np.matmul only")
+# A long run as the service trains it: statistics of the epochs its thinning keeps (and the
+# last), T from RUN_MAX_STATS_EPOCHS (2,000) for LONG_EPOCHS (T = 402 for 100,000).
+LONG_EPOCHS = 100_000
+NN_LONG = f"nn, {LONG_EPOCHS:,} epochs, stats as the service keeps them"
 Out = tuple[list | None, float | None]        # (final weights in nn's layout, test accuracy)
 
 
@@ -302,6 +308,8 @@ class Workload:
     skip: str | None = None
     notes: list[str] = field(default_factory=list)
     stats_shares: list[float] = field(default_factory=list)
+    long_shares: list[float] = field(default_factory=list)    # NN_LONG's
+    scale: dict[str, int] = field(default_factory=dict)    # variant: timed on epochs x this
     gflop: float | None = None                # per full run (big-mlp)
     weights: list | None = None               # nn's initial weights
 
@@ -341,19 +349,23 @@ def workload(name, title, X, y, layers, training, epochs, check, threads, *, tes
         w.accuracy = lambda ws: float(np.mean(np.asarray(nn.Model(
             init.model.network, ws, meta).predict(test[0])["labels"]) == test[1]))
 
-    def engine(stats, which="auto"):
+    def engine(stats, which="auto", shares=w.stats_shares, thinned=False):
         def run(epochs, n):
             _stats_spent[0] = 0.0
+            picked = partial(statstore.kept, thinned_after=statstore.thinned_after(
+                epochs, SERVICE_CONFIG["RUN_MAX_STATS_EPOCHS"])) if thinned else None
             t0 = time.perf_counter()
-            r = nn.train(plan(epochs, n, stats, which), X[:n], y[:n])
+            r = nn.train(plan(epochs, n, stats, which), X[:n], y[:n], stats_epochs=picked)
             if stats and which == "auto":
-                w.stats_shares.append(_stats_spent[0] / (time.perf_counter() - t0
-                                                         - _stats_spent[0]))
+                shares.append(_stats_spent[0] / (time.perf_counter() - t0 - _stats_spent[0]))
             return r.weights, None
         return run
 
     w.variants = {NN_ON: engine(True), NN_OFF: engine(False),
                   NN_REF: engine(True, "reference")}
+    if training["batch_size"] == 1:             # per-sample: the statistics' worst case
+        w.variants[NN_LONG] = engine(True, shares=w.long_shares, thinned=True)
+        w.scale[NN_LONG] = LONG_EPOCHS // epochs
     tr, opt = training, training["optimizer"]
     dtype = np.dtype(tr.get("dtype", "float64"))
     lr, mu, batch, seed = opt["learning_rate"], opt.get("momentum", 0.0), tr["batch_size"], \
@@ -516,7 +528,9 @@ def measure(w: Workload, repeats: int, n_threads: int | None) -> Measured:
     with threads(n_threads):
         check = {name: fn(*w.check)[0] for name, fn in w.variants.items()}   # warm-up
         w.stats_shares.clear()
-        epochs = {name: max(1, w.epochs // w.divide.get(name, 1)) for name in w.variants}
+        w.long_shares.clear()
+        epochs = {name: max(1, w.epochs * w.scale.get(name, 1) // w.divide.get(name, 1))
+                  for name in w.variants}
         last: dict[str, Out] = {}
 
         def call(name):
@@ -606,6 +620,10 @@ def targets(results: dict[str, Measured]) -> list[list]:
         rows.append([name, "statistics cost <= 5%",
                      f"{cost:+.1%}" + ("" if share is None else f" in-run (A/B {ab:+.1%})"),
                      verdict(cost <= 0.05)])
+        if m.w.long_shares:
+            long = median(m.w.long_shares)
+            rows.append([name, f"statistics cost <= 5%, {LONG_EPOCHS:,} epochs as the "
+                         f"service keeps them", f"{long:+.1%} in-run", verdict(long <= 0.05)])
     return rows
 
 
@@ -627,6 +645,12 @@ def section(m: Measured) -> list[str]:
     lines += ["", "- statistics cost: " + (f"{share:.1%} of the rest of the run in the "
               f"statistics step (median over the stats-on runs); " if share is not None
               else "") + f"stats on vs off medians {ab:+.1%}"]
+    if w.long_shares:
+        T = statstore.thinned_after(LONG_EPOCHS, SERVICE_CONFIG["RUN_MAX_STATS_EPOCHS"])
+        lines.append(f"- {NN_LONG}: T = {T}, statistics of "
+                     f"{statstore.kept_count(LONG_EPOCHS, T):,} epochs; "
+                     f"{median(w.long_shares):.1%} of the rest of the run in the statistics "
+                     f"step (median)")
     if m.peaks:
         lines.append(f"- achieved: {w.gflop / median(m.times[NN_ON]):.1f} GFLOP/s nn (stats "
                      f"on), " + ", ".join(f"{w.gflop / median(m.times[n]):.1f} {n}"

@@ -6,13 +6,19 @@ happens in every epoch, in this order:
 2. the engine's pass over the data in the epoch's order (stopped: roll back, return);
 3. the epoch's losses and accuracies (train on the fly, validation after);
 4. a non-finite loss or weight: roll back, end the run as diverged;
-5. the per-layer statistics on the probe rows;
+5. the per-layer statistics on the probe rows, if stats_epochs accepts the epoch or it is
+   the phase's last (known before or after step 6);
 6. the phase records the epoch (state, best weights, early stopping);
 7. the report to on_epoch, every checkpoint_every epochs a checkpoint to on_checkpoint;
 8. should_stop, polled.
+
+A phase that stops (2, 4 or 8) after a report without statistics hands that epoch's to
+on_stats: the weights are still (or, rolled back, again) those the epoch left, and the
+statistics read nothing else (a fixed probe, eval mode, no random draws), so they are the
+figures the epoch would have reported.
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from time import perf_counter
 from typing import NamedTuple, Protocol
 from collections.abc import Callable
@@ -106,33 +112,59 @@ class Phase(Protocol):
     def more(self, e: int) -> bool: ...                     # whether epochs follow
 
 
+# Which epochs compute their statistics (besides each phase's last); None: every epoch.
+StatsEpochs = Callable[[int], bool] | None
+
+
+@dataclass
+class Hooks:
+    """What run() reports to: nn.train's callbacks (docs/engine-api.md)."""
+    on_epoch: Callable[[EpochReport], None] | None = None
+    checkpoint_every: int = 0
+    on_checkpoint: Callable[[int, bytes], None] | None = None
+    stats_epochs: StatsEpochs = None
+    on_stats: Callable[[EpochReport], None] | None = None
+
+
 def run(phase: Phase, epochs: range, state: TrainState, fingerprint: str, poll: Poll,
-        on_epoch: Callable[[EpochReport], None] | None, checkpoint_every: int,
-        on_checkpoint: Callable[[int, bytes], None] | None
-        ) -> tuple[str | None, dict | None]:
+        hooks: Hooks) -> tuple[str | None, dict | None]:
     """The phase's epochs -> (the reason they were interrupted, the error), or (None, None)."""
+    every, pick = hooks.checkpoint_every, hooks.stats_epochs
+    bare: EpochReport | None = None      # the latest report, if it went without statistics
+
+    def stopped(answer: str | None, error: dict | None = None):
+        if bare is not None and hooks.on_stats is not None:
+            hooks.on_stats(replace(bare, layer_stats=phase.stats()))
+        return answer, error
+
     for e in epochs:
         t0 = perf_counter()
         lr = phase.learning_rate(e)
         snapshot = network.copy_weights(phase.trained())
         if not phase.train(e, lr, poll):
             phase.restore(snapshot)
-            return poll.answer, None
+            return stopped(poll.answer)
         m = phase.measure()
         if not (losses_finite(m.train_loss, m.val_loss) and phase.finite()):
             phase.restore(snapshot)
-            return "diverged", {"code": "diverged", "message": phase.diverged(e, m)}
-        stats = phase.stats() if phase.stats_on else []
+            return stopped("diverged", {"code": "diverged", "message": phase.diverged(e, m)})
+        computed = phase.stats_on and (pick is None or pick(e) or e == epochs[-1])
+        stats = phase.stats() if computed else []
         phase.record(e, m)
-        if on_epoch is not None:
-            on_epoch(EpochReport(e, phase.name, *m[:4], perf_counter() - t0, lr, stats,
-                                 phase.layer, *m[4:]))
-        if checkpoint_every and on_checkpoint is not None and e % checkpoint_every == 0:
-            on_checkpoint(phase.save(), checkpoint.dump(state, fingerprint))
-        if not phase.more(e):
+        more = phase.more(e)
+        if phase.stats_on and not computed and not more:     # early stopping, converged
+            stats, computed = phase.stats(), True
+        report = EpochReport(e, phase.name, *m[:4], perf_counter() - t0, lr, stats,
+                             phase.layer, *m[4:])
+        bare = report if phase.stats_on and not computed else None
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(report)
+        if every and hooks.on_checkpoint is not None and e % every == 0:
+            hooks.on_checkpoint(phase.save(), checkpoint.dump(state, fingerprint))
+        if not more:
             break
         if poll(force=True):
-            return poll.answer, None
+            return stopped(poll.answer)
     return None, None
 
 

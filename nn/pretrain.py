@@ -117,8 +117,8 @@ class Pretraining:
         return e < self.plan.pretrain_epochs_total or self.plan.epochs_total > 0
 
 
-def run(plan: Plan, data: Prepared, state: TrainState, poll: Poll, on_epoch,
-        checkpoint_every: int, on_checkpoint) -> tuple[str | None, dict | None]:
+def run(plan: Plan, data: Prepared, state: TrainState, poll: Poll, hooks: driver.Hooks
+        ) -> tuple[str | None, dict | None]:
     """Run the pretraining epochs left in state (updating it) -> (interrupted reason, error)."""
     per_layer = plan.training["pretrain"]["epochs"]
     hidden = pretrained_layers(plan.layers)
@@ -126,8 +126,7 @@ def run(plan: Plan, data: Prepared, state: TrainState, poll: Poll, on_epoch,
         j = state.pretrain_epoch // per_layer
         phase = Pretraining(plan, data, state, hidden[j])
         answer = driver.run(phase, range(state.pretrain_epoch + 1, (j + 1) * per_layer + 1),
-                            state, data.fingerprint, poll, on_epoch, checkpoint_every,
-                            on_checkpoint)
+                            state, data.fingerprint, poll, hooks)
         del phase                         # its inputs go before the next layer's are made
         if answer != (None, None):
             return answer

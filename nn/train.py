@@ -184,7 +184,9 @@ def train(plan: Plan, inputs, targets, *,
           on_epoch: Callable[[EpochReport], None] | None = None,
           should_stop: Callable[[], str | None] | None = None,
           checkpoint_every: int = 0,
-          on_checkpoint: Callable[[int, bytes], None] | None = None) -> TrainResult:
+          on_checkpoint: Callable[[int, bytes], None] | None = None,
+          stats_epochs: Callable[[int], bool] | None = None,
+          on_stats: Callable[[EpochReport], None] | None = None) -> TrainResult:
     """Train plan on (inputs, targets); see docs/engine-api.md."""
     tr = plan.training
     data = prepare(plan, inputs, targets)
@@ -200,17 +202,17 @@ def train(plan: Plan, inputs, targets, *,
     perceptron = tr["algorithm"] == "perceptron"
     monitor = "val_loss" if len(data.x_val) else "train_loss"
     poll = Poll(should_stop)
+    hooks = driver.Hooks(on_epoch, checkpoint_every, on_checkpoint, stats_epochs, on_stats)
     rows = budget.eval_rows(layers, budget.batch_rows(plan), dtype.itemsize)
     interrupted: str | None = None
     error = None
     with np.errstate(all="ignore"):
         if state.epoch == 0 and state.pretrain_epoch < plan.pretrain_epochs_total:
-            interrupted, error = pretrain.run(plan, data, state, poll, on_epoch,
-                                              checkpoint_every, on_checkpoint)
+            interrupted, error = pretrain.run(plan, data, state, poll, hooks)
         if interrupted is None and state.stop_reason is None:
             interrupted, error = driver.run(
                 Training(plan, data, state, rows), range(state.epoch + 1, plan.epochs_total + 1),
-                state, data.fingerprint, poll, on_epoch, checkpoint_every, on_checkpoint)
+                state, data.fingerprint, poll, hooks)
         if not state.last and plan.encoder_layers:   # no epoch ran: the initial weights'
             train_m = seq2seq_metrics(plan, state.params, data.x, data.t, rows)
             val_m = seq2seq_metrics(plan, state.params, data.x_val, data.t_val, rows)

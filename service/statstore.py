@@ -3,9 +3,11 @@
 Which epochs (the thinning rule). A run keeps the statistics of every epoch up to its
 `stats_thinned_after` T, then of epoch e > T when e is a multiple of 2^k, k = ceil(log2(e / T)):
 every 2nd epoch up to 2T, every 4th up to 4T, every 8th up to 8T, ... (half as dense each
-time the epoch number doubles, T/2 epochs per doubling), and always the latest epoch of each
-phase: it is written with every flush and deleted when a newer one replaces it, unless the
-rule keeps it, so once the run ends its last epoch is there. The rule depends on the epoch
+time the epoch number doubles, T/2 epochs per doubling), and always the last epoch of each
+phase. The engine computes statistics of these epochs only (nn.train's stats_epochs), the
+epoch at which a phase stops included; a stored epoch the rule does not keep is deleted when
+a later one of its phase is written (the run went on: resumed, or past a calibration stop),
+so once the run ends its last epoch is there. The rule depends on the epoch
 number and T alone, so a run resumed after its worker died, whose epochs past the last
 checkpoint are deleted and trained again, keeps exactly the epochs an uninterrupted run
 keeps. T is fixed when the run is created (`thinned_after`): the largest T for which a phase
@@ -73,6 +75,19 @@ def kept(epoch: int, thinned_after: int | None) -> bool:
     while epoch > thinned_after * stride:
         stride *= 2
     return epoch % stride == 0
+
+
+def kept_before(epoch: int, thinned_after: int | None) -> int:
+    """The last epoch before `epoch` whose statistics the rule keeps (0: none)."""
+    e = epoch - 1
+    if thinned_after is None or e <= thinned_after:
+        return max(e, 0)
+    stride = 2
+    while e > thinned_after * stride:
+        stride *= 2
+    # e's band (T stride / 2, T stride] keeps the multiples of stride; below it the band's
+    # floor T stride / 2 is kept (a multiple of stride / 2, or at most T)
+    return max(e - e % stride, thinned_after * stride // 2)
 
 
 def kept_count(epochs: int, thinned_after: int | None) -> int:

@@ -5,6 +5,7 @@ microseconds (the measurements and the rules behind it: bench/README.md, "The wo
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -41,7 +42,7 @@ START: Position = ("pretrain", 0)  # nothing done yet (with or without pretraini
 
 @dataclass
 class Progress:
-    """The engine's callbacks for one run: on_epoch, should_stop, on_checkpoint."""
+    """The engine's callbacks for one run: on_epoch, should_stop, on_checkpoint, on_stats."""
 
     lease: lease.Held
     epoch: int  # the last completed training epoch (the resume point at the start)
@@ -49,6 +50,8 @@ class Progress:
     thinned_after: int | None = None  # the run's statistics thinning (service/statstore.py)
     epoch_rows: int = 0  # the run's epoch rows in the database, as of the last flush
     buffer: list[nn.EpochReport] = field(default_factory=list)
+    # Statistics of epochs whose rows were flushed without them (nn.train's on_stats).
+    late: list[nn.EpochReport] = field(default_factory=list)
     # Calibration: the checkpoint interval in epochs (None while measuring).
     every: int | None = None
     state: bytes | None = None  # the newest checkpoint from the engine, stored or not
@@ -90,6 +93,21 @@ class Progress:
             self.flush()  # at the rung itself: its decision is not left to the next flush
         else:
             self._maybe_flush()
+
+    def stats_epochs(self) -> Callable[[int], bool] | None:
+        """Which epochs the engine computes statistics of: those the thinning rule keeps
+        (each phase's latest comes with on_stats)."""
+        if self.thinned_after is None:
+            return None
+        return functools.partial(statstore.kept, thinned_after=self.thinned_after)
+
+    def on_stats(self, report: nn.EpochReport) -> None:
+        # A phase stopped after an epoch reported without statistics: they come now.
+        for i, buffered in enumerate(self.buffer):
+            if (buffered.phase, buffered.epoch) == (report.phase, report.epoch):
+                self.buffer[i] = report
+                return
+        self.late.append(report)
 
     def on_checkpoint(self, epoch: int, state: bytes) -> None:
         # epoch 0: taken within pretraining, right after the report of its latest epoch.
@@ -168,7 +186,7 @@ class Progress:
         a failed one loses no row: the next one writes it."""
         self.lease.fence(session, self.epoch)
         write_epochs(session, self.lease.run_seq, self.buffer, replace=self._retry,
-                     thinned_after=self.thinned_after)
+                     thinned_after=self.thinned_after, late=self.late)
         usage.record_rows(session, self.lease.run_id, self.epoch_rows + len(self.buffer))
         if self.asha is not None and not final and not self.lease.cancel:
             why = self.asha.decide(session, self.epoch)
@@ -190,7 +208,7 @@ class Progress:
             if self._stop_early:
                 self.lease.cancel = True  # should_stop answers "cancelled" from now on
         self.epoch_rows += len(self.buffer)
-        self.buffer = []
+        self.buffer, self.late = [], []
         self._retry = False
         self._last_flush = monotonic()
         if checkpoint:
@@ -205,41 +223,47 @@ STAT_COLUMNS = ("run_seq", "phase", "epoch", "layout", "figures")
 
 
 def write_epochs(session: Session, run_seq: int, reports: list[nn.EpochReport], *,
-                 replace: bool = False, thinned_after: int | None = None) -> None:
+                 replace: bool = False, thinned_after: int | None = None,
+                 late: list[nn.EpochReport] = ()) -> None:
     """Insert the epoch rows of the run numbered `run_seq` (Run.seq), and the statistics rows
     of the epochs the thinning rule keeps
     (`thinned_after`: service/statstore.py) and of each phase's latest epoch, whose previous
     latest goes unless the rule keeps it (bulk; the primary keys forbid a second copy of any
-    row). `replace` first deletes any stored copy of these rows: after a COMMIT that failed
-    on its connection, which may have gone through.
+    row). `late`: reports whose epoch rows an earlier flush wrote, whose statistics came
+    after (Progress.on_stats). `replace` first deletes any stored copy of these rows: after a
+    COMMIT that failed on its connection, which may have gone through.
 
-    The previous latest is epoch first - 1 of the phase's first epoch here: flushes are
-    contiguous, and a resumed run starts right after its checkpoint, whose epoch's rows were
-    written with it (the rows past it were deleted at the claim).
+    The previous latest lies between the phase's first epoch with statistics here and the
+    last kept epoch before it: flushes are contiguous, and a resumed run starts right after
+    its checkpoint, whose epoch's rows were written with it (the rows past it were deleted
+    at the claim); the rows between are thinned away, so only that latest can be there.
 
     On PostgreSQL the rows go in by COPY (bench/README.md, "The worker's writes"), elsewhere
     by an executemany INSERT; the same tuples either way."""
-    if not reports:
+    if not reports and not late:
         return
     if replace:
-        for phase in {r.phase for r in reports}:
-            numbers = [r.epoch for r in reports if r.phase == phase]
-            for table in (Epoch, EpochStats):
-                session.execute(sa.delete(table).where(
-                    table.run_seq == run_seq, table.phase == phase,
-                    table.epoch.between(min(numbers), max(numbers))),
-                    execution_options=lease.NO_SYNC)
+        for rows, tables in ((reports, (Epoch, EpochStats)), (late, (EpochStats,))):
+            for phase in {r.phase for r in rows}:
+                numbers = [r.epoch for r in rows if r.phase == phase]
+                for table in tables:
+                    session.execute(sa.delete(table).where(
+                        table.run_seq == run_seq, table.phase == phase,
+                        table.epoch.between(min(numbers), max(numbers))),
+                        execution_options=lease.NO_SYNC)
     first: dict[str, int] = {}
     latest: dict[str, int] = {}
-    for r in reports:
+    for r in (*late, *reports):
         if r.layer_stats:
-            first.setdefault(r.phase, r.epoch)
-            latest[r.phase] = r.epoch
+            first[r.phase] = min(first.get(r.phase, r.epoch), r.epoch)
+            latest[r.phase] = max(latest.get(r.phase, r.epoch), r.epoch)
     for phase, epoch in first.items():
-        if epoch > 1 and not statstore.kept(epoch - 1, thinned_after):
+        below = statstore.kept_before(epoch, thinned_after)
+        if below < epoch - 1:
             session.execute(sa.delete(EpochStats).where(
                 EpochStats.run_seq == run_seq, EpochStats.phase == phase,
-                EpochStats.epoch == epoch - 1), execution_options=lease.NO_SYNC)
+                EpochStats.epoch.between(below + 1, epoch - 1)),
+                execution_options=lease.NO_SYNC)
     # Numbers go as they are: a float column may hold NaN or an infinity (SQLite keeps NaN as
     # NULL; the API answers null for both).
     epochs = [
@@ -249,7 +273,7 @@ def write_epochs(session: Session, run_seq: int, reports: list[nn.EpochReport], 
     ]
     stats = [
         (run_seq, r.phase, r.epoch, *statstore.pack(r.layer_stats))
-        for r in reports if r.layer_stats and (
+        for r in (*late, *reports) if r.layer_stats and (
             statstore.kept(r.epoch, thinned_after) or r.epoch == latest[r.phase])
     ]
     insert = _copy if session.get_bind().dialect.name == "postgresql" else _insert

@@ -222,7 +222,8 @@ def _train(claimed: Claimed, progress: Progress) -> nn.TrainResult:
         try:
             return nn.train(plan, inputs, targets, initial_weights=weights, resume=resume,
                             on_epoch=progress.on_epoch, should_stop=progress.should_stop,
-                            checkpoint_every=every, on_checkpoint=progress.on_checkpoint)
+                            checkpoint_every=every, on_checkpoint=progress.on_checkpoint,
+                            stats_epochs=progress.stats_epochs(), on_stats=progress.on_stats)
         except nn.SpecError as exc:
             raise InvalidData(str(exc)) from exc
 
