@@ -1,7 +1,8 @@
 """Sweeps on the worker pool: PostgreSQL, Redis, the API under gunicorn, two Celery workers
 and beat, as docker-compose.yml runs them. A grid sweep finishes with its children spread
 over both workers and never more than max_concurrent of them going at once; its best run is
-promoted to a model alias; ASHA stops some children of a random sweep; a cancel cancels
+promoted to a model alias and its sweep.succeeded webhook is delivered, signed, to a receiver
+on loopback by the webhook worker; ASHA stops some children of a random sweep; a cancel cancels
 every child; a bad parameter value is a 422 naming it."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 from tests.e2e import flow
 from tests.e2e.compose import command
 from tests.e2e.test_deployment import deploy
+from tests.e2e.test_webhooks import ALLOW
 from tests.procs import Procs
+from tests.receiver import Receiver, receiver, verify  # noqa: F401
 
 LR = "training.optimizer.learning_rate"
 UNITS = "network.layers[0].units"
@@ -49,9 +52,11 @@ def _children(api: flow.Api, sweep_id: str) -> list[dict[str, Any]]:
     return api.get(f"/v1/runs?sweep_id={sweep_id}&limit=100")["items"]
 
 
-def test_sweeps_on_two_workers(pg_url: str, redis_prefix: str, procs: Procs) -> None:
-    api = deploy(procs, pg_url, redis_prefix, RECONCILE_SECONDS=1, FLUSH_SECONDS=0)
+def test_sweeps_on_two_workers(pg_url: str, redis_prefix: str, procs: Procs,
+                               receiver: Receiver) -> None:
+    api = deploy(procs, pg_url, redis_prefix, RECONCILE_SECONDS=1, FLUSH_SECONDS=0, **ALLOW)
     procs.start("worker2", command("worker"))
+    hook = api.post("/v1/webhooks", {"url": receiver.url, "events": ["sweep.succeeded"]}, 201)
     dataset = api.post("/v1/datasets", {"name": "xor", "generator": SMALL_XOR}, 201)["id"]
 
     # a value that makes an invalid run: nothing is stored, the 422 names it
@@ -75,6 +80,10 @@ def test_sweeps_on_two_workers(pg_url: str, redis_prefix: str, procs: Procs) -> 
     model = api.post(f"/v1/sweeps/{grid['id']}/promote", {"model": "xor-best"}, 201)
     assert model["run_id"] == done["best_run_id"]
     assert api.post("/v1/models/xor-best/predict", {"inputs": [[1, 1]]})["outputs"]
+    (event,) = [verify(r, hook["secret"]) for r in receiver.wait(1, timeout=flow.RUN_SECONDS)]
+    assert event["type"] == "sweep.succeeded"
+    assert (event["data"]["id"], event["data"]["best_run_id"]) == (grid["id"],
+                                                                   done["best_run_id"])
 
     # ASHA: rungs at 10, 30, 90 epochs of 150; the strong learning rates first (children
     # are released in order), so the weak ones meet them at the rungs and stop
@@ -99,4 +108,9 @@ def test_sweeps_on_two_workers(pg_url: str, redis_prefix: str, procs: Procs) -> 
         "finished_at"] else None)(api.get(f"/v1/sweeps/{long['id']}")), flow.RUN_SECONDS)
     assert done["status"] == "cancelled" and done["counts"]["cancelled"] == 4, done
     assert {c["status"] for c in _children(api, long["id"])} == {"cancelled"}
+    # one sweep.succeeded for each sweep that succeeded (the cancelled one's is not subscribed)
+    got = [verify(r, hook["secret"]) for r in receiver.wait(2, timeout=flow.RUN_SECONDS)]
+    assert [(e["type"], e["data"]["id"]) for e in got] == [
+        ("sweep.succeeded", grid["id"]), ("sweep.succeeded", asha["id"])]
+    assert len(receiver.requests) == 2
     procs.check()
