@@ -15,7 +15,7 @@ from tests.e2e.compose import command
 from tests.e2e.test_deployment import deploy
 from tests.e2e.test_webhooks import ALLOW
 from tests.procs import Procs
-from tests.receiver import Receiver, receiver, verify  # noqa: F401
+from tests.receiver import Receiver, verify  # the receiver fixture: tests/conftest.py
 
 LR = "training.optimizer.learning_rate"
 UNITS = "network.layers[0].units"
