@@ -520,7 +520,7 @@ def test_epoch_rows_keep_their_numbers_and_gain_exact_match(url: str) -> None:
     """0012 adds train_exact_match and val_exact_match to the epoch rows, null for the rows
     made before (answered as null); its downgrade drops them and keeps the rows."""
     cfg = db.alembic_config(url)
-    command.upgrade(cfg, "0010")
+    command.upgrade(cfg, "0011")
     engine = db.make_engine(url)
     now = "2026-12-07 00:00:00+00:00"
     try:
@@ -535,7 +535,7 @@ def test_epoch_rows_keep_their_numbers_and_gain_exact_match(url: str) -> None:
             row = conn.execute(sa.text("SELECT train_loss, train_exact_match, val_exact_match "
                                        "FROM epochs")).one()
         assert tuple(row) == (0.25, None, None)
-        command.downgrade(cfg, "0010")
+        command.downgrade(cfg, "0011")
         with engine.connect() as conn:
             assert conn.scalar(sa.text("SELECT train_loss FROM epochs")) == 0.25
             columns = {c["name"] for c in sa.inspect(conn).get_columns("epochs")}
