@@ -8,7 +8,7 @@ import numpy as np
 from .data import check_inputs, check_shape, standardize
 from .errors import SpecError
 from .network import infer, infer_values
-from .spec import encoder_size, parse_network
+from .spec import encoder_size, parse_network, stacks
 from .targets import decode
 from .weights import Weights, check_weights
 
@@ -115,8 +115,7 @@ class Model:
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise ValueError("unknown model format")
             net = meta.pop("network")
-            stacks = [net["encoder"], net["decoder"]] if "encoder" in net else [net]
-            weights: list[dict] = [{} for s in stacks for _ in s["layers"]]
+            weights: list[dict] = [{} for _, layers in stacks(net) for _ in layers]
             for name, a in arrays.items():
                 _, i, key = name.split(".")
                 weights[int(i)][key] = a

@@ -82,6 +82,14 @@ def parse_network(network, in_shape: tuple[int, ...], path: str = "network",
     return {"layers": copy.deepcopy([l.spec for l in layers])}, layers
 
 
+def stacks(network: dict) -> list[tuple[str, list[dict]]]:
+    """(JSON path, layer specs) of each stack of a normalised network, in the flat list's
+    order: its `layers`, or the encoder's and then the decoder's."""
+    if "encoder" not in network:
+        return [("network.layers", network["layers"])]
+    return [(f"network.{side}.layers", network[side]["layers"]) for side in ("encoder", "decoder")]
+
+
 def encoder_size(network: dict) -> int:
     """The number of encoder layers at the front of a normalised network's flat list (0 for
     the plain {"layers"} form)."""

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import nn
+from nn.spec import layer_path, stacks
 from service import usage
 from service.errors import ApiError, size, validation_errors
 from service.models import ACTIVE_STATUSES, Run, Tenant
@@ -46,19 +47,10 @@ RETRY_AFTER_SECONDS = 30
 STORED_COPIES = 2
 
 
-def stacks(network: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(JSON path, layers) of each stack of a normalised network: its `layers`, or the
-    encoder's and the decoder's of an encoder-decoder network."""
-    if "layers" in network:
-        return [("network.layers", network["layers"])]
-    return [(f"network.{side}.layers", network[side]["layers"]) for side in ("encoder", "decoder")]
-
-
-def layer_paths(network: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def layer_paths(plan: nn.Plan) -> list[tuple[str, dict[str, Any]]]:
     """(JSON path, spec) of every layer, in the plan's order (the encoder's first), e.g.
     ("network.decoder.layers[2]", {...})."""
-    return [(f"{path}[{i}]", layer) for path, layers in stacks(network)
-            for i, layer in enumerate(layers)]
+    return [(layer_path(plan.encoder_layers, i), layer.spec) for i, layer in enumerate(plan.layers)]
 
 
 def estimate(plan: nn.Plan, stored_bytes: int) -> nn.budget.Estimate:
@@ -79,7 +71,7 @@ def check_plan(plan: nn.Plan, stored_bytes: int, config: Mapping[str, Any]
         if len(layers) > max_layers:
             errors.append(_error(path, f"has {len(layers)} layers; the limit is {max_layers}"))
     max_units = int(config["RUN_MAX_UNITS"])
-    for path, layer in layer_paths(plan.network):
+    for path, layer in layer_paths(plan):
         for field in WIDTHS:
             value = layer.get(field)
             if isinstance(value, int) and value > max_units:
@@ -130,7 +122,7 @@ def _memory_error(plan: nn.Plan, est: nn.budget.Estimate, stored_bytes: int, lim
     if data >= est.layers[i]:
         return _error("dataset_id", f"{need}; the data set and its copies take "
                                     f"{size(data)} of it: use a smaller data set")
-    path, spec = layer_paths(plan.network)[i]
+    path, spec = layer_paths(plan)[i]
     field = next((f".{w}" for w in WIDTHS if w in spec), "")
     return _error(f"{path}{field}",
                   f"{need}; this {spec['type']} layer takes {size(est.layers[i])} of it "
