@@ -50,6 +50,13 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return e
 
 
+def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log softmax(z), as z - max - log sum exp(z - max): finite where softmax underflows to
+    0 (a beam's score adds these)."""
+    shifted = z - z.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
 def _softmax_into(z, out, scratch, mask, axis):
     top = np.maximum.reduce(z, axis=axis, keepdims=True)
     np.subtract(z, top, out=out)

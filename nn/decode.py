@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from . import seq2seq
+from .activations import log_softmax
 from .errors import SpecError
 from .seq2seq import BOS, EOS, PAD
 
@@ -87,8 +88,7 @@ class Decoder:
                 h = layer.forward(h, p, train=False)[1].z
             else:
                 h = layer.forward(h, p, train=False)[0]
-        z = h - h.max(axis=-1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        logp = log_softmax(h)
         logp[:, [PAD, BOS]] = -np.inf          # never a target before EOS: never chosen
         return logp, states, weights
 

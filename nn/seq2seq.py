@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .activations import log_softmax
 from .errors import SpecError
 
 PAD, BOS, EOS = 0, 1, 2
@@ -127,10 +128,8 @@ class Scores(NamedTuple):
 def scores(z: np.ndarray, t: np.ndarray) -> Scores:
     """Teacher-forced scores of logits z (N, T, V) against targets t (N, T)."""
     real = t != PAD
-    shifted = z - z.max(axis=-1, keepdims=True)
-    log_sum = np.log(np.exp(shifted).sum(axis=-1))
-    picked = np.take_along_axis(shifted, t[..., None], axis=-1)[..., 0]
-    nll = np.where(real, log_sum - picked, 0.0)
+    picked = np.take_along_axis(log_softmax(z), t[..., None], axis=-1)[..., 0]
+    nll = np.where(real, -picked, 0.0)
     right = (z.argmax(axis=-1) == t) | ~real
     return Scores(float(nll.sum()), int(np.count_nonzero(right & real)),
                   int(np.count_nonzero(right.all(axis=1))), int(np.count_nonzero(real)), len(t))
