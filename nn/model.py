@@ -51,6 +51,26 @@ class Model:
             n += math.prod(shape[:-1]) * (1 + max(shape[-1], 2))
         return n
 
+    def decode_cost(self, steps: int, beam_size: int = 1, attention: bool = False
+                    ) -> tuple[int, int]:
+        """decode()'s sample_bytes and result_values, estimates from above: (bytes one input
+        takes while it is decoded: per beam entry the encoder's and one decoder step's
+        forward pass, every decoder block's cached self-attention keys and values over
+        `steps` and cross-attention ones over the source, and the output distribution;
+        numbers in its answer: the ids and score, with attention every block's weights)."""
+        decoder = [layer.spec for layer in self.layers[self.encoder_layers:]]
+        embedding = decoder[0]                            # the decoder reads its tokens first
+        blocks = [spec for spec in decoder if spec["type"] == "transformer_decoder"]
+        source = self.meta["input_shape"][0]
+        cache = len(blocks) * 2 * (steps + source) * embedding["dim"]
+        itemsize = np.dtype(self.meta["dtype"]).itemsize
+        per_input = beam_size * (self.sample_bytes
+                                 + (cache + 2 * embedding["vocab_size"]) * itemsize)
+        values = steps + 1
+        if attention:
+            values += sum(spec["heads"] for spec in blocks) * steps * source
+        return per_input, values
+
     def predict(self, inputs, batch_size: int | None = None) -> dict:
         """Eval mode. -> {"outputs"} and, for classifiers, {"labels", "probabilities"}; with
         outputs per time step, a label (and a probability row) per sample and step. With

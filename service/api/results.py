@@ -305,7 +305,7 @@ def _decode(run_id: str, which: str, epoch: int, model: nn.Model, body: dict[str
             ) -> Response:
     """A seq2seq model's PredictResponse: `inputs` rows of source symbols decoded by
     Model.decode (greedy or beam search), as many inputs at a time as fit in
-    PREDICT_MAX_MEMORY_BYTES beside the answer (`_decode_bytes`)."""
+    PREDICT_MAX_MEMORY_BYTES beside the answer (Model.decode_cost)."""
     config = current_app.config
     # symbols only (ids from 3); the model checks their vocabulary and length (T_src)
     rows = dataio.token_rows(body["inputs"], "inputs", int(config["DATASET_MAX_FEATURES"]),
@@ -314,8 +314,8 @@ def _decode(run_id: str, which: str, epoch: int, model: nn.Model, body: dict[str
     beam_size, attention = body.get("beam_size", 1), bool(body.get("attention", False))
     # the decoder has positions for the training targets' T_tgt tokens: decoding stops there
     steps = min(max_length or model.meta["target_shape"][0], model.meta["target_shape"][0])
-    per_input, answer = _decode_bytes(model, model.meta["input_shape"][0], steps, beam_size,
-                                      attention)
+    per_input, values = model.decode_cost(steps, beam_size, attention)
+    answer = values * ANSWER_BYTES_PER_VALUE
     limit = int(config["PREDICT_MAX_MEMORY_BYTES"])
     allowed = f"the limit is {size(limit)} (PREDICT_MAX_MEMORY_BYTES)"
     if per_input + answer > limit:
@@ -339,34 +339,6 @@ def _decode(run_id: str, which: str, epoch: int, model: nn.Model, body: dict[str
                               **finite(result)})
 
     return offload.run(decoded, size=len(rows) * (per_input + answer))
-
-
-def _stack_layer(model: nn.Model, stack: str, kind: str) -> dict[str, Any]:
-    """The first layer of type `kind` in a stack of the model's encoder-decoder network
-    ({} when there is none)."""
-    return next((layer for layer in model.network[stack]["layers"] if layer["type"] == kind),
-                {})
-
-
-def _decode_bytes(model: nn.Model, source: int, steps: int, beam: int, attention: bool
-                  ) -> tuple[int, int]:
-    """(bytes one input takes while it is decoded, bytes of its answer), estimates from
-    above: per beam entry the encoder's and one decoder step's forward pass
-    (Model.sample_bytes), every decoder block's cached self-attention keys and values over
-    `steps` and cross-attention keys and values over `source` tokens, and the output
-    distribution; the answer's ids and score, and with attention every block's weights
-    (heads x steps x source)."""
-    dim = int(_stack_layer(model, "decoder", "embedding").get("dim", 1))
-    vocab = int(_stack_layer(model, "decoder", "embedding").get("vocab_size", 1))
-    blocks = [layer for layer in model.network["decoder"]["layers"]
-              if layer["type"] == "transformer_decoder"]
-    cache = len(blocks) * 2 * (steps + source) * dim
-    itemsize = np.dtype(model.meta["dtype"]).itemsize
-    per_input = beam * (model.sample_bytes + (cache + 2 * vocab) * itemsize)
-    values = steps + 1
-    if attention:
-        values += sum(int(b.get("heads", 1)) for b in blocks) * steps * source
-    return per_input, values * ANSWER_BYTES_PER_VALUE
 
 
 def _batch_size(model: nn.Model, rows: int, limit: int) -> int:
